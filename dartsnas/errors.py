@@ -1,0 +1,26 @@
+"""The library's own exception types.
+
+Every user mistake (bad genotype, missing data, foreign checkpoint, bad option) raises a
+subclass of :class:`DartsError`; the CLI prints its message on one line and exits non-zero.
+Anything else escaping is a bug in dartsnas.
+"""
+
+
+class DartsError(Exception):
+    """Base class of every error dartsnas reports to a user."""
+
+
+class GenotypeError(DartsError, ValueError):
+    """A genotype is malformed: unknown op, bad input index, wrong count, bad JSON."""
+
+
+class DataError(DartsError):
+    """A dataset is missing, incomplete, corrupted or has the wrong format."""
+
+
+class CheckpointError(DartsError):
+    """A checkpoint is unreadable, corrupted or belongs to another run."""
+
+
+class ConfigError(DartsError, ValueError):
+    """An option is out of range or conflicts with another."""

@@ -1,0 +1,175 @@
+"""Candidate operations of the DARTS convolutional search space (paper, section 3.1.1).
+
+Every op is registered by name in :data:`CONV_OPS` as a constructor ``(C, stride, affine) -> Module``
+mapping C channels to C channels, halving the resolution when ``stride == 2``. A user adds an op
+with ``@CONV_OPS.register("my_op")`` and passes its name in the op set of a search space.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .registry import Registry
+
+OpFactory = Callable[[int, int, bool], nn.Module]
+CONV_OPS: Registry[OpFactory] = Registry("conv op")
+
+#: The paper's eight candidate ops, in the original implementation's order.
+DARTS_OPS: tuple[str, ...] = (
+    "none",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+)
+
+
+class Zero(nn.Module):
+    """The ``none`` op: an all-zero output of the (possibly strided) input's shape.
+
+    ``is_zero`` lets a mixed op skip it: its output times any weight is zero, so leaving it out
+    changes neither the forward value nor any gradient.
+    """
+
+    is_zero = True
+
+    def __init__(self, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            return x.mul(0.0)
+        return x[:, :, :: self.stride, :: self.stride].mul(0.0)
+
+
+class ReLUConvBN(nn.Sequential):
+    """ReLU -> Conv -> BatchNorm, the pre-activation order used throughout DARTS."""
+
+    def __init__(self, c_in: int, c_out: int, kernel_size: int, stride: int, padding: int,
+                 affine: bool = True) -> None:
+        super().__init__(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(c_in, c_out, kernel_size, stride=stride, padding=padding, bias=False),
+            nn.BatchNorm2d(c_out, affine=affine),
+        )
+
+
+class DilConv(nn.Sequential):
+    """ReLU -> dilated depthwise conv -> pointwise conv -> BatchNorm."""
+
+    def __init__(self, c_in: int, c_out: int, kernel_size: int, stride: int, padding: int,
+                 dilation: int, affine: bool = True) -> None:
+        super().__init__(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(c_in, c_in, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                      groups=c_in, bias=False),
+            nn.Conv2d(c_in, c_out, 1, bias=False),
+            nn.BatchNorm2d(c_out, affine=affine),
+        )
+
+
+class SepConv(nn.Sequential):
+    """Two stacked ReLU-depthwise-pointwise-BN blocks; only the first is strided (as in DARTS)."""
+
+    def __init__(self, c_in: int, c_out: int, kernel_size: int, stride: int, padding: int,
+                 affine: bool = True) -> None:
+        super().__init__(
+            DilConv(c_in, c_in, kernel_size, stride, padding, 1, affine),
+            DilConv(c_in, c_out, kernel_size, 1, padding, 1, affine),
+        )
+
+
+class FactorizedReduce(nn.Module):
+    """Halve the resolution with two 1x1 stride-2 convs on pixel grids offset by one, concatenated.
+
+    Used by ``skip_connect`` on reducing edges and to align the cell input that comes from before a
+    reduction cell. ``c_out`` must be even.
+    """
+
+    def __init__(self, c_in: int, c_out: int, affine: bool = True) -> None:
+        super().__init__()
+        if c_out % 2:
+            raise ValueError(f"FactorizedReduce needs an even number of output channels, got {c_out}")
+        self.relu = nn.ReLU(inplace=False)
+        self.conv_1 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
+        self.conv_2 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
+        self.bn = nn.BatchNorm2d(c_out, affine=affine)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(x)
+        shifted = x[:, :, 1:, 1:]
+        if x.shape[-1] % 2 or x.shape[-2] % 2:
+            # Odd sizes: pad the shifted grid so both halves have the same spatial size.
+            shifted = nn.functional.pad(shifted, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2))
+        return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
+
+
+@CONV_OPS.register("none")
+def _none(C: int, stride: int, affine: bool) -> nn.Module:
+    return Zero(stride)
+
+
+@CONV_OPS.register("max_pool_3x3")
+def _max_pool_3x3(C: int, stride: int, affine: bool) -> nn.Module:
+    return nn.MaxPool2d(3, stride=stride, padding=1)
+
+
+@CONV_OPS.register("avg_pool_3x3")
+def _avg_pool_3x3(C: int, stride: int, affine: bool) -> nn.Module:
+    return nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
+
+
+@CONV_OPS.register("skip_connect")
+def _skip_connect(C: int, stride: int, affine: bool) -> nn.Module:
+    return nn.Identity() if stride == 1 else FactorizedReduce(C, C, affine)
+
+
+@CONV_OPS.register("sep_conv_3x3")
+def _sep_conv_3x3(C: int, stride: int, affine: bool) -> nn.Module:
+    return SepConv(C, C, 3, stride, 1, affine)
+
+
+@CONV_OPS.register("sep_conv_5x5")
+def _sep_conv_5x5(C: int, stride: int, affine: bool) -> nn.Module:
+    return SepConv(C, C, 5, stride, 2, affine)
+
+
+@CONV_OPS.register("sep_conv_7x7")
+def _sep_conv_7x7(C: int, stride: int, affine: bool) -> nn.Module:
+    return SepConv(C, C, 7, stride, 3, affine)
+
+
+@CONV_OPS.register("dil_conv_3x3")
+def _dil_conv_3x3(C: int, stride: int, affine: bool) -> nn.Module:
+    return DilConv(C, C, 3, stride, 2, 2, affine)
+
+
+@CONV_OPS.register("dil_conv_5x5")
+def _dil_conv_5x5(C: int, stride: int, affine: bool) -> nn.Module:
+    return DilConv(C, C, 5, stride, 4, 2, affine)
+
+
+@CONV_OPS.register("conv_7x1_1x7")
+def _conv_7x1_1x7(C: int, stride: int, affine: bool) -> nn.Module:
+    return nn.Sequential(
+        nn.ReLU(inplace=False),
+        nn.Conv2d(C, C, (1, 7), stride=(1, stride), padding=(0, 3), bias=False),
+        nn.Conv2d(C, C, (7, 1), stride=(stride, 1), padding=(3, 0), bias=False),
+        nn.BatchNorm2d(C, affine=affine),
+    )
+
+
+def build_op(name: str, C: int, stride: int, affine: bool) -> nn.Module:
+    """Build the registered op ``name`` for C channels (raises ConfigError on an unknown name)."""
+    return CONV_OPS.get(name)(C, stride, affine)
+
+
+def is_zero_op(module: nn.Module) -> bool:
+    """True for ops whose output is identically zero (they can be skipped in weighted sums)."""
+    return bool(getattr(module, "is_zero", False))

@@ -1,0 +1,181 @@
+"""The DARTS convolutional search space (paper, sections 2.1 and 3.1.1).
+
+A cell is a DAG of two input nodes and ``nodes`` intermediate nodes; every edge carries a
+:class:`MixedOp`, the softmax(α)-weighted sum of all candidate ops. All normal cells share
+α_normal and all reduction cells share α_reduce; both live on :class:`SearchNetwork`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from ..genotype import Genotype, derive_genotype, num_edges
+from ..ops import CONV_OPS, DARTS_OPS, FactorizedReduce, ReLUConvBN, build_op, is_zero_op
+from . import SEARCH_SPACES
+
+
+@dataclass
+class ConvSearchSpaceConfig:
+    """Shape of a convolutional search network; the defaults are the paper's CIFAR-10 search."""
+
+    init_channels: int = 16
+    layers: int = 8
+    nodes: int = 4
+    num_classes: int = 10
+    in_channels: int = 3
+    stem_multiplier: int = 3
+    ops: tuple[str, ...] = field(default_factory=lambda: DARTS_OPS)
+
+    def validate(self) -> None:
+        for name in ("init_channels", "layers", "nodes", "num_classes", "in_channels",
+                     "stem_multiplier"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.layers < 3:
+            # Reductions sit at layers//3 and 2*layers//3: fewer than 3 cells would make a cell
+            # both the first and a reduction, which the space does not define.
+            raise ConfigError(f"layers must be >= 3 (reductions at L/3 and 2L/3), got {self.layers}")
+        if not self.ops:
+            raise ConfigError("the op set is empty")
+        for op in self.ops:
+            CONV_OPS.get(op)  # raises ConfigError naming the unknown op
+        if len(set(self.ops)) != len(self.ops):
+            raise ConfigError(f"repeated op in the op set {list(self.ops)}")
+        if all(op == "none" for op in self.ops):
+            raise ConfigError("the op set needs at least one op other than 'none'")
+
+    @property
+    def reduction_layers(self) -> tuple[int, int]:
+        return (self.layers // 3, 2 * self.layers // 3)
+
+
+class MixedOp(nn.Module):
+    """Sum over candidate ops weighted by softmax(α) for one edge (paper, equation 1)."""
+
+    def __init__(self, C: int, stride: int, op_names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.ops = nn.ModuleList()
+        for name in op_names:
+            op = build_op(name, C, stride, affine=False)
+            if "pool" in name:
+                # As in the original: pooled features are rescaled like the conv ops' outputs.
+                op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
+            self.ops.append(op)
+        # Zero ops contribute w * 0 = 0 to the value and to every gradient: skip them.
+        self.active = [i for i, op in enumerate(self.ops) if not is_zero_op(op)]
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        if not self.active:
+            return self.ops[0](x)
+        out = None
+        for i in self.active:
+            y = weights[i] * self.ops[i](x)
+            out = y if out is None else out + y
+        return out
+
+
+class SearchCell(nn.Module):
+    """A search cell: every intermediate node sums the mixed ops applied to all its predecessors."""
+
+    def __init__(self, nodes: int, C_prev_prev: int, C_prev: int, C: int, reduction: bool,
+                 reduction_prev: bool, op_names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.reduction = reduction
+        self.nodes = nodes
+        if reduction_prev:
+            self.preprocess0: nn.Module = FactorizedReduce(C_prev_prev, C, affine=False)
+        else:
+            self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False)
+        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
+        self.edges = nn.ModuleList()
+        for i in range(nodes):
+            for j in range(2 + i):
+                stride = 2 if reduction and j < 2 else 1
+                self.edges.append(MixedOp(C, stride, op_names))
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        row = 0
+        for _ in range(self.nodes):
+            s = None
+            for j, h in enumerate(states):
+                y = self.edges[row + j](h, weights[row + j])
+                s = y if s is None else s + y
+            row += len(states)
+            states.append(s)
+        return torch.cat(states[2:], dim=1)
+
+
+@SEARCH_SPACES.register("cnn")
+class SearchNetwork(nn.Module):
+    """The DARTS search network: stem, ``layers`` search cells, global pooling, classifier.
+
+    Reduction cells (stride 2, channels doubled) sit at layers//3 and 2*layers//3. BatchNorm is
+    non-affine everywhere but in the stem, as in the original. ``alpha_normal`` and
+    ``alpha_reduce`` are registered parameters (so they travel in the state dict) but are kept out
+    of :meth:`weight_parameters`.
+    """
+
+    def __init__(self, config: ConvSearchSpaceConfig | None = None) -> None:
+        super().__init__()
+        config = config or ConvSearchSpaceConfig()
+        config.validate()
+        self.config = config
+        C, nodes = config.init_channels, config.nodes
+        C_curr = config.stem_multiplier * C
+        self.stem = nn.Sequential(
+            nn.Conv2d(config.in_channels, C_curr, 3, padding=1, bias=False),
+            nn.BatchNorm2d(C_curr),
+        )
+        C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        for i in range(config.layers):
+            reduction = i in config.reduction_layers
+            if reduction:
+                C_curr *= 2
+            cell = SearchCell(nodes, C_prev_prev, C_prev, C_curr, reduction, reduction_prev,
+                              config.ops)
+            self.cells.append(cell)
+            reduction_prev = reduction
+            C_prev_prev, C_prev = C_prev, nodes * C_curr
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, config.num_classes)
+        shape = (num_edges(nodes), len(config.ops))
+        self.alpha_normal = nn.Parameter(1e-3 * torch.randn(shape))
+        self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(shape))
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [self.alpha_normal, self.alpha_reduce]
+
+    def named_weight_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        arch = {id(p) for p in self.arch_parameters()}
+        return [(n, p) for n, p in self.named_parameters() if id(p) not in arch]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        return [p for _, p in self.named_weight_parameters()]
+
+    def arch_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """softmax(α) per edge, computed in float32 whatever the autocast dtype."""
+        return (F.softmax(self.alpha_normal.float(), dim=-1),
+                F.softmax(self.alpha_reduce.float(), dim=-1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w_normal, w_reduce = self.arch_weights()
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal)
+        return self.classifier(torch.flatten(self.global_pooling(s1), 1))
+
+    def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the logits; the architect differentiates this w.r.t. w and α."""
+        return F.cross_entropy(self(inputs), targets)
+
+    def genotype(self, max_skip: int | None = None) -> Genotype:
+        w_normal, w_reduce = self.arch_weights()
+        return derive_genotype(w_normal, w_reduce, self.config.ops, max_skip=max_skip)
