@@ -1,0 +1,216 @@
+"""The bilevel architecture step (paper, sections 2.2 and 2.3), for any search model.
+
+A search model exposes ``arch_parameters()`` (its α), ``named_weight_parameters()`` (its w) and
+``loss(*batch)``. The gradient of the validation loss with respect to α is computed in one of
+three ways (``order``):
+
+``first``
+    ∇α L_val(w, α): treat w as a constant (DARTS first order).
+``second``
+    the paper's approximation (equations 6-8): with the virtual step
+    w' = w − ξ ∇w L_train(w, α) (ξ the current weight learning rate; momentum and weight decay
+    included, exactly one step of the weight optimizer),
+    ∇α L_val(w', α) − ξ (∇α L_train(w⁺, α) − ∇α L_train(w⁻, α)) / (2ε),
+    w± = w ± ε ∇w' L_val(w', α), ε = fd_step / ||∇w' L_val(w', α)||.
+``exact``
+    the exact gradient of L_val(w'(α), α) through the one-step unrolled weights, by double
+    backward. Same number of passes as ``second``, at the memory cost of a second-order graph.
+
+None of these changes the model: the virtual weights are passed with ``torch.func.functional_call``,
+BatchNorm running statistics are frozen during the α step, and the weight optimizer's state is
+only read.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from .errors import ConfigError
+
+Batch = Sequence[Any]
+ORDERS = ("first", "second", "exact")
+
+
+class SearchModel(Protocol):
+    def arch_parameters(self) -> list[nn.Parameter]: ...
+    def named_weight_parameters(self) -> list[tuple[str, nn.Parameter]]: ...
+    def loss(self, *batch: Any) -> torch.Tensor: ...
+
+
+class _LossOf(nn.Module):
+    """Lets ``functional_call`` evaluate ``model.loss`` (not ``forward``) with substituted weights."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *batch: Any) -> torch.Tensor:
+        return self.model.loss(*batch)
+
+
+@contextmanager
+def frozen_batchnorm_stats(model: nn.Module) -> Iterator[None]:
+    """Use batch statistics without updating the running ones (the α step must not move them)."""
+    bns = [m for m in model.modules()
+           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for m in bns:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in bns:
+            m.track_running_stats = True
+
+
+@contextmanager
+def requires_grad_off(params: Sequence[torch.Tensor]) -> Iterator[None]:
+    """Treat ``params`` as constants: autograd neither differentiates nor saves tensors for them."""
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+
+
+def _loss_at(model: nn.Module, names: Sequence[str], weights: Sequence[torch.Tensor],
+             batch: Batch) -> torch.Tensor:
+    params = {f"model.{n}": w for n, w in zip(names, weights)}
+    return functional_call(_LossOf(model), params, tuple(batch))
+
+
+def first_order_alpha_grad(model: SearchModel, val_batch: Batch) -> list[torch.Tensor]:
+    """∇α L_val(w, α) with w held constant."""
+    alphas = model.arch_parameters()
+    weights = [p for _, p in model.named_weight_parameters()]
+    with frozen_batchnorm_stats(model), requires_grad_off(weights):
+        loss = model.loss(*val_batch)
+        return list(torch.autograd.grad(loss, alphas))
+
+
+def virtual_step(weights: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], xi: float,
+                 momentum: Sequence[float], weight_decay: Sequence[float],
+                 buffers: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
+    """One SGD step w − ξ(μ·buf + g + λ·w) per tensor, as torch.optim.SGD (no dampening) takes it."""
+    out = []
+    for w, g, mu, wd, buf in zip(weights, grads, momentum, weight_decay, buffers):
+        d = g + wd * w if wd else g
+        if buf is not None and mu:
+            d = d + mu * buf
+        out.append(w - xi * d)
+    return out
+
+
+def second_order_alpha_grad(model: SearchModel, train_batch: Batch, val_batch: Batch, *, xi: float,
+                            momentum: Sequence[float], weight_decay: Sequence[float],
+                            buffers: Sequence[torch.Tensor | None],
+                            fd_step: float = 0.01) -> list[torch.Tensor]:
+    """The paper's second-order approximation (equation 8) with a central finite difference."""
+    names, weights = zip(*model.named_weight_parameters())
+    alphas = model.arch_parameters()
+    n_alpha = len(alphas)
+    with frozen_batchnorm_stats(model):
+        with requires_grad_off(alphas):
+            grads = torch.autograd.grad(model.loss(*train_batch), weights)
+        with torch.no_grad():
+            unrolled = virtual_step([w.detach() for w in weights], grads, xi, momentum,
+                                    weight_decay, buffers)
+        del grads
+        unrolled = [u.requires_grad_() for u in unrolled]
+        out = torch.autograd.grad(_loss_at(model, names, unrolled, val_batch), [*alphas, *unrolled])
+        dalpha, v = list(out[:n_alpha]), out[n_alpha:]
+        del unrolled, out
+        with torch.no_grad():
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in v]))
+        if norm.item() == 0.0:
+            return dalpha
+        eps = fd_step / norm
+        with torch.no_grad():
+            w_plus = [w.detach() + eps * t for w, t in zip(weights, v)]
+        g_plus = torch.autograd.grad(_loss_at(model, names, w_plus, train_batch), alphas)
+        with torch.no_grad():
+            w_minus = w_plus
+            for wm, t in zip(w_minus, v):
+                wm.sub_(2 * eps * t)  # reuse the w+ storage: w- = w+ - 2εv
+        g_minus = torch.autograd.grad(_loss_at(model, names, w_minus, train_batch), alphas)
+        with torch.no_grad():
+            return [da - xi * (gp - gm) / (2 * eps) for da, gp, gm in zip(dalpha, g_plus, g_minus)]
+
+
+def exact_alpha_grad(model: SearchModel, train_batch: Batch, val_batch: Batch, *, xi: float,
+                     momentum: Sequence[float], weight_decay: Sequence[float],
+                     buffers: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
+    """d/dα L_val(w'(α), α) through the one-step unrolled weights (double backward)."""
+    names, weights = zip(*model.named_weight_parameters())
+    alphas = model.arch_parameters()
+    with frozen_batchnorm_stats(model):
+        grads = torch.autograd.grad(model.loss(*train_batch), weights, create_graph=True)
+        detached = [w.detach() for w in weights]
+        unrolled = virtual_step(detached, grads, xi, momentum, weight_decay, buffers)
+        return list(torch.autograd.grad(_loss_at(model, names, unrolled, val_batch), alphas))
+
+
+class Architect:
+    """Updates α with Adam on the validation split (the upper level of the bilevel problem)."""
+
+    def __init__(self, model: nn.Module, w_optimizer: torch.optim.Optimizer, *, order: str = "first",
+                 lr: float = 3e-4, betas: tuple[float, float] = (0.5, 0.999),
+                 weight_decay: float = 1e-3, fd_step: float = 0.01) -> None:
+        if order not in ORDERS:
+            raise ConfigError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
+        if fd_step <= 0:
+            raise ConfigError(f"fd_step must be > 0, got {fd_step}")
+        self.model = model
+        self.w_optimizer = w_optimizer
+        self.order = order
+        self.fd_step = fd_step
+        self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=lr, betas=betas,
+                                          weight_decay=weight_decay)
+
+    def _weight_optimizer_terms(self) -> dict[str, list]:
+        """Per weight tensor: the SGD momentum, weight decay and momentum buffer of w_optimizer."""
+        group_of = {}
+        for group in self.w_optimizer.param_groups:
+            for p in group["params"]:
+                group_of[id(p)] = group
+        terms: dict[str, list] = {"momentum": [], "weight_decay": [], "buffers": []}
+        for _, p in self.model.named_weight_parameters():
+            group = group_of.get(id(p), {})
+            terms["momentum"].append(group.get("momentum", 0.0))
+            terms["weight_decay"].append(group.get("weight_decay", 0.0))
+            terms["buffers"].append(self.w_optimizer.state.get(p, {}).get("momentum_buffer"))
+        return terms
+
+    def alpha_grad(self, train_batch: Batch, val_batch: Batch, xi: float) -> list[torch.Tensor]:
+        """The α gradient of the configured order; ``xi`` is the current weight learning rate."""
+        if self.order == "first":
+            return first_order_alpha_grad(self.model, val_batch)
+        terms = self._weight_optimizer_terms()
+        if self.order == "second":
+            return second_order_alpha_grad(self.model, train_batch, val_batch, xi=xi,
+                                           fd_step=self.fd_step, **terms)
+        return exact_alpha_grad(self.model, train_batch, val_batch, xi=xi, **terms)
+
+    def step(self, train_batch: Batch, val_batch: Batch, xi: float,
+             grad_hook: Callable[[list[torch.Tensor]], None] | None = None) -> list[torch.Tensor]:
+        """One Adam step on α; ``grad_hook`` may transform the gradients in place (e.g. all-reduce)."""
+        grads = self.alpha_grad(train_batch, val_batch, xi)
+        if grad_hook is not None:
+            grad_hook(grads)
+        for p, g in zip(self.model.arch_parameters(), grads):
+            p.grad = g.detach()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grads
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])

@@ -1,0 +1,124 @@
+"""In-memory image datasets and a batch loader that augments on the device."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from .augment import cutout, normalize, random_crop, random_flip
+
+
+@dataclass
+class ImageDataset:
+    """A whole image split as one uint8 tensor [N, C, H, W] plus int64 labels [N]."""
+
+    name: str
+    images: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_padding: int = 4
+    flip: bool = True
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError("images must be a uint8 tensor [N, C, H, W]")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError("labels must be a tensor [N] matching the images")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def in_channels(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return (self.images.shape[2], self.images.shape[3])
+
+
+class BatchLoader:
+    """Batches of a subset of an :class:`ImageDataset`, shuffled by an explicit generator.
+
+    The uint8 images live on ``device``; each batch is gathered, augmented (crop, flip, optional
+    cutout) and normalised there. The position in the epoch is part of :meth:`state_dict`, so a
+    resumed run sees exactly the batches an uninterrupted one would.
+    """
+
+    def __init__(self, dataset: ImageDataset, indices: torch.Tensor | None = None, *,
+                 batch_size: int, shuffle: bool = True, augment: bool = True, cutout: int = 0,
+                 drop_last: bool = False, device: torch.device | str = "cpu", seed: int = 0) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.images = dataset.images.to(self.device)
+        self.labels = dataset.labels.to(self.device)
+        self.mean, self.std = dataset.mean, dataset.std
+        self.crop_padding = dataset.crop_padding
+        self.flip = dataset.flip
+        self.indices = torch.arange(len(dataset)) if indices is None else indices.clone()
+        if len(self.indices) == 0:
+            raise ValueError("a loader needs at least one example")
+        self.batch_size = batch_size
+        self.shuffle, self.augment, self.cutout, self.drop_last = shuffle, augment, cutout, drop_last
+        self.generator = torch.Generator().manual_seed(seed)
+        self._order: torch.Tensor | None = None
+        self._pos = 0
+
+    def __len__(self) -> int:
+        n = len(self.indices)
+        if self.drop_last and n >= self.batch_size:
+            return n // self.batch_size
+        return -(-n // self.batch_size)
+
+    def _new_epoch(self) -> None:
+        if self.shuffle:
+            self._order = self.indices[torch.randperm(len(self.indices), generator=self.generator)]
+        else:
+            self._order = self.indices
+        self._pos = 0
+
+    def _exhausted(self) -> bool:
+        limit = min(len(self) * self.batch_size, len(self.indices))
+        return self._order is None or self._pos >= limit
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next batch, starting a new (reshuffled) pass over the subset when one is used up."""
+        if self._exhausted():
+            self._new_epoch()
+        idx = self._order[self._pos:self._pos + self.batch_size]
+        self._pos += self.batch_size
+        return self._make(idx)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One pass over the subset (continuing a pass a restored state left unfinished)."""
+        if self._exhausted():
+            self._new_epoch()
+        while not self._exhausted():
+            yield self.next_batch()
+
+    def _make(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = idx.to(self.device, non_blocking=True)
+        x = self.images.index_select(0, idx)
+        if self.augment:
+            x = random_crop(x, self.crop_padding, self.generator)
+            if self.flip:
+                x = random_flip(x, self.generator)
+        x = normalize(x, self.mean, self.std)
+        if self.augment and self.cutout:
+            x = cutout(x, self.cutout, self.generator)
+        return x, self.labels.index_select(0, idx)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(),
+                "order": None if self._order is None else self._order.clone(),
+                "pos": self._pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self._order = state["order"]
+        self._pos = int(state["pos"])
