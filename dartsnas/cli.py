@@ -1,0 +1,133 @@
+"""The ``dartsnas`` command line: one parser, one set of flag spellings for every command.
+
+    dartsnas search cnn --dataset digits --epochs 10 --out runs/digits
+    dartsnas derive runs/digits/checkpoint.pt
+    dartsnas genotype DARTS_V2
+
+User mistakes raise :class:`~dartsnas.errors.DartsError`; they are printed as one line
+(``dartsnas: error: ...``) with exit status 1, never as a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import __version__
+from .errors import DartsError
+from .genotype import CONV_GENOTYPES, load_genotype
+
+
+def _search_flags(p: argparse.ArgumentParser) -> None:
+    from .train.search import SearchConfig
+    d = SearchConfig()
+    S = argparse.SUPPRESS  # only flags given on the command line reach the config
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=S, help=f"cifar10 or digits (bundled, offline) [{d.dataset}]")
+    g.add_argument("--data-dir", default=S, help="folder holding the dataset (or $DARTSNAS_DATA) [data]")
+    g.add_argument("--download", action="store_true", default=S,
+                   help="fetch the official dataset archive (md5-checked) if missing")
+    g.add_argument("--no-verify", dest="verify", action="store_false", default=S,
+                   help="skip the official md5 check (for your own files in the CIFAR format)")
+    g.add_argument("--train-portion", type=float, default=S,
+                   help=f"part of the training split that trains w; the rest trains α [{d.train_portion}]")
+    g = p.add_argument_group("search space")
+    g.add_argument("--init-channels", type=int, default=S, help=f"C [{d.init_channels}]")
+    g.add_argument("--layers", type=int, default=S, help=f"cells L [{d.layers}]")
+    g.add_argument("--nodes", type=int, default=S, help=f"intermediate nodes N per cell [{d.nodes}]")
+    g.add_argument("--ops", nargs="+", default=S, metavar="OP",
+                   help=f"candidate op set [{' '.join(d.ops)}]")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=S, help=f"[{d.epochs}]")
+    g.add_argument("--batch-size", type=int, default=S, help=f"[{d.batch_size}]")
+    g.add_argument("--lr", type=float, default=S, help=f"weight learning rate, cosine-annealed [{d.lr}]")
+    g.add_argument("--lr-min", type=float, default=S, help=f"[{d.lr_min}]")
+    g.add_argument("--momentum", type=float, default=S, help=f"[{d.momentum}]")
+    g.add_argument("--weight-decay", type=float, default=S, help=f"[{d.weight_decay}]")
+    g.add_argument("--grad-clip", type=float, default=S, help=f"[{d.grad_clip}]")
+    g.add_argument("--arch-lr", type=float, default=S, help=f"Adam learning rate of α [{d.arch_lr}]")
+    g.add_argument("--arch-weight-decay", type=float, default=S, help=f"[{d.arch_weight_decay}]")
+    g.add_argument("--order", choices=("first", "second", "exact"), default=S,
+                   help=f"architecture gradient [{d.order}]")
+    g.add_argument("--fd-step", type=float, default=S,
+                   help=f"finite-difference step of --order second, divided by the gradient norm [{d.fd_step}]")
+    g.add_argument("--max-skip", type=int, default=S,
+                   help="cap on skip_connects in the derived normal cell [none]")
+    g.add_argument("--steps-per-epoch", type=int, default=S, help="cap the steps of an epoch (smoke runs)")
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=S, help=f"[{d.seed}]")
+    g.add_argument("--device", default=S, help=f"auto, cpu or cuda[:N] [{d.device}]")
+    g.add_argument("--out", required=True, type=Path, help="run directory")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    g.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    g.add_argument("--quiet", action="store_true", help="no progress or per-epoch output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dartsnas", description="DARTS: differentiable architecture search (Liu et al., ICLR 2019)")
+    parser.add_argument("--version", action="version", version=f"dartsnas {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("search", help="search a cell with DARTS")
+    spaces = p.add_subparsers(dest="space", required=True, metavar="SPACE")
+    _search_flags(spaces.add_parser("cnn", help="convolutional cells (normal + reduction)"))
+
+    p = sub.add_parser("derive", help="print the genotype a search checkpoint derives to")
+    p.add_argument("checkpoint", type=Path, help="checkpoint.pt or a run directory")
+    p.add_argument("--max-skip", type=int, default=None, help="override the run's skip_connect cap")
+
+    p = sub.add_parser("genotype", help="validate a genotype and print its canonical JSON")
+    p.add_argument("genotype", help=f"built-in name ({', '.join(CONV_GENOTYPES.names())}) or JSON file")
+    p.add_argument("--space", choices=("cnn",), default="cnn")
+    return parser
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from .train.search import CHECKPOINT, KIND, SearchConfig, search
+    from .train.checkpoint import load_checkpoint
+    names = {f.name for f in dataclasses.fields(SearchConfig)}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    if "ops" in given:
+        given["ops"] = tuple(given["ops"])
+    if args.resume:
+        saved = load_checkpoint(args.out / CHECKPOINT, kind=KIND)["config"]
+        config = dataclasses.replace(SearchConfig.from_dict(saved), **given)
+    else:
+        config = SearchConfig(**given)
+    result = search(config, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    if not args.quiet:
+        print(f"genotype written to {result.out_dir / 'genotype.json'}")
+    return 0
+
+
+def _cmd_derive(args: argparse.Namespace) -> int:
+    from .train.search import derive_from_checkpoint
+    print(derive_from_checkpoint(args.checkpoint, max_skip=args.max_skip).to_json())
+    return 0
+
+
+def _cmd_genotype(args: argparse.Namespace) -> int:
+    print(load_genotype(args.genotype).to_json())
+    return 0
+
+
+COMMANDS = {"search": _cmd_search, "derive": _cmd_derive, "genotype": _cmd_genotype}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except DartsError as e:
+        print(f"dartsnas: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("dartsnas: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Training loops: the architecture search and (later) final-network training."""

@@ -1,0 +1,46 @@
+"""Console output of training loops: a progress bar on a terminal, one line per epoch otherwise."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+class Progress:
+    """A single-line bar (step, metrics, throughput, ETA), drawn only when ``stream`` is a TTY."""
+
+    def __init__(self, total: int, desc: str, *, unit: str = "img", stream: TextIO | None = None,
+                 enabled: bool = True, min_interval: float = 0.2) -> None:
+        self.stream = stream or sys.stdout
+        self.enabled = enabled and self.stream.isatty()
+        self.total, self.desc, self.unit = total, desc, unit
+        self.count = 0
+        self.items = 0
+        self.start = time.perf_counter()
+        self._last = 0.0
+        self.min_interval = min_interval
+
+    def update(self, items: int, **metrics: float) -> None:
+        self.count += 1
+        self.items += items
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if now - self._last < self.min_interval and self.count < self.total:
+            return
+        self._last = now
+        elapsed = max(now - self.start, 1e-9)
+        rate = self.items / elapsed
+        eta = (self.total - self.count) * elapsed / max(self.count, 1)
+        width = 20
+        filled = int(width * self.count / max(self.total, 1))
+        bar = "#" * filled + "-" * (width - filled)
+        shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        self.stream.write(f"\r{self.desc} [{bar}] {self.count}/{self.total} {shown} "
+                          f"{rate:.1f} {self.unit}/s eta {eta:.0f}s\x1b[K")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()

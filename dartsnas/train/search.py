@@ -1,0 +1,381 @@
+"""The DARTS search loop for convolutional cells (paper, section 3.1 and Algorithm 1).
+
+Each step takes one α step on a validation batch (:class:`~dartsnas.architect.Architect`), then one
+SGD step of the weights on a training batch. The training split is cut in two: the first
+``train_portion`` trains w, the rest is the validation data that trains α.
+
+A run directory holds ``metrics.jsonl`` (one record per epoch, with softmax(α) and the derived
+genotype), ``checkpoint.pt`` (everything needed to resume) and, at the end, ``genotype.json``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..architect import ORDERS, Architect, requires_grad_off
+from ..data import BatchLoader, load_dataset
+from ..errors import CheckpointError, ConfigError, DartsError
+from ..genotype import SKIP_OP, Genotype, derive_genotype
+from ..ops import DARTS_OPS
+from ..spaces import ConvSearchSpaceConfig, SearchNetwork
+from .checkpoint import (CHECKPOINT, GENOTYPE, METRICS, MetricsLog, atomic_write_text,
+                         load_checkpoint, save_checkpoint, tensors_to_lists)
+from .progress import Progress
+
+KIND = "search-cnn"
+
+
+@dataclass
+class SearchConfig:
+    """Everything that defines a conv search; defaults are the paper's CIFAR-10 settings."""
+
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    download: bool = False
+    verify: bool = True
+    epochs: int = 50
+    batch_size: int = 64
+    lr: float = 0.025
+    lr_min: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    arch_lr: float = 3e-4
+    arch_weight_decay: float = 1e-3
+    arch_betas: tuple[float, float] = (0.5, 0.999)
+    order: str = "first"
+    fd_step: float = 0.01
+    init_channels: int = 16
+    layers: int = 8
+    nodes: int = 4
+    ops: tuple[str, ...] = field(default_factory=lambda: DARTS_OPS)
+    train_portion: float = 0.5
+    max_skip: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    steps_per_epoch: int | None = None
+
+    # Fields that may differ between a checkpoint and the run resuming it.
+    RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "download", "verify")
+
+    def validate(self) -> None:
+        positive = ("epochs", "batch_size", "init_channels", "layers", "nodes")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "arch_lr", "fd_step"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        for name in ("lr_min", "momentum", "weight_decay", "arch_weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.lr_min > self.lr:
+            raise ConfigError(f"--lr-min {self.lr_min} is above --lr {self.lr}")
+        if self.order not in ORDERS:
+            raise ConfigError(f"--order must be one of {', '.join(ORDERS)}, got {self.order!r}")
+        if not 0.0 < self.train_portion < 1.0:
+            raise ConfigError(f"--train-portion must lie strictly between 0 and 1, got {self.train_portion}")
+        if self.max_skip is not None and self.max_skip < 0:
+            raise ConfigError(f"--max-skip must be >= 0, got {self.max_skip}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ConfigError(f"--steps-per-epoch must be >= 1, got {self.steps_per_epoch}")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ConfigError(f"--device must be auto, cpu or cuda[:N], got {self.device!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["ops"] = list(self.ops)
+        d["arch_betas"] = list(self.arch_betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SearchConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise CheckpointError(f"unknown config field(s) {', '.join(sorted(unknown))}")
+        data = dict(data)
+        if "ops" in data:
+            data["ops"] = tuple(data["ops"])
+        if "arch_betas" in data:
+            data["arch_betas"] = tuple(data["arch_betas"])
+        return cls(**data)
+
+
+@dataclass
+class SearchResult:
+    genotype: Genotype
+    metrics: list[dict[str, Any]]
+    out_dir: Path
+
+
+def cosine_lr(epoch: int, epochs: int, lr: float, lr_min: float) -> float:
+    """Cosine annealing from ``lr`` at epoch 0 towards ``lr_min`` (SGDR without restarts).
+
+    Closed form rather than a stateful scheduler, so a resumed run with a changed ``--epochs``
+    simply follows the new schedule from the epoch it resumes at.
+    """
+    return lr_min + (lr - lr_min) * (1 + math.cos(math.pi * epoch / epochs)) / 2
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+RUN_FILES = (CHECKPOINT, METRICS, GENOTYPE)
+
+
+def check_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to clobber a run unless asked; ``--resume`` needs a checkpoint to resume from."""
+    if resume:
+        if not (out / CHECKPOINT).is_file():
+            raise CheckpointError(f"{out}: nothing to resume (no {CHECKPOINT})")
+        return
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory")
+    if not overwrite and any((out / name).exists() for name in RUN_FILES):
+        raise ConfigError(f"--out {out} already holds a run: pass --resume to continue it "
+                          "or --overwrite to replace it")
+
+
+def start_run_dir(out: Path) -> None:
+    """Create the run directory, removing the files of a run being overwritten."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+
+
+def _check_resumable(saved: SearchConfig, asked: SearchConfig, path: Path) -> list[str]:
+    """Field differences that forbid resuming, and a log line for allowed ones."""
+    notes = []
+    for f in dataclasses.fields(SearchConfig):
+        a, b = getattr(saved, f.name), getattr(asked, f.name)
+        if a == b:
+            continue
+        if f.name in SearchConfig.RESUMABLE_CHANGES:
+            notes.append(f"{f.name} changed from {a} to {b} on resume")
+            continue
+        raise CheckpointError(f"{path}: checkpoint was written with {f.name}={a!r}, "
+                              f"this run asks for {f.name}={b!r}")
+    return notes
+
+
+class Search:
+    """A resumable DARTS search run writing into ``out_dir`` (see the module docstring)."""
+
+    def __init__(self, config: SearchConfig, out_dir: str | Path, *, resume: bool = False,
+                 overwrite: bool = False, quiet: bool = False,
+                 log: Callable[[str], None] = print) -> None:
+        config.validate()
+        self.config = config
+        self.out = Path(out_dir)
+        self.quiet = quiet
+        self._log = log
+        saved = None
+        check_run_dir(self.out, resume=resume, overwrite=overwrite)
+        if resume:
+            saved = load_checkpoint(self.out / CHECKPOINT, kind=KIND)
+            for note in _check_resumable(SearchConfig.from_dict(saved["config"]), config,
+                                         self.out / CHECKPOINT):
+                self.log(note)
+        self.device = resolve_device(config.device)
+
+        data = load_dataset(config.dataset, "train", data_dir=config.data_dir,
+                            download=config.download, verify=config.verify)
+        self.log(data.description)
+        n_train = int(math.floor(config.train_portion * len(data)))
+        if n_train < 1 or n_train >= len(data):
+            raise ConfigError(f"--train-portion {config.train_portion} leaves an empty split of "
+                              f"the {len(data)} training images")
+        order = torch.arange(len(data))
+        seed = config.seed
+        self.train_loader = BatchLoader(data, order[:n_train], batch_size=config.batch_size,
+                                        device=self.device, seed=seed)
+        self.val_loader = BatchLoader(data, order[n_train:], batch_size=config.batch_size,
+                                      device=self.device, seed=seed + 1)
+        self.eval_loader = BatchLoader(data, order[n_train:], batch_size=max(config.batch_size, 256),
+                                       shuffle=False, augment=False, device=self.device)
+
+        torch.manual_seed(seed)
+        space = ConvSearchSpaceConfig(init_channels=config.init_channels, layers=config.layers,
+                                      nodes=config.nodes, num_classes=data.num_classes,
+                                      in_channels=data.in_channels, ops=tuple(config.ops))
+        self.model = SearchNetwork(space).to(self.device)
+        self.w_optimizer = torch.optim.SGD(self.model.weight_parameters(), lr=config.lr,
+                                           momentum=config.momentum,
+                                           weight_decay=config.weight_decay)
+        self.architect = Architect(self.model, self.w_optimizer, order=config.order,
+                                   lr=config.arch_lr, betas=tuple(config.arch_betas),
+                                   weight_decay=config.arch_weight_decay, fd_step=config.fd_step)
+        self.epoch = 0
+        self.metrics = MetricsLog(self.out / METRICS)
+        if saved is not None:
+            self._restore(saved)
+        else:
+            start_run_dir(self.out)
+
+    def log(self, message: str) -> None:
+        if not self.quiet:
+            self._log(message)
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "kind": KIND,
+            "config": self.config.to_dict(),
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "w_optimizer": self.w_optimizer.state_dict(),
+            "architect": self.architect.state_dict(),
+            "loaders": {"train": self.train_loader.state_dict(), "val": self.val_loader.state_dict()},
+            "rng": rng,
+            "genotype": self.model.genotype(self.config.max_skip).to_dict(),
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+            self.w_optimizer.load_state_dict(state["w_optimizer"])
+            self.architect.load_state_dict(state["architect"])
+            self.train_loader.load_state_dict(state["loaders"]["train"])
+            self.val_loader.load_state_dict(state["loaders"]["val"])
+            torch.set_rng_state(state["rng"]["torch"])
+            if "cuda" in state["rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+            self.epoch = int(state["epoch"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            raise CheckpointError(f"{self.out / CHECKPOINT}: does not match this search ({e})") from None
+        self.metrics.keep_epochs(self.epoch)
+        self.log(f"resumed from {self.out / CHECKPOINT} after epoch {self.epoch}")
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def train_epoch(self) -> dict[str, float]:
+        """One epoch of alternating α and w steps; returns mean train loss and accuracy."""
+        model, cfg = self.model, self.config
+        model.train()
+        steps = len(self.train_loader)
+        if cfg.steps_per_epoch is not None:
+            steps = min(steps, cfg.steps_per_epoch)
+        xi = self.w_optimizer.param_groups[0]["lr"]
+        alphas = model.arch_parameters()
+        weights = model.weight_parameters()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        bad_step = None
+        bar = Progress(steps, f"epoch {self.epoch + 1}/{cfg.epochs}", enabled=not self.quiet)
+        batches = iter(self.train_loader)
+        for step in range(steps):
+            x, y = next(batches)
+            val_batch = self.val_loader.next_batch()
+            self.architect.step((x, y), val_batch, xi)
+            with requires_grad_off(alphas):
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+                self.w_optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(weights, cfg.grad_clip)
+            self.w_optimizer.step()
+            # Device-side bookkeeping: no host sync per step.
+            loss_sum += loss.detach() * y.shape[0]
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += y.shape[0]
+            if self.device.type == "cpu" and not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                bad_step = step + 1
+                break
+            if bar.enabled:
+                bar.update(y.shape[0], loss=loss.item(), acc=correct.item() / seen)
+            else:
+                bar.update(y.shape[0])
+        bar.close()
+        train_loss = (loss_sum / max(seen, 1)).item()
+        if bad_step is not None or not math.isfinite(train_loss):
+            where = f"step {bad_step}" if bad_step is not None else "a step"
+            raise DartsError(f"non-finite loss or gradient at epoch {self.epoch + 1}, {where}: "
+                             f"stopped; the last good checkpoint ({self.out / CHECKPOINT}) is kept")
+        return {"train_loss": train_loss, "train_acc": correct.item() / max(seen, 1),
+                "steps": steps, "images_per_s": seen / max(time.perf_counter() - bar.start, 1e-9)}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Loss and accuracy of the search network on the validation split (no augmentation)."""
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        for x, y in self.eval_loader:
+            logits = self.model(x)
+            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+            seen += y.shape[0]
+        self.model.train()
+        return {"val_loss": (loss_sum / seen).item(), "val_acc": correct.item() / seen}
+
+    def run(self) -> SearchResult:
+        cfg = self.config
+        self.log(f"search cnn: {cfg.order} order, C={cfg.init_channels} L={cfg.layers} "
+                 f"N={cfg.nodes}, {len(self.train_loader.indices)} train / "
+                 f"{len(self.val_loader.indices)} val images, device {self.device}, out {self.out}")
+        while self.epoch < cfg.epochs:
+            start = time.perf_counter()
+            lr = cosine_lr(self.epoch, cfg.epochs, cfg.lr, cfg.lr_min)
+            for group in self.w_optimizer.param_groups:
+                group["lr"] = lr
+            record: dict[str, Any] = {"epoch": self.epoch + 1, "lr": lr}
+            record.update(self.train_epoch())
+            record.update(self.evaluate())
+            self.epoch += 1
+            genotype = self.model.genotype(cfg.max_skip)
+            w_normal, w_reduce = self.model.arch_weights()
+            skips = sum(op == SKIP_OP for op, _ in genotype.normal)
+            record.update({
+                "skip_connect_normal": skips,
+                "genotype": genotype.to_dict(),
+                "alphas": {"normal": tensors_to_lists(w_normal), "reduce": tensors_to_lists(w_reduce)},
+                "seconds": round(time.perf_counter() - start, 3),
+            })
+            self.metrics.append(record)
+            save_checkpoint(self.out / CHECKPOINT, self.state_dict())
+            self.log(f"epoch {record['epoch']}/{cfg.epochs} lr {lr:.5f} "
+                     f"train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f} | "
+                     f"val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f} | "
+                     f"skip(normal) {skips} | {record['seconds']:.1f}s")
+            self.log(f"  genotype {genotype.to_json()}")
+        genotype = self.model.genotype(cfg.max_skip)
+        atomic_write_text(self.out / GENOTYPE, genotype.to_json(indent=None) + "\n")
+        return SearchResult(genotype, self.metrics.read(), self.out)
+
+
+def search(config: SearchConfig, out_dir: str | Path, **kwargs: Any) -> SearchResult:
+    """Run (or with ``resume=True`` continue) a conv search; returns the derived genotype."""
+    return Search(config, out_dir, **kwargs).run()
+
+
+def derive_from_checkpoint(path: str | Path, max_skip: int | None = None) -> Genotype:
+    """The genotype α in a search checkpoint derives to (``max_skip`` overrides the run's)."""
+    state = load_checkpoint(path, kind=KIND)
+    config = SearchConfig.from_dict(state["config"])
+    model_state = state["model"]
+    try:
+        alpha_normal, alpha_reduce = model_state["alpha_normal"], model_state["alpha_reduce"]
+    except KeyError:
+        raise CheckpointError(f"{path}: checkpoint holds no α") from None
+    return derive_genotype(torch.softmax(alpha_normal.float(), -1), torch.softmax(alpha_reduce.float(), -1),
+                           tuple(config.ops), max_skip=config.max_skip if max_skip is None else max_skip)
