@@ -1,0 +1,74 @@
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dartsnas.spaces import ConvSearchSpaceConfig, SearchNetwork
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+class SmoothMaxPool(nn.Module):
+    """Log-sum-exp pooling: a smooth stand-in for max pooling (same window, stride, padding)."""
+
+    def __init__(self, pool: nn.MaxPool2d, temperature: float = 4.0) -> None:
+        super().__init__()
+        self.k, self.s, self.p, self.t = pool.kernel_size, pool.stride, pool.padding, temperature
+
+    def forward(self, x):
+        # exp(t*x) averaged over the window, padding excluded, then back through log / t
+        e = torch.exp(self.t * x)
+        avg = nn.functional.avg_pool2d(e, self.k, self.s, self.p, count_include_pad=False)
+        return torch.log(avg) / self.t
+
+
+def make_smooth(module: nn.Module) -> nn.Module:
+    """Swap ReLU for softplus and max pooling for log-sum-exp pooling, in place.
+
+    Both are piecewise: a finite difference that crosses a kink is not a derivative, so the
+    second-order approximation can only converge to the exact hypergradient on a smooth network.
+    """
+    for name, child in module.named_children():
+        if isinstance(child, nn.ReLU):
+            setattr(module, name, nn.Softplus(beta=4.0))
+        elif isinstance(child, nn.MaxPool2d):
+            setattr(module, name, SmoothMaxPool(child))
+        else:
+            make_smooth(child)
+    return module
+
+
+@pytest.fixture
+def tiny_net():
+    def make(dtype=torch.float32, seed=0, **kw):
+        torch.manual_seed(seed)
+        cfg = ConvSearchSpaceConfig(**{"init_channels": 4, "layers": 3, "num_classes": 5, **kw})
+        return SearchNetwork(cfg).to(dtype)
+    return make
+
+
+def write_cifar_batch(path: Path, images: np.ndarray, labels: list[int], protocol: int = 2) -> None:
+    """A batch file in the original format: a pickled dict of bytes keys, data uint8 [N, 3072]."""
+    record = {b"batch_label": b"generated batch", b"labels": list(labels),
+              b"data": images.reshape(len(images), -1).astype(np.uint8),
+              b"filenames": [f"img_{i}.png".encode() for i in range(len(images))]}
+    with open(path, "wb") as f:
+        pickle.dump(record, f, protocol=protocol)
+
+
+@pytest.fixture
+def cifar_dir(tmp_path):
+    """A tiny cifar-10-batches-py folder: 2 training batches of 12 images and a test batch of 8."""
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, n in (("data_batch_1", 12), ("data_batch_2", 12), ("test_batch", 8)):
+        write_cifar_batch(folder / name, rng.integers(0, 256, (n, 3, 32, 32)), list(rng.integers(0, 10, n)))
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog",
+                                      b"frog", b"horse", b"ship", b"truck"],
+                     b"num_cases_per_batch": 10000, b"num_vis": 3072}, f, protocol=2)
+    return tmp_path

@@ -1,0 +1,119 @@
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, grad
+
+from dartsnas.architect import Architect, frozen_batchnorm_stats
+from conftest import make_smooth
+
+
+def _cos(a, b):
+    a = torch.cat([t.flatten() for t in a])
+    b = torch.cat([t.flatten() for t in b])
+    return float(a @ b / (a.norm() * b.norm()))
+
+
+@pytest.fixture
+def setup(tiny_net):
+    """A float64 search network after one real w step (so SGD has momentum buffers)."""
+    def make(smooth=False):
+        net = tiny_net(dtype=torch.float64)
+        if smooth:
+            make_smooth(net)
+        with torch.no_grad():
+            for a in net.arch_parameters():
+                a.normal_(0, 0.5)
+        opt = torch.optim.SGD(net.weight_parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4)
+        g = torch.Generator().manual_seed(1)
+        train = (torch.randn(8, 3, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 5, (8,), generator=g))
+        val = (torch.randn(8, 3, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 5, (8,), generator=g))
+        net.loss(*train).backward()
+        opt.step()
+        opt.zero_grad()
+        return net, opt, train, val
+    return make
+
+
+def test_second_order_matches_exact_with_a_smooth_activation_and_small_step(setup):
+    net, opt, train, val = setup(smooth=True)
+    exact = Architect(net, opt, order="exact").alpha_grad(train, val, xi=0.5)
+    second = Architect(net, opt, order="second", fd_step=1e-4).alpha_grad(train, val, xi=0.5)
+    first = Architect(net, opt, order="first").alpha_grad(train, val, xi=0.5)
+    assert _cos(second, exact) >= 0.999
+    # the implicit term matters here: the first-order gradient is clearly different
+    assert _cos(first, exact) < 0.99
+
+
+def test_second_order_with_zero_xi_is_the_first_order_gradient(setup):
+    net, opt, train, val = setup()
+    first = Architect(net, opt, order="first").alpha_grad(train, val, xi=0.1)
+    second = Architect(net, opt, order="second").alpha_grad(train, val, xi=0.0)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_first_order_is_the_validation_loss_gradient(setup):
+    net, opt, train, val = setup()
+    first = Architect(net, opt, order="first").alpha_grad(train, val, xi=0.1)
+    ref = copy.deepcopy(net)
+    with frozen_batchnorm_stats(ref):
+        expected = torch.autograd.grad(ref.loss(*val), ref.arch_parameters())
+    for a, b in zip(first, expected):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("order", ["first", "second", "exact"])
+def test_alpha_step_leaves_weights_buffers_and_optimizer_state_bit_identical(setup, order):
+    net, opt, train, val = setup()
+    weights = {n: p.detach().clone() for n, p in net.named_weight_parameters()}
+    buffers = {n: b.clone() for n, b in net.named_buffers()}
+    opt_state = copy.deepcopy(opt.state_dict())
+    alphas = [a.detach().clone() for a in net.arch_parameters()]
+    arch = Architect(net, opt, order=order)
+    arch.step(train, val, xi=0.1)
+    for n, p in net.named_weight_parameters():
+        assert torch.equal(p, weights[n]), n
+        assert p.grad is None
+    for n, b in net.named_buffers():
+        assert torch.equal(b, buffers[n]), n
+    after = opt.state_dict()
+    for k, st in opt_state["state"].items():
+        assert torch.equal(st["momentum_buffer"], after["state"][k]["momentum_buffer"])
+    assert opt_state["param_groups"] == after["param_groups"]
+    assert not all(torch.equal(a, b) for a, b in zip(alphas, net.arch_parameters()))
+
+
+def test_exact_agrees_with_an_independent_torch_func_computation(setup):
+    net, opt, train, val = setup()
+    xi, mu, wd = 0.3, 0.9, 3e-4
+    exact = Architect(net, opt, order="exact").alpha_grad(train, val, xi=xi)
+
+    names = [n for n, _ in net.named_weight_parameters()]
+    w = {n: p.detach() for n, p in net.named_weight_parameters()}
+    bufs = {n: opt.state[p]["momentum_buffer"] for n, p in net.named_weight_parameters()}
+
+    def loss(params, alpha, batch):
+        x, y = batch
+        full = {**params, "alpha_normal": alpha[0], "alpha_reduce": alpha[1]}
+        return F.cross_entropy(functional_call(net, full, (x,)), y)
+
+    def upper(alpha):
+        g = grad(loss)(w, alpha, train)
+        unrolled = {n: w[n] - xi * (mu * bufs[n] + g[n] + wd * w[n]) for n in names}
+        return loss(unrolled, alpha, val)
+
+    alpha = tuple(a.detach() for a in net.arch_parameters())
+    with frozen_batchnorm_stats(net):
+        expected = grad(upper)(alpha)
+    for a, b in zip(exact, expected):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_unknown_order_and_bad_step_are_refused(tiny_net):
+    net = tiny_net()
+    opt = torch.optim.SGD(net.weight_parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="order must be one of"):
+        Architect(net, opt, order="third")
+    with pytest.raises(ValueError, match="fd_step must be > 0"):
+        Architect(net, opt, order="second", fd_step=0)

@@ -1,0 +1,76 @@
+import pytest
+import torch
+from torch import nn
+
+from dartsnas.errors import ConfigError
+from dartsnas.ops import CONV_OPS, DARTS_OPS, FactorizedReduce, Zero, build_op
+from dartsnas.spaces import ConvSearchSpaceConfig, MixedOp, SearchNetwork
+
+
+@pytest.mark.parametrize("name", CONV_OPS.names())
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size", [8, 7])
+def test_every_registered_op_keeps_channels_and_reduces_on_stride_2(name, stride, size):
+    op = build_op(name, 6, stride, affine=False)
+    x = torch.randn(2, 6, size, size, requires_grad=True)
+    y = op(x)
+    expected = size if stride == 1 else (size + 1) // 2
+    assert y.shape == (2, 6, expected, expected)
+    y.sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+
+
+def test_paper_op_set_is_the_original_order():
+    assert DARTS_OPS == ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3",
+                         "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
+
+
+def test_zero_op_and_skip_connect_types():
+    assert isinstance(build_op("skip_connect", 4, 1, False), nn.Identity)
+    assert isinstance(build_op("skip_connect", 4, 2, False), FactorizedReduce)
+    z = build_op("none", 4, 2, False)
+    assert isinstance(z, Zero)
+    assert torch.count_nonzero(z(torch.randn(1, 4, 6, 6))) == 0
+
+
+def test_sep_conv_is_two_relu_conv_bn_blocks_with_only_the_first_strided():
+    op = build_op("sep_conv_3x3", 4, 2, affine=True)
+    convs = [m for m in op.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.stride for c in convs] == [(2, 2), (1, 1), (1, 1), (1, 1)]
+    assert [c.groups for c in convs] == [4, 1, 4, 1]
+    assert sum(isinstance(m, nn.ReLU) for m in op.modules()) == 2
+    dil = build_op("dil_conv_5x5", 4, 1, affine=True)
+    assert [c.dilation for c in dil.modules() if isinstance(c, nn.Conv2d)][0] == (2, 2)
+
+
+def test_mixed_op_equals_softmax_weighted_sum_including_the_zero_op():
+    torch.manual_seed(0)
+    mixed = MixedOp(4, 1, DARTS_OPS)
+    x = torch.randn(3, 4, 8, 8)
+    w = torch.softmax(torch.randn(len(DARTS_OPS)), 0)
+    expected = sum(w[i] * op(x) for i, op in enumerate(mixed.ops))
+    torch.testing.assert_close(mixed(x, w), expected)
+    # pooling on a searched edge is followed by a non-affine BatchNorm
+    pool = mixed.ops[DARTS_OPS.index("max_pool_3x3")]
+    assert isinstance(pool[1], nn.BatchNorm2d) and not pool[1].affine
+    assert DARTS_OPS.index("none") not in mixed.active
+
+
+def test_a_user_registered_op_joins_the_search_space():
+    name = "test_conv_1x1"
+    if name not in CONV_OPS:
+        @CONV_OPS.register(name)
+        def _conv(C, stride, affine):
+            return nn.Sequential(nn.ReLU(), nn.Conv2d(C, C, 1, stride=stride, bias=False),
+                                 nn.BatchNorm2d(C, affine=affine))
+    net = SearchNetwork(ConvSearchSpaceConfig(init_channels=4, layers=3, ops=("none", name, "skip_connect")))
+    assert net.alpha_normal.shape == (14, 3)
+    assert net(torch.randn(2, 3, 8, 8)).shape == (2, 10)
+    assert {op for op, _ in net.genotype().normal} <= {name, "skip_connect"}
+
+
+def test_unknown_op_in_op_set_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown conv op 'sep_conv_9x9'"):
+        SearchNetwork(ConvSearchSpaceConfig(ops=("none", "sep_conv_9x9")))
+    with pytest.raises(ConfigError, match="already registered"):
+        CONV_OPS.register("none")(lambda C, s, a: None)
