@@ -59,6 +59,8 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=S, help=f"[{d.seed}]")
     g.add_argument("--device", default=S, help=f"auto, cpu or cuda[:N] [{d.device}]")
+    g.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=S,
+                   help="keep NCHW activations (channels_last is faster on CPU and GPU)")
     g.add_argument("--out", required=True, type=Path, help="run directory")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     g.add_argument("--overwrite", action="store_true", help="replace a run already in --out")

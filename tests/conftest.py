@@ -52,7 +52,7 @@ def tiny_net():
 
 def write_cifar_batch(path: Path, images: np.ndarray, labels: list[int], protocol: int = 2) -> None:
     """A batch file in the original format: a pickled dict of bytes keys, data uint8 [N, 3072]."""
-    record = {b"batch_label": b"generated batch", b"labels": list(labels),
+    record = {b"batch_label": b"generated batch", b"labels": [int(v) for v in labels],
               b"data": images.reshape(len(images), -1).astype(np.uint8),
               b"filenames": [f"img_{i}.png".encode() for i in range(len(images))]}
     with open(path, "wb") as f:

@@ -51,7 +51,8 @@ class BatchLoader:
 
     def __init__(self, dataset: ImageDataset, indices: torch.Tensor | None = None, *,
                  batch_size: int, shuffle: bool = True, augment: bool = True, cutout: int = 0,
-                 drop_last: bool = False, device: torch.device | str = "cpu", seed: int = 0) -> None:
+                 drop_last: bool = False, device: torch.device | str = "cpu", seed: int = 0,
+                 channels_last: bool = False) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device)
@@ -65,6 +66,7 @@ class BatchLoader:
             raise ValueError("a loader needs at least one example")
         self.batch_size = batch_size
         self.shuffle, self.augment, self.cutout, self.drop_last = shuffle, augment, cutout, drop_last
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.generator = torch.Generator().manual_seed(seed)
         self._order: torch.Tensor | None = None
         self._pos = 0
@@ -111,7 +113,7 @@ class BatchLoader:
         x = normalize(x, self.mean, self.std)
         if self.augment and self.cutout:
             x = cutout(x, self.cutout, self.generator)
-        return x, self.labels.index_select(0, idx)
+        return x.contiguous(memory_format=self.memory_format), self.labels.index_select(0, idx)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(),

@@ -61,9 +61,11 @@ class SearchConfig:
     seed: int = 0
     device: str = "auto"
     steps_per_epoch: int | None = None
+    # NHWC activations: faster convolutions on CPU (oneDNN) and GPU (measured in benchmarks/).
+    channels_last: bool = True
 
     # Fields that may differ between a checkpoint and the run resuming it.
-    RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "download", "verify")
+    RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "download", "verify", "channels_last")
 
     def validate(self) -> None:
         positive = ("epochs", "batch_size", "init_channels", "layers", "nodes")
@@ -172,6 +174,26 @@ def _check_resumable(saved: SearchConfig, asked: SearchConfig, path: Path) -> li
     return notes
 
 
+def search_step(model: SearchNetwork, architect: Architect, w_optimizer: torch.optim.Optimizer,
+                train_batch: tuple[torch.Tensor, torch.Tensor], val_batch: tuple[torch.Tensor, torch.Tensor],
+                lr: float, grad_clip: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step of Algorithm 1: an α step on ``val_batch``, then a w step on ``train_batch``.
+
+    Returns the training loss, logits and (pre-clipping) weight-gradient norm, without syncing.
+    """
+    architect.step(train_batch, val_batch, lr)
+    x, y = train_batch
+    with requires_grad_off(model.arch_parameters()):
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        w_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+    params = [p for group in w_optimizer.param_groups for p in group["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    w_optimizer.step()
+    return loss.detach(), logits.detach(), grad_norm
+
+
 class Search:
     """A resumable DARTS search run writing into ``out_dir`` (see the module docstring)."""
 
@@ -201,18 +223,21 @@ class Search:
                               f"the {len(data)} training images")
         order = torch.arange(len(data))
         seed = config.seed
+        common = dict(device=self.device, channels_last=config.channels_last)
         self.train_loader = BatchLoader(data, order[:n_train], batch_size=config.batch_size,
-                                        device=self.device, seed=seed)
+                                        seed=seed, **common)
         self.val_loader = BatchLoader(data, order[n_train:], batch_size=config.batch_size,
-                                      device=self.device, seed=seed + 1)
+                                      seed=seed + 1, **common)
         self.eval_loader = BatchLoader(data, order[n_train:], batch_size=max(config.batch_size, 256),
-                                       shuffle=False, augment=False, device=self.device)
+                                       shuffle=False, augment=False, **common)
 
         torch.manual_seed(seed)
         space = ConvSearchSpaceConfig(init_channels=config.init_channels, layers=config.layers,
                                       nodes=config.nodes, num_classes=data.num_classes,
                                       in_channels=data.in_channels, ops=tuple(config.ops))
         self.model = SearchNetwork(space).to(self.device)
+        if config.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.w_optimizer = torch.optim.SGD(self.model.weight_parameters(), lr=config.lr,
                                            momentum=config.momentum,
                                            weight_decay=config.weight_decay)
@@ -274,8 +299,6 @@ class Search:
         if cfg.steps_per_epoch is not None:
             steps = min(steps, cfg.steps_per_epoch)
         xi = self.w_optimizer.param_groups[0]["lr"]
-        alphas = model.arch_parameters()
-        weights = model.weight_parameters()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
@@ -285,14 +308,8 @@ class Search:
         for step in range(steps):
             x, y = next(batches)
             val_batch = self.val_loader.next_batch()
-            self.architect.step((x, y), val_batch, xi)
-            with requires_grad_off(alphas):
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
-                self.w_optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(weights, cfg.grad_clip)
-            self.w_optimizer.step()
+            loss, logits, grad_norm = search_step(model, self.architect, self.w_optimizer,
+                                                  (x, y), val_batch, xi, cfg.grad_clip)
             # Device-side bookkeeping: no host sync per step.
             loss_sum += loss.detach() * y.shape[0]
             correct += (logits.detach().argmax(1) == y).sum()

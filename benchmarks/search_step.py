@@ -1,0 +1,89 @@
+"""Throughput and peak memory of one DARTS search step (α step + w step).
+
+Prints one JSON line per (configuration, order): images/s = batch size / seconds of one full
+search step, and peak memory (process RSS on CPU, max allocated on CUDA). Each measurement runs in
+a fresh subprocess so peaks do not leak between configurations.
+
+    python benchmarks/search_step.py                  # the issue's CPU configurations, 2 threads
+    python benchmarks/search_step.py --device cuda --configs 16,8,64
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+CONFIGS = ["8,5,16", "16,8,32"]  # C,L,batch at 32x32, as in the original's figures
+
+
+def measure(args: argparse.Namespace) -> dict:
+    import torch
+
+    from dartsnas.architect import Architect
+    from dartsnas.spaces import ConvSearchSpaceConfig, SearchNetwork
+    from dartsnas.train.search import search_step
+
+    torch.set_num_threads(args.threads)
+    C, L, B = (int(v) for v in args.one.split(","))
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = SearchNetwork(ConvSearchSpaceConfig(init_channels=C, layers=L)).to(device)
+    fmt = torch.contiguous_format if args.no_channels_last else torch.channels_last
+    model.to(memory_format=fmt)
+    w_opt = torch.optim.SGD(model.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+    arch = Architect(model, w_opt, order=args.order)
+    batch = lambda: (torch.randn(B, 3, args.size, args.size, device=device).contiguous(memory_format=fmt),
+                     torch.randint(0, 10, (B,), device=device))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(args.warmup):
+        search_step(model, arch, w_opt, batch(), batch(), 0.025, 5.0)
+    sync()
+    times = []
+    for _ in range(args.steps):
+        train, val = batch(), batch()
+        sync()
+        t0 = time.perf_counter()
+        search_step(model, arch, w_opt, train, val, 0.025, 5.0)
+        sync()
+        times.append(time.perf_counter() - t0)
+    sec = sorted(times)[len(times) // 2]
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        kind = "cuda_max_allocated_gb"
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        kind = "peak_rss_gb"
+    return {"bench": "search_step", "C": C, "L": L, "batch": B, "size": args.size, "order": args.order,
+            "device": args.device, "threads": args.threads, "channels_last": not args.no_channels_last, "s_per_step": round(sec, 3),
+            "images_per_s": round(B / sec, 2), kind: round(peak, 3), "steps": args.steps}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", nargs="+", default=CONFIGS, help="C,L,batch triples")
+    p.add_argument("--orders", nargs="+", default=["first", "second"])
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--no-channels-last", action="store_true", help="NCHW activations (the plain path)")
+    p.add_argument("--one", help=argparse.SUPPRESS)
+    p.add_argument("--order", default="first", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one:
+        print(json.dumps(measure(args)), flush=True)
+        return
+    for config in args.configs:
+        for order in args.orders:
+            cmd = [sys.executable, __file__, "--one", config, "--order", order, "--size", str(args.size),
+                   "--device", args.device, "--threads", str(args.threads), "--steps", str(args.steps),
+                   "--warmup", str(args.warmup)] + (["--no-channels-last"] if args.no_channels_last else [])
+            subprocess.run(cmd, check=True)
+
+
+if __name__ == "__main__":
+    main()
