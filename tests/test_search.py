@@ -73,7 +73,7 @@ def test_higher_order_search_runs(tmp_path, order):
 
 
 def test_search_learns_on_real_digits(tmp_path):
-    cfg = SearchConfig(dataset="digits", init_channels=8, layers=3, batch_size=32, epochs=3, lr=0.05)
+    cfg = SearchConfig(dataset="digits", init_channels=8, layers=3, batch_size=64, epochs=3, lr=0.05)
     result = search(cfg, tmp_path, quiet=True)
     assert result.metrics[-1]["val_acc"] > 0.5  # chance is 0.1
     assert result.metrics[-1]["train_loss"] < result.metrics[0]["train_loss"]
