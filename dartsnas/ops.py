@@ -66,7 +66,21 @@ class DilatedDepthwiseConv2d(nn.Conv2d):
         return nn.functional.conv2d(x, expanded, bias, self.stride, self.padding, 1, self.groups)
 
 
-class ReLUConvBN(nn.Sequential):
+class PreReLU(nn.Sequential):
+    """A Sequential whose first module is a ReLU, so a caller holding relu(x) can skip it.
+
+    In a search cell every conv op of every edge leaving a node starts with ReLU of that node:
+    the cell computes it once per node and calls :meth:`forward_preactivated` (same values,
+    a fraction of the ReLU work and of the memory autograd keeps for it).
+    """
+
+    def forward_preactivated(self, x_relu: torch.Tensor) -> torch.Tensor:
+        for module in list(self)[1:]:
+            x_relu = module(x_relu)
+        return x_relu
+
+
+class ReLUConvBN(PreReLU):
     """ReLU -> Conv -> BatchNorm, the pre-activation order used throughout DARTS."""
 
     def __init__(self, c_in: int, c_out: int, kernel_size: int, stride: int, padding: int,
@@ -78,7 +92,7 @@ class ReLUConvBN(nn.Sequential):
         )
 
 
-class DilConv(nn.Sequential):
+class DilConv(PreReLU):
     """ReLU -> dilated depthwise conv -> pointwise conv -> BatchNorm."""
 
     def __init__(self, c_in: int, c_out: int, kernel_size: int, stride: int, padding: int,
@@ -102,6 +116,9 @@ class SepConv(nn.Sequential):
             DilConv(c_in, c_out, kernel_size, 1, padding, 1, affine),
         )
 
+    def forward_preactivated(self, x_relu: torch.Tensor) -> torch.Tensor:
+        return self[1](self[0].forward_preactivated(x_relu))
+
 
 class FactorizedReduce(nn.Module):
     """Halve the resolution with two 1x1 stride-2 convs on pixel grids offset by one, concatenated.
@@ -120,7 +137,9 @@ class FactorizedReduce(nn.Module):
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(x)
+        return self.forward_preactivated(self.relu(x))
+
+    def forward_preactivated(self, x: torch.Tensor) -> torch.Tensor:
         shifted = x[:, :, 1:, 1:]
         if x.shape[-1] % 2 or x.shape[-2] % 2:
             # Odd sizes: pad the shifted grid so both halves have the same spatial size.
@@ -175,7 +194,7 @@ def _dil_conv_5x5(C: int, stride: int, affine: bool) -> nn.Module:
 
 @CONV_OPS.register("conv_7x1_1x7")
 def _conv_7x1_1x7(C: int, stride: int, affine: bool) -> nn.Module:
-    return nn.Sequential(
+    return PreReLU(
         nn.ReLU(inplace=False),
         nn.Conv2d(C, C, (1, 7), stride=(1, stride), padding=(0, 3), bias=False),
         nn.Conv2d(C, C, (7, 1), stride=(stride, 1), padding=(3, 0), bias=False),
@@ -186,6 +205,11 @@ def _conv_7x1_1x7(C: int, stride: int, affine: bool) -> nn.Module:
 def build_op(name: str, C: int, stride: int, affine: bool) -> nn.Module:
     """Build the registered op ``name`` for C channels (raises ConfigError on an unknown name)."""
     return CONV_OPS.get(name)(C, stride, affine)
+
+
+def is_preactivated(module: nn.Module) -> bool:
+    """True for ops that can take relu(x) instead of x (see :class:`PreReLU`)."""
+    return hasattr(module, "forward_preactivated")
 
 
 def is_zero_op(module: nn.Module) -> bool:

@@ -74,3 +74,38 @@ def test_unknown_op_in_op_set_is_a_config_error():
         SearchNetwork(ConvSearchSpaceConfig(ops=("none", "sep_conv_9x9")))
     with pytest.raises(ConfigError, match="already registered"):
         CONV_OPS.register("none")(lambda C, s, a: None)
+
+
+@pytest.mark.parametrize("name", ["dil_conv_3x3", "dil_conv_5x5"])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_zero_inserted_dilated_conv_equals_the_dilated_conv(name, stride, channels_last):
+    torch.manual_seed(0)
+    op = build_op(name, 4, stride, affine=True).double()
+    dw = op[1]
+    ref = nn.Conv2d(4, 4, dw.kernel_size, stride=dw.stride, padding=dw.padding, dilation=dw.dilation,
+                    groups=4, bias=False).double()
+    ref.weight.data.copy_(dw.weight.data)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2, 4, 11, 11, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_()
+    y, y_ref = dw(x), ref(x)
+    torch.testing.assert_close(y, y_ref)
+    g = torch.randn_like(y)
+    gx, gw = torch.autograd.grad(y, (x, dw.weight), g)
+    gx_ref, gw_ref = torch.autograd.grad(y_ref, (x, ref.weight), g)
+    torch.testing.assert_close(gx, gx_ref)
+    torch.testing.assert_close(gw, gw_ref)
+    assert set(op.state_dict()) == {"1.weight", "2.weight", "3.weight", "3.bias", "3.running_mean",
+                                    "3.running_var", "3.num_batches_tracked"}
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_shared_relu_gives_the_same_mixed_op_output_and_gradients(stride):
+    torch.manual_seed(0)
+    mixed = MixedOp(4, stride, DARTS_OPS).double()
+    x = torch.randn(2, 4, 8, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.softmax(torch.randn(len(DARTS_OPS), dtype=torch.float64), 0)
+    shared = mixed(x, w, torch.relu(x))
+    plain = mixed(x, w)
+    torch.testing.assert_close(shared, plain)
+    torch.testing.assert_close(torch.autograd.grad(shared.sum(), x)[0], torch.autograd.grad(plain.sum(), x)[0])

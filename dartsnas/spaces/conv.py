@@ -14,7 +14,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..genotype import Genotype, derive_genotype, num_edges
-from ..ops import CONV_OPS, DARTS_OPS, FactorizedReduce, ReLUConvBN, build_op, is_zero_op
+from ..ops import (CONV_OPS, DARTS_OPS, FactorizedReduce, ReLUConvBN, build_op, is_preactivated,
+                   is_zero_op)
 from . import SEARCH_SPACES
 
 
@@ -67,14 +68,25 @@ class MixedOp(nn.Module):
             self.ops.append(op)
         # Zero ops contribute w * 0 = 0 to the value and to every gradient: skip them.
         self.active = [i for i, op in enumerate(self.ops) if not is_zero_op(op)]
+        self.preactivated = [is_preactivated(op) for op in self.ops]
         self.stride = stride
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    @property
+    def uses_relu(self) -> bool:
+        return any(self.preactivated[i] for i in self.active)
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor,
+                x_relu: torch.Tensor | None = None) -> torch.Tensor:
+        """``x_relu`` (relu(x), shared by all edges leaving a node) saves recomputing it per op."""
         if not self.active:
             return self.ops[0](x)
         out = None
         for i in self.active:
-            y = weights[i] * self.ops[i](x)
+            if x_relu is not None and self.preactivated[i]:
+                y = self.ops[i].forward_preactivated(x_relu)
+            else:
+                y = self.ops[i](x)
+            y = weights[i] * y
             out = y if out is None else out + y
         return out
 
@@ -97,17 +109,23 @@ class SearchCell(nn.Module):
             for j in range(2 + i):
                 stride = 2 if reduction and j < 2 else 1
                 self.edges.append(MixedOp(C, stride, op_names))
+        self._relu_needed = any(edge.uses_relu for edge in self.edges)
+        # The ReLU every pre-activated op starts with, computed once per node (see PreReLU).
+        self.relu = nn.ReLU(inplace=False)
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
+        relus = [self.relu(h) if self._relu_needed else None for h in states]
         row = 0
-        for _ in range(self.nodes):
+        for i in range(self.nodes):
             s = None
             for j, h in enumerate(states):
-                y = self.edges[row + j](h, weights[row + j])
+                y = self.edges[row + j](h, weights[row + j], relus[j])
                 s = y if s is None else s + y
             row += len(states)
             states.append(s)
+            last = i == self.nodes - 1  # the last node feeds no edge of this cell
+            relus.append(self.relu(s) if self._relu_needed and not last else None)
         return torch.cat(states[2:], dim=1)
 
 
