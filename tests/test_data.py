@@ -121,3 +121,33 @@ def test_loader_covers_the_subset_once_per_pass_and_resumes_mid_pass():
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     dropped = BatchLoader(ds, idx, batch_size=32, drop_last=True)
     assert len(dropped) == 3 and sum(len(y) for _, y in dropped) == 96
+
+
+def _archive(tmp_path, cifar_dir):
+    import tarfile
+    folder = cifar_dir / "cifar-10-batches-py"
+    for name in ("data_batch_3", "data_batch_4", "data_batch_5"):
+        write_cifar_batch(folder / name, np.zeros((2, 3, 32, 32)), [1, 2])
+    path = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(folder, arcname="cifar-10-batches-py")
+    return path
+
+
+def test_download_fetches_checks_and_unpacks_the_archive(tmp_path, cifar_dir, monkeypatch):
+    archive = _archive(tmp_path, cifar_dir)
+    monkeypatch.setattr(cifar, "ARCHIVE_URL", archive.as_uri())
+    monkeypatch.setattr(cifar, "ARCHIVE_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    root = tmp_path / "fresh"
+    ds = cifar.load_cifar10(root, "train", download=True, verify=False)
+    assert len(ds) == 12 + 12 + 3 * 2 and "5 of 5" in ds.description
+    assert not [p for p in root.iterdir() if p.name != "cifar-10-batches-py"]  # no leftovers
+
+
+def test_download_with_a_bad_checksum_keeps_nothing(tmp_path, cifar_dir, monkeypatch):
+    archive = _archive(tmp_path, cifar_dir)
+    monkeypatch.setattr(cifar, "ARCHIVE_URL", archive.as_uri())
+    root = tmp_path / "fresh"
+    with pytest.raises(DataError, match="downloaded archive has md5 .* expected c58f3010"):
+        cifar.load_cifar10(root, "train", download=True)
+    assert list(root.iterdir()) == []
