@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
-from .errors import DartsError
+from .errors import ConfigError, DartsError
 from .genotype import CONV_GENOTYPES, load_genotype
 
 
@@ -81,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", type=Path, help="checkpoint.pt or a run directory")
     p.add_argument("--max-skip", type=int, default=None, help="override the run's skip_connect cap")
 
+    p = sub.add_parser("summary", help="parameters and multiply-adds of a final network (JSON)")
+    p.add_argument("--genotype", default="DARTS_V2", help="built-in name, JSON file or run directory [DARTS_V2]")
+    p.add_argument("--network", choices=("cifar", "imagenet"), default="cifar")
+    p.add_argument("--init-channels", type=int, default=None, help="C [36 cifar, 48 imagenet]")
+    p.add_argument("--layers", type=int, default=None, help="L [20 cifar, 14 imagenet]")
+    p.add_argument("--num-classes", type=int, default=None, help="[10 cifar, 1000 imagenet]")
+    p.add_argument("--image-size", type=int, default=None, help="[32 cifar, 224 imagenet]")
+
     p = sub.add_parser("genotype", help="validate a genotype and print its canonical JSON")
     p.add_argument("genotype", help=f"built-in name ({', '.join(CONV_GENOTYPES.names())}) or JSON file")
     p.add_argument("--space", choices=("cnn",), default="cnn")
@@ -111,12 +119,36 @@ def _cmd_derive(args: argparse.Namespace) -> int:
     return 0
 
 
+NETWORK_DEFAULTS = {"cifar": dict(init_channels=36, layers=20, num_classes=10, image_size=32),
+                    "imagenet": dict(init_channels=48, layers=14, num_classes=1000, image_size=224)}
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    import json
+    from .nets import NetworkConfig, build_network
+    from .nets.summary import summarize
+    d = {k: getattr(args, k) if getattr(args, k) is not None else v
+         for k, v in NETWORK_DEFAULTS[args.network].items()}
+    for k, v in d.items():
+        if v < 1:
+            raise ConfigError(f"--{k.replace('_', '-')} must be >= 1, got {v}")
+    genotype = load_genotype(args.genotype)
+    net = build_network(args.network, NetworkConfig(genotype, init_channels=d["init_channels"],
+                                                    layers=d["layers"], num_classes=d["num_classes"]))
+    info = {"network": args.network, "genotype": args.genotype, "init_channels": d["init_channels"],
+            "layers": d["layers"], "num_classes": d["num_classes"],
+            **summarize(net, (3, d["image_size"], d["image_size"]))}
+    print(json.dumps(info))
+    return 0
+
+
 def _cmd_genotype(args: argparse.Namespace) -> int:
     print(load_genotype(args.genotype).to_json())
     return 0
 
 
-COMMANDS = {"search": _cmd_search, "derive": _cmd_derive, "genotype": _cmd_genotype}
+COMMANDS = {"search": _cmd_search, "derive": _cmd_derive, "genotype": _cmd_genotype,
+            "summary": _cmd_summary}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

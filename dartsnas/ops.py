@@ -53,12 +53,15 @@ class DilatedDepthwiseConv2d(nn.Conv2d):
 
     Same parameters and state dict as ``nn.Conv2d``; same values. PyTorch's CPU kernels for the
     weight gradient of dilated depthwise convs are several times slower than the undilated
-    path, which more than pays for the zeros (measured in benchmarks/search_step.py).
+    path, which more than pays for the zeros (measured in benchmarks/search_step.py). Used only
+    when the weight needs a gradient, so inference and MAC counts see the true dilated conv.
     """
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         dh, dw = self.dilation
-        if (dh, dw) == (1, 1) or x.is_cuda:
+        # Only the weight gradient is slow: inference (and MAC counting) keeps the dilated conv.
+        needs_weight_grad = torch.is_grad_enabled() and weight.requires_grad
+        if (dh, dw) == (1, 1) or x.is_cuda or not needs_weight_grad:
             return super()._conv_forward(x, weight, bias)
         kh, kw = weight.shape[-2:]
         expanded = weight.new_zeros(*weight.shape[:2], dh * (kh - 1) + 1, dw * (kw - 1) + 1)

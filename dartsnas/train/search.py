@@ -27,6 +27,7 @@ from ..ops import DARTS_OPS
 from ..spaces import ConvSearchSpaceConfig, SearchNetwork
 from .checkpoint import (CHECKPOINT, GENOTYPE, METRICS, MetricsLog, atomic_write_text,
                          load_checkpoint, save_checkpoint, tensors_to_lists)
+from .common import check_run_dir, cosine_lr, resolve_device, rng_state, set_rng_state, start_run_dir
 from .progress import Progress
 
 KIND = "search-cnn"
@@ -116,47 +117,6 @@ class SearchResult:
     genotype: Genotype
     metrics: list[dict[str, Any]]
     out_dir: Path
-
-
-def cosine_lr(epoch: int, epochs: int, lr: float, lr_min: float) -> float:
-    """Cosine annealing from ``lr`` at epoch 0 towards ``lr_min`` (SGDR without restarts).
-
-    Closed form rather than a stateful scheduler, so a resumed run with a changed ``--epochs``
-    simply follows the new schedule from the epoch it resumes at.
-    """
-    return lr_min + (lr - lr_min) * (1 + math.cos(math.pi * epoch / epochs)) / 2
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
-    return device
-
-
-RUN_FILES = (CHECKPOINT, METRICS, GENOTYPE)
-
-
-def check_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to clobber a run unless asked; ``--resume`` needs a checkpoint to resume from."""
-    if resume:
-        if not (out / CHECKPOINT).is_file():
-            raise CheckpointError(f"{out}: nothing to resume (no {CHECKPOINT})")
-        return
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a directory")
-    if not overwrite and any((out / name).exists() for name in RUN_FILES):
-        raise ConfigError(f"--out {out} already holds a run: pass --resume to continue it "
-                          "or --overwrite to replace it")
-
-
-def start_run_dir(out: Path) -> None:
-    """Create the run directory, removing the files of a run being overwritten."""
-    out.mkdir(parents=True, exist_ok=True)
-    for name in RUN_FILES:
-        (out / name).unlink(missing_ok=True)
 
 
 def _check_resumable(saved: SearchConfig, asked: SearchConfig, path: Path) -> list[str]:
@@ -258,9 +218,6 @@ class Search:
     # -- state ---------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
             "kind": KIND,
             "config": self.config.to_dict(),
@@ -269,7 +226,7 @@ class Search:
             "w_optimizer": self.w_optimizer.state_dict(),
             "architect": self.architect.state_dict(),
             "loaders": {"train": self.train_loader.state_dict(), "val": self.val_loader.state_dict()},
-            "rng": rng,
+            "rng": rng_state(),
             "genotype": self.model.genotype(self.config.max_skip).to_dict(),
         }
 
@@ -280,9 +237,7 @@ class Search:
             self.architect.load_state_dict(state["architect"])
             self.train_loader.load_state_dict(state["loaders"]["train"])
             self.val_loader.load_state_dict(state["loaders"]["val"])
-            torch.set_rng_state(state["rng"]["torch"])
-            if "cuda" in state["rng"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+            set_rng_state(state["rng"])
             self.epoch = int(state["epoch"])
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise CheckpointError(f"{self.out / CHECKPOINT}: does not match this search ({e})") from None
