@@ -20,42 +20,36 @@ from .errors import ConfigError, DartsError
 from .genotype import CONV_GENOTYPES, load_genotype
 
 
-def _search_flags(p: argparse.ArgumentParser) -> None:
-    from .train.search import SearchConfig
-    d = SearchConfig()
-    S = argparse.SUPPRESS  # only flags given on the command line reach the config
+S = argparse.SUPPRESS  # only flags given on the command line reach a config
+
+
+def _data_flags(p: argparse.ArgumentParser, d: Any, datasets: str) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default=S, help=f"cifar10 or digits (bundled, offline) [{d.dataset}]")
+    g.add_argument("--dataset", default=S, help=f"{datasets} [{d.dataset}]")
     g.add_argument("--data-dir", default=S, help="folder holding the dataset (or $DARTSNAS_DATA) [data]")
     g.add_argument("--download", action="store_true", default=S,
                    help="fetch the official dataset archive (md5-checked) if missing")
     g.add_argument("--no-verify", dest="verify", action="store_false", default=S,
                    help="skip the official md5 check (for your own files in the CIFAR format)")
-    g.add_argument("--train-portion", type=float, default=S,
-                   help=f"part of the training split that trains w; the rest trains α [{d.train_portion}]")
-    g = p.add_argument_group("search space")
+
+
+def _shape_flags(g: argparse._ArgumentGroup, d: Any) -> None:
     g.add_argument("--init-channels", type=int, default=S, help=f"C [{d.init_channels}]")
     g.add_argument("--layers", type=int, default=S, help=f"cells L [{d.layers}]")
-    g.add_argument("--nodes", type=int, default=S, help=f"intermediate nodes N per cell [{d.nodes}]")
-    g.add_argument("--ops", nargs="+", default=S, metavar="OP",
-                   help=f"candidate op set [{' '.join(d.ops)}]")
-    g = p.add_argument_group("optimisation")
+
+
+def _sgd_flags(g: argparse._ArgumentGroup, d: Any) -> None:
     g.add_argument("--epochs", type=int, default=S, help=f"[{d.epochs}]")
     g.add_argument("--batch-size", type=int, default=S, help=f"[{d.batch_size}]")
-    g.add_argument("--lr", type=float, default=S, help=f"weight learning rate, cosine-annealed [{d.lr}]")
-    g.add_argument("--lr-min", type=float, default=S, help=f"[{d.lr_min}]")
+    g.add_argument("--lr", type=float, default=S, help=f"weight learning rate [{d.lr}]")
+    g.add_argument("--lr-min", type=float, default=S, help=f"end of the cosine schedule [{d.lr_min}]")
     g.add_argument("--momentum", type=float, default=S, help=f"[{d.momentum}]")
     g.add_argument("--weight-decay", type=float, default=S, help=f"[{d.weight_decay}]")
     g.add_argument("--grad-clip", type=float, default=S, help=f"[{d.grad_clip}]")
-    g.add_argument("--arch-lr", type=float, default=S, help=f"Adam learning rate of α [{d.arch_lr}]")
-    g.add_argument("--arch-weight-decay", type=float, default=S, help=f"[{d.arch_weight_decay}]")
-    g.add_argument("--order", choices=("first", "second", "exact"), default=S,
-                   help=f"architecture gradient [{d.order}]")
-    g.add_argument("--fd-step", type=float, default=S,
-                   help=f"finite-difference step of --order second, divided by the gradient norm [{d.fd_step}]")
-    g.add_argument("--max-skip", type=int, default=S,
-                   help="cap on skip_connects in the derived normal cell [none]")
     g.add_argument("--steps-per-epoch", type=int, default=S, help="cap the steps of an epoch (smoke runs)")
+
+
+def _run_flags(p: argparse.ArgumentParser, d: Any) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=S, help=f"[{d.seed}]")
     g.add_argument("--device", default=S, help=f"auto, cpu or cuda[:N] [{d.device}]")
@@ -67,6 +61,49 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quiet", action="store_true", help="no progress or per-epoch output")
 
 
+def _search_flags(p: argparse.ArgumentParser) -> None:
+    from .train.search import SearchConfig
+    d = SearchConfig()
+    _data_flags(p, d, "cifar10 or digits (bundled, offline)")
+    p.add_argument("--train-portion", type=float, default=S,
+                   help=f"part of the training split that trains w; the rest trains α [{d.train_portion}]")
+    g = p.add_argument_group("search space")
+    _shape_flags(g, d)
+    g.add_argument("--nodes", type=int, default=S, help=f"intermediate nodes N per cell [{d.nodes}]")
+    g.add_argument("--ops", nargs="+", default=S, metavar="OP",
+                   help=f"candidate op set [{' '.join(d.ops)}]")
+    g = p.add_argument_group("optimisation")
+    _sgd_flags(g, d)
+    g.add_argument("--arch-lr", type=float, default=S, help=f"Adam learning rate of α [{d.arch_lr}]")
+    g.add_argument("--arch-weight-decay", type=float, default=S, help=f"[{d.arch_weight_decay}]")
+    g.add_argument("--order", choices=("first", "second", "exact"), default=S,
+                   help=f"architecture gradient [{d.order}]")
+    g.add_argument("--fd-step", type=float, default=S,
+                   help=f"finite-difference step of --order second, divided by the gradient norm [{d.fd_step}]")
+    g.add_argument("--max-skip", type=int, default=S,
+                   help="cap on skip_connects in the derived normal cell [none]")
+    _run_flags(p, d)
+
+
+def _train_flags(p: argparse.ArgumentParser) -> None:
+    from .train.final import TrainConfig
+    d = TrainConfig()
+    p.add_argument("--genotype", default=S, help=f"built-in name, genotype.json or search run directory [{d.genotype}]")
+    _data_flags(p, d, "cifar10 or digits; each has its recipe's defaults")
+    g = p.add_argument_group("network")
+    g.add_argument("--network", choices=("cifar", "imagenet"), default=S, help=f"[{d.network}]")
+    _shape_flags(g, d)
+    g = p.add_argument_group("optimisation (defaults: the paper's CIFAR-10 recipe)")
+    _sgd_flags(g, d)
+    g.add_argument("--lr-schedule", choices=("cosine", "exponential"), default=S, help=f"[{d.lr_schedule}]")
+    g.add_argument("--lr-gamma", type=float, default=S, help=f"decay per epoch of --lr-schedule exponential [{d.lr_gamma}]")
+    g.add_argument("--label-smoothing", type=float, default=S, help=f"[{d.label_smoothing}]")
+    g.add_argument("--auxiliary-weight", type=float, default=S, help=f"0 disables the auxiliary head [{d.auxiliary_weight}]")
+    g.add_argument("--drop-path", type=float, default=S, help=f"final drop-path probability [{d.drop_path}]")
+    g.add_argument("--cutout", type=int, default=S, help=f"cutout square size, 0 disables [{d.cutout}]")
+    _run_flags(p, d)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dartsnas", description="DARTS: differentiable architecture search (Liu et al., ICLR 2019)")
@@ -76,6 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="search a cell with DARTS")
     spaces = p.add_subparsers(dest="space", required=True, metavar="SPACE")
     _search_flags(spaces.add_parser("cnn", help="convolutional cells (normal + reduction)"))
+
+    p = sub.add_parser("train", help="train a final network from a genotype")
+    kinds = p.add_subparsers(dest="space", required=True, metavar="SPACE")
+    _train_flags(kinds.add_parser("cnn", help="the CIFAR or ImageNet network of conv cells"))
+
+    p = sub.add_parser("eval", help="evaluate a trained network on a test split (JSON)")
+    p.add_argument("checkpoint", type=Path, help="model.pt, checkpoint.pt or a training run directory")
+    p.add_argument("--dataset", default=None, help="[the training run's]")
+    p.add_argument("--data-dir", default=None, help="[the training run's]")
+    p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the md5 check")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
 
     p = sub.add_parser("derive", help="print the genotype a search checkpoint derives to")
     p.add_argument("checkpoint", type=Path, help="checkpoint.pt or a run directory")
@@ -110,6 +159,32 @@ def _cmd_search(args: argparse.Namespace) -> int:
     result = search(config, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
     if not args.quiet:
         print(f"genotype written to {result.out_dir / 'genotype.json'}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train.checkpoint import load_checkpoint
+    from .train.final import CHECKPOINT, KIND, TrainConfig, recipe, train
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    if args.resume:
+        saved = load_checkpoint(args.out / CHECKPOINT, kind=KIND)["config"]
+        config = dataclasses.replace(TrainConfig.from_dict(saved), **given)
+    else:
+        config = recipe(given.pop("dataset", "cifar10"), **given)
+    train(config, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    if not args.quiet:
+        print(f"weights written to {args.out / 'model.pt'}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import json
+    from .train.final import evaluate_checkpoint
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    print(json.dumps(evaluate_checkpoint(args.checkpoint, dataset=args.dataset, data_dir=args.data_dir,
+                                         device=args.device, batch_size=args.batch_size, verify=args.verify)))
     return 0
 
 
@@ -148,7 +223,7 @@ def _cmd_genotype(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"search": _cmd_search, "derive": _cmd_derive, "genotype": _cmd_genotype,
-            "summary": _cmd_summary}
+            "summary": _cmd_summary, "train": _cmd_train, "eval": _cmd_eval}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,296 @@
+"""Training and evaluation of final networks from a genotype (paper, section 3.2).
+
+Recipes: the defaults of :class:`TrainConfig` are the paper's CIFAR-10 recipe; :data:`RECIPES`
+holds the per-dataset changes (ImageNet mobile: 250 epochs, batch 128, lr 0.1 decayed by 0.97 per
+epoch, label smoothing 0.1, ...). Every value can be overridden.
+
+A run directory holds ``metrics.jsonl`` (one record per epoch), ``checkpoint.pt`` (resumable) and,
+at the end, ``model.pt`` (weights, genotype and network config, for ``dartsnas eval``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..data import BatchLoader, load_dataset
+from ..errors import CheckpointError, ConfigError, DartsError
+from ..genotype import Genotype, load_genotype
+from ..nets import NetworkConfig, build_network
+from .checkpoint import CHECKPOINT, METRICS, MetricsLog, load_checkpoint, save_checkpoint
+from .common import check_run_dir, cosine_lr, resolve_device, rng_state, set_rng_state, start_run_dir
+from .progress import Progress
+
+KIND = "train-cnn"
+MODEL = "model.pt"
+
+
+@dataclass
+class TrainConfig:
+    """A final-network training run; defaults are the paper's CIFAR-10 recipe (600 epochs)."""
+
+    genotype: str = "DARTS_V2"
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    download: bool = False
+    verify: bool = True
+    network: str = "cifar"
+    init_channels: int = 36
+    layers: int = 20
+    epochs: int = 600
+    batch_size: int = 96
+    lr: float = 0.025
+    lr_schedule: str = "cosine"          # cosine (to lr_min) or exponential (lr * gamma**epoch)
+    lr_min: float = 0.0
+    lr_gamma: float = 0.97
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    label_smoothing: float = 0.0
+    auxiliary_weight: float = 0.4        # 0 trains without the auxiliary head
+    drop_path: float = 0.2               # scheduled: drop_path * epoch / epochs
+    cutout: int = 16
+    seed: int = 0
+    device: str = "auto"
+    steps_per_epoch: int | None = None
+    channels_last: bool = True
+
+    RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "download", "verify", "channels_last")
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "init_channels", "layers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        for name in ("lr_min", "momentum", "weight_decay", "grad_clip", "auxiliary_weight", "cutout"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.drop_path < 1.0:
+            raise ConfigError(f"--drop-path must lie in [0, 1), got {self.drop_path}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"--label-smoothing must lie in [0, 1), got {self.label_smoothing}")
+        if self.lr_schedule not in ("cosine", "exponential"):
+            raise ConfigError(f"--lr-schedule must be cosine or exponential, got {self.lr_schedule!r}")
+        if self.network not in ("cifar", "imagenet"):
+            raise ConfigError(f"--network must be cifar or imagenet, got {self.network!r}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ConfigError(f"--steps-per-epoch must be >= 1, got {self.steps_per_epoch}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise CheckpointError(f"unknown config field(s) {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+#: Per-dataset departures from the CIFAR-10 recipe (the paper's settings where it gives them).
+RECIPES: dict[str, dict[str, Any]] = {
+    "cifar10": {},
+    "imagenet": dict(network="imagenet", init_channels=48, layers=14, epochs=250, batch_size=128, lr=0.1,
+                     lr_schedule="exponential", lr_gamma=0.97, weight_decay=3e-5, label_smoothing=0.1,
+                     drop_path=0.0, cutout=0),
+    "digits": dict(init_channels=16, layers=8, epochs=30, batch_size=64, lr=0.05, cutout=2),
+}
+
+
+def recipe(dataset: str, **overrides: Any) -> TrainConfig:
+    """The config for ``dataset``: the paper's recipe for it, then ``overrides``."""
+    return TrainConfig(**{"dataset": dataset, **RECIPES.get(dataset, {}), **overrides})
+
+
+def learning_rate(config: TrainConfig, epoch: int) -> float:
+    if config.lr_schedule == "exponential":
+        return config.lr * config.lr_gamma ** epoch
+    return cosine_lr(epoch, config.epochs, config.lr, config.lr_min)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: BatchLoader) -> dict[str, float]:
+    """Mean loss, top-1 and top-5 accuracy (fractions in [0, 1]) over one pass of ``loader``."""
+    was_training = model.training
+    model.eval()
+    dev = loader.device
+    loss_sum, top1, top5, seen = torch.zeros((), device=dev), torch.zeros((), device=dev), torch.zeros((), device=dev), 0
+    for x, y in loader:
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        k = min(5, logits.shape[1])
+        hits = logits.topk(k, dim=1).indices == y[:, None]
+        top1 += hits[:, 0].sum()
+        top5 += hits.any(1).sum()
+        seen += y.shape[0]
+    model.train(was_training)
+    return {"loss": (loss_sum / seen).item(), "top1": (top1 / seen).item(), "top5": (top5 / seen).item()}
+
+
+def _network_config(config: TrainConfig, genotype: Genotype, num_classes: int, in_channels: int) -> NetworkConfig:
+    return NetworkConfig(genotype, init_channels=config.init_channels, layers=config.layers,
+                         num_classes=num_classes, in_channels=in_channels,
+                         auxiliary=config.auxiliary_weight > 0)
+
+
+class Training:
+    """A resumable training run of a final network writing into ``out_dir``."""
+
+    def __init__(self, config: TrainConfig, out_dir: str | Path, *, resume: bool = False,
+                 overwrite: bool = False, quiet: bool = False, log: Callable[[str], None] = print) -> None:
+        config.validate()
+        self.config, self.out, self.quiet, self._log = config, Path(out_dir), quiet, log
+        check_run_dir(self.out, resume=resume, overwrite=overwrite)
+        saved = None
+        if resume:
+            saved = load_checkpoint(self.out / CHECKPOINT, kind=KIND)
+            old = TrainConfig.from_dict(saved["config"])
+            for f in dataclasses.fields(TrainConfig):
+                a, b = getattr(old, f.name), getattr(config, f.name)
+                if a != b and f.name not in TrainConfig.RESUMABLE_CHANGES:
+                    raise CheckpointError(f"{self.out / CHECKPOINT}: checkpoint was written with "
+                                          f"{f.name}={a!r}, this run asks for {f.name}={b!r}")
+                if a != b:
+                    self.log(f"{f.name} changed from {a} to {b} on resume")
+            self.genotype = Genotype.from_dict(saved["genotype"], source=str(self.out / CHECKPOINT))
+        else:
+            self.genotype = load_genotype(config.genotype)
+        self.device = resolve_device(config.device)
+        if config.dataset not in ("cifar10", "digits"):
+            raise ConfigError(f"--dataset {config.dataset!r}: train cnn supports cifar10 and digits here")
+        train = load_dataset(config.dataset, "train", data_dir=config.data_dir, download=config.download,
+                             verify=config.verify)
+        test = load_dataset(config.dataset, "test", data_dir=config.data_dir, verify=config.verify)
+        self.log(f"{train.description}; {test.description}")
+        common = dict(device=self.device, channels_last=config.channels_last)
+        self.train_loader = BatchLoader(train, batch_size=config.batch_size, cutout=config.cutout,
+                                        seed=config.seed, drop_last=True, **common)
+        self.test_loader = BatchLoader(test, batch_size=max(config.batch_size, 256), shuffle=False,
+                                       augment=False, **common)
+        torch.manual_seed(config.seed)
+        self.net_config = _network_config(config, self.genotype, train.num_classes, train.in_channels)
+        self.model = build_network(config.network, self.net_config).to(self.device)
+        if config.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
+                                         weight_decay=config.weight_decay)
+        self.epoch = 0
+        self.metrics = MetricsLog(self.out / METRICS)
+        if saved is not None:
+            try:
+                self.model.load_state_dict(saved["model"])
+                self.optimizer.load_state_dict(saved["optimizer"])
+                self.train_loader.load_state_dict(saved["loader"])
+                set_rng_state(saved["rng"])
+                self.epoch = int(saved["epoch"])
+            except (KeyError, RuntimeError, ValueError, TypeError) as e:
+                raise CheckpointError(f"{self.out / CHECKPOINT}: does not match this training ({e})") from None
+            self.metrics.keep_epochs(self.epoch)
+            self.log(f"resumed from {self.out / CHECKPOINT} after epoch {self.epoch}")
+        else:
+            start_run_dir(self.out)
+
+    def log(self, message: str) -> None:
+        if not self.quiet:
+            self._log(message)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": KIND, "config": self.config.to_dict(), "genotype": self.genotype.to_dict(),
+                "epoch": self.epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "loader": self.train_loader.state_dict(), "rng": rng_state()}
+
+    def train_epoch(self) -> dict[str, float]:
+        cfg, model = self.config, self.model
+        model.train()
+        steps = len(self.train_loader)
+        if cfg.steps_per_epoch is not None:
+            steps = min(steps, cfg.steps_per_epoch)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        bar = Progress(steps, f"epoch {self.epoch + 1}/{cfg.epochs}", enabled=not self.quiet)
+        batches = iter(self.train_loader)
+        for step in range(steps):
+            x, y = next(batches)
+            logits, aux = model.forward_with_aux(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            if aux is not None:
+                loss = loss + cfg.auxiliary_weight * F.cross_entropy(aux, y, label_smoothing=cfg.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if self.device.type == "cpu" and not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                raise DartsError(f"non-finite loss or gradient at epoch {self.epoch + 1}, step {step + 1}: "
+                                 f"stopped; the last good checkpoint ({self.out / CHECKPOINT}) is kept")
+            self.optimizer.step()
+            loss_sum += loss.detach() * y.shape[0]
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += y.shape[0]
+            if bar.enabled:
+                bar.update(y.shape[0], loss=loss.item(), acc=correct.item() / seen)
+            else:
+                bar.update(y.shape[0])
+        bar.close()
+        return {"train_loss": (loss_sum / seen).item(), "train_acc": correct.item() / seen, "steps": steps,
+                "images_per_s": seen / max(time.perf_counter() - bar.start, 1e-9)}
+
+    def run(self) -> list[dict[str, Any]]:
+        cfg = self.config
+        params = sum(p.numel() for p in self.model.parameters())
+        self.log(f"train cnn: {cfg.network} network C={cfg.init_channels} L={cfg.layers}, {params:,} "
+                 f"parameters, device {self.device}, out {self.out}")
+        while self.epoch < cfg.epochs:
+            start = time.perf_counter()
+            lr = learning_rate(cfg, self.epoch)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.model.drop_path_prob = cfg.drop_path * self.epoch / cfg.epochs
+            record: dict[str, Any] = {"epoch": self.epoch + 1, "lr": lr, "drop_path_prob": self.model.drop_path_prob}
+            record.update(self.train_epoch())
+            record.update({f"test_{k}": v for k, v in evaluate(self.model, self.test_loader).items()})
+            self.epoch += 1
+            record["seconds"] = round(time.perf_counter() - start, 3)
+            self.metrics.append(record)
+            save_checkpoint(self.out / CHECKPOINT, self.state_dict())
+            self.log(f"epoch {record['epoch']}/{cfg.epochs} lr {lr:.5f} drop-path {record['drop_path_prob']:.3f} "
+                     f"train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f} | test loss "
+                     f"{record['test_loss']:.4f} top1 {record['test_top1']:.4f} top5 {record['test_top5']:.4f} | "
+                     f"{record['seconds']:.1f}s")
+        save_checkpoint(self.out / MODEL, {"kind": "model-cnn", "config": self.config.to_dict(),
+                                           "genotype": self.genotype.to_dict(), "model": self.model.state_dict()})
+        return self.metrics.read()
+
+
+def train(config: TrainConfig, out_dir: str | Path, **kwargs: Any) -> list[dict[str, Any]]:
+    """Train (or with ``resume=True`` continue) a final network; returns the per-epoch metrics."""
+    return Training(config, out_dir, **kwargs).run()
+
+
+def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, data_dir: str | None = None,
+                        device: str = "auto", batch_size: int = 256, verify: bool = True) -> dict[str, float]:
+    """Loss, top-1 and top-5 of a trained model (model.pt, checkpoint.pt or a run directory)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MODEL if (path / MODEL).is_file() else path / CHECKPOINT
+    state = load_checkpoint(path)
+    if state.get("kind") not in (KIND, "model-cnn"):
+        raise CheckpointError(f"{path}: a {state.get('kind')!r} checkpoint, not a trained conv network")
+    config = TrainConfig.from_dict(state["config"])
+    dataset = dataset or config.dataset
+    data = load_dataset(dataset, "test", data_dir=data_dir or config.data_dir, verify=verify)
+    genotype = Genotype.from_dict(state["genotype"], source=str(path))
+    dev = resolve_device(device)
+    model = build_network(config.network, _network_config(config, genotype, data.num_classes, data.in_channels))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit {dataset} ({str(e).splitlines()[0]})") from None
+    loader = BatchLoader(data, batch_size=batch_size, shuffle=False, augment=False, device=dev)
+    return evaluate(model.to(dev), loader)
