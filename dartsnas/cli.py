@@ -89,7 +89,9 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     from .train.final import TrainConfig
     d = TrainConfig()
     p.add_argument("--genotype", default=S, help=f"built-in name, genotype.json or search run directory [{d.genotype}]")
-    _data_flags(p, d, "cifar10 or digits; each has its recipe's defaults")
+    _data_flags(p, d, "cifar10, digits, imagenet or imagefolder; each has its recipe's defaults")
+    p.add_argument("--image-size", type=int, default=S, help=f"crop size of class-folder datasets [{d.image_size}]")
+    p.add_argument("--workers", type=int, default=S, help=f"decoding processes for class folders [{d.workers}]")
     g = p.add_argument_group("network")
     g.add_argument("--network", choices=("cifar", "imagenet"), default=S, help=f"[{d.network}]")
     _shape_flags(g, d)

@@ -10,6 +10,7 @@ at the end, ``model.pt`` (weights, genotype and network config, for ``dartsnas e
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import BatchLoader, load_dataset
+from ..data.folder import FolderLoader, folder_datasets
 from ..errors import CheckpointError, ConfigError, DartsError
 from ..genotype import Genotype, load_genotype
 from ..nets import NetworkConfig, build_network
@@ -59,16 +61,18 @@ class TrainConfig:
     device: str = "auto"
     steps_per_epoch: int | None = None
     channels_last: bool = True
+    image_size: int = 224                # class-folder datasets only (crop size)
+    workers: int = 4                     # class-folder datasets: decoding processes
 
-    RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "download", "verify", "channels_last")
+    RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "download", "verify", "channels_last", "workers")
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size", "init_channels", "layers"):
+        for name in ("epochs", "batch_size", "init_channels", "layers", "image_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
-        for name in ("lr_min", "momentum", "weight_decay", "grad_clip", "auxiliary_weight", "cutout"):
+        for name in ("lr_min", "momentum", "weight_decay", "grad_clip", "auxiliary_weight", "cutout", "workers"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.drop_path < 1.0:
@@ -77,6 +81,8 @@ class TrainConfig:
             raise ConfigError(f"--label-smoothing must lie in [0, 1), got {self.label_smoothing}")
         if self.lr_schedule not in ("cosine", "exponential"):
             raise ConfigError(f"--lr-schedule must be cosine or exponential, got {self.lr_schedule!r}")
+        if self.dataset not in DATASET_KINDS:
+            raise ConfigError(f"--dataset must be one of {', '.join(DATASET_KINDS)}, got {self.dataset!r}")
         if self.network not in ("cifar", "imagenet"):
             raise ConfigError(f"--network must be cifar or imagenet, got {self.network!r}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
@@ -94,12 +100,16 @@ class TrainConfig:
         return cls(**data)
 
 
+#: Datasets held in memory (batched augmentation on the device) or read from class folders.
+DATASET_KINDS = {"cifar10": "memory", "digits": "memory", "imagenet": "folder", "imagefolder": "folder"}
+_IMAGENET = dict(network="imagenet", init_channels=48, layers=14, epochs=250, batch_size=128, lr=0.1,
+                 lr_schedule="exponential", lr_gamma=0.97, weight_decay=3e-5, label_smoothing=0.1,
+                 drop_path=0.0, cutout=0)
 #: Per-dataset departures from the CIFAR-10 recipe (the paper's settings where it gives them).
 RECIPES: dict[str, dict[str, Any]] = {
     "cifar10": {},
-    "imagenet": dict(network="imagenet", init_channels=48, layers=14, epochs=250, batch_size=128, lr=0.1,
-                     lr_schedule="exponential", lr_gamma=0.97, weight_decay=3e-5, label_smoothing=0.1,
-                     drop_path=0.0, cutout=0),
+    "imagenet": _IMAGENET,
+    "imagefolder": _IMAGENET,
     "digits": dict(init_channels=16, layers=8, epochs=30, batch_size=64, lr=0.05, cutout=2),
 }
 
@@ -134,6 +144,32 @@ def evaluate(model: torch.nn.Module, loader: BatchLoader) -> dict[str, float]:
     return {"loss": (loss_sum / seen).item(), "top1": (top1 / seen).item(), "top5": (top5 / seen).item()}
 
 
+def build_loaders(config: TrainConfig, device: torch.device, *, train_split: bool = True) -> dict[str, Any]:
+    """Training and test loaders of ``config.dataset``, with its class count and channel count."""
+    common = dict(device=device, channels_last=config.channels_last)
+    if DATASET_KINDS[config.dataset] == "folder":
+        root = config.data_dir if config.data_dir is not None else os.environ.get("DARTSNAS_DATA", "data")
+        train_ds, test_ds, classes = folder_datasets(root, image_size=config.image_size, seed=config.seed)
+        out = {"num_classes": len(classes), "in_channels": 3,
+               "description": f"{root}: {len(classes)} classes, {len(train_ds)} train / {len(test_ds)} test images",
+               "test": FolderLoader(test_ds, batch_size=config.batch_size, shuffle=False, drop_last=False,
+                                    workers=config.workers, **common)}
+        if train_split:
+            out["train"] = FolderLoader(train_ds, batch_size=config.batch_size, shuffle=True, drop_last=True,
+                                        workers=config.workers, seed=config.seed, **common)
+        return out
+    test = load_dataset(config.dataset, "test", data_dir=config.data_dir, verify=config.verify)
+    out = {"num_classes": test.num_classes, "in_channels": test.in_channels, "description": test.description,
+           "test": BatchLoader(test, batch_size=max(config.batch_size, 256), shuffle=False, augment=False, **common)}
+    if train_split:
+        train = load_dataset(config.dataset, "train", data_dir=config.data_dir, download=config.download,
+                             verify=config.verify)
+        out["description"] = f"{train.description}; {test.description}"
+        out["train"] = BatchLoader(train, batch_size=config.batch_size, cutout=config.cutout, seed=config.seed,
+                                   drop_last=True, **common)
+    return out
+
+
 def _network_config(config: TrainConfig, genotype: Genotype, num_classes: int, in_channels: int) -> NetworkConfig:
     return NetworkConfig(genotype, init_channels=config.init_channels, layers=config.layers,
                          num_classes=num_classes, in_channels=in_channels,
@@ -163,19 +199,13 @@ class Training:
         else:
             self.genotype = load_genotype(config.genotype)
         self.device = resolve_device(config.device)
-        if config.dataset not in ("cifar10", "digits"):
-            raise ConfigError(f"--dataset {config.dataset!r}: train cnn supports cifar10 and digits here")
-        train = load_dataset(config.dataset, "train", data_dir=config.data_dir, download=config.download,
-                             verify=config.verify)
-        test = load_dataset(config.dataset, "test", data_dir=config.data_dir, verify=config.verify)
-        self.log(f"{train.description}; {test.description}")
-        common = dict(device=self.device, channels_last=config.channels_last)
-        self.train_loader = BatchLoader(train, batch_size=config.batch_size, cutout=config.cutout,
-                                        seed=config.seed, drop_last=True, **common)
-        self.test_loader = BatchLoader(test, batch_size=max(config.batch_size, 256), shuffle=False,
-                                       augment=False, **common)
+        data = build_loaders(config, self.device)
+        self.log(data["description"])
+        self.train_loader, self.test_loader = data["train"], data["test"]
+        if len(self.train_loader) == 0:
+            raise ConfigError(f"--batch-size {config.batch_size} is larger than the training set")
         torch.manual_seed(config.seed)
-        self.net_config = _network_config(config, self.genotype, train.num_classes, train.in_channels)
+        self.net_config = _network_config(config, self.genotype, data["num_classes"], data["in_channels"])
         self.model = build_network(config.network, self.net_config).to(self.device)
         if config.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -283,14 +313,15 @@ def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, data_di
     if state.get("kind") not in (KIND, "model-cnn"):
         raise CheckpointError(f"{path}: a {state.get('kind')!r} checkpoint, not a trained conv network")
     config = TrainConfig.from_dict(state["config"])
-    dataset = dataset or config.dataset
-    data = load_dataset(dataset, "test", data_dir=data_dir or config.data_dir, verify=verify)
+    config = dataclasses.replace(config, dataset=dataset or config.dataset, data_dir=data_dir or config.data_dir,
+                                 verify=verify, batch_size=batch_size, channels_last=False)
+    config.validate()
     genotype = Genotype.from_dict(state["genotype"], source=str(path))
     dev = resolve_device(device)
-    model = build_network(config.network, _network_config(config, genotype, data.num_classes, data.in_channels))
+    data = build_loaders(config, dev, train_split=False)
+    model = build_network(config.network, _network_config(config, genotype, data["num_classes"], data["in_channels"]))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit {dataset} ({str(e).splitlines()[0]})") from None
-    loader = BatchLoader(data, batch_size=batch_size, shuffle=False, augment=False, device=dev)
-    return evaluate(model.to(dev), loader)
+        raise CheckpointError(f"{path}: weights do not fit {config.dataset} ({str(e).splitlines()[0]})") from None
+    return evaluate(model.to(dev), data["test"])

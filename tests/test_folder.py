@@ -1,0 +1,91 @@
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dartsnas.cli import main
+from dartsnas.data.folder import (FolderLoader, color_jitter, folder_datasets, random_resized_crop_box)
+from dartsnas.errors import DataError
+from dartsnas.train.checkpoint import read_metrics
+
+
+@pytest.fixture
+def image_root(tmp_path):
+    """train/ and val/ with 3 classes of generated JPEGs of assorted sizes (colour = class)."""
+    rng = np.random.default_rng(0)
+    colours = {"n01440764": (200, 30, 30), "n01443537": (30, 200, 30), "n01484850": (30, 30, 200)}
+    for split, count in (("train", 6), ("val", 2)):
+        for wnid, colour in colours.items():
+            (tmp_path / split / wnid).mkdir(parents=True)
+            for i in range(count):
+                h, w = int(rng.integers(40, 90)), int(rng.integers(40, 90))
+                pixels = np.clip(np.array(colour) + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / wnid / f"img_{i}.JPEG", quality=90)
+    return tmp_path
+
+
+def test_datasets_decode_and_crop_to_the_requested_size(image_root):
+    train, test, classes = folder_datasets(image_root, image_size=32)
+    assert classes == ["n01440764", "n01443537", "n01484850"]
+    assert (len(train), len(test)) == (18, 6)
+    x, y = train[0]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.uint8 and y == 0
+    a, b = test[5], test[5]
+    assert torch.equal(a[0], b[0]) and a[1] == 2  # evaluation transform is deterministic
+    red = test[0][0].float().mean((1, 2))
+    assert red[0] > red[1] and red[0] > red[2]
+
+
+def test_random_resized_crop_boxes_stay_inside_with_bounded_area():
+    rng = random.Random(0)
+    for _ in range(500):
+        W, H = rng.randint(10, 300), rng.randint(10, 300)
+        left, top, w, h = random_resized_crop_box(W, H, rng)
+        assert 0 <= left and 0 <= top and left + w <= W and top + h <= H and w > 0 and h > 0
+
+
+def test_color_jitter_changes_colours_but_not_size():
+    img = Image.fromarray(np.full((8, 8, 3), 120, np.uint8))
+    out = color_jitter(img, random.Random(3))
+    assert out.size == (8, 8) and not np.array_equal(np.asarray(out), np.asarray(img))
+
+
+def test_loader_normalises_on_device_and_resumes_its_order(image_root):
+    train, _, _ = folder_datasets(image_root, image_size=16)
+    loader = FolderLoader(train, batch_size=4, shuffle=True, drop_last=True, workers=0, seed=1)
+    state = loader.state_dict()
+    first = [y for _, y in loader]
+    assert len(first) == 4 and loader.dataset.epoch == 1
+    x, _ = next(iter(loader))
+    assert x.dtype == torch.float32 and x.shape == (4, 3, 16, 16) and x.min() < 0
+    loader.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(first, (y for _, y in loader)))
+
+
+def test_train_and_eval_on_an_image_folder_with_worker_processes(image_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "cnn", "--dataset", "imagefolder", "--data-dir", str(image_root), "--image-size", "64",
+                 "--init-channels", "8", "--layers", "3", "--batch-size", "6", "--epochs", "1", "--workers", "2",
+                 "--quiet", "--out", str(out)]) == 0
+    (record,) = read_metrics(out / "metrics.jsonl")
+    assert record["steps"] == 3 and 0 <= record["test_top1"] <= 1
+    capsys.readouterr()
+    assert main(["eval", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["top5"] == 1.0  # 3 classes: the true one is always in the top 5
+
+
+def test_folder_errors_name_the_problem(image_root, tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        folder_datasets(tmp_path / "nothing")
+    (image_root / "val" / "n09999999").mkdir()
+    with pytest.raises(DataError, match="n09999999 not in the training split"):
+        folder_datasets(image_root)
+    (image_root / "val" / "n09999999").rmdir()
+    bad = image_root / "train" / "n01440764" / "img_0.JPEG"
+    bad.write_bytes(b"not a jpeg")
+    train, _, _ = folder_datasets(image_root)
+    with pytest.raises(DataError, match="img_0.JPEG: cannot decode image"):
+        train[0]
