@@ -103,6 +103,8 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--auxiliary-weight", type=float, default=S, help=f"0 disables the auxiliary head [{d.auxiliary_weight}]")
     g.add_argument("--drop-path", type=float, default=S, help=f"final drop-path probability [{d.drop_path}]")
     g.add_argument("--cutout", type=int, default=S, help=f"cutout square size, 0 disables [{d.cutout}]")
+    g.add_argument("--no-amp", dest="amp", action="store_false", default=S,
+                   help="float32 on CUDA too (default there: bf16 autocast; CPU is always float32)")
     _run_flags(p, d)
 
 

@@ -84,3 +84,13 @@ def test_a_search_run_directory_is_a_genotype(tmp_path):
     train(recipe("digits", genotype=str(tmp_path / "s"), init_channels=4, layers=3, epochs=1, steps_per_epoch=1),
           tmp_path / "t", quiet=True)
     assert load_checkpoint(tmp_path / "t")["genotype"] == result.genotype.to_dict()
+
+
+@pytest.mark.filterwarnings("ignore:CUDA is not available")
+def test_autocast_is_bf16_on_cuda_only():
+    from dartsnas.train.final import autocast
+    with autocast(torch.device("cpu"), True):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32  # the CPU path stays float32
+    ctx = autocast(torch.device("cuda"), True)
+    assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16
+    assert not isinstance(autocast(torch.device("cuda"), False), torch.autocast)

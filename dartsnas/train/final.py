@@ -9,6 +9,7 @@ at the end, ``model.pt`` (weights, genotype and network config, for ``dartsnas e
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -61,10 +62,11 @@ class TrainConfig:
     device: str = "auto"
     steps_per_epoch: int | None = None
     channels_last: bool = True
+    amp: bool = True                     # bf16 autocast on CUDA; the CPU path always stays float32
     image_size: int = 224                # class-folder datasets only (crop size)
     workers: int = 4                     # class-folder datasets: decoding processes
 
-    RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "download", "verify", "channels_last", "workers")
+    RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "download", "verify", "channels_last", "workers", "amp")
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "init_channels", "layers", "image_size"):
@@ -144,6 +146,13 @@ def evaluate(model: torch.nn.Module, loader: BatchLoader) -> dict[str, float]:
     return {"loss": (loss_sum / seen).item(), "top1": (top1 / seen).item(), "top5": (top5 / seen).item()}
 
 
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (no loss scaler needed with bf16); a no-op elsewhere."""
+    if enabled and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def build_loaders(config: TrainConfig, device: torch.device, *, train_split: bool = True) -> dict[str, Any]:
     """Training and test loaders of ``config.dataset``, with its class count and channel count."""
     common = dict(device=device, channels_last=config.channels_last)
@@ -199,6 +208,7 @@ class Training:
         else:
             self.genotype = load_genotype(config.genotype)
         self.device = resolve_device(config.device)
+        self.autocast = autocast(self.device, config.amp)
         data = build_loaders(config, self.device)
         self.log(data["description"])
         self.train_loader, self.test_loader = data["train"], data["test"]
@@ -249,10 +259,12 @@ class Training:
         batches = iter(self.train_loader)
         for step in range(steps):
             x, y = next(batches)
-            logits, aux = model.forward_with_aux(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            if aux is not None:
-                loss = loss + cfg.auxiliary_weight * F.cross_entropy(aux, y, label_smoothing=cfg.label_smoothing)
+            with self.autocast:
+                logits, aux = model.forward_with_aux(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                if aux is not None:
+                    loss = loss + cfg.auxiliary_weight * F.cross_entropy(aux.float(), y,
+                                                                         label_smoothing=cfg.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
