@@ -112,7 +112,7 @@ def test_loader_covers_the_subset_once_per_pass_and_resumes_mid_pass():
     loader = BatchLoader(ds, idx, batch_size=32, seed=3, augment=False, shuffle=True)
     labels = torch.cat([y for _, y in loader])
     assert len(loader) == 4 and sorted(labels.tolist()) == sorted(ds.labels[:100].tolist())
-    first = loader.next_batch()
+    loader.next_batch()  # mid-pass: the state below is not at an epoch boundary
     state = loader.state_dict()
     expected = [loader.next_batch() for _ in range(5)]
     other = BatchLoader(ds, idx, batch_size=32, seed=99, augment=False)

@@ -3,7 +3,6 @@ import random
 
 import pytest
 import torch
-from torch import nn
 
 from dartsnas.cli import main
 from dartsnas.errors import GenotypeError

@@ -1,11 +1,15 @@
 """Pieces every training loop shares: devices, run directories, RNG state, learning-rate schedules."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
+
+from .checkpoint import MetricsLog
 
 from ..errors import CheckpointError, ConfigError
 from .checkpoint import CHECKPOINT, GENOTYPE, METRICS
@@ -65,3 +69,83 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def check_resumable(saved: Any, asked: Any, path: Path, log: Callable[[str], None]) -> None:
+    """Refuse to resume when a config field differs, except the type's ``RESUMABLE_CHANGES``."""
+    for f in dataclasses.fields(asked):
+        a, b = getattr(saved, f.name), getattr(asked, f.name)
+        if a == b:
+            continue
+        if f.name not in type(asked).RESUMABLE_CHANGES:
+            raise CheckpointError(f"{path}: checkpoint was written with {f.name}={a!r}, "
+                                  f"this run asks for {f.name}={b!r}")
+        log(f"{f.name} changed from {a} to {b} on resume")
+
+
+class EpochMeter:
+    """Mean loss and accuracy of an epoch, accumulated on the device (no host sync per step)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.seen = 0
+
+    def update(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        self.loss_sum += loss.detach() * targets.shape[0]
+        self.correct += (logits.detach().argmax(1) == targets).sum()
+        self.seen += targets.shape[0]
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct.item() / max(self.seen, 1)
+
+    @property
+    def loss(self) -> float:
+        return (self.loss_sum / max(self.seen, 1)).item()
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: Any) -> dict[str, float]:
+    """Mean loss, top-1 and top-5 accuracy (fractions in [0, 1]) over one pass of ``loader``."""
+    was_training = model.training
+    model.eval()
+    dev = loader.device
+    loss_sum, top1, top5 = (torch.zeros((), device=dev) for _ in range(3))
+    seen = 0
+    for x, y in loader:
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == y[:, None]
+        top1 += hits[:, 0].sum()
+        top5 += hits.any(1).sum()
+        seen += y.shape[0]
+    model.train(was_training)
+    return {"loss": (loss_sum / seen).item(), "top1": (top1 / seen).item(), "top5": (top5 / seen).item()}
+
+
+class Run:
+    """What search and training runs share: quiet-aware logging and the run directory's metrics."""
+
+    out: Path
+    quiet: bool
+    epoch: int
+    metrics: MetricsLog
+    _log: Callable[[str], None]
+
+    def log(self, message: str) -> None:
+        if not self.quiet:
+            self._log(message)
+
+    def resumed(self) -> None:
+        """After restoring a checkpoint: drop metrics written after it, and say so."""
+        self.metrics.keep_epochs(self.epoch)
+        self.log(f"resumed from {self.out / CHECKPOINT} after epoch {self.epoch}")
+
+
+def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Build the config dataclass ``cls`` from a checkpoint's dict, refusing unknown fields."""
+    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise CheckpointError(f"unknown config field(s) {', '.join(sorted(unknown))}")
+    return cls(**data)

@@ -26,7 +26,8 @@ from ..errors import CheckpointError, ConfigError, DartsError
 from ..genotype import Genotype, load_genotype
 from ..nets import NetworkConfig, build_network
 from .checkpoint import CHECKPOINT, METRICS, MetricsLog, load_checkpoint, save_checkpoint
-from .common import check_run_dir, cosine_lr, resolve_device, rng_state, set_rng_state, start_run_dir
+from .common import (EpochMeter, Run, check_resumable, check_run_dir, config_from_dict, cosine_lr, evaluate,
+                     resolve_device, rng_state, set_rng_state, start_run_dir)
 from .progress import Progress
 
 KIND = "train-cnn"
@@ -95,11 +96,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise CheckpointError(f"unknown config field(s) {', '.join(sorted(unknown))}")
-        return cls(**data)
+        return config_from_dict(cls, data)
 
 
 #: Datasets held in memory (batched augmentation on the device) or read from class folders.
@@ -125,25 +122,6 @@ def learning_rate(config: TrainConfig, epoch: int) -> float:
     if config.lr_schedule == "exponential":
         return config.lr * config.lr_gamma ** epoch
     return cosine_lr(epoch, config.epochs, config.lr, config.lr_min)
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: BatchLoader) -> dict[str, float]:
-    """Mean loss, top-1 and top-5 accuracy (fractions in [0, 1]) over one pass of ``loader``."""
-    was_training = model.training
-    model.eval()
-    dev = loader.device
-    loss_sum, top1, top5, seen = torch.zeros((), device=dev), torch.zeros((), device=dev), torch.zeros((), device=dev), 0
-    for x, y in loader:
-        logits = model(x)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum")
-        k = min(5, logits.shape[1])
-        hits = logits.topk(k, dim=1).indices == y[:, None]
-        top1 += hits[:, 0].sum()
-        top5 += hits.any(1).sum()
-        seen += y.shape[0]
-    model.train(was_training)
-    return {"loss": (loss_sum / seen).item(), "top1": (top1 / seen).item(), "top5": (top5 / seen).item()}
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
@@ -185,7 +163,7 @@ def _network_config(config: TrainConfig, genotype: Genotype, num_classes: int, i
                          auxiliary=config.auxiliary_weight > 0)
 
 
-class Training:
+class Training(Run):
     """A resumable training run of a final network writing into ``out_dir``."""
 
     def __init__(self, config: TrainConfig, out_dir: str | Path, *, resume: bool = False,
@@ -196,14 +174,7 @@ class Training:
         saved = None
         if resume:
             saved = load_checkpoint(self.out / CHECKPOINT, kind=KIND)
-            old = TrainConfig.from_dict(saved["config"])
-            for f in dataclasses.fields(TrainConfig):
-                a, b = getattr(old, f.name), getattr(config, f.name)
-                if a != b and f.name not in TrainConfig.RESUMABLE_CHANGES:
-                    raise CheckpointError(f"{self.out / CHECKPOINT}: checkpoint was written with "
-                                          f"{f.name}={a!r}, this run asks for {f.name}={b!r}")
-                if a != b:
-                    self.log(f"{f.name} changed from {a} to {b} on resume")
+            check_resumable(TrainConfig.from_dict(saved["config"]), config, self.out / CHECKPOINT, self.log)
             self.genotype = Genotype.from_dict(saved["genotype"], source=str(self.out / CHECKPOINT))
         else:
             self.genotype = load_genotype(config.genotype)
@@ -232,14 +203,9 @@ class Training:
                 self.epoch = int(saved["epoch"])
             except (KeyError, RuntimeError, ValueError, TypeError) as e:
                 raise CheckpointError(f"{self.out / CHECKPOINT}: does not match this training ({e})") from None
-            self.metrics.keep_epochs(self.epoch)
-            self.log(f"resumed from {self.out / CHECKPOINT} after epoch {self.epoch}")
+            self.resumed()
         else:
             start_run_dir(self.out)
-
-    def log(self, message: str) -> None:
-        if not self.quiet:
-            self._log(message)
 
     def state_dict(self) -> dict[str, Any]:
         return {"kind": KIND, "config": self.config.to_dict(), "genotype": self.genotype.to_dict(),
@@ -252,9 +218,7 @@ class Training:
         steps = len(self.train_loader)
         if cfg.steps_per_epoch is not None:
             steps = min(steps, cfg.steps_per_epoch)
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen = 0
+        meter = EpochMeter(self.device)
         bar = Progress(steps, f"epoch {self.epoch + 1}/{cfg.epochs}", enabled=not self.quiet)
         batches = iter(self.train_loader)
         for step in range(steps):
@@ -272,16 +236,14 @@ class Training:
                 raise DartsError(f"non-finite loss or gradient at epoch {self.epoch + 1}, step {step + 1}: "
                                  f"stopped; the last good checkpoint ({self.out / CHECKPOINT}) is kept")
             self.optimizer.step()
-            loss_sum += loss.detach() * y.shape[0]
-            correct += (logits.detach().argmax(1) == y).sum()
-            seen += y.shape[0]
+            meter.update(loss, logits, y)
             if bar.enabled:
-                bar.update(y.shape[0], loss=loss.item(), acc=correct.item() / seen)
+                bar.update(y.shape[0], loss=loss.item(), acc=meter.accuracy)
             else:
                 bar.update(y.shape[0])
         bar.close()
-        return {"train_loss": (loss_sum / seen).item(), "train_acc": correct.item() / seen, "steps": steps,
-                "images_per_s": seen / max(time.perf_counter() - bar.start, 1e-9)}
+        return {"train_loss": meter.loss, "train_acc": meter.accuracy, "steps": steps,
+                "images_per_s": meter.seen / max(time.perf_counter() - bar.start, 1e-9)}
 
     def run(self) -> list[dict[str, Any]]:
         cfg = self.config

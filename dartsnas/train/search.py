@@ -27,7 +27,8 @@ from ..ops import DARTS_OPS
 from ..spaces import ConvSearchSpaceConfig, SearchNetwork
 from .checkpoint import (CHECKPOINT, GENOTYPE, METRICS, MetricsLog, atomic_write_text,
                          load_checkpoint, save_checkpoint, tensors_to_lists)
-from .common import check_run_dir, cosine_lr, resolve_device, rng_state, set_rng_state, start_run_dir
+from .common import (EpochMeter, Run, check_resumable, check_run_dir, config_from_dict, cosine_lr, evaluate,
+                     resolve_device, rng_state, set_rng_state, start_run_dir)
 from .progress import Progress
 
 KIND = "search-cnn"
@@ -100,16 +101,12 @@ class SearchConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SearchConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise CheckpointError(f"unknown config field(s) {', '.join(sorted(unknown))}")
         data = dict(data)
         if "ops" in data:
             data["ops"] = tuple(data["ops"])
         if "arch_betas" in data:
             data["arch_betas"] = tuple(data["arch_betas"])
-        return cls(**data)
+        return config_from_dict(cls, data)
 
 
 @dataclass
@@ -117,21 +114,6 @@ class SearchResult:
     genotype: Genotype
     metrics: list[dict[str, Any]]
     out_dir: Path
-
-
-def _check_resumable(saved: SearchConfig, asked: SearchConfig, path: Path) -> list[str]:
-    """Field differences that forbid resuming, and a log line for allowed ones."""
-    notes = []
-    for f in dataclasses.fields(SearchConfig):
-        a, b = getattr(saved, f.name), getattr(asked, f.name)
-        if a == b:
-            continue
-        if f.name in SearchConfig.RESUMABLE_CHANGES:
-            notes.append(f"{f.name} changed from {a} to {b} on resume")
-            continue
-        raise CheckpointError(f"{path}: checkpoint was written with {f.name}={a!r}, "
-                              f"this run asks for {f.name}={b!r}")
-    return notes
 
 
 def search_step(model: SearchNetwork, architect: Architect, w_optimizer: torch.optim.Optimizer,
@@ -154,7 +136,7 @@ def search_step(model: SearchNetwork, architect: Architect, w_optimizer: torch.o
     return loss.detach(), logits.detach(), grad_norm
 
 
-class Search:
+class Search(Run):
     """A resumable DARTS search run writing into ``out_dir`` (see the module docstring)."""
 
     def __init__(self, config: SearchConfig, out_dir: str | Path, *, resume: bool = False,
@@ -169,9 +151,7 @@ class Search:
         check_run_dir(self.out, resume=resume, overwrite=overwrite)
         if resume:
             saved = load_checkpoint(self.out / CHECKPOINT, kind=KIND)
-            for note in _check_resumable(SearchConfig.from_dict(saved["config"]), config,
-                                         self.out / CHECKPOINT):
-                self.log(note)
+            check_resumable(SearchConfig.from_dict(saved["config"]), config, self.out / CHECKPOINT, self.log)
         self.device = resolve_device(config.device)
 
         data = load_dataset(config.dataset, "train", data_dir=config.data_dir,
@@ -211,10 +191,6 @@ class Search:
         else:
             start_run_dir(self.out)
 
-    def log(self, message: str) -> None:
-        if not self.quiet:
-            self._log(message)
-
     # -- state ---------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
@@ -241,8 +217,7 @@ class Search:
             self.epoch = int(state["epoch"])
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise CheckpointError(f"{self.out / CHECKPOINT}: does not match this search ({e})") from None
-        self.metrics.keep_epochs(self.epoch)
-        self.log(f"resumed from {self.out / CHECKPOINT} after epoch {self.epoch}")
+        self.resumed()
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -254,9 +229,7 @@ class Search:
         if cfg.steps_per_epoch is not None:
             steps = min(steps, cfg.steps_per_epoch)
         xi = self.w_optimizer.param_groups[0]["lr"]
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen = 0
+        meter = EpochMeter(self.device)
         bad_step = None
         bar = Progress(steps, f"epoch {self.epoch + 1}/{cfg.epochs}", enabled=not self.quiet)
         batches = iter(self.train_loader)
@@ -265,40 +238,27 @@ class Search:
             val_batch = self.val_loader.next_batch()
             loss, logits, grad_norm = search_step(model, self.architect, self.w_optimizer,
                                                   (x, y), val_batch, xi, cfg.grad_clip)
-            # Device-side bookkeeping: no host sync per step.
-            loss_sum += loss.detach() * y.shape[0]
-            correct += (logits.detach().argmax(1) == y).sum()
-            seen += y.shape[0]
+            meter.update(loss, logits, y)
             if self.device.type == "cpu" and not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
                 bad_step = step + 1
                 break
             if bar.enabled:
-                bar.update(y.shape[0], loss=loss.item(), acc=correct.item() / seen)
+                bar.update(y.shape[0], loss=loss.item(), acc=meter.accuracy)
             else:
                 bar.update(y.shape[0])
         bar.close()
-        train_loss = (loss_sum / max(seen, 1)).item()
+        train_loss = meter.loss
         if bad_step is not None or not math.isfinite(train_loss):
             where = f"step {bad_step}" if bad_step is not None else "a step"
             raise DartsError(f"non-finite loss or gradient at epoch {self.epoch + 1}, {where}: "
                              f"stopped; the last good checkpoint ({self.out / CHECKPOINT}) is kept")
-        return {"train_loss": train_loss, "train_acc": correct.item() / max(seen, 1),
-                "steps": steps, "images_per_s": seen / max(time.perf_counter() - bar.start, 1e-9)}
+        return {"train_loss": train_loss, "train_acc": meter.accuracy, "steps": steps,
+                "images_per_s": meter.seen / max(time.perf_counter() - bar.start, 1e-9)}
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Loss and accuracy of the search network on the validation split (no augmentation)."""
-        self.model.eval()
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen = 0
-        for x, y in self.eval_loader:
-            logits = self.model(x)
-            loss_sum += F.cross_entropy(logits, y, reduction="sum")
-            correct += (logits.argmax(1) == y).sum()
-            seen += y.shape[0]
-        self.model.train()
-        return {"val_loss": (loss_sum / seen).item(), "val_acc": correct.item() / seen}
+        result = evaluate(self.model, self.eval_loader)
+        return {"val_loss": result["loss"], "val_acc": result["top1"]}
 
     def run(self) -> SearchResult:
         cfg = self.config
