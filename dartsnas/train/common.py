@@ -137,6 +137,10 @@ class Run:
         if not self.quiet:
             self._log(message)
 
+    def epoch_steps(self, loader: Any, cap: int | None) -> int:
+        """Steps of this epoch: one pass over ``loader``, at most ``cap`` (``--steps-per-epoch``)."""
+        return len(loader) if cap is None else min(len(loader), cap)
+
     def resumed(self) -> None:
         """After restoring a checkpoint: drop metrics written after it, and say so."""
         self.metrics.keep_epochs(self.epoch)

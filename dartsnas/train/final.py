@@ -215,9 +215,7 @@ class Training(Run):
     def train_epoch(self) -> dict[str, float]:
         cfg, model = self.config, self.model
         model.train()
-        steps = len(self.train_loader)
-        if cfg.steps_per_epoch is not None:
-            steps = min(steps, cfg.steps_per_epoch)
+        steps = self.epoch_steps(self.train_loader, cfg.steps_per_epoch)
         meter = EpochMeter(self.device)
         bar = Progress(steps, f"epoch {self.epoch + 1}/{cfg.epochs}", enabled=not self.quiet)
         batches = iter(self.train_loader)

@@ -225,9 +225,7 @@ class Search(Run):
         """One epoch of alternating α and w steps; returns mean train loss and accuracy."""
         model, cfg = self.model, self.config
         model.train()
-        steps = len(self.train_loader)
-        if cfg.steps_per_epoch is not None:
-            steps = min(steps, cfg.steps_per_epoch)
+        steps = self.epoch_steps(self.train_loader, cfg.steps_per_epoch)
         xi = self.w_optimizer.param_groups[0]["lr"]
         meter = EpochMeter(self.device)
         bad_step = None
