@@ -9,7 +9,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import MetricsLog
+from .checkpoint import MetricsLog, save_checkpoint
 
 from ..errors import CheckpointError, ConfigError
 from .checkpoint import CHECKPOINT, GENOTYPE, METRICS
@@ -136,6 +136,15 @@ class Run:
     def log(self, message: str) -> None:
         if not self.quiet:
             self._log(message)
+
+    def state_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def end_epoch(self, record: dict[str, Any], line: str) -> None:
+        """Metrics line first, then the checkpoint: a crash between them is undone on resume."""
+        self.metrics.append(record)
+        save_checkpoint(self.out / CHECKPOINT, self.state_dict())
+        self.log(line)
 
     def epoch_steps(self, loader: Any, cap: int | None) -> int:
         """Steps of this epoch: one pass over ``loader``, at most ``cap`` (``--steps-per-epoch``)."""

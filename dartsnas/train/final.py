@@ -259,12 +259,10 @@ class Training(Run):
             record.update({f"test_{k}": v for k, v in evaluate(self.model, self.test_loader).items()})
             self.epoch += 1
             record["seconds"] = round(time.perf_counter() - start, 3)
-            self.metrics.append(record)
-            save_checkpoint(self.out / CHECKPOINT, self.state_dict())
-            self.log(f"epoch {record['epoch']}/{cfg.epochs} lr {lr:.5f} drop-path {record['drop_path_prob']:.3f} "
-                     f"train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f} | test loss "
-                     f"{record['test_loss']:.4f} top1 {record['test_top1']:.4f} top5 {record['test_top5']:.4f} | "
-                     f"{record['seconds']:.1f}s")
+            self.end_epoch(record, f"epoch {record['epoch']}/{cfg.epochs} lr {lr:.5f} drop-path "
+                           f"{record['drop_path_prob']:.3f} train loss {record['train_loss']:.4f} acc "
+                           f"{record['train_acc']:.4f} | test loss {record['test_loss']:.4f} top1 "
+                           f"{record['test_top1']:.4f} top5 {record['test_top5']:.4f} | {record['seconds']:.1f}s")
         save_checkpoint(self.out / MODEL, {"kind": "model-cnn", "config": self.config.to_dict(),
                                            "genotype": self.genotype.to_dict(), "model": self.model.state_dict()})
         return self.metrics.read()

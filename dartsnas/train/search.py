@@ -26,7 +26,7 @@ from ..genotype import SKIP_OP, Genotype, derive_genotype
 from ..ops import DARTS_OPS
 from ..spaces import ConvSearchSpaceConfig, SearchNetwork
 from .checkpoint import (CHECKPOINT, GENOTYPE, METRICS, MetricsLog, atomic_write_text,
-                         load_checkpoint, save_checkpoint, tensors_to_lists)
+                         load_checkpoint, tensors_to_lists)
 from .common import (EpochMeter, Run, check_resumable, check_run_dir, config_from_dict, cosine_lr, evaluate,
                      resolve_device, rng_state, set_rng_state, start_run_dir)
 from .progress import Progress
@@ -281,12 +281,10 @@ class Search(Run):
                 "alphas": {"normal": tensors_to_lists(w_normal), "reduce": tensors_to_lists(w_reduce)},
                 "seconds": round(time.perf_counter() - start, 3),
             })
-            self.metrics.append(record)
-            save_checkpoint(self.out / CHECKPOINT, self.state_dict())
-            self.log(f"epoch {record['epoch']}/{cfg.epochs} lr {lr:.5f} "
-                     f"train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f} | "
-                     f"val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f} | "
-                     f"skip(normal) {skips} | {record['seconds']:.1f}s")
+            self.end_epoch(record, f"epoch {record['epoch']}/{cfg.epochs} lr {lr:.5f} "
+                                   f"train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f} | "
+                                   f"val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f} | "
+                                   f"skip(normal) {skips} | {record['seconds']:.1f}s")
             self.log(f"  genotype {genotype.to_json()}")
         genotype = self.model.genotype(cfg.max_skip)
         atomic_write_text(self.out / GENOTYPE, genotype.to_json(indent=None) + "\n")
