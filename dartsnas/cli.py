@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("genotype", help="validate a genotype and print its canonical JSON")
     p.add_argument("genotype", help=f"built-in name ({', '.join(CONV_GENOTYPES.names())}) or JSON file")
-    p.add_argument("--space", choices=("cnn",), default="cnn")
+    p.add_argument("--space", choices=("cnn", "rnn"), default="cnn", help="search space of the genotype [cnn]")
     return parser
 
 
@@ -222,7 +222,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 
 def _cmd_genotype(args: argparse.Namespace) -> int:
-    print(load_genotype(args.genotype).to_json())
+    print(load_genotype(args.genotype, args.space).to_json())
     return 0
 
 

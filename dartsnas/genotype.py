@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import torch
 
 from .errors import GenotypeError
-from .ops import CONV_OPS
+from .ops import CONV_OPS, RNN_OPS
 from .registry import Registry
 
 Edge = tuple[str, int]
@@ -256,21 +256,82 @@ _builtin("AmoebaNet",
          normal_concat=(4, 5, 6), reduce_concat=(3, 4, 6))
 
 
-def load_genotype(spec: str | os.PathLike) -> Genotype:
-    """A genotype from a built-in name, a JSON file, or a run directory holding genotype.json."""
+@dataclass(frozen=True)
+class RecurrentGenotype:
+    """A recurrent cell: one (op, input state) pair per intermediate node, and the averaged nodes.
+
+    State 0 is the fixed first node (the highway transform of x_t and h_{t-1}); node i (1-based)
+    may read any state < i. JSON: ``{"recurrent": [["sigmoid", 0], ...], "concat": [1, ..., 8]}``.
+    """
+
+    recurrent: tuple[Edge, ...]
+    concat: tuple[int, ...]
+
+    @property
+    def nodes(self) -> int:
+        return len(self.recurrent)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"recurrent": [[op, idx] for op, idx in self.recurrent], "concat": list(self.concat)}
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "genotype") -> "RecurrentGenotype":
+        if not isinstance(data, dict):
+            raise GenotypeError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        missing = [k for k in ("recurrent", "concat") if k not in data]
+        if missing:
+            raise GenotypeError(f"{source}: missing field(s) {', '.join(missing)}")
+        extra = sorted(set(data) - {"recurrent", "concat"})
+        if extra:
+            raise GenotypeError(f"{source}: unknown field(s) {', '.join(map(str, extra))}")
+        edges = _parse_edges(data["recurrent"], k=1, num_inputs=1, where=f"{source}: recurrent", ops=RNN_OPS)
+        concat = _parse_concat(data["concat"], len(edges) + 1, where=f"{source}: concat")
+        return cls(edges, concat)
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "genotype") -> "RecurrentGenotype":
+        return cls.from_dict(_parse_json(text, source), source=source)
+
+
+def derive_recurrent_genotype(weights: torch.Tensor, op_names: Sequence[str]) -> RecurrentGenotype:
+    """k=1 derivation: each node keeps its single strongest non-``none`` op over all predecessors."""
+    edges = derive_cell(weights, op_names, num_inputs=1, k=1)
+    return RecurrentGenotype(tuple(edges), tuple(range(1, len(edges) + 1)))
+
+
+RNN_GENOTYPES: Registry[RecurrentGenotype] = Registry("recurrent genotype")
+_RNN_CONCAT = list(range(1, 9))
+# Table 2: DARTS (first order) and DARTS (second order), the 55.7-perplexity cell.
+RNN_GENOTYPES.register("DARTS_V1")(RecurrentGenotype.from_dict({"recurrent": [
+    ["relu", 0], ["relu", 1], ["tanh", 2], ["relu", 3], ["relu", 4], ["identity", 1], ["relu", 5], ["relu", 1]],
+    "concat": _RNN_CONCAT}, source="built-in DARTS_V1"))
+RNN_GENOTYPES.register("DARTS_V2")(RecurrentGenotype.from_dict({"recurrent": [
+    ["sigmoid", 0], ["relu", 1], ["relu", 1], ["identity", 1], ["tanh", 2], ["sigmoid", 5], ["tanh", 3], ["relu", 5]],
+    "concat": _RNN_CONCAT}, source="built-in DARTS_V2"))
+RNN_GENOTYPES.register("DARTS")(RNN_GENOTYPES.get("DARTS_V2"))
+
+_SPACES = {"cnn": (CONV_GENOTYPES, Genotype), "rnn": (RNN_GENOTYPES, RecurrentGenotype)}
+
+
+def load_genotype(spec: str | os.PathLike, space: str = "cnn") -> Any:
+    """A genotype of ``space`` (cnn or rnn) from a built-in name, a JSON file, or a run directory."""
+    builtins, cls = _SPACES[space]
     text = os.fspath(spec)
-    if text in CONV_GENOTYPES:
-        return CONV_GENOTYPES.get(text)
+    if text in builtins:
+        return builtins.get(text)
     path = Path(text)
     if path.is_dir():
         path = path / "genotype.json"
         if not path.is_file():
             raise GenotypeError(f"{spec}: directory holds no genotype.json")
     if not path.is_file():
-        known = ", ".join(CONV_GENOTYPES.names())
-        raise GenotypeError(f"unknown genotype {text!r}: neither a built-in name ({known}) nor a file")
+        known = ", ".join(builtins.names())
+        raise GenotypeError(f"unknown genotype {text!r}: neither a built-in {space} name ({known}) nor a file")
     try:
         content = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise GenotypeError(f"{path}: cannot read: {e}") from None
-    return Genotype.from_json(content, source=str(path))
+    return cls.from_json(content, source=str(path))

@@ -218,3 +218,17 @@ def is_preactivated(module: nn.Module) -> bool:
 def is_zero_op(module: nn.Module) -> bool:
     """True for ops whose output is identically zero (they can be skipped in weighted sums)."""
     return bool(getattr(module, "is_zero", False))
+
+
+# --------------------------------------------------------------------------------------------
+# Recurrent cells (section 3.1.2): an op is the activation applied inside a highway gate.
+
+RNN_OPS: Registry[Callable[[torch.Tensor], torch.Tensor]] = Registry("recurrent op")
+#: The paper's recurrent candidate ops, in the reference implementation's order.
+RNN_DARTS_OPS: tuple[str, ...] = ("none", "tanh", "relu", "sigmoid", "identity")
+
+RNN_OPS.register("none")(torch.zeros_like)
+RNN_OPS.register("tanh")(torch.tanh)
+RNN_OPS.register("relu")(torch.relu)
+RNN_OPS.register("sigmoid")(torch.sigmoid)
+RNN_OPS.register("identity")(lambda x: x)
