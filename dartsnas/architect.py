@@ -41,6 +41,31 @@ class SearchModel(Protocol):
     def loss(self, *batch: Any) -> torch.Tensor: ...
 
 
+def _split(out: Any) -> tuple[torch.Tensor, Any]:
+    """A model's ``loss`` returns the loss, or (loss, extra) such as a recurrent state to carry."""
+    if isinstance(out, tuple):
+        return out[0], (out[1] if len(out) == 2 else out[1:])
+    return out, None
+
+
+@contextmanager
+def same_random_draws(state: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
+    """Run the block from the RNG state ``state`` (or the current one); yields that state.
+
+    The two finite-difference passes must see the same dropout masks, or their difference
+    measures mask noise instead of curvature.
+    """
+    if state is None:
+        state = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+    else:
+        torch.set_rng_state(state["cpu"])
+        if "cuda" in state:
+            torch.cuda.set_rng_state_all(state["cuda"])
+    yield state
+
+
 class _LossOf(nn.Module):
     """Lets ``functional_call`` evaluate ``model.loss`` (not ``forward``) with substituted weights."""
 
@@ -49,6 +74,11 @@ class _LossOf(nn.Module):
         self.model = model
 
     def forward(self, *batch: Any) -> torch.Tensor:
+        return _split(self.model.loss(*batch))[0]
+
+
+class _FullLossOf(_LossOf):
+    def forward(self, *batch: Any) -> Any:
         return self.model.loss(*batch)
 
 
@@ -80,18 +110,20 @@ def requires_grad_off(params: Sequence[torch.Tensor]) -> Iterator[None]:
 
 
 def _loss_at(model: nn.Module, names: Sequence[str], weights: Sequence[torch.Tensor],
-             batch: Batch) -> torch.Tensor:
+             batch: Batch, full: bool = False) -> Any:
+    """``model.loss(*batch)`` evaluated with ``weights`` in place of the model's (loss only unless ``full``)."""
     params = {f"model.{n}": w for n, w in zip(names, weights)}
-    return functional_call(_LossOf(model), params, tuple(batch))
+    module = _FullLossOf(model) if full else _LossOf(model)
+    return functional_call(module, params, tuple(batch))
 
 
-def first_order_alpha_grad(model: SearchModel, val_batch: Batch) -> list[torch.Tensor]:
-    """∇α L_val(w, α) with w held constant."""
+def first_order_alpha_grad(model: SearchModel, val_batch: Batch) -> tuple[list[torch.Tensor], Any]:
+    """∇α L_val(w, α) with w held constant (and the extra output of the validation loss)."""
     alphas = model.arch_parameters()
     weights = [p for _, p in model.named_weight_parameters()]
     with frozen_batchnorm_stats(model), requires_grad_off(weights):
-        loss = model.loss(*val_batch)
-        return list(torch.autograd.grad(loss, alphas))
+        loss, extra = _split(model.loss(*val_batch))
+        return list(torch.autograd.grad(loss, alphas)), extra
 
 
 def virtual_step(weights: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], xi: float,
@@ -110,50 +142,54 @@ def virtual_step(weights: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
 def second_order_alpha_grad(model: SearchModel, train_batch: Batch, val_batch: Batch, *, xi: float,
                             momentum: Sequence[float], weight_decay: Sequence[float],
                             buffers: Sequence[torch.Tensor | None],
-                            fd_step: float = 0.01) -> list[torch.Tensor]:
+                            fd_step: float = 0.01) -> tuple[list[torch.Tensor], Any]:
     """The paper's second-order approximation (equation 8) with a central finite difference."""
     names, weights = zip(*model.named_weight_parameters())
     alphas = model.arch_parameters()
     n_alpha = len(alphas)
     with frozen_batchnorm_stats(model):
         with requires_grad_off(alphas):
-            grads = torch.autograd.grad(model.loss(*train_batch), weights)
+            grads = torch.autograd.grad(_split(model.loss(*train_batch))[0], weights)
         with torch.no_grad():
             unrolled = virtual_step([w.detach() for w in weights], grads, xi, momentum,
                                     weight_decay, buffers)
         del grads
         unrolled = [u.requires_grad_() for u in unrolled]
-        out = torch.autograd.grad(_loss_at(model, names, unrolled, val_batch), [*alphas, *unrolled])
+        val_loss, extra = _split(_loss_at(model, names, unrolled, val_batch, full=True))
+        out = torch.autograd.grad(val_loss, [*alphas, *unrolled])
         dalpha, v = list(out[:n_alpha]), out[n_alpha:]
         del unrolled, out
         with torch.no_grad():
             norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in v]))
         if norm.item() == 0.0:
-            return dalpha
+            return dalpha, extra
         eps = fd_step / norm
         with torch.no_grad():
             w_plus = [w.detach() + eps * t for w, t in zip(weights, v)]
-        g_plus = torch.autograd.grad(_loss_at(model, names, w_plus, train_batch), alphas)
+        with same_random_draws(None) as rng:
+            g_plus = torch.autograd.grad(_loss_at(model, names, w_plus, train_batch), alphas)
         with torch.no_grad():
             w_minus = w_plus
             for wm, t in zip(w_minus, v):
                 wm.sub_(2 * eps * t)  # reuse the w+ storage: w- = w+ - 2εv
-        g_minus = torch.autograd.grad(_loss_at(model, names, w_minus, train_batch), alphas)
+        with same_random_draws(rng):
+            g_minus = torch.autograd.grad(_loss_at(model, names, w_minus, train_batch), alphas)
         with torch.no_grad():
-            return [da - xi * (gp - gm) / (2 * eps) for da, gp, gm in zip(dalpha, g_plus, g_minus)]
+            return [da - xi * (gp - gm) / (2 * eps) for da, gp, gm in zip(dalpha, g_plus, g_minus)], extra
 
 
 def exact_alpha_grad(model: SearchModel, train_batch: Batch, val_batch: Batch, *, xi: float,
                      momentum: Sequence[float], weight_decay: Sequence[float],
-                     buffers: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
+                     buffers: Sequence[torch.Tensor | None]) -> tuple[list[torch.Tensor], Any]:
     """d/dα L_val(w'(α), α) through the one-step unrolled weights (double backward)."""
     names, weights = zip(*model.named_weight_parameters())
     alphas = model.arch_parameters()
     with frozen_batchnorm_stats(model):
-        grads = torch.autograd.grad(model.loss(*train_batch), weights, create_graph=True)
+        grads = torch.autograd.grad(_split(model.loss(*train_batch))[0], weights, create_graph=True)
         detached = [w.detach() for w in weights]
         unrolled = virtual_step(detached, grads, xi, momentum, weight_decay, buffers)
-        return list(torch.autograd.grad(_loss_at(model, names, unrolled, val_batch), alphas))
+        val_loss, extra = _split(_loss_at(model, names, unrolled, val_batch, full=True))
+        return list(torch.autograd.grad(val_loss, alphas)), extra
 
 
 class Architect:
@@ -172,6 +208,7 @@ class Architect:
         self.fd_step = fd_step
         self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=lr, betas=betas,
                                           weight_decay=weight_decay)
+        self.val_extra: Any = None
 
     def _weight_optimizer_terms(self) -> dict[str, list]:
         """Per weight tensor: the SGD momentum, weight decay and momentum buffer of w_optimizer."""
@@ -188,14 +225,21 @@ class Architect:
         return terms
 
     def alpha_grad(self, train_batch: Batch, val_batch: Batch, xi: float) -> list[torch.Tensor]:
-        """The α gradient of the configured order; ``xi`` is the current weight learning rate."""
+        """The α gradient of the configured order; ``xi`` is the current weight learning rate.
+
+        Whatever the model's ``loss`` returns besides the loss on ``val_batch`` (a recurrent state,
+        say) is kept in :attr:`val_extra`.
+        """
         if self.order == "first":
-            return first_order_alpha_grad(self.model, val_batch)
+            grads, self.val_extra = first_order_alpha_grad(self.model, val_batch)
+            return grads
         terms = self._weight_optimizer_terms()
         if self.order == "second":
-            return second_order_alpha_grad(self.model, train_batch, val_batch, xi=xi,
-                                           fd_step=self.fd_step, **terms)
-        return exact_alpha_grad(self.model, train_batch, val_batch, xi=xi, **terms)
+            grads, self.val_extra = second_order_alpha_grad(self.model, train_batch, val_batch, xi=xi,
+                                                            fd_step=self.fd_step, **terms)
+        else:
+            grads, self.val_extra = exact_alpha_grad(self.model, train_batch, val_batch, xi=xi, **terms)
+        return grads
 
     def step(self, train_batch: Batch, val_batch: Batch, xi: float,
              grad_hook: Callable[[list[torch.Tensor]], None] | None = None) -> list[torch.Tensor]:

@@ -1,0 +1,110 @@
+"""The DARTS recurrent search space (paper, section 3.1.2).
+
+Node i (1..N) takes every earlier node through a mixed op applied inside the highway gate: with
+``[c, h] = s_j W_i`` for each predecessor j, ``s_i = sum_j sum_o softmax(α_ij)_o (s_j + sigmoid(c) *
+(o(h) - s_j))``. Node states are batch-normalised (no affine) during search, as the reference does,
+and h_t is the mean of the last ``concat`` nodes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from ..genotype import RecurrentGenotype, derive_recurrent_genotype, num_edges
+from ..nets.recurrent import HighwayCell, RNNConfig, RNNLanguageModel
+from ..ops import RNN_DARTS_OPS, RNN_OPS
+from . import SEARCH_SPACES
+
+
+@dataclass
+class RecurrentSearchSpaceConfig:
+    """The search model: sizes and dropouts of the reference search (300/300, dropout_e 0)."""
+
+    vocab_size: int = 10000
+    emsize: int = 300
+    nhid: int = 300
+    nodes: int = 8
+    dropout: float = 0.75
+    dropout_h: float = 0.25
+    dropout_x: float = 0.75
+    dropout_i: float = 0.2
+    dropout_e: float = 0.0
+    ops: tuple[str, ...] = field(default_factory=lambda: RNN_DARTS_OPS)
+
+    def validate(self) -> None:
+        for name in ("vocab_size", "emsize", "nhid", "nodes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.emsize != self.nhid:
+            raise ConfigError(f"tied weights need --emsize == --nhid, got {self.emsize} and {self.nhid}")
+        for op in self.ops:
+            RNN_OPS.get(op)
+        if all(op == "none" for op in self.ops):
+            raise ConfigError("the op set needs at least one op other than 'none'")
+
+
+class SearchRecurrentCell(HighwayCell):
+    """All candidate activations on every (earlier node -> node) edge, mixed by softmax(α)."""
+
+    def __init__(self, config: RecurrentSearchSpaceConfig) -> None:
+        super().__init__(config.emsize, config.nhid, config.nodes, config.dropout_h, config.dropout_x)
+        self.nodes = config.nodes
+        self.active = [(k, RNN_OPS.get(name)) for k, name in enumerate(config.ops) if name != "none"]
+        self.bn = nn.BatchNorm1d(config.nhid, affine=False)
+        self.weights: torch.Tensor | None = None  # softmax(α), set by the model for each forward
+
+    def step(self, x, h_prev, x_mask, h_mask):
+        s0 = self.bn(self.init_state(x, h_prev, x_mask, h_mask))
+        states = s0.unsqueeze(0)  # [nodes so far, B, nhid]
+        row = 0
+        for i in range(self.nodes):
+            inp = states * h_mask.unsqueeze(0) if h_mask is not None else states
+            c, h = torch.split(inp @ self.Ws[i], self.nhid, dim=-1)
+            c = torch.sigmoid(c)
+            w = self.weights[row:row + i + 1]  # [i + 1, ops]
+            s = None
+            for k, act in self.active:
+                y = (w[:, k, None, None] * (states + c * (act(h) - states))).sum(0)
+                s = y if s is None else s + y
+            s = self.bn(s)
+            states = torch.cat([states, s.unsqueeze(0)], 0)
+            row += i + 1
+        return states[1:].mean(0)
+
+
+@SEARCH_SPACES.register("rnn")
+class RecurrentSearchModel(RNNLanguageModel):
+    """The recurrent search language model with its α (one row per edge, one column per op)."""
+
+    def __init__(self, config: RecurrentSearchSpaceConfig | None = None) -> None:
+        config = config or RecurrentSearchSpaceConfig()
+        config.validate()
+        rnn = RNNConfig(vocab_size=config.vocab_size, emsize=config.emsize, nhid=config.nhid,
+                        dropout=config.dropout, dropout_h=config.dropout_h, dropout_x=config.dropout_x,
+                        dropout_i=config.dropout_i, dropout_e=config.dropout_e)
+        super().__init__(rnn, SearchRecurrentCell(config))
+        self.space = config
+        self.alpha = nn.Parameter(1e-3 * torch.randn(num_edges(config.nodes, num_inputs=1), len(config.ops)))
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [self.alpha]
+
+    def named_weight_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.named_parameters() if p is not self.alpha]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        return [p for _, p in self.named_weight_parameters()]
+
+    def arch_weights(self) -> torch.Tensor:
+        return F.softmax(self.alpha.float(), dim=-1)
+
+    def forward(self, inputs, hidden):
+        self.cell.weights = self.arch_weights()
+        return super().forward(inputs, hidden)
+
+    def genotype(self) -> RecurrentGenotype:
+        return derive_recurrent_genotype(self.arch_weights(), self.space.ops)
