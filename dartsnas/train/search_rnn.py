@@ -1,0 +1,247 @@
+"""The DARTS search loop for recurrent cells (paper, section 3.1.2; the reference search settings).
+
+Each step takes one α step on a window of the validation stream (its hidden state carried from
+window to window through the architect), then one SGD step of the weights on a training window
+of random length (AWD-LSTM: 35 most of the time, 17.5 sometimes, jittered), with the learning rate
+scaled by the window length and temporal activation regularisation (β) on the cell's outputs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..architect import ORDERS, Architect, requires_grad_off
+from ..data.text import Corpus, batchify, get_window
+from ..errors import ConfigError, DartsError
+from ..genotype import RecurrentGenotype
+from ..ops import RNN_DARTS_OPS
+from ..spaces import RecurrentSearchModel, RecurrentSearchSpaceConfig
+from .checkpoint import CHECKPOINT, GENOTYPE, METRICS, MetricsLog, atomic_write_text, load_checkpoint, tensors_to_lists
+from .common import (Run, check_resumable, check_run_dir, config_from_dict, resolve_device, rng_state,
+                     set_rng_state, start_run_dir)
+from .progress import Progress
+
+KIND = "search-rnn"
+
+
+@dataclass
+class RNNSearchConfig:
+    """A recurrent search; defaults are the reference search on Penn Treebank."""
+
+    data_dir: str | None = None
+    train_split: str = "train"
+    val_split: str = "valid"
+    emsize: int = 300
+    nhid: int = 300
+    nodes: int = 8
+    ops: tuple[str, ...] = field(default_factory=lambda: RNN_DARTS_OPS)
+    epochs: int = 50
+    batch_size: int = 256
+    eval_batch_size: int = 10
+    bptt: int = 35
+    max_seq_len_delta: int = 20
+    lr: float = 20.0
+    weight_decay: float = 5e-7
+    grad_clip: float = 0.25
+    tar: float = 1e-3            # β: temporal activation regularisation
+    ar: float = 0.0              # α of AWD-LSTM's activation regularisation (off in the search)
+    dropout: float = 0.75
+    dropout_h: float = 0.25
+    dropout_x: float = 0.75
+    dropout_i: float = 0.2
+    dropout_e: float = 0.0
+    arch_lr: float = 3e-3
+    arch_weight_decay: float = 1e-3
+    order: str = "first"
+    fd_step: float = 0.01
+    seed: int = 0
+    device: str = "auto"
+    steps_per_epoch: int | None = None
+
+    RESUMABLE_CHANGES = ("epochs", "device", "data_dir")
+
+    def validate(self) -> None:
+        for name in ("emsize", "nhid", "nodes", "epochs", "batch_size", "eval_batch_size", "bptt"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "arch_lr", "fd_step"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if self.order not in ORDERS:
+            raise ConfigError(f"--order must be one of {', '.join(ORDERS)}, got {self.order!r}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ConfigError(f"--steps-per-epoch must be >= 1, got {self.steps_per_epoch}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["ops"] = list(self.ops)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RNNSearchConfig":
+        data = dict(data)
+        if "ops" in data:
+            data["ops"] = tuple(data["ops"])
+        return config_from_dict(cls, data)
+
+
+def window_length(bptt: int, max_delta: int, generator: torch.Generator) -> int:
+    """AWD-LSTM's random BPTT length: around bptt (bptt/2 with probability 0.05), at least 5."""
+    base = bptt if torch.rand((), generator=generator).item() < 0.95 else bptt / 2
+    length = int(base + 5 * torch.randn((), generator=generator).item())
+    return min(max(5, length), bptt + max_delta)
+
+
+@torch.no_grad()
+def evaluate_lm(model: torch.nn.Module, data: torch.Tensor, bptt: int) -> float:
+    """Mean next-token NLL over a batchified stream [B, N], the state carried across windows."""
+    was_training = model.training
+    model.eval()
+    hidden = model.init_hidden(data.shape[0])
+    total, count = 0.0, 0
+    for start in range(0, data.shape[1] - 1, bptt):
+        x, y = get_window(data, start, bptt)
+        log_prob, hidden, _ = model(x, hidden)
+        total += F.nll_loss(log_prob, y, reduction="sum").item()
+        count += y.numel()
+    model.train(was_training)
+    return total / count
+
+
+def tar_ar_penalty(raw: torch.Tensor, dropped: torch.Tensor | None, tar: float, ar: float) -> torch.Tensor:
+    """β·mean((h_t - h_{t-1})²) + α·mean(dropped h²) (Merity et al., 2017)."""
+    penalty = tar * (raw[1:] - raw[:-1]).pow(2).mean() if tar else raw.new_zeros(())
+    if ar and dropped is not None:
+        penalty = penalty + ar * dropped.pow(2).mean()
+    return penalty
+
+
+class RNNSearch(Run):
+    """A resumable recurrent DARTS search writing into ``out_dir``."""
+
+    def __init__(self, config: RNNSearchConfig, out_dir: str | Path, *, resume: bool = False,
+                 overwrite: bool = False, quiet: bool = False, log: Callable[[str], None] = print) -> None:
+        config.validate()
+        self.config, self.out, self.quiet, self._log = config, Path(out_dir), quiet, log
+        check_run_dir(self.out, resume=resume, overwrite=overwrite)
+        saved = None
+        if resume:
+            saved = load_checkpoint(self.out / CHECKPOINT, kind=KIND)
+            check_resumable(RNNSearchConfig.from_dict(saved["config"]), config, self.out / CHECKPOINT, self.log)
+        self.device = resolve_device(config.device)
+        if config.data_dir is None:
+            raise ConfigError("--data-dir is required: a folder with train/valid/test text files")
+        corpus = Corpus(config.data_dir, splits=(config.train_split, config.val_split))
+        self.log(f"corpus {config.data_dir}: vocabulary {corpus.vocab_size:,}, {config.train_split} "
+                 f"{corpus[config.train_split].numel():,} tokens, {config.val_split} "
+                 f"{corpus[config.val_split].numel():,} tokens")
+        self.train_data = batchify(corpus[config.train_split], config.batch_size).to(self.device)
+        self.val_data = batchify(corpus[config.val_split], config.batch_size).to(self.device)
+        self.eval_data = batchify(corpus[config.val_split], config.eval_batch_size).to(self.device)
+        torch.manual_seed(config.seed)
+        space = RecurrentSearchSpaceConfig(
+            vocab_size=corpus.vocab_size, emsize=config.emsize, nhid=config.nhid, nodes=config.nodes,
+            dropout=config.dropout, dropout_h=config.dropout_h, dropout_x=config.dropout_x,
+            dropout_i=config.dropout_i, dropout_e=config.dropout_e, ops=tuple(config.ops))
+        self.model = RecurrentSearchModel(space).to(self.device)
+        self.w_optimizer = torch.optim.SGD(self.model.weight_parameters(), lr=config.lr,
+                                           weight_decay=config.weight_decay)
+        # The reference's recurrent architect uses Adam's default betas (the conv one uses 0.5).
+        self.architect = Architect(self.model, self.w_optimizer, order=config.order, lr=config.arch_lr,
+                                   betas=(0.9, 0.999), weight_decay=config.arch_weight_decay,
+                                   fd_step=config.fd_step)
+        self.lengths = torch.Generator().manual_seed(config.seed)
+        self.epoch = 0
+        self.metrics = MetricsLog(self.out / METRICS)
+        if saved is not None:
+            self.model.load_state_dict(saved["model"])
+            self.w_optimizer.load_state_dict(saved["w_optimizer"])
+            self.architect.load_state_dict(saved["architect"])
+            self.lengths.set_state(saved["lengths"])
+            set_rng_state(saved["rng"])
+            self.epoch = int(saved["epoch"])
+            self.resumed()
+        else:
+            start_run_dir(self.out)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": KIND, "config": self.config.to_dict(), "epoch": self.epoch,
+                "model": self.model.state_dict(), "w_optimizer": self.w_optimizer.state_dict(),
+                "architect": self.architect.state_dict(), "lengths": self.lengths.get_state(),
+                "rng": rng_state(), "genotype": self.model.genotype().to_dict()}
+
+    def train_epoch(self) -> dict[str, float]:
+        cfg, model = self.config, self.model
+        model.train()
+        B = cfg.batch_size
+        hidden, hidden_val = model.init_hidden(B), model.init_hidden(B)
+        total, tokens, step, pos = 0.0, 0, 0, 0
+        n = self.train_data.shape[1]
+        approx = max(1, (n - 2) // cfg.bptt)
+        steps_cap = cfg.steps_per_epoch or approx
+        bar = Progress(min(approx, steps_cap), f"epoch {self.epoch + 1}/{cfg.epochs}", unit="tok",
+                       enabled=not self.quiet)
+        group = self.w_optimizer.param_groups[0]
+        while pos < n - 2 and step < steps_cap:
+            seq_len = window_length(cfg.bptt, cfg.max_seq_len_delta, self.lengths)
+            group["lr"] = cfg.lr * seq_len / cfg.bptt  # longer windows, larger steps (AWD-LSTM)
+            x, y = get_window(self.train_data, pos, seq_len)
+            xv, yv = get_window(self.val_data, pos % (self.val_data.shape[1] - 1), cfg.bptt)
+            hidden, hidden_val = hidden.detach(), hidden_val.detach()
+            self.architect.step((x, y, hidden), (xv, yv, hidden_val), group["lr"])
+            hidden_val = self.architect.val_extra
+            with requires_grad_off(model.arch_parameters()):
+                log_prob, hidden, raw = model(x, hidden)
+                nll = F.nll_loss(log_prob, y)
+                loss = nll + tar_ar_penalty(raw, None, cfg.tar, cfg.ar)
+                self.w_optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.weight_parameters(), cfg.grad_clip)
+            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                raise DartsError(f"non-finite loss or gradient at epoch {self.epoch + 1}, step {step + 1}: "
+                                 f"stopped; the last good checkpoint ({self.out / CHECKPOINT}) is kept")
+            self.w_optimizer.step()
+            group["lr"] = cfg.lr
+            total += nll.item() * y.numel()
+            tokens += y.numel()
+            step += 1
+            pos += seq_len
+            bar.update(y.numel(), loss=nll.item())
+        bar.close()
+        train_loss = total / max(tokens, 1)
+        return {"train_loss": train_loss, "train_ppl": math.exp(min(train_loss, 50)), "steps": step,
+                "tokens_per_s": tokens / max(time.perf_counter() - bar.start, 1e-9)}
+
+    def run(self) -> tuple[RecurrentGenotype, list[dict[str, Any]]]:
+        cfg = self.config
+        self.log(f"search rnn: {cfg.order} order, {cfg.emsize}/{cfg.nhid}, N={cfg.nodes}, batch {cfg.batch_size}, "
+                 f"device {self.device}, out {self.out}")
+        while self.epoch < cfg.epochs:
+            start = time.perf_counter()
+            record: dict[str, Any] = {"epoch": self.epoch + 1, "lr": cfg.lr}
+            record.update(self.train_epoch())
+            val_loss = evaluate_lm(self.model, self.eval_data, cfg.bptt)
+            record.update({"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))})
+            self.epoch += 1
+            genotype = self.model.genotype()
+            record.update({"genotype": genotype.to_dict(),
+                           "alphas": {"recurrent": tensors_to_lists(self.model.arch_weights())},
+                           "seconds": round(time.perf_counter() - start, 3)})
+            self.end_epoch(record, f"epoch {record['epoch']}/{cfg.epochs} train ppl {record['train_ppl']:.2f} | "
+                                   f"val ppl {record['val_ppl']:.2f} | {record['seconds']:.1f}s\n"
+                                   f"  genotype {genotype.to_json()}")
+        genotype = self.model.genotype()
+        atomic_write_text(self.out / GENOTYPE, genotype.to_json() + "\n")
+        return genotype, self.metrics.read()
+
+
+def search_rnn(config: RNNSearchConfig, out_dir: str | Path, **kwargs: Any) -> tuple[RecurrentGenotype, list]:
+    """Run (or with ``resume=True`` continue) a recurrent search; returns the genotype and metrics."""
+    return RNNSearch(config, out_dir, **kwargs).run()
