@@ -55,10 +55,7 @@ def _run_flags(p: argparse.ArgumentParser, d: Any) -> None:
     g.add_argument("--device", default=S, help=f"auto, cpu or cuda[:N] [{d.device}]")
     g.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=S,
                    help="keep NCHW activations (channels_last is faster on CPU and GPU)")
-    g.add_argument("--out", required=True, type=Path, help="run directory")
-    g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    g.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    g.add_argument("--quiet", action="store_true", help="no progress or per-epoch output")
+    _out_flags(g)
 
 
 def _search_flags(p: argparse.ArgumentParser) -> None:
@@ -83,6 +80,47 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-skip", type=int, default=S,
                    help="cap on skip_connects in the derived normal cell [none]")
     _run_flags(p, d)
+
+
+def _rnn_flags(p: argparse.ArgumentParser, d: Any) -> argparse._ArgumentGroup:
+    """Corpus, model-size and BPTT flags shared by the recurrent commands."""
+    g = p.add_argument_group("corpus and model")
+    g.add_argument("--data-dir", default=S, help="corpus folder: train/valid/test .txt, ptb.*.txt or wiki.*.tokens")
+    g.add_argument("--train-split", default=S, help=f"split that trains w [{d.train_split}]")
+    g.add_argument("--val-split", default=S, help=f"split for α / model selection [{d.val_split}]")
+    g.add_argument("--emsize", type=int, default=S, help=f"[{d.emsize}]")
+    g.add_argument("--nhid", type=int, default=S, help=f"[{d.nhid}]")
+    g.add_argument("--bptt", type=int, default=S, help=f"[{d.bptt}]")
+    g.add_argument("--epochs", type=int, default=S, help=f"[{d.epochs}]")
+    g.add_argument("--batch-size", type=int, default=S, help=f"[{d.batch_size}]")
+    g.add_argument("--eval-batch-size", type=int, default=S, help=f"[{d.eval_batch_size}]")
+    g.add_argument("--lr", type=float, default=S, help=f"[{d.lr}]")
+    g.add_argument("--weight-decay", type=float, default=S, help=f"[{d.weight_decay}]")
+    g.add_argument("--grad-clip", type=float, default=S, help=f"[{d.grad_clip}]")
+    g.add_argument("--steps-per-epoch", type=int, default=S, help="cap the steps of an epoch (smoke runs)")
+    return g
+
+
+def _search_rnn_flags(p: argparse.ArgumentParser) -> None:
+    from .train.search_rnn import RNNSearchConfig
+    d = RNNSearchConfig()
+    g = _rnn_flags(p, d)
+    g.add_argument("--nodes", type=int, default=S, help=f"[{d.nodes}]")
+    g.add_argument("--arch-lr", type=float, default=S, help=f"[{d.arch_lr}]")
+    g.add_argument("--arch-weight-decay", type=float, default=S, help=f"[{d.arch_weight_decay}]")
+    g.add_argument("--order", choices=("first", "second", "exact"), default=S, help=f"[{d.order}]")
+    g.add_argument("--fd-step", type=float, default=S, help=f"[{d.fd_step}]")
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=S, help=f"[{d.seed}]")
+    g.add_argument("--device", default=S, help=f"auto, cpu or cuda[:N] [{d.device}]")
+    _out_flags(g)
+
+
+def _out_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--out", required=True, type=Path, help="run directory")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    g.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    g.add_argument("--quiet", action="store_true", help="no progress or per-epoch output")
 
 
 def _train_flags(p: argparse.ArgumentParser) -> None:
@@ -117,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="search a cell with DARTS")
     spaces = p.add_subparsers(dest="space", required=True, metavar="SPACE")
     _search_flags(spaces.add_parser("cnn", help="convolutional cells (normal + reduction)"))
+    _search_rnn_flags(spaces.add_parser("rnn", help="a recurrent cell (language modelling)"))
 
     p = sub.add_parser("train", help="train a final network from a genotype")
     kinds = p.add_subparsers(dest="space", required=True, metavar="SPACE")
@@ -148,34 +187,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cmd_search(args: argparse.Namespace) -> int:
-    from .train.search import CHECKPOINT, KIND, SearchConfig, search
-    from .train.checkpoint import load_checkpoint
-    names = {f.name for f in dataclasses.fields(SearchConfig)}
+def _config(cls: type, kind: str, args: argparse.Namespace, make: Any = None) -> Any:
+    """The run's config: the checkpoint's on --resume, else defaults; flags given override both."""
+    from .train.checkpoint import CHECKPOINT, load_checkpoint
+    names = {f.name for f in dataclasses.fields(cls)}
     given = {k: v for k, v in vars(args).items() if k in names}
     if "ops" in given:
         given["ops"] = tuple(given["ops"])
     if args.resume:
-        saved = load_checkpoint(args.out / CHECKPOINT, kind=KIND)["config"]
-        config = dataclasses.replace(SearchConfig.from_dict(saved), **given)
+        saved = load_checkpoint(args.out / CHECKPOINT, kind=kind)["config"]
+        return dataclasses.replace(cls.from_dict(saved), **given)
+    return make(**given) if make else cls(**given)
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    if args.space == "rnn":
+        from .train import search_rnn as mod
+        mod.search_rnn(_config(mod.RNNSearchConfig, mod.KIND, args), args.out, resume=args.resume,
+                       overwrite=args.overwrite, quiet=args.quiet)
     else:
-        config = SearchConfig(**given)
-    result = search(config, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+        from .train import search as mod
+        mod.search(_config(mod.SearchConfig, mod.KIND, args), args.out, resume=args.resume,
+                   overwrite=args.overwrite, quiet=args.quiet)
     if not args.quiet:
-        print(f"genotype written to {result.out_dir / 'genotype.json'}")
+        print(f"genotype written to {args.out / 'genotype.json'}")
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .train.checkpoint import load_checkpoint
-    from .train.final import CHECKPOINT, KIND, TrainConfig, recipe, train
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    given = {k: v for k, v in vars(args).items() if k in names}
-    if args.resume:
-        saved = load_checkpoint(args.out / CHECKPOINT, kind=KIND)["config"]
-        config = dataclasses.replace(TrainConfig.from_dict(saved), **given)
-    else:
-        config = recipe(given.pop("dataset", "cifar10"), **given)
+    from .train.final import KIND, TrainConfig, recipe, train
+    make = lambda **given: recipe(given.pop("dataset", "cifar10"), **given)
+    config = _config(TrainConfig, KIND, args, make)
     train(config, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
     if not args.quiet:
         print(f"weights written to {args.out / 'model.pt'}")
