@@ -1,0 +1,279 @@
+"""Training and evaluation of the final recurrent language model (paper, section 3.2).
+
+SGD with the reference's settings (lr 20, batch 64, variable-length BPTT around 35, clip 0.25,
+weight decay 8e-7, TAR 1e-3), switching to averaged SGD once the validation loss has not improved
+on the best of all but the last ``nonmono`` epochs (the non-monotone trigger of AWD-LSTM). With
+ASGD, validation and the saved model use the averaged weights. Test perplexity is reported at
+batch size 1, as the reference does.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..data.text import Corpus, batchify, get_window
+from ..errors import CheckpointError, ConfigError, DartsError
+from ..genotype import RecurrentGenotype, load_genotype
+from ..nets.recurrent import RNNConfig, build_rnn_model
+from .checkpoint import CHECKPOINT, METRICS, MetricsLog, load_checkpoint, save_checkpoint
+from .common import (Run, check_resumable, check_run_dir, config_from_dict, resolve_device, rng_state,
+                     set_rng_state, start_run_dir)
+from .progress import Progress
+from .search_rnn import evaluate_lm, tar_ar_penalty, window_length
+
+KIND = "train-rnn"
+MODEL = "model.pt"
+
+
+@dataclass
+class RNNTrainConfig:
+    """Final recurrent training; defaults are the reference's Penn Treebank settings."""
+
+    genotype: str = "DARTS_V2"
+    data_dir: str | None = None
+    train_split: str = "train"
+    val_split: str = "valid"
+    test_split: str = "test"
+    emsize: int = 850
+    nhid: int = 850
+    epochs: int = 8000
+    batch_size: int = 64
+    eval_batch_size: int = 10
+    test_batch_size: int = 1
+    bptt: int = 35
+    max_seq_len_delta: int = 20
+    lr: float = 20.0
+    weight_decay: float = 8e-7
+    grad_clip: float = 0.25
+    tar: float = 1e-3
+    ar: float = 0.0
+    nonmono: int = 5
+    dropout: float = 0.75
+    dropout_h: float = 0.25
+    dropout_x: float = 0.75
+    dropout_i: float = 0.2
+    dropout_e: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    steps_per_epoch: int | None = None
+
+    RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "test_batch_size")
+
+    def validate(self) -> None:
+        for name in ("emsize", "nhid", "epochs", "batch_size", "eval_batch_size", "test_batch_size", "bptt",
+                     "nonmono"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if self.emsize != self.nhid:
+            raise ConfigError(f"tied weights need --emsize == --nhid, got {self.emsize} and {self.nhid}")
+        for name in ("dropout", "dropout_h", "dropout_x", "dropout_i", "dropout_e"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"--{name.replace('_', '-')} must lie in [0, 1), got {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RNNTrainConfig":
+        return config_from_dict(cls, data)
+
+    def model_config(self, vocab_size: int) -> RNNConfig:
+        return RNNConfig(vocab_size=vocab_size, emsize=self.emsize, nhid=self.nhid, dropout=self.dropout,
+                         dropout_h=self.dropout_h, dropout_x=self.dropout_x, dropout_i=self.dropout_i,
+                         dropout_e=self.dropout_e)
+
+
+class averaged_weights:
+    """Swap the ASGD running averages into the model for the block (no-op under plain SGD)."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.model, self.optimizer, self.saved = model, optimizer, None
+
+    def __enter__(self) -> None:
+        if isinstance(self.optimizer, torch.optim.ASGD):
+            self.saved = [p.detach().clone() for p in self.model.parameters()]
+            with torch.no_grad():
+                for p in self.model.parameters():
+                    if "ax" in self.optimizer.state.get(p, {}):
+                        p.copy_(self.optimizer.state[p]["ax"])
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.saved is not None:
+            with torch.no_grad():
+                for p, s in zip(self.model.parameters(), self.saved):
+                    p.copy_(s)
+
+
+class RNNTraining(Run):
+    """A resumable final training of a recurrent genotype writing into ``out_dir``."""
+
+    def __init__(self, config: RNNTrainConfig, out_dir: str | Path, *, resume: bool = False,
+                 overwrite: bool = False, quiet: bool = False, log: Callable[[str], None] = print) -> None:
+        config.validate()
+        self.config, self.out, self.quiet, self._log = config, Path(out_dir), quiet, log
+        check_run_dir(self.out, resume=resume, overwrite=overwrite)
+        saved = None
+        if resume:
+            saved = load_checkpoint(self.out / CHECKPOINT, kind=KIND)
+            check_resumable(RNNTrainConfig.from_dict(saved["config"]), config, self.out / CHECKPOINT, self.log)
+            self.genotype = RecurrentGenotype.from_dict(saved["genotype"], source=str(self.out / CHECKPOINT))
+        else:
+            self.genotype = load_genotype(config.genotype, "rnn")
+        if config.data_dir is None:
+            raise ConfigError("--data-dir is required: a folder with train/valid/test text files")
+        self.device = resolve_device(config.device)
+        corpus = Corpus(config.data_dir, splits=(config.train_split, config.val_split, config.test_split))
+        self.vocab_size = corpus.vocab_size
+        self.log(f"corpus {config.data_dir}: vocabulary {corpus.vocab_size:,}; {config.train_split} "
+                 f"{corpus[config.train_split].numel():,} tokens")
+        self.train_data = batchify(corpus[config.train_split], config.batch_size).to(self.device)
+        self.val_data = batchify(corpus[config.val_split], config.eval_batch_size).to(self.device)
+        self.test_data = batchify(corpus[config.test_split], config.test_batch_size).to(self.device)
+        torch.manual_seed(config.seed)
+        self.model = build_rnn_model(self.genotype, config.model_config(corpus.vocab_size)).to(self.device)
+        self.optimizer: torch.optim.Optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr,
+                                                                weight_decay=config.weight_decay)
+        self.lengths = torch.Generator().manual_seed(config.seed)
+        self.val_history: list[float] = []
+        self.best_val = math.inf
+        self.epoch = 0
+        self.metrics = MetricsLog(self.out / METRICS)
+        if saved is not None:
+            try:
+                if saved["asgd"]:
+                    self._switch_to_asgd()
+                self.model.load_state_dict(saved["model"])
+                self.optimizer.load_state_dict(saved["optimizer"])
+                self.lengths.set_state(saved["lengths"])
+                set_rng_state(saved["rng"])
+                self.val_history = list(saved["val_history"])
+                self.best_val = float(saved["best_val"])
+                self.epoch = int(saved["epoch"])
+            except (KeyError, RuntimeError, ValueError, TypeError) as e:
+                raise CheckpointError(f"{self.out / CHECKPOINT}: does not match this training ({e})") from None
+            self.resumed()
+        else:
+            start_run_dir(self.out)
+
+    @property
+    def asgd(self) -> bool:
+        return isinstance(self.optimizer, torch.optim.ASGD)
+
+    def _switch_to_asgd(self) -> None:
+        self.optimizer = torch.optim.ASGD(self.model.parameters(), lr=self.config.lr, t0=0, lambd=0.0,
+                                          weight_decay=self.config.weight_decay)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": KIND, "config": self.config.to_dict(), "genotype": self.genotype.to_dict(),
+                "epoch": self.epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "asgd": self.asgd, "lengths": self.lengths.get_state(), "rng": rng_state(),
+                "val_history": list(self.val_history), "best_val": self.best_val,
+                "vocab_size": self.vocab_size}
+
+    def train_epoch(self) -> dict[str, float]:
+        cfg, model = self.config, self.model
+        model.train()
+        hidden = model.init_hidden(cfg.batch_size)
+        n = self.train_data.shape[1]
+        approx = max(1, (n - 2) // cfg.bptt)
+        cap = cfg.steps_per_epoch or approx
+        bar = Progress(min(cap, approx), f"epoch {self.epoch + 1}/{cfg.epochs}", unit="tok", enabled=not self.quiet)
+        group = self.optimizer.param_groups[0]
+        total, tokens, step, pos = 0.0, 0, 0, 0
+        while pos < n - 2 and step < cap:
+            seq_len = window_length(cfg.bptt, cfg.max_seq_len_delta, self.lengths)
+            group["lr"] = cfg.lr * seq_len / cfg.bptt
+            x, y = get_window(self.train_data, pos, seq_len)
+            log_prob, hidden, raw = model(x, hidden.detach())
+            nll = F.nll_loss(log_prob, y)
+            loss = nll + tar_ar_penalty(raw, None, cfg.tar, cfg.ar)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                raise DartsError(f"non-finite loss or gradient at epoch {self.epoch + 1}, step {step + 1}: "
+                                 f"stopped; the last good checkpoint ({self.out / CHECKPOINT}) is kept")
+            self.optimizer.step()
+            group["lr"] = cfg.lr
+            total += nll.item() * y.numel()
+            tokens += y.numel()
+            step += 1
+            pos += seq_len
+            bar.update(y.numel(), loss=nll.item())
+        bar.close()
+        train_loss = total / max(tokens, 1)
+        return {"train_loss": train_loss, "train_ppl": math.exp(min(train_loss, 50)), "steps": step,
+                "tokens_per_s": tokens / max(time.perf_counter() - bar.start, 1e-9)}
+
+    def run(self) -> list[dict[str, Any]]:
+        cfg = self.config
+        params = sum(p.numel() for p in self.model.parameters())
+        self.log(f"train rnn: {cfg.emsize}/{cfg.nhid}, {params:,} parameters, device {self.device}, out {self.out}")
+        while self.epoch < cfg.epochs:
+            start = time.perf_counter()
+            record: dict[str, Any] = {"epoch": self.epoch + 1, "optimizer": "asgd" if self.asgd else "sgd"}
+            record.update(self.train_epoch())
+            with averaged_weights(self.model, self.optimizer):
+                val_loss = evaluate_lm(self.model, self.val_data, cfg.bptt)
+                if val_loss < self.best_val:
+                    self.best_val = val_loss
+                    self._save_model()
+            if (not self.asgd and len(self.val_history) > cfg.nonmono
+                    and val_loss > min(self.val_history[:-cfg.nonmono])):
+                self._switch_to_asgd()
+                self.log(f"switching to averaged SGD after epoch {self.epoch + 1}")
+                record["switched_to_asgd"] = True
+            self.val_history.append(val_loss)
+            self.epoch += 1
+            record.update({"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50)),
+                           "seconds": round(time.perf_counter() - start, 3)})
+            self.end_epoch(record, f"epoch {record['epoch']}/{cfg.epochs} ({record['optimizer']}) train ppl "
+                                   f"{record['train_ppl']:.2f} | val ppl {record['val_ppl']:.2f} | "
+                                   f"{record['seconds']:.1f}s")
+        result = evaluate_perplexity(self.out / MODEL, split=cfg.test_split, device=str(self.device))
+        self.log(f"test ppl {result['ppl']:.2f} (best model, batch size {cfg.test_batch_size})")
+        records = self.metrics.read()
+        records.append({"test_loss": result["loss"], "test_ppl": result["ppl"]})
+        self.metrics.append(records[-1])
+        return records
+
+    def _save_model(self) -> None:
+        save_checkpoint(self.out / MODEL, {"kind": "model-rnn", "config": self.config.to_dict(),
+                                           "genotype": self.genotype.to_dict(), "vocab_size": self.vocab_size,
+                                           "model": self.model.state_dict()})
+
+
+def train_rnn(config: RNNTrainConfig, out_dir: str | Path, **kwargs: Any) -> list[dict[str, Any]]:
+    """Train (or with ``resume=True`` continue) a recurrent genotype; the last record is the test result."""
+    return RNNTraining(config, out_dir, **kwargs).run()
+
+
+def evaluate_perplexity(path: str | Path, *, split: str = "test", data_dir: str | None = None,
+                        batch_size: int | None = None, device: str = "auto") -> dict[str, float]:
+    """Mean NLL and perplexity of a trained recurrent model (model.pt, checkpoint.pt or run dir)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MODEL if (path / MODEL).is_file() else path / CHECKPOINT
+    state = load_checkpoint(path)
+    if state.get("kind") not in (KIND, "model-rnn"):
+        raise CheckpointError(f"{path}: a {state.get('kind')!r} checkpoint, not a trained recurrent model")
+    config = RNNTrainConfig.from_dict(state["config"])
+    corpus = Corpus(data_dir or config.data_dir, splits=(split,))
+    if corpus.vocab_size != state["vocab_size"]:
+        raise CheckpointError(f"{path}: trained on a {state['vocab_size']:,}-word vocabulary, "
+                              f"{corpus.root} has {corpus.vocab_size:,}")
+    dev = resolve_device(device)
+    model = build_rnn_model(RecurrentGenotype.from_dict(state["genotype"]), config.model_config(corpus.vocab_size))
+    model.load_state_dict(state["model"])
+    data = batchify(corpus[split], batch_size or config.test_batch_size).to(dev)
+    loss = evaluate_lm(model.to(dev), data, config.bptt)
+    return {"loss": loss, "ppl": math.exp(loss)}
