@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
+import os
 import sys
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _harness import peak_memory_gb, run_isolated, time_steps  # noqa: E402
 
 CONFIGS = ["8,5,16", "16,8,32"]  # C,L,batch at 32x32, as in the original's figures
 
@@ -27,7 +28,7 @@ def measure(args: argparse.Namespace) -> dict:
     from dartsnas.train.search import search_step
 
     torch.set_num_threads(args.threads)
-    C, L, B = (int(v) for v in args.one.split(","))
+    C, L, B = (int(v) for v in args.config.split(","))
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = SearchNetwork(ConvSearchSpaceConfig(init_channels=C, layers=L)).to(device)
@@ -37,28 +38,11 @@ def measure(args: argparse.Namespace) -> dict:
     arch = Architect(model, w_opt, order=args.order)
     batch = lambda: (torch.randn(B, 3, args.size, args.size, device=device).contiguous(memory_format=fmt),
                      torch.randint(0, 10, (B,), device=device))
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(args.warmup):
-        search_step(model, arch, w_opt, batch(), batch(), 0.025, 5.0)
-    sync()
-    times = []
-    for _ in range(args.steps):
-        train, val = batch(), batch()
-        sync()
-        t0 = time.perf_counter()
-        search_step(model, arch, w_opt, train, val, 0.025, 5.0)
-        sync()
-        times.append(time.perf_counter() - t0)
-    sec = sorted(times)[len(times) // 2]
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**30
-        kind = "cuda_max_allocated_gb"
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        kind = "peak_rss_gb"
+    sec = time_steps(lambda: search_step(model, arch, w_opt, batch(), batch(), 0.025, 5.0), args.steps,
+                     args.warmup, device.type == "cuda")
     return {"bench": "search_step", "C": C, "L": L, "batch": B, "size": args.size, "order": args.order,
             "device": args.device, "threads": args.threads, "channels_last": not args.no_channels_last, "s_per_step": round(sec, 3),
-            "images_per_s": round(B / sec, 2), kind: round(peak, 3), "steps": args.steps}
+            "images_per_s": round(B / sec, 2), "steps": args.steps, **peak_memory_gb(device.type == "cuda")}
 
 
 def main() -> None:
@@ -71,18 +55,16 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-channels-last", action="store_true", help="NCHW activations (the plain path)")
-    p.add_argument("--one", help=argparse.SUPPRESS)
+    p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--order", default="first", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
         print(json.dumps(measure(args)), flush=True)
         return
-    for config in args.configs:
-        for order in args.orders:
-            cmd = [sys.executable, __file__, "--one", config, "--order", order, "--size", str(args.size),
-                   "--device", args.device, "--threads", str(args.threads), "--steps", str(args.steps),
-                   "--warmup", str(args.warmup)] + (["--no-channels-last"] if args.no_channels_last else [])
-            subprocess.run(cmd, check=True)
+    common = ["--size", str(args.size), "--device", args.device, "--threads", str(args.threads), "--steps",
+              str(args.steps), "--warmup", str(args.warmup)] + (["--no-channels-last"] if args.no_channels_last else [])
+    run_isolated(__file__, [["--config", c, "--order", o, *common] for c in args.configs for o in args.orders])
 
 
 if __name__ == "__main__":

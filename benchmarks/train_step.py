@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import subprocess
 import sys
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _harness import peak_memory_gb, time_steps  # noqa: E402
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -32,8 +34,6 @@ def measure(args: argparse.Namespace) -> dict:
     opt = torch.optim.SGD(net.parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
     x = torch.randn(args.batch_size, 3, args.size, args.size, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (args.batch_size,), device=device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
     def step():
         logits, aux = net.forward_with_aux(x)
         loss = F.cross_entropy(logits, y) + 0.4 * F.cross_entropy(aux, y)
@@ -42,22 +42,11 @@ def measure(args: argparse.Namespace) -> dict:
         torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
         opt.step()
 
-    for _ in range(args.warmup):
-        step()
-    times = []
-    for _ in range(args.steps):
-        sync()
-        t0 = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - t0)
-    sec = sorted(times)[len(times) // 2]
-    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30
+    sec = time_steps(step, args.steps, args.warmup, device.type == "cuda")
     return {"bench": "train_step", "network": args.network, "genotype": args.genotype, "C": args.init_channels,
             "L": args.layers, "batch": args.batch_size, "size": args.size, "device": args.device,
             "threads": args.threads, "channels_last": not args.no_channels_last, "s_per_step": round(sec, 3),
-            "images_per_s": round(args.batch_size / sec, 2), "peak_memory_gb": round(peak, 3)}
+            "images_per_s": round(args.batch_size / sec, 2), **peak_memory_gb(device.type == "cuda")}
 
 
 def main() -> None:

@@ -116,6 +116,22 @@ def _search_rnn_flags(p: argparse.ArgumentParser) -> None:
     _out_flags(g)
 
 
+def _train_rnn_flags(p: argparse.ArgumentParser) -> None:
+    from .train.final_rnn import RNNTrainConfig
+    d = RNNTrainConfig()
+    p.add_argument("--genotype", default=S, help=f"built-in name, genotype.json or search run directory [{d.genotype}]")
+    g = _rnn_flags(p, d)
+    g.add_argument("--test-split", default=S, help=f"[{d.test_split}]")
+    g.add_argument("--test-batch-size", type=int, default=S, help=f"[{d.test_batch_size}]")
+    g.add_argument("--nonmono", type=int, default=S, help=f"epochs without improvement before ASGD [{d.nonmono}]")
+    for name in ("dropout", "dropout_h", "dropout_x", "dropout_i", "dropout_e"):
+        g.add_argument(f"--{name.replace('_', '-')}", type=float, default=S, help=f"[{getattr(d, name)}]")
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=S, help=f"[{d.seed}]")
+    g.add_argument("--device", default=S, help=f"auto, cpu or cuda[:N] [{d.device}]")
+    _out_flags(g)
+
+
 def _out_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--out", required=True, type=Path, help="run directory")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -160,13 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a final network from a genotype")
     kinds = p.add_subparsers(dest="space", required=True, metavar="SPACE")
     _train_flags(kinds.add_parser("cnn", help="the CIFAR or ImageNet network of conv cells"))
+    _train_rnn_flags(kinds.add_parser("rnn", help="the recurrent language model of a recurrent cell"))
 
     p = sub.add_parser("eval", help="evaluate a trained network on a test split (JSON)")
     p.add_argument("checkpoint", type=Path, help="model.pt, checkpoint.pt or a training run directory")
     p.add_argument("--dataset", default=None, help="[the training run's]")
     p.add_argument("--data-dir", default=None, help="[the training run's]")
+    p.add_argument("--split", default="test", help="corpus split of a recurrent model [test]")
     p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the md5 check")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=None, help="[256; recurrent: the run's test batch size]")
     p.add_argument("--device", default="auto")
 
     p = sub.add_parser("derive", help="print the genotype a search checkpoint derives to")
@@ -175,7 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("summary", help="parameters and multiply-adds of a final network (JSON)")
     p.add_argument("--genotype", default="DARTS_V2", help="built-in name, JSON file or run directory [DARTS_V2]")
-    p.add_argument("--network", choices=("cifar", "imagenet"), default="cifar")
+    p.add_argument("--network", choices=("cifar", "imagenet", "ptb", "wt2"), default="cifar",
+                   help="cifar, imagenet, or the recurrent ptb (850/850, 10k words) / wt2 (700/700, 33,278 words)")
+    p.add_argument("--emsize", type=int, default=None, help="recurrent networks: embedding = hidden size")
+    p.add_argument("--vocab-size", type=int, default=None, help="recurrent networks: vocabulary size")
     p.add_argument("--init-channels", type=int, default=None, help="C [36 cifar, 48 imagenet]")
     p.add_argument("--layers", type=int, default=None, help="L [20 cifar, 14 imagenet]")
     p.add_argument("--num-classes", type=int, default=None, help="[10 cifar, 1000 imagenet]")
@@ -215,6 +236,11 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    if args.space == "rnn":
+        from .train import final_rnn as mod
+        mod.train_rnn(_config(mod.RNNTrainConfig, mod.KIND, args), args.out, resume=args.resume,
+                      overwrite=args.overwrite, quiet=args.quiet)
+        return 0
     from .train.final import KIND, TrainConfig, recipe, train
     make = lambda **given: recipe(given.pop("dataset", "cifar10"), **given)
     config = _config(TrainConfig, KIND, args, make)
@@ -226,11 +252,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     import json
+    from .train.checkpoint import load_checkpoint
     from .train.final import evaluate_checkpoint
-    if args.batch_size < 1:
+    from .train.final_rnn import MODEL, evaluate_perplexity
+    if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-    print(json.dumps(evaluate_checkpoint(args.checkpoint, dataset=args.dataset, data_dir=args.data_dir,
-                                         device=args.device, batch_size=args.batch_size, verify=args.verify)))
+    path = args.checkpoint
+    probe = path / MODEL if (path / MODEL).is_file() else path / "checkpoint.pt" if path.is_dir() else path
+    if load_checkpoint(probe).get("kind") in ("train-rnn", "model-rnn"):
+        result = evaluate_perplexity(path, split=args.split, data_dir=args.data_dir, batch_size=args.batch_size,
+                                     device=args.device)
+    else:
+        result = evaluate_checkpoint(path, dataset=args.dataset, data_dir=args.data_dir, device=args.device,
+                                     batch_size=args.batch_size or 256, verify=args.verify)
+    print(json.dumps(result))
     return 0
 
 
@@ -244,8 +279,21 @@ NETWORK_DEFAULTS = {"cifar": dict(init_channels=36, layers=20, num_classes=10, i
                     "imagenet": dict(init_channels=48, layers=14, num_classes=1000, image_size=224)}
 
 
+RNN_DEFAULTS = {"ptb": dict(emsize=850, vocab_size=10000), "wt2": dict(emsize=700, vocab_size=33278)}
+
+
 def _cmd_summary(args: argparse.Namespace) -> int:
     import json
+    if args.network in RNN_DEFAULTS:
+        from .nets.recurrent import RNNConfig, build_rnn_model
+        from .nets.summary import count_parameters
+        d = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in RNN_DEFAULTS[args.network].items()}
+        model = build_rnn_model(load_genotype(args.genotype, "rnn"),
+                                RNNConfig(vocab_size=d["vocab_size"], emsize=d["emsize"], nhid=d["emsize"]))
+        print(json.dumps({"network": args.network, "genotype": args.genotype, "emsize": d["emsize"],
+                          "nhid": d["emsize"], "vocab_size": d["vocab_size"],
+                          "params": count_parameters(model)["params"]}))
+        return 0
     from .nets import NetworkConfig, build_network
     from .nets.summary import summarize
     d = {k: getattr(args, k) if getattr(args, k) is not None else v

@@ -1,0 +1,44 @@
+"""Shared plumbing of the benchmark scripts: one fresh process per measurement, median step time,
+peak memory (process RSS on CPU, max allocated on CUDA)."""
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from typing import Callable
+
+
+def time_steps(step: Callable[[], None], steps: int, warmup: int, cuda: bool) -> float:
+    """Median seconds of ``step`` over ``steps`` runs after ``warmup`` untimed ones."""
+    import torch
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        sync()
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def peak_memory_gb(cuda: bool) -> dict[str, float]:
+    if cuda:
+        import torch
+        return {"cuda_max_allocated_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3)}
+    return {"peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
+
+
+def run_isolated(script: str, argument_sets: list[list[str]]) -> list[dict]:
+    """Run ``script --one ARGS`` in a fresh process per argument set; print and return its JSON line."""
+    results = []
+    for args in argument_sets:
+        out = subprocess.run([sys.executable, script, "--one", *args], check=True, capture_output=True, text=True)
+        line = out.stdout.strip().splitlines()[-1]
+        print(line, flush=True)
+        results.append(json.loads(line))
+    return results
