@@ -127,3 +127,26 @@ def test_second_order_matches_exact_on_a_smooth_recurrent_model():
     a, b = exact[0].flatten(), second[0].flatten()
     assert float(a @ b / (a.norm() * b.norm())) >= 0.999
     assert arch.val_extra.shape == (4, 6)  # the validation stream's next state comes back
+
+
+def test_search_cell_mixture_equals_the_per_op_highway_sum():
+    torch.manual_seed(0)
+    model = RecurrentSearchModel(RecurrentSearchSpaceConfig(vocab_size=20, emsize=5, nhid=5, nodes=3)).double().eval()
+    with torch.no_grad():
+        model.alpha.normal_(0, 1.0)
+    cell = model.cell
+    cell.weights = model.arch_weights().double()
+    x, h_prev = torch.randn(4, 5, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+    # The reference formulation: every op of every edge through its own highway gate.
+    states = [cell.bn(cell.init_state(x, h_prev, None, None))]
+    row = 0
+    for i in range(3):
+        s = 0
+        for j in range(i + 1):
+            c, h = torch.split(states[j] @ cell.Ws[i], 5, dim=-1)
+            for k, name in enumerate(RNN_DARTS_OPS):
+                if name != "none":
+                    s = s + cell.weights[row + j, k] * (states[j] + torch.sigmoid(c) * (RNN_OPS.get(name)(h) - states[j]))
+        states.append(cell.bn(s))
+        row += i + 1
+    torch.testing.assert_close(cell.step(x, h_prev, None, None), sum(states[1:]) / 3)
