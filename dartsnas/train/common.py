@@ -127,6 +127,7 @@ def evaluate(model: torch.nn.Module, loader: Any) -> dict[str, float]:
 class Run:
     """What search and training runs share: quiet-aware logging and the run directory's metrics."""
 
+    config: Any
     out: Path
     quiet: bool
     epoch: int
@@ -136,6 +137,19 @@ class Run:
     def log(self, message: str) -> None:
         if not self.quiet:
             self._log(message)
+
+    def open(self, config: Any, out_dir: str | Path, kind: str, *, resume: bool, overwrite: bool, quiet: bool,
+             log: Callable[[str], None]) -> dict[str, Any] | None:
+        """Validate the config and the run directory; on ``resume``, load the checkpoint and check it fits."""
+        from .checkpoint import load_checkpoint
+        config.validate()
+        self.config, self.out, self.quiet, self._log = config, Path(out_dir), quiet, log
+        check_run_dir(self.out, resume=resume, overwrite=overwrite)
+        if not resume:
+            return None
+        saved = load_checkpoint(self.out / CHECKPOINT, kind=kind)
+        check_resumable(type(config).from_dict(saved["config"]), config, self.out / CHECKPOINT, self.log)
+        return saved
 
     def state_dict(self) -> dict[str, Any]:
         raise NotImplementedError

@@ -26,7 +26,7 @@ from ..errors import CheckpointError, ConfigError, DartsError
 from ..genotype import Genotype, load_genotype
 from ..nets import NetworkConfig, build_network
 from .checkpoint import CHECKPOINT, METRICS, MetricsLog, load_checkpoint, save_checkpoint
-from .common import (EpochMeter, Run, check_resumable, check_run_dir, config_from_dict, cosine_lr, evaluate,
+from .common import (EpochMeter, Run, config_from_dict, cosine_lr, evaluate,
                      resolve_device, rng_state, set_rng_state, start_run_dir)
 from .progress import Progress
 
@@ -168,13 +168,8 @@ class Training(Run):
 
     def __init__(self, config: TrainConfig, out_dir: str | Path, *, resume: bool = False,
                  overwrite: bool = False, quiet: bool = False, log: Callable[[str], None] = print) -> None:
-        config.validate()
-        self.config, self.out, self.quiet, self._log = config, Path(out_dir), quiet, log
-        check_run_dir(self.out, resume=resume, overwrite=overwrite)
-        saved = None
-        if resume:
-            saved = load_checkpoint(self.out / CHECKPOINT, kind=KIND)
-            check_resumable(TrainConfig.from_dict(saved["config"]), config, self.out / CHECKPOINT, self.log)
+        saved = self.open(config, out_dir, KIND, resume=resume, overwrite=overwrite, quiet=quiet, log=log)
+        if saved is not None:
             self.genotype = Genotype.from_dict(saved["genotype"], source=str(self.out / CHECKPOINT))
         else:
             self.genotype = load_genotype(config.genotype)

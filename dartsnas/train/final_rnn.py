@@ -16,17 +16,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
-from ..data.text import Corpus, batchify, get_window
-from ..errors import CheckpointError, ConfigError, DartsError
+from ..data.text import Corpus, batchify
+from ..errors import CheckpointError, ConfigError
 from ..genotype import RecurrentGenotype, load_genotype
 from ..nets.recurrent import RNNConfig, build_rnn_model
 from .checkpoint import CHECKPOINT, METRICS, MetricsLog, load_checkpoint, save_checkpoint
-from .common import (Run, check_resumable, check_run_dir, config_from_dict, resolve_device, rng_state,
-                     set_rng_state, start_run_dir)
-from .progress import Progress
-from .search_rnn import evaluate_lm, tar_ar_penalty, window_length
+from .common import Run, config_from_dict, resolve_device, rng_state, set_rng_state, start_run_dir
+from .search_rnn import evaluate_lm, train_lm_epoch
 
 KIND = "train-rnn"
 MODEL = "model.pt"
@@ -118,13 +115,8 @@ class RNNTraining(Run):
 
     def __init__(self, config: RNNTrainConfig, out_dir: str | Path, *, resume: bool = False,
                  overwrite: bool = False, quiet: bool = False, log: Callable[[str], None] = print) -> None:
-        config.validate()
-        self.config, self.out, self.quiet, self._log = config, Path(out_dir), quiet, log
-        check_run_dir(self.out, resume=resume, overwrite=overwrite)
-        saved = None
-        if resume:
-            saved = load_checkpoint(self.out / CHECKPOINT, kind=KIND)
-            check_resumable(RNNTrainConfig.from_dict(saved["config"]), config, self.out / CHECKPOINT, self.log)
+        saved = self.open(config, out_dir, KIND, resume=resume, overwrite=overwrite, quiet=quiet, log=log)
+        if saved is not None:
             self.genotype = RecurrentGenotype.from_dict(saved["genotype"], source=str(self.out / CHECKPOINT))
         else:
             self.genotype = load_genotype(config.genotype, "rnn")
@@ -180,39 +172,8 @@ class RNNTraining(Run):
                 "vocab_size": self.vocab_size}
 
     def train_epoch(self) -> dict[str, float]:
-        cfg, model = self.config, self.model
-        model.train()
-        hidden = model.init_hidden(cfg.batch_size)
-        n = self.train_data.shape[1]
-        approx = max(1, (n - 2) // cfg.bptt)
-        cap = cfg.steps_per_epoch or approx
-        bar = Progress(min(cap, approx), f"epoch {self.epoch + 1}/{cfg.epochs}", unit="tok", enabled=not self.quiet)
-        group = self.optimizer.param_groups[0]
-        total, tokens, step, pos = 0.0, 0, 0, 0
-        while pos < n - 2 and step < cap:
-            seq_len = window_length(cfg.bptt, cfg.max_seq_len_delta, self.lengths)
-            group["lr"] = cfg.lr * seq_len / cfg.bptt
-            x, y = get_window(self.train_data, pos, seq_len)
-            log_prob, hidden, raw = model(x, hidden.detach())
-            nll = F.nll_loss(log_prob, y)
-            loss = nll + tar_ar_penalty(raw, None, cfg.tar, cfg.ar)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
-                raise DartsError(f"non-finite loss or gradient at epoch {self.epoch + 1}, step {step + 1}: "
-                                 f"stopped; the last good checkpoint ({self.out / CHECKPOINT}) is kept")
-            self.optimizer.step()
-            group["lr"] = cfg.lr
-            total += nll.item() * y.numel()
-            tokens += y.numel()
-            step += 1
-            pos += seq_len
-            bar.update(y.numel(), loss=nll.item())
-        bar.close()
-        train_loss = total / max(tokens, 1)
-        return {"train_loss": train_loss, "train_ppl": math.exp(min(train_loss, 50)), "steps": step,
-                "tokens_per_s": tokens / max(time.perf_counter() - bar.start, 1e-9)}
+        return train_lm_epoch(self, self.model, self.optimizer, list(self.model.parameters()), self.train_data,
+                              self.config, self.lengths)
 
     def run(self) -> list[dict[str, Any]]:
         cfg = self.config

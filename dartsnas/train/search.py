@@ -27,7 +27,7 @@ from ..ops import DARTS_OPS
 from ..spaces import ConvSearchSpaceConfig, SearchNetwork
 from .checkpoint import (CHECKPOINT, GENOTYPE, METRICS, MetricsLog, atomic_write_text,
                          load_checkpoint, tensors_to_lists)
-from .common import (EpochMeter, Run, check_resumable, check_run_dir, config_from_dict, cosine_lr, evaluate,
+from .common import (EpochMeter, Run, config_from_dict, cosine_lr, evaluate,
                      resolve_device, rng_state, set_rng_state, start_run_dir)
 from .progress import Progress
 
@@ -142,16 +142,7 @@ class Search(Run):
     def __init__(self, config: SearchConfig, out_dir: str | Path, *, resume: bool = False,
                  overwrite: bool = False, quiet: bool = False,
                  log: Callable[[str], None] = print) -> None:
-        config.validate()
-        self.config = config
-        self.out = Path(out_dir)
-        self.quiet = quiet
-        self._log = log
-        saved = None
-        check_run_dir(self.out, resume=resume, overwrite=overwrite)
-        if resume:
-            saved = load_checkpoint(self.out / CHECKPOINT, kind=KIND)
-            check_resumable(SearchConfig.from_dict(saved["config"]), config, self.out / CHECKPOINT, self.log)
+        saved = self.open(config, out_dir, KIND, resume=resume, overwrite=overwrite, quiet=quiet, log=log)
         self.device = resolve_device(config.device)
 
         data = load_dataset(config.dataset, "train", data_dir=config.data_dir,

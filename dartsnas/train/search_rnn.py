@@ -23,9 +23,8 @@ from ..errors import ConfigError, DartsError
 from ..genotype import RecurrentGenotype
 from ..ops import RNN_DARTS_OPS
 from ..spaces import RecurrentSearchModel, RecurrentSearchSpaceConfig
-from .checkpoint import CHECKPOINT, GENOTYPE, METRICS, MetricsLog, atomic_write_text, load_checkpoint, tensors_to_lists
-from .common import (Run, check_resumable, check_run_dir, config_from_dict, resolve_device, rng_state,
-                     set_rng_state, start_run_dir)
+from .checkpoint import CHECKPOINT, GENOTYPE, METRICS, MetricsLog, atomic_write_text, tensors_to_lists
+from .common import Run, config_from_dict, resolve_device, rng_state, set_rng_state, start_run_dir
 from .progress import Progress
 
 KIND = "search-rnn"
@@ -123,18 +122,60 @@ def tar_ar_penalty(raw: torch.Tensor, dropped: torch.Tensor | None, tar: float, 
     return penalty
 
 
+def train_lm_epoch(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   params: list[torch.Tensor], data: torch.Tensor, cfg: Any, lengths: torch.Generator,
+                   before_step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, float], None] | None = None,
+                   frozen: list[torch.Tensor] | None = None) -> dict[str, float]:
+    """One pass over a batchified stream in random-length windows: SGD on NLL + TAR (+ AR).
+
+    The learning rate of each step is scaled by its window length (AWD-LSTM). ``before_step``
+    (the architecture step of a search) runs first on each window; ``frozen`` tensors (α) get no
+    gradient from the weight step.
+    """
+    model.train()
+    hidden = model.init_hidden(data.shape[0])
+    n = data.shape[1]
+    approx = max(1, (n - 2) // cfg.bptt)
+    cap = cfg.steps_per_epoch or approx
+    bar = Progress(min(cap, approx), f"epoch {run.epoch + 1}/{cfg.epochs}", unit="tok", enabled=not run.quiet)
+    group = optimizer.param_groups[0]
+    total, tokens, step, pos = 0.0, 0, 0, 0
+    while pos < n - 2 and step < cap:
+        seq_len = window_length(cfg.bptt, cfg.max_seq_len_delta, lengths)
+        group["lr"] = cfg.lr * seq_len / cfg.bptt
+        x, y = get_window(data, pos, seq_len)
+        hidden = hidden.detach()
+        if before_step is not None:
+            before_step(x, y, hidden, pos, group["lr"])
+        with requires_grad_off(frozen or []):
+            log_prob, hidden, raw = model(x, hidden)
+            nll = F.nll_loss(log_prob, y)
+            loss = nll + tar_ar_penalty(raw, None, cfg.tar, cfg.ar)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+            raise DartsError(f"non-finite loss or gradient at epoch {run.epoch + 1}, step {step + 1}: "
+                             f"stopped; the last good checkpoint ({run.out / CHECKPOINT}) is kept")
+        optimizer.step()
+        group["lr"] = cfg.lr
+        total += nll.item() * y.numel()
+        tokens += y.numel()
+        step += 1
+        pos += seq_len
+        bar.update(y.numel(), loss=nll.item())
+    bar.close()
+    train_loss = total / max(tokens, 1)
+    return {"train_loss": train_loss, "train_ppl": math.exp(min(train_loss, 50)), "steps": step,
+            "tokens_per_s": tokens / max(time.perf_counter() - bar.start, 1e-9)}
+
+
 class RNNSearch(Run):
     """A resumable recurrent DARTS search writing into ``out_dir``."""
 
     def __init__(self, config: RNNSearchConfig, out_dir: str | Path, *, resume: bool = False,
                  overwrite: bool = False, quiet: bool = False, log: Callable[[str], None] = print) -> None:
-        config.validate()
-        self.config, self.out, self.quiet, self._log = config, Path(out_dir), quiet, log
-        check_run_dir(self.out, resume=resume, overwrite=overwrite)
-        saved = None
-        if resume:
-            saved = load_checkpoint(self.out / CHECKPOINT, kind=KIND)
-            check_resumable(RNNSearchConfig.from_dict(saved["config"]), config, self.out / CHECKPOINT, self.log)
+        saved = self.open(config, out_dir, KIND, resume=resume, overwrite=overwrite, quiet=quiet, log=log)
         self.device = resolve_device(config.device)
         if config.data_dir is None:
             raise ConfigError("--data-dir is required: a folder with train/valid/test text files")
@@ -178,46 +219,17 @@ class RNNSearch(Run):
                 "rng": rng_state(), "genotype": self.model.genotype().to_dict()}
 
     def train_epoch(self) -> dict[str, float]:
-        cfg, model = self.config, self.model
-        model.train()
-        B = cfg.batch_size
-        hidden, hidden_val = model.init_hidden(B), model.init_hidden(B)
-        total, tokens, step, pos = 0.0, 0, 0, 0
-        n = self.train_data.shape[1]
-        approx = max(1, (n - 2) // cfg.bptt)
-        steps_cap = cfg.steps_per_epoch or approx
-        bar = Progress(min(approx, steps_cap), f"epoch {self.epoch + 1}/{cfg.epochs}", unit="tok",
-                       enabled=not self.quiet)
-        group = self.w_optimizer.param_groups[0]
-        while pos < n - 2 and step < steps_cap:
-            seq_len = window_length(cfg.bptt, cfg.max_seq_len_delta, self.lengths)
-            group["lr"] = cfg.lr * seq_len / cfg.bptt  # longer windows, larger steps (AWD-LSTM)
-            x, y = get_window(self.train_data, pos, seq_len)
+        """Alternate α steps on the validation stream (its state carried) and weight steps."""
+        cfg = self.config
+        state = {"val": self.model.init_hidden(cfg.batch_size)}
+
+        def alpha_step(x: torch.Tensor, y: torch.Tensor, hidden: torch.Tensor, pos: int, lr: float) -> None:
             xv, yv = get_window(self.val_data, pos % (self.val_data.shape[1] - 1), cfg.bptt)
-            hidden, hidden_val = hidden.detach(), hidden_val.detach()
-            self.architect.step((x, y, hidden), (xv, yv, hidden_val), group["lr"])
-            hidden_val = self.architect.val_extra
-            with requires_grad_off(model.arch_parameters()):
-                log_prob, hidden, raw = model(x, hidden)
-                nll = F.nll_loss(log_prob, y)
-                loss = nll + tar_ar_penalty(raw, None, cfg.tar, cfg.ar)
-                self.w_optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.weight_parameters(), cfg.grad_clip)
-            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
-                raise DartsError(f"non-finite loss or gradient at epoch {self.epoch + 1}, step {step + 1}: "
-                                 f"stopped; the last good checkpoint ({self.out / CHECKPOINT}) is kept")
-            self.w_optimizer.step()
-            group["lr"] = cfg.lr
-            total += nll.item() * y.numel()
-            tokens += y.numel()
-            step += 1
-            pos += seq_len
-            bar.update(y.numel(), loss=nll.item())
-        bar.close()
-        train_loss = total / max(tokens, 1)
-        return {"train_loss": train_loss, "train_ppl": math.exp(min(train_loss, 50)), "steps": step,
-                "tokens_per_s": tokens / max(time.perf_counter() - bar.start, 1e-9)}
+            self.architect.step((x, y, hidden), (xv, yv, state["val"].detach()), lr)
+            state["val"] = self.architect.val_extra
+
+        return train_lm_epoch(self, self.model, self.w_optimizer, self.model.weight_parameters(), self.train_data,
+                              cfg, self.lengths, before_step=alpha_step, frozen=self.model.arch_parameters())
 
     def run(self) -> tuple[RecurrentGenotype, list[dict[str, Any]]]:
         cfg = self.config
