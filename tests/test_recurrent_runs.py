@@ -91,3 +91,19 @@ def test_averaged_weights_are_swapped_in_and_restored():
         torch.testing.assert_close(model.weight, opt.state[model.weight]["ax"])
         assert not torch.equal(model.weight, current)
     assert torch.equal(model.weight, current) and not torch.equal(before, current)
+
+
+@needs_ptb
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    from dartsnas.errors import DartsError
+    cfg = RNNTrainConfig(**{**TINY, "steps_per_epoch": 2}, test_split="test", test_batch_size=128, epochs=1)
+    train_rnn(cfg, tmp_path, quiet=True)
+    good = load_checkpoint(tmp_path)
+    run = final_rnn.RNNTraining(RNNTrainConfig(**{**cfg.to_dict(), "epochs": 2}), tmp_path, resume=True, quiet=True)
+    with torch.no_grad():
+        run.model.cell.W0.fill_(float("nan"))
+    with pytest.raises(DartsError, match="non-finite loss or gradient at epoch 2, step 1"):
+        run.run()
+    kept = load_checkpoint(tmp_path)
+    assert kept["epoch"] == 1 and all(torch.isfinite(t).all() for t in kept["model"].values())
+    assert torch.equal(kept["model"]["cell.W0"], good["model"]["cell.W0"])

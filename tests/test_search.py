@@ -117,3 +117,14 @@ def test_cosine_schedule_matches_the_closed_form():
     assert cosine_lr(0, 50, 0.025, 0.001) == pytest.approx(0.025)
     assert cosine_lr(25, 50, 0.025, 0.001) == pytest.approx(0.013)
     assert cosine_lr(50, 50, 0.025, 0.001) == pytest.approx(0.001)
+
+
+def test_conv_search_stops_on_a_non_finite_loss_without_writing_a_checkpoint(tmp_path):
+    from dartsnas.errors import DartsError
+    from dartsnas.train.search import Search
+    run = Search(SearchConfig(**TINY, epochs=1), tmp_path, quiet=True)
+    with torch.no_grad():
+        run.model.classifier.weight.fill_(float("inf"))
+    with pytest.raises(DartsError, match="non-finite loss or gradient at epoch 1, step 1"):
+        run.run()
+    assert not (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "genotype.json").exists()
