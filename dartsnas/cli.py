@@ -202,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=None, help="[10 cifar, 1000 imagenet]")
     p.add_argument("--image-size", type=int, default=None, help="[32 cifar, 224 imagenet]")
 
+    p = sub.add_parser("plot", help="draw the cells of a genotype (one file per cell type)")
+    p.add_argument("genotype", help="built-in name, genotype.json, run directory or checkpoint")
+    p.add_argument("--out", required=True, type=Path, help="FILE.png|svg|pdf|dot (suffixed _normal, _reduce, ...)")
+    p.add_argument("--space", choices=("cnn", "rnn"), default=None, help="[from the file; cnn for built-in names]")
+    p.add_argument("--format", choices=("png", "svg", "pdf", "dot"), default=None, help="[from --out's suffix]")
+
     p = sub.add_parser("genotype", help="validate a genotype and print its canonical JSON")
     p.add_argument("genotype", help=f"built-in name ({', '.join(CONV_GENOTYPES.names())}) or JSON file")
     p.add_argument("--space", choices=("cnn", "rnn"), default="cnn", help="search space of the genotype [cnn]")
@@ -316,8 +322,29 @@ def _cmd_genotype(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from .genotype import Genotype, RecurrentGenotype
+    from .plot import plot_genotype
+    from .train.checkpoint import load_checkpoint
+    spec = Path(args.genotype)
+    if spec.is_file() and spec.suffix == ".pt":
+        data = load_checkpoint(spec).get("genotype")
+        if not isinstance(data, dict):
+            raise ConfigError(f"{spec}: checkpoint holds no genotype")
+        genotype = (RecurrentGenotype if "recurrent" in data else Genotype).from_dict(data, source=str(spec))
+    else:
+        space = args.space
+        if space is None:
+            path = spec / "genotype.json" if spec.is_dir() else spec
+            space = "rnn" if path.is_file() and '"recurrent"' in path.read_text(errors="replace") else "cnn"
+        genotype = load_genotype(args.genotype, space)
+    for path in plot_genotype(genotype, args.out, args.format):
+        print(path)
+    return 0
+
+
 COMMANDS = {"search": _cmd_search, "derive": _cmd_derive, "genotype": _cmd_genotype,
-            "summary": _cmd_summary, "train": _cmd_train, "eval": _cmd_eval}
+            "summary": _cmd_summary, "train": _cmd_train, "eval": _cmd_eval, "plot": _cmd_plot}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,146 @@
+"""Cell diagrams like the paper's figures: a layout computed as data, drawn by matplotlib or as DOT.
+
+Inputs on the left (c_{k-2}, c_{k-1}; x_t, h_{t-1} for recurrent cells), intermediate nodes numbered
+left to right, the output (c_k; h_t) on the right, every edge labelled with its op, and one colour
+per op name, the same in every figure. matplotlib is an optional dependency
+(``pip install 'dartsnas[plot]'``); ``--format dot`` needs nothing.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import ConfigError, DartsError
+from .genotype import Genotype, RecurrentGenotype
+from .ops import CONV_OPS, RNN_OPS
+
+FORMATS = ("png", "svg", "pdf", "dot")
+
+
+@dataclass
+class CellLayout:
+    """Node positions and labelled edges of one cell; ``kind`` is input, node or output."""
+
+    name: str
+    nodes: list[tuple[str, float, float, str]]   # (label, x, y, kind)
+    edges: list[tuple[str, str, str]]            # (source, target, op; "" for fixed connections)
+
+
+def cell_layout(name: str, edges: Sequence[tuple[str, int]], concat: Sequence[int], *, k: int,
+                inputs: Sequence[str], output: str, first_node_fixed: bool = False) -> CellLayout:
+    """Lay out a cell whose node i takes ``k`` (op, state) pairs; states 0.. are ``inputs`` then nodes.
+
+    With ``first_node_fixed`` (recurrent cells) all inputs feed node 0 through a fixed connection
+    and the genotype's states are numbered from that node.
+    """
+    n_nodes = len(edges) // k + (1 if first_node_fixed else 0)
+    labels = list(inputs)
+    step = 2.0  # horizontal distance between columns, in the same units as the vertical ones
+    nodes = [(lab, 0.0, 1.2 * ((len(inputs) - 1) / 2 - i), "input") for i, lab in enumerate(inputs)]
+    for i in range(n_nodes):
+        nodes.append((str(i), step * (1 + i), 0.9 if i % 2 == 0 else -0.9, "node"))
+    nodes.append((output, step * (n_nodes + 1), 0.0, "output"))
+    out: list[tuple[str, str, str]] = []
+    if first_node_fixed:
+        out.extend((lab, "0", "") for lab in inputs)
+        state = lambda idx: str(idx)
+        first = 1
+    else:
+        state = lambda idx: labels[idx] if idx < len(inputs) else str(idx - len(inputs))
+        first = 0
+    for pos, (op, idx) in enumerate(edges):
+        out.append((state(idx), str(first + pos // k), op))
+    out.extend((state(idx), output, "") for idx in concat)
+    return CellLayout(name, nodes, out)
+
+
+def genotype_layouts(genotype: Genotype | RecurrentGenotype) -> list[CellLayout]:
+    """One layout per cell type: normal and reduce, or recurrent."""
+    if isinstance(genotype, RecurrentGenotype):
+        return [cell_layout("recurrent", genotype.recurrent, genotype.concat, k=1, inputs=("x_{t}", "h_{t-1}"),
+                            output="h_{t}", first_node_fixed=True)]
+    return [cell_layout(cell, getattr(genotype, cell), getattr(genotype, f"{cell}_concat"), k=2,
+                        inputs=("c_{k-2}", "c_{k-1}"), output="c_{k}") for cell in ("normal", "reduce")]
+
+
+def op_colors() -> dict[str, str]:
+    """A fixed colour per op name across every figure (conv and recurrent ops)."""
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+               "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173"]
+    names = list(dict.fromkeys([*CONV_OPS.names(), *RNN_OPS.names()]))
+    return {name: palette[i % len(palette)] for i, name in enumerate(names)}
+
+
+def to_dot(layout: CellLayout) -> str:
+    """Graphviz DOT text of a cell, left to right."""
+    colors = op_colors()
+    lines = [f'digraph "{layout.name}" {{', "  rankdir=LR;", '  node [shape=box, style="rounded,filled"];']
+    fills = {"input": "#a6dba0", "node": "#d9d9d9", "output": "#fee08b"}
+    for label, _, _, kind in layout.nodes:
+        lines.append(f'  "{label}" [fillcolor="{fills[kind]}"];')
+    for src, dst, op in layout.edges:
+        attrs = f'label="{op}", color="{colors.get(op, "#444444")}"' if op else 'color="#999999"'
+        lines.append(f'  "{src}" -> "{dst}" [{attrs}];')
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def draw(layout: CellLayout, path: str | os.PathLike) -> Path:
+    """Render a cell diagram to ``path`` (png, svg or pdf by its suffix) with matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import FancyArrowPatch
+    except ImportError:
+        raise DartsError("plotting needs matplotlib: pip install 'dartsnas[plot]' (or use --format dot)") from None
+    colors = op_colors()
+    pos = {label: (x, y) for label, x, y, _ in layout.nodes}
+    width = max(x for _, x, _, _ in layout.nodes) + 1
+    fig, ax = plt.subplots(figsize=(0.9 * width + 1, 3.2))
+    fills = {"input": "#a6dba0", "node": "#d9d9d9", "output": "#fee08b"}
+    for i, (src, dst, op) in enumerate(layout.edges):
+        (x0, y0), (x1, y1) = pos[src], pos[dst]
+        bend = 0.25 if (i % 2) else -0.25
+        arrow = FancyArrowPatch((x0, y0), (x1, y1), arrowstyle="-|>", mutation_scale=12, shrinkA=16, shrinkB=16,
+                                connectionstyle=f"arc3,rad={bend if op else 0.0}",
+                                color=colors.get(op, "#999999") if op else "#999999", lw=1.6 if op else 1.0)
+        ax.add_patch(arrow)
+        if op:
+            # arc3 bends through mid + rad * (dy, -dx); the curve's midpoint lies half-way to that.
+            mx, my = (x0 + x1) / 2 + 0.5 * bend * (y1 - y0), (y0 + y1) / 2 - 0.5 * bend * (x1 - x0)
+            ax.text(mx, my, op, fontsize=7, ha="center", va="center", color=colors.get(op, "#000000"),
+                    bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85))
+    for label, x, y, kind in layout.nodes:
+        text = f"${label}$" if "_" in label else label
+        ax.text(x, y, text, fontsize=10, ha="center", va="center",
+                bbox=dict(boxstyle="round,pad=0.4", fc=fills[kind], ec="#333333"))
+    ax.set_xlim(-0.8, width - 0.2)
+    ax.set_ylim(-1.9, 1.9)
+    ax.set_aspect("equal")  # so the label positions computed in data units follow the drawn arcs
+    ax.set_title(f"{layout.name} cell", fontsize=11)
+    ax.axis("off")
+    path = Path(path)
+    fig.savefig(path, bbox_inches="tight", dpi=150)
+    plt.close(fig)
+    return path
+
+
+def plot_genotype(genotype: Any, out: str | os.PathLike, fmt: str | None = None) -> list[Path]:
+    """Write one file per cell type: ``OUT_normal.png``, ``OUT_reduce.png`` (or ``OUT_recurrent``)."""
+    out = Path(out)
+    fmt = fmt or out.suffix.lstrip(".").lower()
+    if fmt not in FORMATS:
+        raise ConfigError(f"--out {out}: unknown format {fmt!r} (use one of {', '.join(FORMATS)})")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for layout in genotype_layouts(genotype):
+        path = out.with_name(f"{out.stem}_{layout.name}.{fmt}")
+        if fmt == "dot":
+            path.write_text(to_dot(layout))
+        else:
+            draw(layout, path)
+        written.append(path)
+    return written
