@@ -207,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="FILE.png|svg|pdf|dot (suffixed _normal, _reduce, ...)")
     p.add_argument("--space", choices=("cnn", "rnn"), default=None, help="[from the file; cnn for built-in names]")
     p.add_argument("--format", choices=("png", "svg", "pdf", "dot"), default=None, help="[from --out's suffix]")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--alphas", action="store_true", help="RUN_DIR: softmax(α) of every edge against the epoch")
+    what.add_argument("--curves", action="store_true", help="RUN_DIR: loss / accuracy or perplexity / lr curves")
+    what.add_argument("--evolution", action="store_true", help="RUN_DIR: the derived cell per epoch as a GIF")
 
     p = sub.add_parser("genotype", help="validate a genotype and print its canonical JSON")
     p.add_argument("genotype", help=f"built-in name ({', '.join(CONV_GENOTYPES.names())}) or JSON file")
@@ -324,9 +328,19 @@ def _cmd_genotype(args: argparse.Namespace) -> int:
 
 def _cmd_plot(args: argparse.Namespace) -> int:
     from .genotype import Genotype, RecurrentGenotype
-    from .plot import plot_genotype
+    from .plot import plot_alphas, plot_curves, plot_evolution, plot_genotype
     from .train.checkpoint import load_checkpoint
     spec = Path(args.genotype)
+    if args.alphas or args.curves or args.evolution:
+        if args.alphas:
+            paths = plot_alphas(spec, args.out)
+        elif args.curves:
+            paths = [plot_curves(spec, args.out)]
+        else:
+            paths = [plot_evolution(spec, args.out)]
+        for path in paths:
+            print(path)
+        return 0
     if spec.is_file() and spec.suffix == ".pt":
         data = load_checkpoint(spec).get("genotype")
         if not isinstance(data, dict):

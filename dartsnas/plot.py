@@ -144,3 +144,145 @@ def plot_genotype(genotype: Any, out: str | os.PathLike, fmt: str | None = None)
             draw(layout, path)
         written.append(path)
     return written
+
+
+# --------------------------------------------------------------------------------------------
+# Pictures of a run directory: α along the epochs, training curves, the derived cell per epoch.
+
+def _pyplot():
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise DartsError("plotting needs matplotlib: pip install 'dartsnas[plot]'") from None
+    return plt
+
+
+def read_run(run_dir: str | os.PathLike) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The metrics records and the config of a run directory (clear errors when absent)."""
+    from .train.checkpoint import load_checkpoint, read_metrics
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: not a run directory")
+    records = [r for r in read_metrics(run_dir / "metrics.jsonl") if "epoch" in r]
+    if not records:
+        raise ConfigError(f"{run_dir}: no metrics.jsonl records to plot")
+    config = load_checkpoint(run_dir / "checkpoint.pt")["config"] if (run_dir / "checkpoint.pt").is_file() else {}
+    return records, config
+
+
+def _edge_row(node: int, j: int, num_inputs: int) -> int:
+    return sum(num_inputs + i for i in range(node)) + j
+
+
+def plot_alphas(run_dir: str | os.PathLike, out: str | os.PathLike) -> list[Path]:
+    """softmax(α) of every op on every edge against the epoch, one panel per edge and one figure per
+    cell type; a dot marks the op derivation picks on that edge at that epoch."""
+    from .ops import DARTS_OPS, RNN_DARTS_OPS
+    plt = _pyplot()
+    records, config = read_run(run_dir)
+    if "alphas" not in records[0]:
+        raise ConfigError(f"{run_dir}: metrics hold no α (not a search run)")
+    colors = op_colors()
+    out = Path(out)
+    written = []
+    for cell, first in records[0]["alphas"].items():
+        recurrent = cell == "recurrent"
+        ops = config.get("ops") or (RNN_DARTS_OPS if recurrent else DARTS_OPS)
+        num_inputs, k = (1, 1) if recurrent else (2, 2)
+        epochs = [r["epoch"] for r in records]
+        n_edges = len(first)
+        cols = 6
+        rows = -(-n_edges // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 1.6 * rows), sharex=True, sharey=True,
+                                 squeeze=False)
+        picks: dict[int, list[tuple[int, str]]] = {}
+        for r in records:
+            pairs = r["genotype"][cell]
+            for pos, (op, j) in enumerate(pairs):
+                picks.setdefault(_edge_row(pos // k, j, num_inputs), []).append((r["epoch"], op))
+        for e in range(rows * cols):
+            ax = axes[e // cols][e % cols]
+            if e >= n_edges:
+                ax.axis("off")
+                continue
+            for o, name in enumerate(ops):
+                ax.plot(epochs, [r["alphas"][cell][e][o] for r in records], color=colors.get(name, "#444"),
+                        lw=1.2, label=name)
+            for epoch, op in picks.get(e, []):
+                value = records[epochs.index(epoch)]["alphas"][cell][e][list(ops).index(op)]
+                ax.plot([epoch], [value], "o", ms=3, color=colors.get(op, "#000"))
+            ax.set_title(f"edge {e}", fontsize=7)
+            ax.tick_params(labelsize=6)
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(ops), 8), fontsize=7)
+        fig.suptitle(f"softmax(α) of the {cell} cell per epoch (dots: derived choice)", fontsize=10)
+        fig.tight_layout(rect=(0, 0.05, 1, 0.96))
+        path = out.with_name(f"{out.stem}_{cell}{out.suffix or '.png'}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def plot_curves(run_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Loss, accuracy or perplexity, and learning rate against the epoch (search or training run)."""
+    plt = _pyplot()
+    records, _ = read_run(run_dir)
+    keys = sorted({k for r in records for k, v in r.items() if isinstance(v, (int, float))})
+    groups = [("loss", [k for k in keys if k.endswith("_loss")]),
+              ("accuracy", [k for k in keys if k.endswith(("_acc", "_top1", "_top5"))]),
+              ("perplexity", [k for k in keys if k.endswith("_ppl")]),
+              ("learning rate", [k for k in keys if k == "lr"])]
+    groups = [(title, ks) for title, ks in groups if ks]
+    fig, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 3.2), squeeze=False)
+    for ax, (title, ks) in zip(axes[0], groups):
+        for key in ks:
+            pts = [(r["epoch"], r[key]) for r in records if key in r]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=key)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+        if title == "perplexity":
+            ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_evolution(run_dir: str | os.PathLike, out: str | os.PathLike, cell: str | None = None,
+                   duration_ms: int = 700) -> Path:
+    """An animated GIF of the derived cell at each epoch ("the normal cell along the epochs")."""
+    import io
+    import tempfile
+
+    from PIL import Image
+
+    records, _ = read_run(run_dir)
+    if "genotype" not in records[0]:
+        raise ConfigError(f"{run_dir}: metrics hold no genotype per epoch (not a search run)")
+    first = records[0]["genotype"]
+    cell = cell or ("recurrent" if "recurrent" in first else "normal")
+    frames = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in records:
+            g = r["genotype"]
+            genotype = RecurrentGenotype.from_dict(g) if "recurrent" in g else Genotype.from_dict(g)
+            layout = next(lay for lay in genotype_layouts(genotype) if lay.name == cell)
+            layout.name = f"{cell}, epoch {r['epoch']}"
+            path = draw(layout, Path(tmp) / f"{r['epoch']}.png")
+            with Image.open(path) as im:
+                frames.append(im.convert("RGB").copy())
+    size = (max(f.width for f in frames), max(f.height for f in frames))
+    frames = [f.resize(size) if f.size != size else f for f in frames]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=duration_ms, loop=0)
+    out.write_bytes(buffer.getvalue())
+    return out

@@ -76,3 +76,36 @@ def test_cli_plots_builtins_run_directories_and_checkpoints(tmp_path, capsys):
     assert "malformed JSON" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="unknown format 'gif'"):
         plot_genotype(load_genotype("DARTS_V1"), tmp_path / "x.gif")
+
+
+@pytest.fixture(scope="module")
+def search_run(tmp_path_factory):
+    from dartsnas.train.search import SearchConfig, search
+    run = tmp_path_factory.mktemp("plots") / "run"
+    search(SearchConfig(dataset="digits", init_channels=4, layers=3, batch_size=16, epochs=3, steps_per_epoch=2),
+           run, quiet=True)
+    return run
+
+
+def test_alphas_curves_and_evolution_of_a_real_run(search_run, tmp_path, capsys):
+    from PIL import Image
+    assert main(["plot", str(search_run), "--alphas", "--out", str(tmp_path / "a.png")]) == 0
+    for cell in ("normal", "reduce"):
+        with Image.open(tmp_path / f"a_{cell}.png") as im:
+            assert im.format == "PNG" and im.width > 800 and im.height > 300
+    assert main(["plot", str(search_run), "--curves", "--out", str(tmp_path / "c.svg")]) == 0
+    text = (tmp_path / "c.svg").read_text()
+    assert text.startswith("<?xml") and "train_loss" in text and "val_acc" in text
+    assert main(["plot", str(search_run), "--evolution", "--out", str(tmp_path / "e.gif")]) == 0
+    with Image.open(tmp_path / "e.gif") as gif:
+        assert gif.format == "GIF" and gif.n_frames == 3  # one frame per epoch
+
+
+def test_run_directory_errors(tmp_path, capsys):
+    assert main(["plot", str(tmp_path), "--curves", "--out", str(tmp_path / "c.png")]) == 1
+    assert "no metrics.jsonl records to plot" in capsys.readouterr().err
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "train_loss": 1.0}\n')
+    assert main(["plot", str(tmp_path), "--alphas", "--out", str(tmp_path / "a.png")]) == 1
+    assert "metrics hold no α" in capsys.readouterr().err
+    assert main(["plot", str(tmp_path / "nope"), "--evolution", "--out", str(tmp_path / "e.gif")]) == 1
+    assert "not a run directory" in capsys.readouterr().err
