@@ -137,6 +137,8 @@ def _out_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     g.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     g.add_argument("--quiet", action="store_true", help="no progress or per-epoch output")
+    g.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard events to RUN_DIR/tensorboard (needs the tensorboard package)")
 
 
 def _train_flags(p: argparse.ArgumentParser) -> None:
@@ -235,11 +237,11 @@ def _cmd_search(args: argparse.Namespace) -> int:
     if args.space == "rnn":
         from .train import search_rnn as mod
         mod.search_rnn(_config(mod.RNNSearchConfig, mod.KIND, args), args.out, resume=args.resume,
-                       overwrite=args.overwrite, quiet=args.quiet)
+                       overwrite=args.overwrite, quiet=args.quiet, tensorboard=args.tensorboard)
     else:
         from .train import search as mod
         mod.search(_config(mod.SearchConfig, mod.KIND, args), args.out, resume=args.resume,
-                   overwrite=args.overwrite, quiet=args.quiet)
+                   overwrite=args.overwrite, quiet=args.quiet, tensorboard=args.tensorboard)
     if not args.quiet:
         print(f"genotype written to {args.out / 'genotype.json'}")
     return 0
@@ -249,12 +251,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.space == "rnn":
         from .train import final_rnn as mod
         mod.train_rnn(_config(mod.RNNTrainConfig, mod.KIND, args), args.out, resume=args.resume,
-                      overwrite=args.overwrite, quiet=args.quiet)
+                      overwrite=args.overwrite, quiet=args.quiet, tensorboard=args.tensorboard)
         return 0
     from .train.final import KIND, TrainConfig, recipe, train
     make = lambda **given: recipe(given.pop("dataset", "cifar10"), **given)
     config = _config(TrainConfig, KIND, args, make)
-    train(config, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    train(config, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
+          tensorboard=args.tensorboard)
     if not args.quiet:
         print(f"weights written to {args.out / 'model.pt'}")
     return 0

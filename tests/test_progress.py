@@ -24,3 +24,46 @@ def test_progress_bar_draws_on_a_terminal_only():
     quiet = FakeTTY()
     Progress(4, "x", stream=quiet, enabled=False).update(1)
     assert quiet.getvalue() == ""
+
+
+def test_tensorboard_receives_scalars_and_alpha_histograms(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from dartsnas.train.search import SearchConfig, search
+
+    calls = []
+
+    class FakeWriter:
+        def __init__(self, log_dir, purge_step):
+            calls.append(("init", log_dir, purge_step))
+
+        def add_scalar(self, key, value, step):
+            calls.append(("scalar", key, step))
+
+        def add_histogram(self, key, values, step):
+            calls.append(("histogram", key, tuple(values.shape), step))
+
+        def flush(self):
+            pass
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeWriter))
+    search(SearchConfig(dataset="digits", init_channels=4, layers=3, batch_size=16, epochs=2, steps_per_epoch=1),
+           tmp_path / "run", quiet=True, tensorboard=True)
+    assert calls[0] == ("init", str(tmp_path / "run" / "tensorboard"), 1)
+    assert ("scalar", "train_loss", 2) in calls and ("scalar", "val_acc", 1) in calls and ("scalar", "lr", 1) in calls
+    assert ("histogram", "alpha/normal", (14, 8), 2) in calls and ("histogram", "alpha/reduce", (14, 8), 1) in calls
+
+
+def test_tensorboard_missing_is_a_clear_error_before_anything_is_written(tmp_path, monkeypatch):
+    import sys
+
+    import pytest
+
+    from dartsnas.errors import ConfigError
+    from dartsnas.train.search import SearchConfig, search
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    with pytest.raises(ConfigError, match="--tensorboard needs the tensorboard package"):
+        search(SearchConfig(dataset="digits", epochs=1), tmp_path / "run", quiet=True, tensorboard=True)
+    assert not (tmp_path / "run").exists()

@@ -138,11 +138,36 @@ class Run:
         if not self.quiet:
             self._log(message)
 
+    tensorboard: Any = None
+    _writer_class: Any = None
+
+    def use_tensorboard(self) -> None:
+        """Also write each epoch's numbers (and α histograms) as TensorBoard events under the run directory."""
+        if self._writer_class is not None:
+            self.tensorboard = self._writer_class(log_dir=str(self.out / "tensorboard"), purge_step=self.epoch + 1)
+
+    def _write_tensorboard(self, record: dict[str, Any]) -> None:
+        step = record["epoch"]
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "epoch":
+                self.tensorboard.add_scalar(key, value, step)
+        for cell, rows in record.get("alphas", {}).items():
+            self.tensorboard.add_histogram(f"alpha/{cell}", torch.tensor(rows), step)
+        self.tensorboard.flush()
+
     def open(self, config: Any, out_dir: str | Path, kind: str, *, resume: bool, overwrite: bool, quiet: bool,
-             log: Callable[[str], None]) -> dict[str, Any] | None:
-        """Validate the config and the run directory; on ``resume``, load the checkpoint and check it fits."""
+             log: Callable[[str], None], tensorboard: bool = False) -> dict[str, Any] | None:
+        """Validate the config, the run directory and the options before anything is written; on
+        ``resume``, load the checkpoint and check that it fits."""
         from .checkpoint import load_checkpoint
         config.validate()
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError("--tensorboard needs the tensorboard package: pip install 'dartsnas[tensorboard]' "
+                                  "(metrics.jsonl is written either way)") from None
+            self._writer_class = SummaryWriter
         self.config, self.out, self.quiet, self._log = config, Path(out_dir), quiet, log
         check_run_dir(self.out, resume=resume, overwrite=overwrite)
         if not resume:
@@ -158,6 +183,8 @@ class Run:
         """Metrics line first, then the checkpoint: a crash between them is undone on resume."""
         self.metrics.append(record)
         save_checkpoint(self.out / CHECKPOINT, self.state_dict())
+        if self.tensorboard is not None:
+            self._write_tensorboard(record)
         self.log(line)
 
     def epoch_steps(self, loader: Any, cap: int | None) -> int:

@@ -167,8 +167,10 @@ class Training(Run):
     """A resumable training run of a final network writing into ``out_dir``."""
 
     def __init__(self, config: TrainConfig, out_dir: str | Path, *, resume: bool = False,
-                 overwrite: bool = False, quiet: bool = False, log: Callable[[str], None] = print) -> None:
-        saved = self.open(config, out_dir, KIND, resume=resume, overwrite=overwrite, quiet=quiet, log=log)
+                 overwrite: bool = False, quiet: bool = False, log: Callable[[str], None] = print,
+                 tensorboard: bool = False) -> None:
+        saved = self.open(config, out_dir, KIND, resume=resume, overwrite=overwrite, quiet=quiet, log=log,
+                          tensorboard=tensorboard)
         if saved is not None:
             self.genotype = Genotype.from_dict(saved["genotype"], source=str(self.out / CHECKPOINT))
         else:
@@ -201,6 +203,8 @@ class Training(Run):
             self.resumed()
         else:
             start_run_dir(self.out)
+        if tensorboard:
+            self.use_tensorboard()
 
     def state_dict(self) -> dict[str, Any]:
         return {"kind": KIND, "config": self.config.to_dict(), "genotype": self.genotype.to_dict(),

@@ -114,8 +114,10 @@ class RNNTraining(Run):
     """A resumable final training of a recurrent genotype writing into ``out_dir``."""
 
     def __init__(self, config: RNNTrainConfig, out_dir: str | Path, *, resume: bool = False,
-                 overwrite: bool = False, quiet: bool = False, log: Callable[[str], None] = print) -> None:
-        saved = self.open(config, out_dir, KIND, resume=resume, overwrite=overwrite, quiet=quiet, log=log)
+                 overwrite: bool = False, quiet: bool = False, log: Callable[[str], None] = print,
+                 tensorboard: bool = False) -> None:
+        saved = self.open(config, out_dir, KIND, resume=resume, overwrite=overwrite, quiet=quiet, log=log,
+                          tensorboard=tensorboard)
         if saved is not None:
             self.genotype = RecurrentGenotype.from_dict(saved["genotype"], source=str(self.out / CHECKPOINT))
         else:
@@ -155,6 +157,8 @@ class RNNTraining(Run):
             self.resumed()
         else:
             start_run_dir(self.out)
+        if tensorboard:
+            self.use_tensorboard()
 
     @property
     def asgd(self) -> bool:

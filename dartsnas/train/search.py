@@ -141,8 +141,10 @@ class Search(Run):
 
     def __init__(self, config: SearchConfig, out_dir: str | Path, *, resume: bool = False,
                  overwrite: bool = False, quiet: bool = False,
-                 log: Callable[[str], None] = print) -> None:
-        saved = self.open(config, out_dir, KIND, resume=resume, overwrite=overwrite, quiet=quiet, log=log)
+                 log: Callable[[str], None] = print,
+                 tensorboard: bool = False) -> None:
+        saved = self.open(config, out_dir, KIND, resume=resume, overwrite=overwrite, quiet=quiet, log=log,
+                          tensorboard=tensorboard)
         self.device = resolve_device(config.device)
 
         data = load_dataset(config.dataset, "train", data_dir=config.data_dir,
@@ -181,6 +183,8 @@ class Search(Run):
             self._restore(saved)
         else:
             start_run_dir(self.out)
+        if tensorboard:
+            self.use_tensorboard()
 
     # -- state ---------------------------------------------------------------------------------
 

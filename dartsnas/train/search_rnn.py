@@ -174,8 +174,10 @@ class RNNSearch(Run):
     """A resumable recurrent DARTS search writing into ``out_dir``."""
 
     def __init__(self, config: RNNSearchConfig, out_dir: str | Path, *, resume: bool = False,
-                 overwrite: bool = False, quiet: bool = False, log: Callable[[str], None] = print) -> None:
-        saved = self.open(config, out_dir, KIND, resume=resume, overwrite=overwrite, quiet=quiet, log=log)
+                 overwrite: bool = False, quiet: bool = False, log: Callable[[str], None] = print,
+                 tensorboard: bool = False) -> None:
+        saved = self.open(config, out_dir, KIND, resume=resume, overwrite=overwrite, quiet=quiet, log=log,
+                          tensorboard=tensorboard)
         self.device = resolve_device(config.device)
         if config.data_dir is None:
             raise ConfigError("--data-dir is required: a folder with train/valid/test text files")
@@ -211,6 +213,8 @@ class RNNSearch(Run):
             self.resumed()
         else:
             start_run_dir(self.out)
+        if tensorboard:
+            self.use_tensorboard()
 
     def state_dict(self) -> dict[str, Any]:
         return {"kind": KIND, "config": self.config.to_dict(), "epoch": self.epoch,
