@@ -209,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="FILE.png|svg|pdf|dot (suffixed _normal, _reduce, ...)")
     p.add_argument("--space", choices=("cnn", "rnn"), default=None, help="[from the file; cnn for built-in names]")
     p.add_argument("--format", choices=("png", "svg", "pdf", "dot"), default=None, help="[from --out's suffix]")
+    p.add_argument("--engine", choices=("matplotlib", "graphviz"), default="matplotlib",
+                   help="cell-diagram renderer; graphviz uses the dot program where installed [matplotlib]")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--alphas", action="store_true", help="RUN_DIR: softmax(α) of every edge against the epoch")
     what.add_argument("--curves", action="store_true", help="RUN_DIR: loss / accuracy or perplexity / lr curves")
@@ -355,7 +357,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
             path = spec / "genotype.json" if spec.is_dir() else spec
             space = "rnn" if path.is_file() and '"recurrent"' in path.read_text(errors="replace") else "cnn"
         genotype = load_genotype(args.genotype, space)
-    for path in plot_genotype(genotype, args.out, args.format):
+    for path in plot_genotype(genotype, args.out, args.format, engine=args.engine):
         print(path)
     return 0
 

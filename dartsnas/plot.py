@@ -128,18 +128,37 @@ def draw(layout: CellLayout, path: str | os.PathLike) -> Path:
     return path
 
 
-def plot_genotype(genotype: Any, out: str | os.PathLike, fmt: str | None = None) -> list[Path]:
+def draw_graphviz(layout: CellLayout, path: Path, fmt: str) -> Path:
+    """Render with Graphviz's ``dot`` program (``--engine graphviz``), where it is installed."""
+    import shutil
+    import subprocess
+    exe = shutil.which("dot")
+    if exe is None:
+        raise ConfigError("--engine graphviz needs Graphviz's dot program on PATH (the default engine, "
+                          "matplotlib, needs nothing else)")
+    result = subprocess.run([exe, f"-T{fmt}", "-o", str(path)], input=to_dot(layout).encode(), capture_output=True)
+    if result.returncode != 0:
+        raise DartsError(f"dot failed on {path.name}: {result.stderr.decode(errors='replace').strip()}")
+    return path
+
+
+def plot_genotype(genotype: Any, out: str | os.PathLike, fmt: str | None = None,
+                  engine: str = "matplotlib") -> list[Path]:
     """Write one file per cell type: ``OUT_normal.png``, ``OUT_reduce.png`` (or ``OUT_recurrent``)."""
     out = Path(out)
     fmt = fmt or out.suffix.lstrip(".").lower()
     if fmt not in FORMATS:
         raise ConfigError(f"--out {out}: unknown format {fmt!r} (use one of {', '.join(FORMATS)})")
+    if engine not in ("matplotlib", "graphviz"):
+        raise ConfigError(f"--engine must be matplotlib or graphviz, got {engine!r}")
     out.parent.mkdir(parents=True, exist_ok=True)
     written = []
     for layout in genotype_layouts(genotype):
         path = out.with_name(f"{out.stem}_{layout.name}.{fmt}")
         if fmt == "dot":
             path.write_text(to_dot(layout))
+        elif engine == "graphviz":
+            draw_graphviz(layout, path, fmt)
         else:
             draw(layout, path)
         written.append(path)

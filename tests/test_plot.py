@@ -109,3 +109,14 @@ def test_run_directory_errors(tmp_path, capsys):
     assert "metrics hold no α" in capsys.readouterr().err
     assert main(["plot", str(tmp_path / "nope"), "--evolution", "--out", str(tmp_path / "e.gif")]) == 1
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_graphviz_engine(tmp_path, monkeypatch):
+    import shutil
+    from dartsnas import plot
+    if shutil.which("dot"):
+        (path, _) = plot_genotype(load_genotype("DARTS_V2"), tmp_path / "g.png", engine="graphviz")
+        assert path.read_bytes().startswith(b"\x89PNG")
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(ConfigError, match="needs Graphviz's dot program"):
+        plot.plot_genotype(load_genotype("DARTS_V2"), tmp_path / "h.png", engine="graphviz")
