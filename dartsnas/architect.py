@@ -67,19 +67,16 @@ def same_random_draws(state: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
 
 
 class _LossOf(nn.Module):
-    """Lets ``functional_call`` evaluate ``model.loss`` (not ``forward``) with substituted weights."""
+    """Lets ``functional_call`` evaluate ``model.loss`` (not ``forward``) with substituted weights;
+    its whole output with ``full``, else the loss alone."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, full: bool = False) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.full = model, full
 
-    def forward(self, *batch: Any) -> torch.Tensor:
-        return _split(self.model.loss(*batch))[0]
-
-
-class _FullLossOf(_LossOf):
     def forward(self, *batch: Any) -> Any:
-        return self.model.loss(*batch)
+        out = self.model.loss(*batch)
+        return out if self.full else _split(out)[0]
 
 
 @contextmanager
@@ -113,8 +110,7 @@ def _loss_at(model: nn.Module, names: Sequence[str], weights: Sequence[torch.Ten
              batch: Batch, full: bool = False) -> Any:
     """``model.loss(*batch)`` evaluated with ``weights`` in place of the model's (loss only unless ``full``)."""
     params = {f"model.{n}": w for n, w in zip(names, weights)}
-    module = _FullLossOf(model) if full else _LossOf(model)
-    return functional_call(module, params, tuple(batch))
+    return functional_call(_LossOf(model, full), params, tuple(batch))
 
 
 def first_order_alpha_grad(model: SearchModel, val_batch: Batch) -> tuple[list[torch.Tensor], Any]:

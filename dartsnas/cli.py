@@ -267,19 +267,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     import json
-    from .train.checkpoint import load_checkpoint
+    from .train.checkpoint import load_checkpoint, model_file
     from .train.final import evaluate_checkpoint
-    from .train.final_rnn import MODEL, evaluate_perplexity
+    from .train.final_rnn import evaluate_perplexity
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-    path = args.checkpoint
-    probe = path / MODEL if (path / MODEL).is_file() else path / "checkpoint.pt" if path.is_dir() else path
-    if load_checkpoint(probe).get("kind") in ("train-rnn", "model-rnn"):
+    path = model_file(args.checkpoint)
+    state = load_checkpoint(path)  # loaded once: its kind picks the evaluator
+    if state.get("kind") in ("train-rnn", "model-rnn"):
         result = evaluate_perplexity(path, split=args.split, data_dir=args.data_dir, batch_size=args.batch_size,
-                                     device=args.device)
+                                     device=args.device, state=state)
     else:
         result = evaluate_checkpoint(path, dataset=args.dataset, data_dir=args.data_dir, device=args.device,
-                                     batch_size=args.batch_size or 256, verify=args.verify)
+                                     batch_size=args.batch_size or 256, verify=args.verify, state=state)
     print(json.dumps(result))
     return 0
 

@@ -183,7 +183,7 @@ def derive_genotype(weights_normal: torch.Tensor, weights_reduce: torch.Tensor,
     if max_skip is not None and SKIP_OP in op_names:
         skip = list(op_names).index(SKIP_OP)
         while sum(op == SKIP_OP for op, _ in normal) > max_skip:
-            rows = [_edge_row(pos // 2, j, 2) for pos, (op, j) in enumerate(normal) if op == SKIP_OP]
+            rows = [edge_row(pos // 2, j, 2) for pos, (op, j) in enumerate(normal) if op == SKIP_OP]
             weakest = min(rows, key=lambda r: (weights_normal[r, skip].item(), -r))
             excluded.add((weakest, skip))
             normal = derive_cell(weights_normal, op_names, num_inputs=2, k=2,
@@ -192,7 +192,7 @@ def derive_genotype(weights_normal: torch.Tensor, weights_reduce: torch.Tensor,
     return Genotype(tuple(normal), concat, tuple(reduce), concat)
 
 
-def _edge_row(node: int, j: int, num_inputs: int) -> int:
+def edge_row(node: int, j: int, num_inputs: int) -> int:
     """Row of edge (input j -> intermediate node ``node``) in node-major edge order."""
     return sum(num_inputs + i for i in range(node)) + j
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import ConfigError, DartsError
-from .genotype import Genotype, RecurrentGenotype
+from .genotype import Genotype, RecurrentGenotype, edge_row
 from .ops import CONV_OPS, RNN_OPS
 
 FORMATS = ("png", "svg", "pdf", "dot")
@@ -89,13 +89,8 @@ def to_dot(layout: CellLayout) -> str:
 
 def draw(layout: CellLayout, path: str | os.PathLike) -> Path:
     """Render a cell diagram to ``path`` (png, svg or pdf by its suffix) with matplotlib."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.patches import FancyArrowPatch
-    except ImportError:
-        raise DartsError("plotting needs matplotlib: pip install 'dartsnas[plot]' (or use --format dot)") from None
+    plt = _pyplot()
+    from matplotlib.patches import FancyArrowPatch
     colors = op_colors()
     pos = {label: (x, y) for label, x, y, _ in layout.nodes}
     width = max(x for _, x, _, _ in layout.nodes) + 1
@@ -174,7 +169,7 @@ def _pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise DartsError("plotting needs matplotlib: pip install 'dartsnas[plot]'") from None
+        raise DartsError("plotting needs matplotlib: pip install 'dartsnas[plot]' (or use --format dot)") from None
     return plt
 
 
@@ -189,10 +184,6 @@ def read_run(run_dir: str | os.PathLike) -> tuple[list[dict[str, Any]], dict[str
         raise ConfigError(f"{run_dir}: no metrics.jsonl records to plot")
     config = load_checkpoint(run_dir / "checkpoint.pt")["config"] if (run_dir / "checkpoint.pt").is_file() else {}
     return records, config
-
-
-def _edge_row(node: int, j: int, num_inputs: int) -> int:
-    return sum(num_inputs + i for i in range(node)) + j
 
 
 def plot_alphas(run_dir: str | os.PathLike, out: str | os.PathLike) -> list[Path]:
@@ -220,7 +211,7 @@ def plot_alphas(run_dir: str | os.PathLike, out: str | os.PathLike) -> list[Path
         for r in records:
             pairs = r["genotype"][cell]
             for pos, (op, j) in enumerate(pairs):
-                picks.setdefault(_edge_row(pos // k, j, num_inputs), []).append((r["epoch"], op))
+                picks.setdefault(edge_row(pos // k, j, num_inputs), []).append((r["epoch"], op))
         for e in range(rows * cols):
             ax = axes[e // cols][e % cols]
             if e >= n_edges:

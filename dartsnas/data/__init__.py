@@ -12,10 +12,14 @@ from .images import BatchLoader, ImageDataset
 DATASETS: Registry[Callable[..., ImageDataset]] = Registry("dataset")
 
 
+def data_root(data_dir: str | os.PathLike | None) -> str | os.PathLike:
+    """``--data-dir`` when given, else ``$DARTSNAS_DATA``, else ./data."""
+    return data_dir if data_dir is not None else os.environ.get("DARTSNAS_DATA", "data")
+
+
 @DATASETS.register("cifar10")
 def _cifar10(split: str, data_dir: str | os.PathLike | None, download: bool, verify: bool) -> ImageDataset:
-    root = data_dir if data_dir is not None else os.environ.get("DARTSNAS_DATA", "data")
-    return load_cifar10(root, split, download=download, verify=verify)
+    return load_cifar10(data_root(data_dir), split, download=download, verify=verify)
 
 
 @DATASETS.register("digits")

@@ -17,6 +17,7 @@ from ..genotype import Genotype, derive_genotype, num_edges
 from ..ops import (CONV_OPS, DARTS_OPS, FactorizedReduce, ReLUConvBN, build_op, is_preactivated,
                    is_zero_op)
 from . import SEARCH_SPACES
+from .base import ArchitectureSplit
 
 
 @dataclass
@@ -130,7 +131,7 @@ class SearchCell(nn.Module):
 
 
 @SEARCH_SPACES.register("cnn")
-class SearchNetwork(nn.Module):
+class SearchNetwork(ArchitectureSplit, nn.Module):
     """The DARTS search network: stem, ``layers`` search cells, global pooling, classifier.
 
     Reduction cells (stride 2, channels doubled) sit at layers//3 and 2*layers//3. BatchNorm is
@@ -170,13 +171,6 @@ class SearchNetwork(nn.Module):
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return [self.alpha_normal, self.alpha_reduce]
-
-    def named_weight_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        arch = {id(p) for p in self.arch_parameters()}
-        return [(n, p) for n, p in self.named_parameters() if id(p) not in arch]
-
-    def weight_parameters(self) -> list[nn.Parameter]:
-        return [p for _, p in self.named_weight_parameters()]
 
     def arch_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """softmax(α) per edge, computed in float32 whatever the autocast dtype."""

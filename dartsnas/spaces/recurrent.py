@@ -18,6 +18,7 @@ from ..genotype import RecurrentGenotype, derive_recurrent_genotype, num_edges
 from ..nets.recurrent import HighwayCell, RNNConfig, RNNLanguageModel
 from ..ops import RNN_DARTS_OPS, RNN_OPS
 from . import SEARCH_SPACES
+from .base import ArchitectureSplit
 
 
 @dataclass
@@ -81,7 +82,7 @@ class SearchRecurrentCell(HighwayCell):
 
 
 @SEARCH_SPACES.register("rnn")
-class RecurrentSearchModel(RNNLanguageModel):
+class RecurrentSearchModel(ArchitectureSplit, RNNLanguageModel):
     """The recurrent search language model with its α (one row per edge, one column per op)."""
 
     def __init__(self, config: RecurrentSearchSpaceConfig | None = None) -> None:
@@ -96,12 +97,6 @@ class RecurrentSearchModel(RNNLanguageModel):
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return [self.alpha]
-
-    def named_weight_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        return [(n, p) for n, p in self.named_parameters() if p is not self.alpha]
-
-    def weight_parameters(self) -> list[nn.Parameter]:
-        return [p for _, p in self.named_weight_parameters()]
 
     def arch_weights(self) -> torch.Tensor:
         return F.softmax(self.alpha.float(), dim=-1)

@@ -68,6 +68,14 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def model_file(path: str | os.PathLike) -> Path:
+    """The file to evaluate for ``path``: itself, or a run directory's model.pt (else its checkpoint.pt)."""
+    path = Path(path)
+    if path.is_dir():
+        return path / "model.pt" if (path / "model.pt").is_file() else path / CHECKPOINT
+    return path
+
+
 def load_checkpoint(path: str | os.PathLike, *, kind: str | None = None) -> dict[str, Any]:
     """Load a dartsnas checkpoint safely; refuse foreign, corrupted or other-version files."""
     path = Path(path)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +19,12 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from ..data import BatchLoader, load_dataset
+from ..data import BatchLoader, data_root, load_dataset
 from ..data.folder import FolderLoader, folder_datasets
 from ..errors import CheckpointError, ConfigError, DartsError
 from ..genotype import Genotype, load_genotype
 from ..nets import NetworkConfig, build_network
-from .checkpoint import CHECKPOINT, METRICS, MetricsLog, load_checkpoint, save_checkpoint
+from .checkpoint import CHECKPOINT, METRICS, MetricsLog, load_checkpoint, model_file, save_checkpoint
 from .common import (EpochMeter, Run, config_from_dict, cosine_lr, evaluate,
                      resolve_device, rng_state, set_rng_state, start_run_dir)
 from .progress import Progress
@@ -135,7 +134,7 @@ def build_loaders(config: TrainConfig, device: torch.device, *, train_split: boo
     """Training and test loaders of ``config.dataset``, with its class count and channel count."""
     common = dict(device=device, channels_last=config.channels_last)
     if DATASET_KINDS[config.dataset] == "folder":
-        root = config.data_dir if config.data_dir is not None else os.environ.get("DARTSNAS_DATA", "data")
+        root = data_root(config.data_dir)
         train_ds, test_ds, classes = folder_datasets(root, image_size=config.image_size, seed=config.seed)
         out = {"num_classes": len(classes), "in_channels": 3,
                "description": f"{root}: {len(classes)} classes, {len(train_ds)} train / {len(test_ds)} test images",
@@ -273,12 +272,12 @@ def train(config: TrainConfig, out_dir: str | Path, **kwargs: Any) -> list[dict[
 
 
 def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, data_dir: str | None = None,
-                        device: str = "auto", batch_size: int = 256, verify: bool = True) -> dict[str, float]:
-    """Loss, top-1 and top-5 of a trained model (model.pt, checkpoint.pt or a run directory)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / MODEL if (path / MODEL).is_file() else path / CHECKPOINT
-    state = load_checkpoint(path)
+                        device: str = "auto", batch_size: int = 256, verify: bool = True,
+                        state: dict[str, Any] | None = None) -> dict[str, float]:
+    """Loss, top-1 and top-5 of a trained model (model.pt, checkpoint.pt or a run directory);
+    ``state`` is that file's content when the caller has already loaded it."""
+    path = model_file(path)
+    state = state if state is not None else load_checkpoint(path)
     if state.get("kind") not in (KIND, "model-cnn"):
         raise CheckpointError(f"{path}: a {state.get('kind')!r} checkpoint, not a trained conv network")
     config = TrainConfig.from_dict(state["config"])

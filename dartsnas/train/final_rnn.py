@@ -21,7 +21,7 @@ from ..data.text import Corpus, batchify
 from ..errors import CheckpointError, ConfigError
 from ..genotype import RecurrentGenotype, load_genotype
 from ..nets.recurrent import RNNConfig, build_rnn_model
-from .checkpoint import CHECKPOINT, METRICS, MetricsLog, load_checkpoint, save_checkpoint
+from .checkpoint import CHECKPOINT, METRICS, MetricsLog, load_checkpoint, model_file, save_checkpoint
 from .common import Run, config_from_dict, resolve_device, rng_state, set_rng_state, start_run_dir
 from .search_rnn import evaluate_lm, train_lm_epoch
 
@@ -223,12 +223,12 @@ def train_rnn(config: RNNTrainConfig, out_dir: str | Path, **kwargs: Any) -> lis
 
 
 def evaluate_perplexity(path: str | Path, *, split: str = "test", data_dir: str | None = None,
-                        batch_size: int | None = None, device: str = "auto") -> dict[str, float]:
-    """Mean NLL and perplexity of a trained recurrent model (model.pt, checkpoint.pt or run dir)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / MODEL if (path / MODEL).is_file() else path / CHECKPOINT
-    state = load_checkpoint(path)
+                        batch_size: int | None = None, device: str = "auto",
+                        state: dict[str, Any] | None = None) -> dict[str, float]:
+    """Mean NLL and perplexity of a trained recurrent model (model.pt, checkpoint.pt or run dir);
+    ``state`` is that file's content when the caller has already loaded it."""
+    path = model_file(path)
+    state = state if state is not None else load_checkpoint(path)
     if state.get("kind") not in (KIND, "model-rnn"):
         raise CheckpointError(f"{path}: a {state.get('kind')!r} checkpoint, not a trained recurrent model")
     config = RNNTrainConfig.from_dict(state["config"])
