@@ -4,6 +4,10 @@ tokens/s = batch x BPTT / seconds of one full search step, on random tokens of a
 vocabulary; one JSON line per (configuration, order), each measured in a fresh process.
 
     python benchmarks/rnn_search_step.py        # 64/64 batch 32 and 300/300 batch 256, BPTT 35, 2 threads
+    python benchmarks/rnn_search_step.py --compile on --configs 64,32 --orders second
+
+``--compile on`` runs the cell's time step through torch.compile (the CLI's ``--compile``); the
+compilation happens in the warm-up steps, which are not timed.
 """
 from __future__ import annotations
 
@@ -30,6 +34,8 @@ def measure(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = RecurrentSearchModel(RecurrentSearchSpaceConfig(vocab_size=args.vocab, emsize=size, nhid=size)).to(device)
+    if args.compiled:
+        model.cell.compile_step()
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=20.0, weight_decay=5e-7)
     arch = Architect(model, w_opt, order=args.order, lr=3e-3, betas=(0.9, 0.999), weight_decay=1e-3)
     T = args.bptt
@@ -50,9 +56,12 @@ def measure(args: argparse.Namespace) -> dict:
         w_opt.step()
         state["h"] = h.detach()
 
+    if args.compiled:
+        step()  # compiles every variant of the time step (first step, α step, w step)
     sec = time_steps(step, args.steps, args.warmup, device.type == "cuda")
     return {"bench": "rnn_search_step", "emsize": size, "nhid": size, "batch": B, "bptt": T, "vocab": args.vocab,
-            "order": args.order, "device": args.device, "threads": args.threads, "s_per_step": round(sec, 3),
+            "order": args.order, "compile": args.compiled, "device": args.device, "threads": args.threads,
+            "s_per_step": round(sec, 3),
             "tokens_per_s": round(B * T / sec, 1), **peak_memory_gb(device.type == "cuda")}
 
 
@@ -66,16 +75,20 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--compile", nargs="+", choices=["off", "on"], default=["off", "on"],
+                   help="eager and/or the cell step through torch.compile (as --compile of the CLI)")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--order", default="first", help=argparse.SUPPRESS)
+    p.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
         print(json.dumps(measure(args)), flush=True)
         return
     common = ["--bptt", str(args.bptt), "--vocab", str(args.vocab), "--device", args.device, "--threads",
               str(args.threads), "--steps", str(args.steps), "--warmup", str(args.warmup)]
-    run_isolated(__file__, [["--config", c, "--order", o, *common] for c in args.configs for o in args.orders])
+    run_isolated(__file__, [["--config", c, "--order", o, *common, *(["--compiled"] if m == "on" else [])]
+                            for c in args.configs for o in args.orders for m in args.compile])
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def test_derived_cell_step_against_a_hand_written_highway_recurrence():
         c, hh = torch.split(states[j] @ cell.Ws[i], 6, dim=1)
         states.append(states[j] + torch.sigmoid(c) * (acts[op](hh) - states[j]))
     expected = sum(states[1:]) / 8
-    torch.testing.assert_close(cell.step(x, h, None, None), expected)
+    torch.testing.assert_close(cell(x[None], h)[0], expected)
     out = cell(torch.randn(5, 3, 6, dtype=torch.float64), h)
     assert out.shape == (5, 3, 6)
 
@@ -138,7 +138,8 @@ def test_search_cell_mixture_equals_the_per_op_highway_sum():
     cell.weights = model.arch_weights().double()
     x, h_prev = torch.randn(4, 5, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
     # The reference formulation: every op of every edge through its own highway gate.
-    states = [cell.bn(cell.init_state(x, h_prev, None, None))]
+    c0, h0 = torch.split(torch.cat([x, h_prev], 1) @ cell.W0, 5, dim=1)
+    states = [cell.bn(h_prev + torch.sigmoid(c0) * (torch.tanh(h0) - h_prev))]
     row = 0
     for i in range(3):
         s = 0
@@ -149,4 +150,32 @@ def test_search_cell_mixture_equals_the_per_op_highway_sum():
                     s = s + cell.weights[row + j, k] * (states[j] + torch.sigmoid(c) * (RNN_OPS.get(name)(h) - states[j]))
         states.append(cell.bn(s))
         row += i + 1
-    torch.testing.assert_close(cell.step(x, h_prev, None, None), sum(states[1:]) / 3)
+    torch.testing.assert_close(cell(x[None], h_prev)[0], sum(states[1:]) / 3)
+
+
+def test_compiled_time_step_gives_the_eager_search_step():
+    # aot_eager traces the step with dynamo and AOTAutograd (guards, swapped parameters of the
+    # functional virtual step, frozen BN statistics) without generating C++: fast enough for the suite.
+    import torch._dynamo
+    torch._dynamo.reset()
+    cfg = RecurrentSearchSpaceConfig(vocab_size=30, emsize=6, nhid=6, nodes=2)
+    results = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = RecurrentSearchModel(cfg).double()  # float64: reordered float sums would blur the comparison
+        if compiled:
+            model.cell.compile_step(backend="aot_eager")
+        opt = torch.optim.SGD(model.weight_parameters(), lr=1.0)
+        arch = Architect(model, opt, order="second", lr=0.1)  # also runs every first-order variant
+        g = torch.Generator().manual_seed(1)
+        for _ in range(2):
+            batch = lambda: (torch.randint(0, 30, (5, 4), generator=g), torch.randint(0, 30, (20,), generator=g),
+                             torch.zeros(4, 6, dtype=torch.float64))
+            arch.step(batch(), batch(), 1.0)
+            x, y, h = batch()
+            opt.zero_grad()
+            torch.nn.functional.nll_loss(model(x, h)[0], y).backward()
+            opt.step()
+        results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert hasattr(model.cell, "_compiled_step")
+    torch.testing.assert_close(results[1], results[0], rtol=1e-9, atol=1e-10)

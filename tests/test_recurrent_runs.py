@@ -107,3 +107,17 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     kept = load_checkpoint(tmp_path)
     assert kept["epoch"] == 1 and all(torch.isfinite(t).all() for t in kept["model"].values())
     assert torch.equal(kept["model"]["cell.W0"], good["model"]["cell.W0"])
+
+
+@needs_ptb
+def test_compile_flag_reaches_the_cell_of_both_recurrent_commands(tmp_path, monkeypatch):
+    from dartsnas.nets.recurrent import HighwayCell
+    calls = []
+    monkeypatch.setattr(HighwayCell, "compile_step", lambda self, **kw: calls.append(type(self).__name__))
+    flags = ["--data-dir", str(PTB), "--train-split", "valid", "--val-split", "test", "--emsize", "16", "--nhid", "16",
+             "--batch-size", "64", "--eval-batch-size", "128", "--steps-per-epoch", "1", "--epochs", "1", "--quiet",
+             "--compile"]
+    assert main(["search", "rnn", *flags, "--out", str(tmp_path / "s")]) == 0
+    assert main(["train", "rnn", *flags, "--test-split", "test", "--test-batch-size", "64", "--out", str(tmp_path / "t")]) == 0
+    assert calls == ["SearchRecurrentCell", "DerivedCell"]
+    assert load_checkpoint(tmp_path / "s")["config"]["compile"] is True

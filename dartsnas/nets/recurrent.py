@@ -52,29 +52,45 @@ class HighwayCell(nn.Module):
         self.Ws = nn.ParameterList(nn.Parameter(torch.empty(nhid, 2 * nhid).uniform_(-INIT_RANGE, INIT_RANGE))
                                    for _ in range(nodes))
 
-    def init_state(self, x: torch.Tensor, h_prev: torch.Tensor, x_mask: torch.Tensor | None,
-                   h_mask: torch.Tensor | None) -> torch.Tensor:
-        """The fixed first node: a tanh highway transform of x_t and h_{t-1}."""
-        if x_mask is not None:
-            x, h_in = x * x_mask, h_prev * h_mask
-        else:
-            h_in = h_prev
-        c0, h0 = torch.split(torch.cat([x, h_in], dim=-1) @ self.W0, self.nhid, dim=-1)
+    def init_state(self, xw: torch.Tensor, h_prev: torch.Tensor, h_mask: torch.Tensor | None,
+                   w0h: torch.Tensor) -> torch.Tensor:
+        """The fixed first node: a tanh highway transform of x_t (already projected: ``xw``) and h_{t-1}."""
+        h_in = h_prev * h_mask if h_mask is not None else h_prev
+        c0, h0 = torch.split(xw + h_in @ w0h, self.nhid, dim=-1)
         return h_prev + torch.sigmoid(c0) * (torch.tanh(h0) - h_prev)
 
-    def step(self, x: torch.Tensor, h_prev: torch.Tensor, x_mask: torch.Tensor | None,
-             h_mask: torch.Tensor | None) -> torch.Tensor:
+    def step_context(self) -> tuple:
+        """What every time step of one forward needs and can be computed once: the h-part of W0."""
+        return (self.W0[self.W0.shape[0] - self.nhid:],)
+
+    def step(self, xw: torch.Tensor, h_prev: torch.Tensor, h_mask: torch.Tensor | None,
+             context: tuple) -> torch.Tensor:
+        """h_t from the projected input x_t W0x, h_{t-1}, the variational h mask and ``step_context()``."""
         raise NotImplementedError
+
+    def compile_step(self, **options) -> None:
+        """Run ``step`` through torch.compile: the time loop is hundreds of small kernels per step,
+        which compilation fuses (measured in benchmarks/rnn_search_step.py). Every time step has the
+        same shapes, so one graph serves the whole sequence; the few variants (first step, α step,
+        w step, evaluation) each compile once."""
+        import torch._dynamo
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        self._compiled_step = torch.compile(self.step, dynamic=False, **options)
 
     def forward(self, inputs: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """All hidden states [T, B, nhid] for inputs [T, B, ninp] from the state ``hidden`` [B, nhid]."""
-        x_mask = h_mask = None
+        h_mask = None
         if self.training:
             x_mask = dropout_mask((inputs.shape[1], inputs.shape[2]), self.dropout_x, inputs)
             h_mask = dropout_mask((hidden.shape[0], self.nhid), self.dropout_h, hidden)
+            inputs = inputs * x_mask
+        # x_t's share of the first node's projection for every t at once: one large matmul, not T small ones.
+        xw = inputs @ self.W0[:self.W0.shape[0] - self.nhid]
+        context = self.step_context()
+        step = getattr(self, "_compiled_step", None) or self.step
         outputs = []
         for t in range(inputs.shape[0]):
-            hidden = self.step(inputs[t], hidden, x_mask, h_mask)
+            hidden = step(xw[t], hidden, h_mask, context)
             outputs.append(hidden)
         return torch.stack(outputs)
 
@@ -88,8 +104,8 @@ class DerivedCell(HighwayCell):
         self.genotype = genotype
         self.acts = [RNN_OPS.get(op) for op, _ in genotype.recurrent]
 
-    def step(self, x, h_prev, x_mask, h_mask):
-        states = [self.init_state(x, h_prev, x_mask, h_mask)]
+    def step(self, xw, h_prev, h_mask, context):
+        states = [self.init_state(xw, h_prev, h_mask, context[0])]
         for i, (_, pred) in enumerate(self.genotype.recurrent):
             s_prev = states[pred]
             inp = s_prev * h_mask if h_mask is not None else s_prev

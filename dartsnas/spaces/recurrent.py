@@ -59,25 +59,32 @@ class SearchRecurrentCell(HighwayCell):
         self.bn = nn.BatchNorm1d(config.nhid, affine=False)
         self.weights: torch.Tensor | None = None  # softmax(α), set by the model for each forward
 
-    def step(self, x, h_prev, x_mask, h_mask):
-        s0 = self.bn(self.init_state(x, h_prev, x_mask, h_mask))
-        states = s0.unsqueeze(0)  # [nodes so far, B, nhid]
-        row = 0
+    def step_context(self) -> tuple:
+        """Per node, the mixing weights of its active ops [i + 1, K, 1, 1] and their sums [i + 1, 1, 1]:
+        the same at every time step, so sliced out of softmax(α) once per forward."""
+        w = self.weights[:, self.active_columns]
+        mix, row = [], 0
         for i in range(self.nodes):
-            inp = states * h_mask.unsqueeze(0) if h_mask is not None else states
+            w_i = w[row:row + i + 1]
+            mix.append((w_i[:, :, None, None], w_i.sum(1)[:, None, None]))
+            row += i + 1
+        return (*super().step_context(), tuple(mix))
+
+    def step(self, xw, h_prev, h_mask, context):
+        w0h, mix = context
+        states = self.bn(self.init_state(xw, h_prev, h_mask, w0h)).unsqueeze(0)  # [nodes so far, B, nhid]
+        for i in range(self.nodes):
+            inp = states * h_mask if h_mask is not None else states
             c, h = torch.split(inp @ self.Ws[i], self.nhid, dim=-1)
             c = torch.sigmoid(c)
-            w = self.weights[row:row + i + 1]  # [i + 1, ops]
+            w_ops, w_sum = mix[i]
             # sum_k w_k (s_j + c (act_k(h) - s_j)) = W s_j + c (sum_k w_k act_k(h) - W s_j), W = sum_k w_k:
             # mix the activations first, then one highway combination per edge (same value, far fewer kernels).
-            w_active = w[:, self.active_columns]                           # [i + 1, K]
             acts = torch.stack([act(h) for act in self.active_fns], 1)      # [i + 1, K, B, nhid]
-            w_active = w_active.to(acts.dtype)
-            mixed = torch.einsum("ik,ikbd->ibd", w_active, acts)
-            ws = w_active.sum(1)[:, None, None] * states
+            mixed = (acts * w_ops.to(acts.dtype)).sum(1)
+            ws = w_sum.to(acts.dtype) * states
             s = self.bn((ws + c * (mixed - ws)).sum(0))
             states = torch.cat([states, s.unsqueeze(0)], 0)
-            row += i + 1
         return states[1:].mean(0)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,7 @@ class TrainConfig:
     amp: bool = True                     # bf16 autocast on CUDA; the CPU path always stays float32
     image_size: int = 224                # class-folder datasets only (crop size)
     workers: int = 4                     # class-folder datasets: decoding processes
+    train_portion: float = 1.0           # < 1: train on that part of the training split, report val_* on the rest
 
     RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "download", "verify", "channels_last", "workers", "amp")
 
@@ -89,6 +91,11 @@ class TrainConfig:
             raise ConfigError(f"--network must be cifar or imagenet, got {self.network!r}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ConfigError(f"--steps-per-epoch must be >= 1, got {self.steps_per_epoch}")
+        if not 0.0 < self.train_portion <= 1.0:
+            raise ConfigError(f"--train-portion must lie in (0, 1], got {self.train_portion}")
+        if self.train_portion < 1.0 and DATASET_KINDS.get(self.dataset) != "memory":
+            raise ConfigError(f"--train-portion below 1 needs an in-memory dataset (cifar10, digits), "
+                              f"not {self.dataset}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -151,8 +158,19 @@ def build_loaders(config: TrainConfig, device: torch.device, *, train_split: boo
         train = load_dataset(config.dataset, "train", data_dir=config.data_dir, download=config.download,
                              verify=config.verify)
         out["description"] = f"{train.description}; {test.description}"
-        out["train"] = BatchLoader(train, batch_size=config.batch_size, cutout=config.cutout, seed=config.seed,
-                                   drop_last=True, **common)
+        indices = None
+        if config.train_portion < 1.0:  # the paper's selection: train on part, rank on the held-out rest
+            n_train = int(math.floor(config.train_portion * len(train)))
+            if n_train < 1 or n_train >= len(train):
+                raise ConfigError(f"--train-portion {config.train_portion} leaves an empty split of "
+                                  f"the {len(train)} training images")
+            indices = torch.arange(len(train))
+            out["val"] = BatchLoader(train, indices[n_train:], batch_size=max(config.batch_size, 256),
+                                     shuffle=False, augment=False, **common)
+            out["description"] += f"; {n_train} train / {len(train) - n_train} held-out validation images"
+            indices = indices[:n_train]
+        out["train"] = BatchLoader(train, indices, batch_size=config.batch_size, cutout=config.cutout,
+                                   seed=config.seed, drop_last=True, **common)
     return out
 
 
@@ -179,6 +197,7 @@ class Training(Run):
         data = build_loaders(config, self.device)
         self.log(data["description"])
         self.train_loader, self.test_loader = data["train"], data["test"]
+        self.val_loader = data.get("val")
         if len(self.train_loader) == 0:
             raise ConfigError(f"--batch-size {config.batch_size} is larger than the training set")
         torch.manual_seed(config.seed)
@@ -254,13 +273,16 @@ class Training(Run):
             self.model.drop_path_prob = cfg.drop_path * self.epoch / cfg.epochs
             record: dict[str, Any] = {"epoch": self.epoch + 1, "lr": lr, "drop_path_prob": self.model.drop_path_prob}
             record.update(self.train_epoch())
-            record.update({f"test_{k}": v for k, v in evaluate(self.model, self.test_loader).items()})
+            # With a held-out validation split (selection), the test split is not looked at.
+            split, loader = ("val", self.val_loader) if self.val_loader is not None else ("test", self.test_loader)
+            record.update({f"{split}_{k}": v for k, v in evaluate(self.model, loader).items()})
             self.epoch += 1
             record["seconds"] = round(time.perf_counter() - start, 3)
             self.end_epoch(record, f"epoch {record['epoch']}/{cfg.epochs} lr {lr:.5f} drop-path "
                            f"{record['drop_path_prob']:.3f} train loss {record['train_loss']:.4f} acc "
-                           f"{record['train_acc']:.4f} | test loss {record['test_loss']:.4f} top1 "
-                           f"{record['test_top1']:.4f} top5 {record['test_top5']:.4f} | {record['seconds']:.1f}s")
+                           f"{record['train_acc']:.4f} | {split} loss {record[f'{split}_loss']:.4f} top1 "
+                           f"{record[f'{split}_top1']:.4f} top5 {record[f'{split}_top5']:.4f} | "
+                           f"{record['seconds']:.1f}s")
         save_checkpoint(self.out / MODEL, {"kind": "model-cnn", "config": self.config.to_dict(),
                                            "genotype": self.genotype.to_dict(), "model": self.model.state_dict()})
         return self.metrics.read()

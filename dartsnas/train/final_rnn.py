@@ -60,8 +60,9 @@ class RNNTrainConfig:
     seed: int = 0
     device: str = "auto"
     steps_per_epoch: int | None = None
+    compile: bool = False        # torch.compile of the cell's time step
 
-    RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "test_batch_size")
+    RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "compile", "test_batch_size")
 
     def validate(self) -> None:
         for name in ("emsize", "nhid", "epochs", "batch_size", "eval_batch_size", "test_batch_size", "bptt",
@@ -134,6 +135,8 @@ class RNNTraining(Run):
         self.test_data = batchify(corpus[config.test_split], config.test_batch_size).to(self.device)
         torch.manual_seed(config.seed)
         self.model = build_rnn_model(self.genotype, config.model_config(corpus.vocab_size)).to(self.device)
+        if config.compile:
+            self.model.cell.compile_step()
         self.optimizer: torch.optim.Optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr,
                                                                 weight_decay=config.weight_decay)
         self.lengths = torch.Generator().manual_seed(config.seed)

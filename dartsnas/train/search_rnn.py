@@ -63,8 +63,9 @@ class RNNSearchConfig:
     seed: int = 0
     device: str = "auto"
     steps_per_epoch: int | None = None
+    compile: bool = False        # torch.compile of the cell's time step
 
-    RESUMABLE_CHANGES = ("epochs", "device", "data_dir")
+    RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "compile")
 
     def validate(self) -> None:
         for name in ("emsize", "nhid", "nodes", "epochs", "batch_size", "eval_batch_size", "bptt"):
@@ -194,6 +195,8 @@ class RNNSearch(Run):
             dropout=config.dropout, dropout_h=config.dropout_h, dropout_x=config.dropout_x,
             dropout_i=config.dropout_i, dropout_e=config.dropout_e, ops=tuple(config.ops))
         self.model = RecurrentSearchModel(space).to(self.device)
+        if config.compile:
+            self.model.cell.compile_step()
         self.w_optimizer = torch.optim.SGD(self.model.weight_parameters(), lr=config.lr,
                                            weight_decay=config.weight_decay)
         # The reference's recurrent architect uses Adam's default betas (the conv one uses 0.5).
