@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
-from .errors import ConfigError, DartsError
+from .errors import ConfigError, DartsError, Interrupted
 from .genotype import CONV_GENOTYPES, load_genotype
 
 
@@ -55,6 +55,7 @@ def _run_flags(p: argparse.ArgumentParser, d: Any) -> None:
     g.add_argument("--device", default=S, help=f"auto, cpu or cuda[:N] [{d.device}]")
     g.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=S,
                    help="keep NCHW activations (channels_last is faster on CPU and GPU)")
+    _reliability_flags(g)
     _out_flags(g)
 
 
@@ -134,7 +135,17 @@ def _rnn_run_flags(p: argparse.ArgumentParser, d: Any) -> None:
     g.add_argument("--compile", action="store_true", default=S,
                    help="fuse the cell's time step with torch.compile (about 1.7x faster on CPU after a "
                         "one-off compilation of a minute or two)")
+    _reliability_flags(g)
     _out_flags(g)
+
+
+def _reliability_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--checkpoint-every", type=int, default=S, metavar="STEPS",
+                   help="also checkpoint every STEPS steps inside an epoch [every 5 minutes of work]")
+    g.add_argument("--skip-nonfinite", type=int, default=S, metavar="N",
+                   help="skip up to N batches with a non-finite loss or gradient, logged, before stopping [0]")
+    g.add_argument("--deterministic", action="store_true", default=S,
+                   help="deterministic kernels (torch.use_deterministic_algorithms; slower on CUDA)")
 
 
 def _devices_flag(p: argparse.ArgumentParser) -> None:
@@ -474,6 +485,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
+    except Interrupted as e:  # SIGTERM / SIGINT: checkpoint written at a step boundary
+        print(f"dartsnas: {e}", file=sys.stderr)
+        return e.exit_code
     except DartsError as e:
         print(f"dartsnas: error: {e}", file=sys.stderr)
         return 1

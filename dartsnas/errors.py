@@ -24,3 +24,11 @@ class CheckpointError(DartsError):
 
 class ConfigError(DartsError, ValueError):
     """An option is out of range or conflicts with another."""
+
+
+class Interrupted(DartsError):
+    """SIGTERM / SIGINT arrived: the run wrote a checkpoint at a step boundary and stopped."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -1,18 +1,44 @@
 """Pieces every training loop shares: devices, run directories, RNG state, learning-rate schedules."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
+import random
+import signal
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import MetricsLog, save_checkpoint
+from ..errors import CheckpointError, ConfigError, DartsError, Interrupted
+from .checkpoint import CHECKPOINT, GENOTYPE, METRICS, MetricsLog, save_checkpoint
 
-from ..errors import CheckpointError, ConfigError
-from .checkpoint import CHECKPOINT, GENOTYPE, METRICS
+#: Without --checkpoint-every, a mid-epoch checkpoint is written after this much work.
+CHECKPOINT_SECONDS = 300.0
+
+
+@dataclass
+class RunOptions:
+    """Options of every training command: crash safety and reproducibility (may change on resume)."""
+
+    checkpoint_every: int | None = None  # steps between mid-epoch checkpoints [None: every few minutes]
+    skip_nonfinite: int = 0              # bad batches (non-finite loss or gradient) skipped before stopping
+    deterministic: bool = False          # torch.use_deterministic_algorithms (CUDA: slower kernels)
+
+    ALWAYS_RESUMABLE = ("checkpoint_every", "skip_nonfinite", "deterministic")
+
+    def validate_run_options(self) -> None:
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise ConfigError(f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
+        if self.skip_nonfinite < 0:
+            raise ConfigError(f"--skip-nonfinite must be >= 0, got {self.skip_nonfinite}")
 
 
 def cosine_lr(epoch: int, epochs: int, lr: float, lr_min: float) -> float:
@@ -57,9 +83,19 @@ def start_run_dir(out: Path) -> None:
 
 
 
+def seed_everything(seed: int) -> None:
+    """Seed torch (every device), Python and NumPy: a run's randomness follows from --seed alone."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
 def rng_state() -> dict[str, Any]:
-    """The global torch RNG states (CPU and every CUDA device), for a checkpoint."""
-    state = {"torch": torch.get_rng_state()}
+    """The global RNG states of torch (CPU and every CUDA device), Python and NumPy, as tensors and
+    plain data (loadable with weights_only=True)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -67,6 +103,12 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in state:
+        name, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -77,7 +119,7 @@ def check_resumable(saved: Any, asked: Any, path: Path, log: Callable[[str], Non
         a, b = getattr(saved, f.name), getattr(asked, f.name)
         if a == b:
             continue
-        if f.name not in type(asked).RESUMABLE_CHANGES:
+        if f.name not in type(asked).RESUMABLE_CHANGES + RunOptions.ALWAYS_RESUMABLE:
             raise CheckpointError(f"{path}: checkpoint was written with {f.name}={a!r}, "
                                   f"this run asks for {f.name}={b!r}")
         log(f"{f.name} changed from {a} to {b} on resume")
@@ -85,6 +127,14 @@ def check_resumable(saved: Any, asked: Any, path: Path, log: Callable[[str], Non
 
 class EpochMeter:
     """Mean loss and accuracy of an epoch, accumulated on the device (no host sync per step)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"loss_sum": self.loss_sum.cpu(), "correct": self.correct.cpu(), "seen": self.seen}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loss_sum = state["loss_sum"].to(self.loss_sum.device)
+        self.correct = state["correct"].to(self.correct.device)
+        self.seen = int(state["seen"])
 
     def __init__(self, device: torch.device) -> None:
         self.loss_sum = torch.zeros((), device=device)
@@ -168,24 +218,104 @@ class Run:
                 raise ConfigError("--tensorboard needs the tensorboard package: pip install 'dartsnas[tensorboard]' "
                                   "(metrics.jsonl is written either way)") from None
             self._writer_class = SummaryWriter
+        config.validate_run_options()
         self.config, self.out, self.quiet, self._log = config, Path(out_dir), quiet, log
+        self.in_epoch: dict[str, Any] | None = None        # progress inside the epoch, for mid-epoch checkpoints
+        self.resume_in_epoch: dict[str, Any] | None = None
+        self.skipped_nonfinite = 0
+        self._stop_signal: int | None = None
+        self._last_save = time.monotonic()
         check_run_dir(self.out, resume=resume, overwrite=overwrite)
         if not resume:
             return None
         saved = load_checkpoint(self.out / CHECKPOINT, kind=kind)
+        for torn in self.out.glob(".*.tmp"):  # a write cut short by a crash; its target is intact
+            torn.unlink(missing_ok=True)
         check_resumable(type(config).from_dict(saved["config"]), config, self.out / CHECKPOINT, self.log)
+        self.resume_in_epoch = saved.get("in_epoch")
+        self.skipped_nonfinite = int(saved.get("skipped_nonfinite", 0))
         return saved
 
     def state_dict(self) -> dict[str, Any]:
         raise NotImplementedError
 
+    def save(self) -> None:
+        """Write the checkpoint (atomically: the previous one stays until the new one is complete)."""
+        save_checkpoint(self.out / CHECKPOINT, {**self.state_dict(), "in_epoch": self.in_epoch,
+                                                "skipped_nonfinite": self.skipped_nonfinite})
+        self._last_save = time.monotonic()
+
     def end_epoch(self, record: dict[str, Any], line: str) -> None:
         """Metrics line first, then the checkpoint: a crash between them is undone on resume."""
         self.metrics.append(record)
-        save_checkpoint(self.out / CHECKPOINT, self.state_dict())
+        self.in_epoch = None
+        self.save()
         if self.tensorboard is not None:
             self._write_tensorboard(record)
         self.log(line)
+
+    def step_done(self, step: int, progress: Callable[[], dict[str, Any]]) -> None:
+        """After ``step`` steps of the current epoch: write a mid-epoch checkpoint when one is due
+        (``--checkpoint-every`` steps, else every few minutes) or a stop signal arrived; ``progress``
+        gives the loop's own state (meters, carried hidden state, stream position)."""
+        every = self.config.checkpoint_every
+        due = step % every == 0 if every else time.monotonic() - self._last_save >= CHECKPOINT_SECONDS
+        if due or self._stop_signal is not None:
+            self.in_epoch = {"step": step, **progress()}
+            self.save()
+            self.in_epoch = None
+        if self._stop_signal is not None:
+            name = signal.Signals(self._stop_signal).name
+            raise Interrupted(f"{name}: stopped after step {step} of epoch {self.epoch + 1}; checkpoint written "
+                              f"to {self.out / CHECKPOINT} (--resume continues)", 128 + self._stop_signal)
+
+    def take_in_epoch(self) -> dict[str, Any] | None:
+        """The progress a mid-epoch checkpoint restored (once), or None to start the epoch afresh."""
+        state, self.resume_in_epoch = self.resume_in_epoch, None
+        return state
+
+    def bad_step(self, step: int, what: str = "loss or gradient") -> None:
+        """A non-finite value at ``step`` of this epoch: skip it while --skip-nonfinite allows, else stop."""
+        where = f"epoch {self.epoch + 1}, step {step}"
+        if self.skipped_nonfinite < self.config.skip_nonfinite and what == "loss or gradient":
+            self.skipped_nonfinite += 1
+            self.log(f"non-finite {what} at {where}: batch skipped "
+                     f"({self.skipped_nonfinite} of --skip-nonfinite {self.config.skip_nonfinite})")
+            return
+        raise DartsError(f"non-finite {what} at {where}: stopped; the last good checkpoint "
+                         f"({self.out / CHECKPOINT}) is kept")
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """SIGTERM / SIGINT set a flag that the next step boundary acts on (checkpoint, clean exit);
+        ``--deterministic`` switches PyTorch to deterministic kernels. Both are undone afterwards."""
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            def on_signal(signum: int, frame: Any) -> None:
+                if self._stop_signal is not None:  # a second signal: stop now
+                    raise KeyboardInterrupt
+                self._stop_signal = signum
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                handlers[sig] = signal.signal(sig, on_signal)
+        was_deterministic = torch.are_deterministic_algorithms_enabled()
+        if self.config.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(was_deterministic)
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+
+    def execute(self) -> Any:
+        """``run()`` under the signal handlers and determinism switch of :meth:`_guard`."""
+        with self._guard():
+            return self.run()
+
+    def run(self) -> Any:
+        raise NotImplementedError
 
     def epoch_steps(self, loader: Any, cap: int | None) -> int:
         """Steps of this epoch: one pass over ``loader``, at most ``cap`` (``--steps-per-epoch``)."""

@@ -22,12 +22,12 @@ import torch.nn.functional as F
 
 from ..data import BatchLoader, data_root, load_dataset
 from ..data.folder import FolderLoader, folder_datasets
-from ..errors import CheckpointError, ConfigError, DartsError
+from ..errors import CheckpointError, ConfigError
 from ..genotype import Genotype, load_genotype
 from ..nets import NetworkConfig, build_network
 from .checkpoint import CHECKPOINT, METRICS, MetricsLog, load_checkpoint, model_file, save_checkpoint
-from .common import (EpochMeter, Run, config_from_dict, cosine_lr, evaluate,
-                     resolve_device, rng_state, set_rng_state, start_run_dir)
+from .common import (EpochMeter, RunOptions, Run, config_from_dict, cosine_lr, evaluate,
+                     resolve_device, rng_state, seed_everything, set_rng_state, start_run_dir)
 from .progress import Progress
 
 KIND = "train-cnn"
@@ -35,7 +35,7 @@ MODEL = "model.pt"
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(RunOptions):
     """A final-network training run; defaults are the paper's CIFAR-10 recipe (600 epochs)."""
 
     genotype: str = "DARTS_V2"
@@ -200,7 +200,7 @@ class Training(Run):
         self.val_loader = data.get("val")
         if len(self.train_loader) == 0:
             raise ConfigError(f"--batch-size {config.batch_size} is larger than the training set")
-        torch.manual_seed(config.seed)
+        seed_everything(config.seed)
         self.net_config = _network_config(config, self.genotype, data["num_classes"], data["in_channels"])
         self.model = build_network(config.network, self.net_config).to(self.device)
         if config.channels_last:
@@ -234,9 +234,13 @@ class Training(Run):
         model.train()
         steps = self.epoch_steps(self.train_loader, cfg.steps_per_epoch)
         meter = EpochMeter(self.device)
+        start = self.take_in_epoch()
+        if start is not None:
+            meter.load_state_dict(start["meter"])
+        check = self.device.type == "cpu" or cfg.skip_nonfinite > 0  # a sync per step on CUDA
         bar = Progress(steps, f"epoch {self.epoch + 1}/{cfg.epochs}", enabled=not self.quiet)
         batches = iter(self.train_loader)
-        for step in range(steps):
+        for step in range(start["step"] if start is not None else 0, steps):
             x, y = next(batches)
             with self.autocast:
                 logits, aux = model.forward_with_aux(x)
@@ -247,15 +251,16 @@ class Training(Run):
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            if self.device.type == "cpu" and not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
-                raise DartsError(f"non-finite loss or gradient at epoch {self.epoch + 1}, step {step + 1}: "
-                                 f"stopped; the last good checkpoint ({self.out / CHECKPOINT}) is kept")
-            self.optimizer.step()
-            meter.update(loss, logits, y)
+            if check and not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                self.bad_step(step + 1)  # raises unless --skip-nonfinite allows one more
+            else:
+                self.optimizer.step()
+                meter.update(loss, logits, y)
             if bar.enabled:
                 bar.update(y.shape[0], loss=loss.item(), acc=meter.accuracy)
             else:
                 bar.update(y.shape[0])
+            self.step_done(step + 1, lambda: {"meter": meter.state_dict()})
         bar.close()
         return {"train_loss": meter.loss, "train_acc": meter.accuracy, "steps": steps,
                 "images_per_s": meter.seen / max(time.perf_counter() - bar.start, 1e-9)}
@@ -290,7 +295,7 @@ class Training(Run):
 
 def train(config: TrainConfig, out_dir: str | Path, **kwargs: Any) -> list[dict[str, Any]]:
     """Train (or with ``resume=True`` continue) a final network; returns the per-epoch metrics."""
-    return Training(config, out_dir, **kwargs).run()
+    return Training(config, out_dir, **kwargs).execute()
 
 
 def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, data_dir: str | None = None,

@@ -22,7 +22,7 @@ from ..errors import CheckpointError, ConfigError
 from ..genotype import RecurrentGenotype, load_genotype
 from ..nets.recurrent import RNNConfig, build_rnn_model
 from .checkpoint import CHECKPOINT, METRICS, MetricsLog, load_checkpoint, model_file, save_checkpoint
-from .common import Run, config_from_dict, resolve_device, rng_state, set_rng_state, start_run_dir
+from .common import RunOptions, Run, config_from_dict, resolve_device, rng_state, seed_everything, set_rng_state, start_run_dir
 from .search_rnn import evaluate_lm, train_lm_epoch
 
 KIND = "train-rnn"
@@ -30,7 +30,7 @@ MODEL = "model.pt"
 
 
 @dataclass
-class RNNTrainConfig:
+class RNNTrainConfig(RunOptions):
     """Final recurrent training; defaults are the reference's Penn Treebank settings."""
 
     genotype: str = "DARTS_V2"
@@ -133,7 +133,7 @@ class RNNTraining(Run):
         self.train_data = batchify(corpus[config.train_split], config.batch_size).to(self.device)
         self.val_data = batchify(corpus[config.val_split], config.eval_batch_size).to(self.device)
         self.test_data = batchify(corpus[config.test_split], config.test_batch_size).to(self.device)
-        torch.manual_seed(config.seed)
+        seed_everything(config.seed)
         self.model = build_rnn_model(self.genotype, config.model_config(corpus.vocab_size)).to(self.device)
         if config.compile:
             self.model.cell.compile_step()
@@ -222,7 +222,7 @@ class RNNTraining(Run):
 
 def train_rnn(config: RNNTrainConfig, out_dir: str | Path, **kwargs: Any) -> list[dict[str, Any]]:
     """Train (or with ``resume=True`` continue) a recurrent genotype; the last record is the test result."""
-    return RNNTraining(config, out_dir, **kwargs).run()
+    return RNNTraining(config, out_dir, **kwargs).execute()
 
 
 def evaluate_perplexity(path: str | Path, *, split: str = "test", data_dir: str | None = None,

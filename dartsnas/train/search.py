@@ -21,21 +21,21 @@ import torch.nn.functional as F
 
 from ..architect import ORDERS, Architect, requires_grad_off
 from ..data import BatchLoader, load_dataset
-from ..errors import CheckpointError, ConfigError, DartsError
+from ..errors import CheckpointError, ConfigError
 from ..genotype import SKIP_OP, Genotype, derive_genotype
 from ..ops import DARTS_OPS
 from ..spaces import ConvSearchSpaceConfig, SearchNetwork
 from .checkpoint import (CHECKPOINT, GENOTYPE, METRICS, MetricsLog, atomic_write_text,
                          load_checkpoint, tensors_to_lists)
-from .common import (EpochMeter, Run, config_from_dict, cosine_lr, evaluate,
-                     resolve_device, rng_state, set_rng_state, start_run_dir)
+from .common import (EpochMeter, RunOptions, Run, config_from_dict, cosine_lr, evaluate,
+                     resolve_device, rng_state, seed_everything, set_rng_state, start_run_dir)
 from .progress import Progress
 
 KIND = "search-cnn"
 
 
 @dataclass
-class SearchConfig:
+class SearchConfig(RunOptions):
     """Everything that defines a conv search; defaults are the paper's CIFAR-10 settings."""
 
     dataset: str = "cifar10"
@@ -118,10 +118,12 @@ class SearchResult:
 
 def search_step(model: SearchNetwork, architect: Architect, w_optimizer: torch.optim.Optimizer,
                 train_batch: tuple[torch.Tensor, torch.Tensor], val_batch: tuple[torch.Tensor, torch.Tensor],
-                lr: float, grad_clip: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                lr: float, grad_clip: float, check_finite: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One step of Algorithm 1: an α step on ``val_batch``, then a w step on ``train_batch``.
 
-    Returns the training loss, logits and (pre-clipping) weight-gradient norm, without syncing.
+    Returns the training loss, logits and (pre-clipping) weight-gradient norm, without syncing
+    unless ``check_finite``: then a non-finite loss or gradient skips the weight update.
     """
     architect.step(train_batch, val_batch, lr)
     x, y = train_batch
@@ -132,7 +134,8 @@ def search_step(model: SearchNetwork, architect: Architect, w_optimizer: torch.o
         loss.backward()
     params = [p for group in w_optimizer.param_groups for p in group["params"]]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    w_optimizer.step()
+    if not check_finite or bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):
+        w_optimizer.step()
     return loss.detach(), logits.detach(), grad_norm
 
 
@@ -164,7 +167,7 @@ class Search(Run):
         self.eval_loader = BatchLoader(data, order[n_train:], batch_size=max(config.batch_size, 256),
                                        shuffle=False, augment=False, **common)
 
-        torch.manual_seed(seed)
+        seed_everything(seed)
         space = ConvSearchSpaceConfig(init_channels=config.init_channels, layers=config.layers,
                                       nodes=config.nodes, num_classes=data.num_classes,
                                       in_channels=data.in_channels, ops=tuple(config.ops))
@@ -223,28 +226,34 @@ class Search(Run):
         steps = self.epoch_steps(self.train_loader, cfg.steps_per_epoch)
         xi = self.w_optimizer.param_groups[0]["lr"]
         meter = EpochMeter(self.device)
-        bad_step = None
+        start = self.take_in_epoch()
+        if start is not None:
+            meter.load_state_dict(start["meter"])
+        first = start["step"] if start is not None else 0
+        # Non-finite values are looked for on CPU (free) or when they may be skipped (a sync per step).
+        check = self.device.type == "cpu" or cfg.skip_nonfinite > 0
         bar = Progress(steps, f"epoch {self.epoch + 1}/{cfg.epochs}", enabled=not self.quiet)
         batches = iter(self.train_loader)
-        for step in range(steps):
+        for step in range(first, steps):
             x, y = next(batches)
             val_batch = self.val_loader.next_batch()
             loss, logits, grad_norm = search_step(model, self.architect, self.w_optimizer,
-                                                  (x, y), val_batch, xi, cfg.grad_clip)
-            meter.update(loss, logits, y)
-            if self.device.type == "cpu" and not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
-                bad_step = step + 1
-                break
+                                                  (x, y), val_batch, xi, cfg.grad_clip, check_finite=check)
+            if check and not all(bool(torch.isfinite(a).all()) for a in model.arch_parameters()):
+                self.bad_step(step + 1, "architecture weights α")
+            if check and not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                self.bad_step(step + 1)  # raises unless --skip-nonfinite allows one more
+            else:
+                meter.update(loss, logits, y)
             if bar.enabled:
                 bar.update(y.shape[0], loss=loss.item(), acc=meter.accuracy)
             else:
                 bar.update(y.shape[0])
+            self.step_done(step + 1, lambda: {"meter": meter.state_dict()})
         bar.close()
         train_loss = meter.loss
-        if bad_step is not None or not math.isfinite(train_loss):
-            where = f"step {bad_step}" if bad_step is not None else "a step"
-            raise DartsError(f"non-finite loss or gradient at epoch {self.epoch + 1}, {where}: "
-                             f"stopped; the last good checkpoint ({self.out / CHECKPOINT}) is kept")
+        if not math.isfinite(train_loss):
+            self.bad_step(steps, "mean training loss")
         return {"train_loss": train_loss, "train_acc": meter.accuracy, "steps": steps,
                 "images_per_s": meter.seen / max(time.perf_counter() - bar.start, 1e-9)}
 
@@ -288,7 +297,7 @@ class Search(Run):
 
 def search(config: SearchConfig, out_dir: str | Path, **kwargs: Any) -> SearchResult:
     """Run (or with ``resume=True`` continue) a conv search; returns the derived genotype."""
-    return Search(config, out_dir, **kwargs).run()
+    return Search(config, out_dir, **kwargs).execute()
 
 
 def derive_from_checkpoint(path: str | Path, max_skip: int | None = None) -> Genotype:

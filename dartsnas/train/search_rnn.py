@@ -19,19 +19,19 @@ import torch.nn.functional as F
 
 from ..architect import ORDERS, Architect, requires_grad_off
 from ..data.text import Corpus, batchify, get_window
-from ..errors import ConfigError, DartsError
+from ..errors import ConfigError
 from ..genotype import RecurrentGenotype
 from ..ops import RNN_DARTS_OPS
 from ..spaces import RecurrentSearchModel, RecurrentSearchSpaceConfig
-from .checkpoint import CHECKPOINT, GENOTYPE, METRICS, MetricsLog, atomic_write_text, tensors_to_lists
-from .common import Run, config_from_dict, resolve_device, rng_state, set_rng_state, start_run_dir
+from .checkpoint import GENOTYPE, METRICS, MetricsLog, atomic_write_text, tensors_to_lists
+from .common import RunOptions, Run, config_from_dict, resolve_device, rng_state, seed_everything, set_rng_state, start_run_dir
 from .progress import Progress
 
 KIND = "search-rnn"
 
 
 @dataclass
-class RNNSearchConfig:
+class RNNSearchConfig(RunOptions):
     """A recurrent search; defaults are the reference search on Penn Treebank."""
 
     data_dir: str | None = None
@@ -126,12 +126,14 @@ def tar_ar_penalty(raw: torch.Tensor, dropped: torch.Tensor | None, tar: float, 
 def train_lm_epoch(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                    params: list[torch.Tensor], data: torch.Tensor, cfg: Any, lengths: torch.Generator,
                    before_step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, float], None] | None = None,
-                   frozen: list[torch.Tensor] | None = None) -> dict[str, float]:
+                   frozen: list[torch.Tensor] | None = None,
+                   carried: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
     """One pass over a batchified stream in random-length windows: SGD on NLL + TAR (+ AR).
 
     The learning rate of each step is scaled by its window length (AWD-LSTM). ``before_step``
     (the architecture step of a search) runs first on each window; ``frozen`` tensors (α) get no
-    gradient from the weight step.
+    gradient from the weight step; ``carried`` holds the caller's tensors that mid-epoch
+    checkpoints must keep (the search's validation-stream state).
     """
     model.train()
     hidden = model.init_hidden(data.shape[0])
@@ -141,6 +143,12 @@ def train_lm_epoch(run: Run, model: torch.nn.Module, optimizer: torch.optim.Opti
     bar = Progress(min(cap, approx), f"epoch {run.epoch + 1}/{cfg.epochs}", unit="tok", enabled=not run.quiet)
     group = optimizer.param_groups[0]
     total, tokens, step, pos = 0.0, 0, 0, 0
+    carried = carried if carried is not None else {}
+    start = run.take_in_epoch()
+    if start is not None:
+        step, pos, total, tokens = int(start["step"]), int(start["pos"]), float(start["total"]), int(start["tokens"])
+        hidden = start["hidden"].to(hidden.device)
+        carried.update({k: v.to(hidden.device) for k, v in start["carried"].items()})
     while pos < n - 2 and step < cap:
         seq_len = window_length(cfg.bptt, cfg.max_seq_len_delta, lengths)
         group["lr"] = cfg.lr * seq_len / cfg.bptt
@@ -148,23 +156,28 @@ def train_lm_epoch(run: Run, model: torch.nn.Module, optimizer: torch.optim.Opti
         hidden = hidden.detach()
         if before_step is not None:
             before_step(x, y, hidden, pos, group["lr"])
+            if not all(bool(torch.isfinite(a).all()) for a in frozen or []):
+                run.bad_step(step + 1, "architecture weights α")
         with requires_grad_off(frozen or []):
-            log_prob, hidden, raw = model(x, hidden)
+            log_prob, new_hidden, raw = model(x, hidden)
             nll = F.nll_loss(log_prob, y)
             loss = nll + tar_ar_penalty(raw, None, cfg.tar, cfg.ar)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
-            raise DartsError(f"non-finite loss or gradient at epoch {run.epoch + 1}, step {step + 1}: "
-                             f"stopped; the last good checkpoint ({run.out / CHECKPOINT}) is kept")
-        optimizer.step()
+        if torch.isfinite(loss) and torch.isfinite(grad_norm):
+            optimizer.step()
+            hidden = new_hidden
+            total += nll.item() * y.numel()
+            tokens += y.numel()
+        else:
+            run.bad_step(step + 1)  # raises unless --skip-nonfinite allows one more; the state is not carried on
         group["lr"] = cfg.lr
-        total += nll.item() * y.numel()
-        tokens += y.numel()
         step += 1
         pos += seq_len
         bar.update(y.numel(), loss=nll.item())
+        run.step_done(step, lambda: {"pos": pos, "total": total, "tokens": tokens, "hidden": hidden.detach().cpu(),
+                                     "carried": {k: v.detach().cpu() for k, v in carried.items()}})
     bar.close()
     train_loss = total / max(tokens, 1)
     return {"train_loss": train_loss, "train_ppl": math.exp(min(train_loss, 50)), "steps": step,
@@ -189,7 +202,7 @@ class RNNSearch(Run):
         self.train_data = batchify(corpus[config.train_split], config.batch_size).to(self.device)
         self.val_data = batchify(corpus[config.val_split], config.batch_size).to(self.device)
         self.eval_data = batchify(corpus[config.val_split], config.eval_batch_size).to(self.device)
-        torch.manual_seed(config.seed)
+        seed_everything(config.seed)
         space = RecurrentSearchSpaceConfig(
             vocab_size=corpus.vocab_size, emsize=config.emsize, nhid=config.nhid, nodes=config.nodes,
             dropout=config.dropout, dropout_h=config.dropout_h, dropout_x=config.dropout_x,
@@ -233,10 +246,11 @@ class RNNSearch(Run):
         def alpha_step(x: torch.Tensor, y: torch.Tensor, hidden: torch.Tensor, pos: int, lr: float) -> None:
             xv, yv = get_window(self.val_data, pos % (self.val_data.shape[1] - 1), cfg.bptt)
             self.architect.step((x, y, hidden), (xv, yv, state["val"].detach()), lr)
-            state["val"] = self.architect.val_extra
+            state["val"] = self.architect.val_extra.detach()
 
         return train_lm_epoch(self, self.model, self.w_optimizer, self.model.weight_parameters(), self.train_data,
-                              cfg, self.lengths, before_step=alpha_step, frozen=self.model.arch_parameters())
+                              cfg, self.lengths, before_step=alpha_step, frozen=self.model.arch_parameters(),
+                              carried=state)
 
     def run(self) -> tuple[RecurrentGenotype, list[dict[str, Any]]]:
         cfg = self.config
@@ -263,4 +277,4 @@ class RNNSearch(Run):
 
 def search_rnn(config: RNNSearchConfig, out_dir: str | Path, **kwargs: Any) -> tuple[RecurrentGenotype, list]:
     """Run (or with ``resume=True`` continue) a recurrent search; returns the genotype and metrics."""
-    return RNNSearch(config, out_dir, **kwargs).run()
+    return RNNSearch(config, out_dir, **kwargs).execute()
