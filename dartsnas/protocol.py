@@ -17,13 +17,15 @@ import math
 import os
 import queue
 import random
+import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .errors import ConfigError, DartsError
+from .errors import ConfigError, DartsError, Interrupted
 from .genotype import Genotype, RecurrentGenotype, load_genotype
 from .ops import DARTS_OPS, RNN_DARTS_OPS
 from .train.checkpoint import CHECKPOINT, GENOTYPE, METRICS, atomic_write_text, read_metrics
@@ -174,9 +176,18 @@ def run_jobs(jobs: Sequence[Job], devices: Sequence[str] | None = None, *,
                 env.setdefault("OMP_NUM_THREADS", str(threads))
             log(f"{job.name}: running on {device} (log: {job.log_file})")
             with open(job.log_file, "a") as logf:
-                proc = subprocess.run([sys.executable, "-m", "dartsnas.protocol", str(spec)], stdout=logf,
-                                      stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+                with lock:
+                    if stop:  # a stop signal arrived: start nothing new
+                        return {"name": job.name, "status": "interrupted"}
+                    proc = subprocess.Popen([sys.executable, "-m", "dartsnas.protocol", str(spec)], stdout=logf,
+                                            stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+                    live.add(proc)
+                proc.wait()
+                with lock:
+                    live.discard(proc)
             result = job.result()
+            if stop and result is None:
+                return {"name": job.name, "status": "interrupted"}
             if proc.returncode == 0 and result is not None:
                 return result
             lines = [ln for ln in job.log_file.read_text(errors="replace").splitlines() if ln.strip()]
@@ -185,6 +196,35 @@ def run_jobs(jobs: Sequence[Job], devices: Sequence[str] | None = None, *,
         finally:
             free.put(device)
 
+    # SIGTERM / SIGINT: passed on to the running jobs (each checkpoints at its next step boundary and
+    # exits), nothing new starts, and the protocol stops; --resume continues it.
+    lock, live, stop = threading.Lock(), set(), []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        with lock:
+            stop.append(signum)
+            if signum == signal.SIGTERM:  # a terminal's Ctrl-C already reaches the whole process group
+                for proc in live:
+                    proc.send_signal(signum)
+
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        results = _run_pending(jobs, work, len(devices), log, on_result)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    if stop:
+        name = signal.Signals(stop[0]).name
+        raise Interrupted(f"{name}: the protocol stopped; running jobs wrote checkpoints (--resume continues)",
+                          128 + stop[0])
+    return results
+
+
+def _run_pending(jobs: Sequence[Job], work: Callable[[Job], dict[str, Any]], workers: int,
+                 log: Callable[[str], None], on_result: Callable[[dict[str, Any]], None] | None
+                 ) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     pending = []
     for job in jobs:
@@ -194,7 +234,7 @@ def run_jobs(jobs: Sequence[Job], devices: Sequence[str] | None = None, *,
             results[job.name] = done
         else:
             pending.append(job)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=len(devices)) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {pool.submit(work, job): job for job in pending}
         for future in concurrent.futures.as_completed(futures):
             job = futures[future]
@@ -204,6 +244,8 @@ def run_jobs(jobs: Sequence[Job], devices: Sequence[str] | None = None, *,
                 result = {"name": job.name, "status": "failed", "error": str(e)}
             results[job.name] = result
             log(f"{job.name}: {result['status']}" + (f" ({result['error']})" if result["status"] == "failed" else ""))
+            if result["status"] == "interrupted":
+                continue
             if on_result is not None:
                 on_result(results)
     return {job.name: results[job.name] for job in jobs}
@@ -231,7 +273,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     for r in rows:
         score = r.get("score")
         shown = "" if score is None else (f"{score:.4f}" if metric == "val_top1" else f"{score:.2f}")
-        status = r["status"] if r["status"] == "done" else f"failed: {r.get('error', '')}".replace("|", "/")
+        status = f"failed: {r.get('error', '')}".replace("|", "/") if r["status"] == "failed" else r["status"]
         lines.append(f"| {r['rank']} | {r['name']} | {shown} | {r.get('epochs', '')} | {status} |")
     return "\n".join(lines) + "\n"
 

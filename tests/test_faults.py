@@ -200,3 +200,22 @@ def test_truncated_checkpoint_is_refused_and_a_torn_metrics_line_tolerated(tmp_p
     (out / "checkpoint.pt").write_bytes(data[: len(data) // 2])
     assert main(["search", "cnn", "--out", str(out), "--resume", "--epochs", "3", "--quiet"]) == 1
     assert "not a readable checkpoint (truncated or corrupted?)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "cnn", "--dataset", "digits", "--lr", "-0.1"], "--lr must be > 0, got -0.1"),
+    (["search", "cnn", "--dataset", "digits", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["train", "cnn", "--dataset", "digits", "--network", "imagenet"], "8x8 images of digits are too small"),
+    (["train", "cnn", "--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"], "/nonexistent/cifar"),
+    (["train", "cnn", "--dataset", "digits", "--genotype", "DARTS_V9"], "DARTS_V9"),
+    (["search", "cnn", "--dataset", "digits", "--checkpoint-every", "0"], "--checkpoint-every must be >= 1, got 0"),
+    (["train", "cnn", "--dataset", "digits", "--skip-nonfinite", "-1"], "--skip-nonfinite must be >= 0, got -1"),
+    (["search", "cnn", "--dataset", "digits", "--seed", "1", "--seeds", "1", "2"], "either --seed or --seeds"),
+    (["train", "cnn", "--dataset", "digits", "--train-portion", "1.5"], "--train-portion must lie in (0, 1]"),
+])
+def test_bad_input_is_one_line_exit_1_and_nothing_written(args, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*args, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("dartsnas: error: ") and message in err and err.count("\n") == 1, err
+    assert not out.exists() or not any(out.iterdir())

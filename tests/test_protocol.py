@@ -165,3 +165,24 @@ def test_random_search_rnn_selects_by_validation_perplexity(tmp_path):
     assert [r["metric"] for r in rows] == ["val_ppl", "val_ppl"] and rows[0]["score"] <= rows[1]["score"]
     assert load_genotype(str(out / "genotype.json"), "rnn") == load_genotype(rows[0]["genotype"], "rnn")
     assert load_genotype(str(out / "genotype.json"), "rnn").nodes == 3
+
+
+def test_sigterm_to_the_selection_reaches_the_running_candidate_which_checkpoints(tmp_path):
+    out = tmp_path / "sel"
+    budget = [*BUDGET[:BUDGET.index("--epochs")], "--epochs", "3", "--steps-per-epoch", "3", "--batch-size", "32",
+              "--auxiliary-weight", "0", "--checkpoint-every", "1", "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "dartsnas", "select", "cnn", "DARTS_V1", "DARTS_V2", *budget,
+                             "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (out / "runs" / "DARTS_V1" / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # to the driver only: it passes the signal on
+    _, err = proc.communicate(timeout=240)
+    if proc.returncode == 0:
+        pytest.skip("the selection finished before the signal arrived")
+    assert proc.returncode == 128 + signal.SIGTERM and "SIGTERM: the protocol stopped" in err, err
+    assert "SIGTERM: stopped after step" in (out / "runs" / "DARTS_V1.log").read_text()
+    assert not (out / "runs" / "DARTS_V2").exists()  # nothing new started
+    assert main(["select", "cnn", *budget, "--out", str(out), "--resume"]) == 0
+    rows = json.loads((out / "leaderboard.json").read_text())
+    assert {r["name"]: (r["status"], r["epochs"]) for r in rows} == {"DARTS_V1": ("done", 3), "DARTS_V2": ("done", 3)}

@@ -292,7 +292,7 @@ class Run:
         handlers = {}
         if threading.current_thread() is threading.main_thread():
             def on_signal(signum: int, frame: Any) -> None:
-                if self._stop_signal is not None:  # a second signal: stop now
+                if self._stop_signal is not None and signum == signal.SIGINT:  # Ctrl-C twice: stop now
                     raise KeyboardInterrupt
                 self._stop_signal = signum
             for sig in (signal.SIGTERM, signal.SIGINT):

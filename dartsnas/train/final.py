@@ -200,6 +200,12 @@ class Training(Run):
         self.val_loader = data.get("val")
         if len(self.train_loader) == 0:
             raise ConfigError(f"--batch-size {config.batch_size} is larger than the training set")
+        images = getattr(self.train_loader, "images", None)
+        size = min(images.shape[-2:]) if images is not None else config.image_size
+        factor = 32 if config.network == "imagenet" else 4  # ImageNet stem 8x, then two reduction cells 2x each
+        if size < factor:
+            raise ConfigError(f"--network {config.network} downsamples {factor}x (its stem and two reduction cells); "
+                              f"{size}x{size} images of {config.dataset} are too small (at least {factor}x{factor})")
         seed_everything(config.seed)
         self.net_config = _network_config(config, self.genotype, data["num_classes"], data["in_channels"])
         self.model = build_network(config.network, self.net_config).to(self.device)
