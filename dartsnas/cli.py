@@ -70,6 +70,8 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--nodes", type=int, default=S, help=f"intermediate nodes N per cell [{d.nodes}]")
     g.add_argument("--ops", nargs="+", default=S, metavar="OP",
                    help=f"candidate op set [{' '.join(d.ops)}]")
+    g.add_argument("--partial-channels", type=int, default=S, metavar="K",
+                   help="PC-DARTS: mixed ops see 1/K of the channels, edges weighted by β [1: plain DARTS]")
     g = p.add_argument_group("optimisation")
     _sgd_flags(g, d)
     g.add_argument("--arch-lr", type=float, default=S, help=f"Adam learning rate of α [{d.arch_lr}]")

@@ -1,6 +1,5 @@
 """Fault injection: real runs killed with SIGKILL at chosen points (mid-step, mid-checkpoint-write,
 between epochs) or stopped by SIGTERM, then resumed, must end bit-identical to uninterrupted runs."""
-import os
 import signal
 import subprocess
 import sys

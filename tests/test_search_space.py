@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from dartsnas.errors import ConfigError
+from dartsnas.ops import DARTS_OPS
 from dartsnas.spaces import ConvSearchSpaceConfig, SearchNetwork
 
 
@@ -46,3 +47,51 @@ def test_bad_space_configs():
                     ({"ops": ("skip_connect", "skip_connect")}, "repeated op")]:
         with pytest.raises(ConfigError, match=msg):
             SearchNetwork(ConvSearchSpaceConfig(**kw))
+
+
+def _saved_activation_bytes(model, x):
+    """Bytes autograd keeps for the backward pass of one forward: the activation memory of a step."""
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x).sum()
+    return total[0]
+
+
+def test_partial_channels_shapes_memory_and_alpha_beta_derivation():
+    from dartsnas.spaces.conv import ConvSearchSpaceConfig, MixedOp, SearchNetwork, channel_shuffle
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 6, 6)
+    for stride in (1, 2):
+        op = MixedOp(8, stride, DARTS_OPS, partial=4)
+        out = op(x, torch.full((8,), 1 / 8))
+        assert out.shape == (2, 8, 6 // stride, 6 // stride)
+        # 2 of 8 channels go through the ops; the other 6 bypass them (max-pooled when reducing).
+        bypass = x[:, 2:] if stride == 1 else torch.nn.functional.max_pool2d(x[:, 2:], 2)
+        unshuffled = out.view(2, 2, 4, *out.shape[2:]).transpose(1, 2).reshape(out.shape)
+        torch.testing.assert_close(unshuffled[:, 2:], bypass)
+    assert torch.equal(channel_shuffle(torch.arange(8.).view(1, 8, 1, 1), 4).flatten(),
+                       torch.tensor([0., 2, 4, 6, 1, 3, 5, 7]))
+
+    plain = SearchNetwork(ConvSearchSpaceConfig(init_channels=8, layers=5, num_classes=10))
+    pc = SearchNetwork(ConvSearchSpaceConfig(init_channels=8, layers=5, num_classes=10, partial_channels=4))
+    assert len(pc.arch_parameters()) == 4 and pc.beta_normal.shape == (14,)
+    images = torch.randn(8, 3, 16, 16)
+    assert pc(images).shape == (8, 10)
+    assert _saved_activation_bytes(pc, images) < 0.5 * _saved_activation_bytes(plain, images)
+
+    with torch.no_grad():  # α alone would pick inputs 0 and 1 of node 0's three... β says otherwise
+        pc.alpha_normal.zero_()
+        pc.alpha_normal[:, DARTS_OPS.index("sep_conv_3x3")] = 2.0
+        pc.beta_normal.zero_()
+        pc.beta_normal[2 + 1] = 3.0  # node 1: edge from input 1
+        pc.beta_normal[2 + 2] = 2.0  # node 1: edge from node 0
+    node1 = pc.genotype().normal[2:4]
+    assert sorted(j for _, j in node1) == [1, 2]
+    e_normal, _ = pc.edge_weights()
+    torch.testing.assert_close(e_normal[:2].sum(), torch.tensor(1.0))  # a softmax per node
+    with pytest.raises(ConfigError, match="--partial-channels 3 must divide --init-channels 8"):
+        SearchNetwork(ConvSearchSpaceConfig(init_channels=8, layers=5, partial_channels=3))

@@ -3,6 +3,11 @@
 A cell is a DAG of two input nodes and ``nodes`` intermediate nodes; every edge carries a
 :class:`MixedOp`, the softmax(α)-weighted sum of all candidate ops. All normal cells share
 α_normal and all reduction cells share α_reduce; both live on :class:`SearchNetwork`.
+
+With ``partial_channels`` K > 1 the space is PC-DARTS's (Xu et al., ICLR 2020): each mixed op sees
+1/K of its input channels (the rest bypass it, then the channels are shuffled), and each node
+weights its incoming edges by softmax(β) over them (edge normalisation); derivation ranks edges by
+softmax(α) x softmax(β).
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ class ConvSearchSpaceConfig:
     in_channels: int = 3
     stem_multiplier: int = 3
     ops: tuple[str, ...] = field(default_factory=lambda: DARTS_OPS)
+    partial_channels: int = 1  # K of PC-DARTS; 1 is plain DARTS
 
     def validate(self) -> None:
         for name in ("init_channels", "layers", "nodes", "num_classes", "in_channels",
@@ -49,17 +55,32 @@ class ConvSearchSpaceConfig:
             raise ConfigError(f"repeated op in the op set {list(self.ops)}")
         if all(op == "none" for op in self.ops):
             raise ConfigError("the op set needs at least one op other than 'none'")
+        if self.partial_channels < 1:
+            raise ConfigError(f"--partial-channels must be >= 1, got {self.partial_channels}")
+        if self.init_channels % self.partial_channels:
+            raise ConfigError(f"--partial-channels {self.partial_channels} must divide --init-channels "
+                              f"{self.init_channels}")
 
     @property
     def reduction_layers(self) -> tuple[int, int]:
         return (self.layers // 3, 2 * self.layers // 3)
 
 
-class MixedOp(nn.Module):
-    """Sum over candidate ops weighted by softmax(α) for one edge (paper, equation 1)."""
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Interleave ``groups`` channel groups (ShuffleNet), so the next edge sees other channels."""
+    b, c, h, w = x.shape
+    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
 
-    def __init__(self, C: int, stride: int, op_names: tuple[str, ...]) -> None:
+
+class MixedOp(nn.Module):
+    """Sum over candidate ops weighted by softmax(α) for one edge (paper, equation 1); with
+    ``partial`` K > 1, over the first C/K channels only (PC-DARTS)."""
+
+    def __init__(self, C: int, stride: int, op_names: tuple[str, ...], partial: int = 1) -> None:
         super().__init__()
+        self.partial = partial
+        self.bypass = nn.MaxPool2d(2, 2) if stride == 2 and partial > 1 else None
+        C = C // partial
         self.ops = nn.ModuleList()
         for name in op_names:
             op = build_op(name, C, stride, affine=False)
@@ -79,6 +100,15 @@ class MixedOp(nn.Module):
     def forward(self, x: torch.Tensor, weights: torch.Tensor,
                 x_relu: torch.Tensor | None = None) -> torch.Tensor:
         """``x_relu`` (relu(x), shared by all edges leaving a node) saves recomputing it per op."""
+        if self.partial > 1:
+            c = x.shape[1] // self.partial
+            rest = x[:, c:]
+            mixed = self._mix(x[:, :c], weights, x_relu[:, :c] if x_relu is not None else None)
+            rest = self.bypass(rest) if self.bypass is not None else rest
+            return channel_shuffle(torch.cat([mixed, rest], dim=1), self.partial)
+        return self._mix(x, weights, x_relu)
+
+    def _mix(self, x: torch.Tensor, weights: torch.Tensor, x_relu: torch.Tensor | None) -> torch.Tensor:
         if not self.active:
             return self.ops[0](x)
         out = None
@@ -96,7 +126,7 @@ class SearchCell(nn.Module):
     """A search cell: every intermediate node sums the mixed ops applied to all its predecessors."""
 
     def __init__(self, nodes: int, C_prev_prev: int, C_prev: int, C: int, reduction: bool,
-                 reduction_prev: bool, op_names: tuple[str, ...]) -> None:
+                 reduction_prev: bool, op_names: tuple[str, ...], partial: int = 1) -> None:
         super().__init__()
         self.reduction = reduction
         self.nodes = nodes
@@ -109,12 +139,14 @@ class SearchCell(nn.Module):
         for i in range(nodes):
             for j in range(2 + i):
                 stride = 2 if reduction and j < 2 else 1
-                self.edges.append(MixedOp(C, stride, op_names))
+                self.edges.append(MixedOp(C, stride, op_names, partial))
         self._relu_needed = any(edge.uses_relu for edge in self.edges)
         # The ReLU every pre-activated op starts with, computed once per node (see PreReLU).
         self.relu = nn.ReLU(inplace=False)
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
+                edge_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """``edge_weights`` (PC-DARTS's per-node softmax of β, one per edge) scale each edge's output."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         relus = [self.relu(h) if self._relu_needed else None for h in states]
         row = 0
@@ -122,6 +154,8 @@ class SearchCell(nn.Module):
             s = None
             for j, h in enumerate(states):
                 y = self.edges[row + j](h, weights[row + j], relus[j])
+                if edge_weights is not None:
+                    y = edge_weights[row + j] * y
                 s = y if s is None else s + y
             row += len(states)
             states.append(s)
@@ -159,7 +193,7 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
             if reduction:
                 C_curr *= 2
             cell = SearchCell(nodes, C_prev_prev, C_prev, C_curr, reduction, reduction_prev,
-                              config.ops)
+                              config.ops, config.partial_channels)
             self.cells.append(cell)
             reduction_prev = reduction
             C_prev_prev, C_prev = C_prev, nodes * C_curr
@@ -168,9 +202,30 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
         shape = (num_edges(nodes), len(config.ops))
         self.alpha_normal = nn.Parameter(1e-3 * torch.randn(shape))
         self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(shape))
+        if config.partial_channels > 1:
+            self.beta_normal = nn.Parameter(1e-3 * torch.randn(shape[0]))
+            self.beta_reduce = nn.Parameter(1e-3 * torch.randn(shape[0]))
+
+    @property
+    def partial(self) -> bool:
+        return self.config.partial_channels > 1
 
     def arch_parameters(self) -> list[nn.Parameter]:
-        return [self.alpha_normal, self.alpha_reduce]
+        extra = [self.beta_normal, self.beta_reduce] if self.partial else []
+        return [self.alpha_normal, self.alpha_reduce, *extra]
+
+    def edge_weights(self) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
+        """PC-DARTS: softmax(β) over the incoming edges of each node (float32); (None, None) in plain DARTS."""
+        if not self.partial:
+            return None, None
+
+        def per_node(beta: torch.Tensor) -> torch.Tensor:
+            parts, row = [], 0
+            for i in range(self.config.nodes):
+                parts.append(F.softmax(beta[row:row + 2 + i].float(), dim=-1))
+                row += 2 + i
+            return torch.cat(parts)
+        return per_node(self.beta_normal), per_node(self.beta_reduce)
 
     def arch_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """softmax(α) per edge, computed in float32 whatever the autocast dtype."""
@@ -179,9 +234,13 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w_normal, w_reduce = self.arch_weights()
+        e_normal, e_reduce = self.edge_weights()
         s0 = s1 = self.stem(x)
         for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal)
+            if cell.reduction:
+                s0, s1 = s1, cell(s0, s1, w_reduce, e_reduce)
+            else:
+                s0, s1 = s1, cell(s0, s1, w_normal, e_normal)
         return self.classifier(torch.flatten(self.global_pooling(s1), 1))
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -190,4 +249,7 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
 
     def genotype(self, max_skip: int | None = None) -> Genotype:
         w_normal, w_reduce = self.arch_weights()
+        if self.partial:  # PC-DARTS ranks edges by α·β
+            e_normal, e_reduce = self.edge_weights()
+            w_normal, w_reduce = w_normal * e_normal[:, None], w_reduce * e_reduce[:, None]
         return derive_genotype(w_normal, w_reduce, self.config.ops, max_skip=max_skip)

@@ -55,6 +55,7 @@ class SearchConfig(RunOptions):
     order: str = "first"
     fd_step: float = 0.01
     init_channels: int = 16
+    partial_channels: int = 1    # PC-DARTS's K: mixed ops see 1/K of the channels (1: plain DARTS)
     layers: int = 8
     nodes: int = 4
     ops: tuple[str, ...] = field(default_factory=lambda: DARTS_OPS)
@@ -170,7 +171,8 @@ class Search(Run):
         seed_everything(seed)
         space = ConvSearchSpaceConfig(init_channels=config.init_channels, layers=config.layers,
                                       nodes=config.nodes, num_classes=data.num_classes,
-                                      in_channels=data.in_channels, ops=tuple(config.ops))
+                                      in_channels=data.in_channels, ops=tuple(config.ops),
+                                      partial_channels=config.partial_channels)
         self.model = SearchNetwork(space).to(self.device)
         if config.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -285,6 +287,10 @@ class Search(Run):
                 "alphas": {"normal": tensors_to_lists(w_normal), "reduce": tensors_to_lists(w_reduce)},
                 "seconds": round(time.perf_counter() - start, 3),
             })
+            if self.model.partial:
+                e_normal, e_reduce = self.model.edge_weights()
+                record["edge_weights"] = {"normal": [round(float(v), 6) for v in e_normal],
+                                          "reduce": [round(float(v), 6) for v in e_reduce]}
             self.end_epoch(record, f"epoch {record['epoch']}/{cfg.epochs} lr {lr:.5f} "
                                    f"train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f} | "
                                    f"val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f} | "
