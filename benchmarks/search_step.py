@@ -6,6 +6,7 @@ a fresh subprocess so peaks do not leak between configurations.
 
     python benchmarks/search_step.py                  # the issue's CPU configurations, 2 threads
     python benchmarks/search_step.py --device cuda --configs 16,8,64
+    python benchmarks/search_step.py --configs 16,8,64 --orders first --partial-channels 1 4   # PC-DARTS
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def measure(args: argparse.Namespace) -> dict:
     C, L, B = (int(v) for v in args.config.split(","))
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = SearchNetwork(ConvSearchSpaceConfig(init_channels=C, layers=L)).to(device)
+    model = SearchNetwork(ConvSearchSpaceConfig(init_channels=C, layers=L, partial_channels=args.k)).to(device)
     fmt = torch.contiguous_format if args.no_channels_last else torch.channels_last
     model.to(memory_format=fmt)
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
@@ -41,7 +42,8 @@ def measure(args: argparse.Namespace) -> dict:
     sec = time_steps(lambda: search_step(model, arch, w_opt, batch(), batch(), 0.025, 5.0), args.steps,
                      args.warmup, device.type == "cuda")
     return {"bench": "search_step", "C": C, "L": L, "batch": B, "size": args.size, "order": args.order,
-            "device": args.device, "threads": args.threads, "channels_last": not args.no_channels_last, "s_per_step": round(sec, 3),
+            "partial_channels": args.k, "device": args.device, "threads": args.threads,
+            "channels_last": not args.no_channels_last, "s_per_step": round(sec, 3),
             "images_per_s": round(B / sec, 2), "steps": args.steps, **peak_memory_gb(device.type == "cuda")}
 
 
@@ -55,6 +57,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-channels-last", action="store_true", help="NCHW activations (the plain path)")
+    p.add_argument("--partial-channels", nargs="+", type=int, default=[1], metavar="K",
+                   help="PC-DARTS K values to measure (1: plain DARTS), e.g. --partial-channels 1 4")
+    p.add_argument("--k", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--order", default="first", help=argparse.SUPPRESS)
@@ -64,7 +69,8 @@ def main() -> None:
         return
     common = ["--size", str(args.size), "--device", args.device, "--threads", str(args.threads), "--steps",
               str(args.steps), "--warmup", str(args.warmup)] + (["--no-channels-last"] if args.no_channels_last else [])
-    run_isolated(__file__, [["--config", c, "--order", o, *common] for c in args.configs for o in args.orders])
+    run_isolated(__file__, [["--config", c, "--order", o, "--k", str(k), *common]
+                            for c in args.configs for o in args.orders for k in args.partial_channels])
 
 
 if __name__ == "__main__":
