@@ -76,6 +76,9 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     _sgd_flags(g, d)
     g.add_argument("--arch-lr", type=float, default=S, help=f"Adam learning rate of α [{d.arch_lr}]")
     g.add_argument("--arch-weight-decay", type=float, default=S, help=f"[{d.arch_weight_decay}]")
+    g.add_argument("--arch-start-epoch", type=int, default=S,
+                   help=f"first epoch (0-based) with α steps; before it only w trains (PC-DARTS: 15) "
+                        f"[{d.arch_start_epoch}]")
     g.add_argument("--order", choices=("first", "second", "exact"), default=S,
                    help=f"architecture gradient [{d.order}]")
     g.add_argument("--fd-step", type=float, default=S,

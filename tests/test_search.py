@@ -128,3 +128,19 @@ def test_conv_search_stops_on_a_non_finite_loss_without_writing_a_checkpoint(tmp
     with pytest.raises(DartsError, match="non-finite (loss or gradient|architecture weights α) at epoch 1, step 1: stopped"):
         run.run()
     assert not (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "genotype.json").exists()
+
+
+def test_partial_channel_search_with_an_alpha_warm_up(tmp_path):
+    from dartsnas.train.search import Search
+    config = SearchConfig(**{**TINY, "init_channels": 8}, epochs=2, partial_channels=4, arch_start_epoch=1)
+    run = Search(config, tmp_path)
+    alpha0 = run.model.alpha_normal.detach().clone()
+    beta0 = run.model.beta_normal.detach().clone()
+    run.epoch = 0
+    run.train_epoch()  # epoch 0 < arch_start_epoch: only w trains
+    assert torch.equal(run.model.alpha_normal, alpha0) and torch.equal(run.model.beta_normal, beta0)
+    run.run()
+    state = load_checkpoint(tmp_path)
+    assert not torch.equal(state["model"]["alpha_normal"], alpha0)
+    assert not torch.equal(state["model"]["beta_normal"], beta0)  # β learns with α
+    assert len(read_metrics(tmp_path / "metrics.jsonl")[-1]["edge_weights"]["normal"]) == 14

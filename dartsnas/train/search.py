@@ -51,6 +51,7 @@ class SearchConfig(RunOptions):
     grad_clip: float = 5.0
     arch_lr: float = 3e-4
     arch_weight_decay: float = 1e-3
+    arch_start_epoch: int = 0    # α steps from this epoch on (PC-DARTS warms the weights up for 15)
     arch_betas: tuple[float, float] = (0.5, 0.999)
     order: str = "first"
     fd_step: float = 0.01
@@ -71,14 +72,14 @@ class SearchConfig(RunOptions):
     RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "download", "verify", "channels_last")
 
     def validate(self) -> None:
-        positive = ("epochs", "batch_size", "init_channels", "layers", "nodes")
+        positive = ("epochs", "batch_size", "init_channels", "layers", "nodes", "partial_channels")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         for name in ("lr", "arch_lr", "fd_step"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
-        for name in ("lr_min", "momentum", "weight_decay", "arch_weight_decay", "grad_clip"):
+        for name in ("lr_min", "momentum", "weight_decay", "arch_weight_decay", "grad_clip", "arch_start_epoch"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.lr_min > self.lr:
@@ -119,14 +120,16 @@ class SearchResult:
 
 def search_step(model: SearchNetwork, architect: Architect, w_optimizer: torch.optim.Optimizer,
                 train_batch: tuple[torch.Tensor, torch.Tensor], val_batch: tuple[torch.Tensor, torch.Tensor],
-                lr: float, grad_clip: float, check_finite: bool = False
+                lr: float, grad_clip: float, check_finite: bool = False, update_alpha: bool = True
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One step of Algorithm 1: an α step on ``val_batch``, then a w step on ``train_batch``.
 
     Returns the training loss, logits and (pre-clipping) weight-gradient norm, without syncing
     unless ``check_finite``: then a non-finite loss or gradient skips the weight update.
+    ``update_alpha=False`` is the warm-up of PC-DARTS (weights only).
     """
-    architect.step(train_batch, val_batch, lr)
+    if update_alpha:
+        architect.step(train_batch, val_batch, lr)
     x, y = train_batch
     with requires_grad_off(model.arch_parameters()):
         logits = model(x)
@@ -240,7 +243,8 @@ class Search(Run):
             x, y = next(batches)
             val_batch = self.val_loader.next_batch()
             loss, logits, grad_norm = search_step(model, self.architect, self.w_optimizer,
-                                                  (x, y), val_batch, xi, cfg.grad_clip, check_finite=check)
+                                                  (x, y), val_batch, xi, cfg.grad_clip, check_finite=check,
+                                                  update_alpha=self.epoch >= cfg.arch_start_epoch)
             if check and not all(bool(torch.isfinite(a).all()) for a in model.arch_parameters()):
                 self.bad_step(step + 1, "architecture weights α")
             if check and not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
@@ -289,8 +293,8 @@ class Search(Run):
             })
             if self.model.partial:
                 e_normal, e_reduce = self.model.edge_weights()
-                record["edge_weights"] = {"normal": [round(float(v), 6) for v in e_normal],
-                                          "reduce": [round(float(v), 6) for v in e_reduce]}
+                record["edge_weights"] = {"normal": [round(v, 6) for v in e_normal.tolist()],
+                                          "reduce": [round(v, 6) for v in e_reduce.tolist()]}
             self.end_epoch(record, f"epoch {record['epoch']}/{cfg.epochs} lr {lr:.5f} "
                                    f"train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f} | "
                                    f"val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f} | "
