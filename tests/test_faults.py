@@ -218,3 +218,12 @@ def test_bad_input_is_one_line_exit_1_and_nothing_written(args, message, tmp_pat
     err = capsys.readouterr().err
     assert err.startswith("dartsnas: error: ") and message in err and err.count("\n") == 1, err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_resuming_into_another_commands_run_directory_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*COMMANDS["search-cnn"], "--epochs", "1", "--steps-per-epoch", "1", "--out", str(out)]) == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    assert main(["train", "cnn", "--dataset", "digits", "--out", str(out), "--resume"]) == 1
+    assert "checkpoint of a 'search-cnn' run, expected 'train-cnn'" in capsys.readouterr().err
+    assert (out / "checkpoint.pt").read_bytes() == before
