@@ -282,13 +282,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config(cls: type, kind: str, args: argparse.Namespace, make: Any = None) -> Any:
-    """The run's config: the checkpoint's on --resume, else defaults; flags given override both."""
-    from .train.checkpoint import CHECKPOINT, load_checkpoint
+def _given(cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The fields of config class ``cls`` that flags set (flags default to SUPPRESS: absent if not given)."""
     names = {f.name for f in dataclasses.fields(cls)}
     given = {k: v for k, v in vars(args).items() if k in names}
     if "ops" in given:
         given["ops"] = tuple(given["ops"])
+    return given
+
+
+def _config(cls: type, kind: str, args: argparse.Namespace, make: Any = None) -> Any:
+    """The run's config: the checkpoint's on --resume, else defaults; flags given override both."""
+    from .train.checkpoint import CHECKPOINT, load_checkpoint
+    given = _given(cls, args)
     if args.resume:
         saved = load_checkpoint(args.out / CHECKPOINT, kind=kind)["config"]
         return dataclasses.replace(cls.from_dict(saved), **given)
@@ -321,11 +327,7 @@ def _search_seeds(args: argparse.Namespace) -> int:
         from .train.search_rnn import RNNSearchConfig as cls
     else:
         from .train.search import SearchConfig as cls
-    names = {f.name for f in dataclasses.fields(cls)}
-    given = {k: v for k, v in vars(args).items() if k in names}
-    if "ops" in given:
-        given["ops"] = tuple(given["ops"])
-    paths = search_seeds(args.space, cls(**given), args.seeds, args.out, devices=args.devices, resume=args.resume,
+    paths = search_seeds(args.space, cls(**_given(cls, args)), args.seeds, args.out, devices=args.devices, resume=args.resume,
                          overwrite=args.overwrite, log=(lambda m: None) if args.quiet else print)
     for path in paths.values():
         print(path)
@@ -337,10 +339,9 @@ def _selection_config(args: argparse.Namespace) -> Any:
     held-out half of the training split; PTB: 300 epochs) unless flags say otherwise."""
     if args.space == "rnn":
         from .train.final_rnn import RNNTrainConfig
-        given = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(RNNTrainConfig)}}
-        return RNNTrainConfig(**{"epochs": 300, **given})
+        return RNNTrainConfig(**{"epochs": 300, **_given(RNNTrainConfig, args)})
     from .train.final import TrainConfig, recipe
-    given = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
+    given = _given(TrainConfig, args)
     dataset = given.pop("dataset", "cifar10")
     return recipe(dataset, **{"epochs": 100, "train_portion": 0.5, **given})
 

@@ -29,6 +29,7 @@ from .errors import ConfigError, DartsError, Interrupted
 from .genotype import Genotype, RecurrentGenotype, load_genotype
 from .ops import DARTS_OPS, RNN_DARTS_OPS
 from .train.checkpoint import CHECKPOINT, GENOTYPE, METRICS, atomic_write_text, read_metrics
+from .train.common import stop_signals
 
 SPACES = ("cnn", "rnn")
 PROTOCOL = "protocol.json"
@@ -97,13 +98,17 @@ class Job:
     config: dict[str, Any]
     out: str
 
+    def beside(self, suffix: str) -> Path:
+        """A file next to the run directory: ``runs/NAME{suffix}``."""
+        return Path(self.out).with_name(Path(self.out).name + suffix)
+
     @property
     def done_file(self) -> Path:
-        return Path(self.out).with_name(Path(self.out).name + ".done.json")
+        return self.beside(".done.json")
 
     @property
     def log_file(self) -> Path:
-        return Path(self.out).with_name(Path(self.out).name + ".log")
+        return self.beside(".log")
 
     def result(self) -> dict[str, Any] | None:
         """The finished job's summary, or None while it has not finished."""
@@ -168,7 +173,7 @@ def run_jobs(jobs: Sequence[Job], devices: Sequence[str] | None = None, *,
         device = free.get()
         try:
             Path(job.out).parent.mkdir(parents=True, exist_ok=True)
-            spec = Path(job.out).with_name(Path(job.out).name + ".job.json")
+            spec = job.beside(".job.json")
             atomic_write_text(spec, json.dumps(dataclasses.asdict(
                 dataclasses.replace(job, config={**job.config, "device": device}))) + "\n")
             env = dict(os.environ)
@@ -207,14 +212,8 @@ def run_jobs(jobs: Sequence[Job], devices: Sequence[str] | None = None, *,
                 for proc in live:
                     proc.send_signal(signum)
 
-    handlers = {}
-    if threading.current_thread() is threading.main_thread():
-        handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with stop_signals(on_signal):
         results = _run_pending(jobs, work, len(devices), log, on_result)
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
     if stop:
         name = signal.Signals(stop[0]).name
         raise Interrupted(f"{name}: the protocol stopped; running jobs wrote checkpoints (--resume continues)",

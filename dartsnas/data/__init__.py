@@ -7,7 +7,7 @@ from typing import Callable
 from ..registry import Registry
 from .bundled import load_digits
 from .cifar import load_cifar10
-from .images import BatchLoader, ImageDataset
+from .images import BatchLoader, ImageDataset, split_portion
 
 DATASETS: Registry[Callable[..., ImageDataset]] = Registry("dataset")
 
@@ -33,4 +33,4 @@ def load_dataset(name: str, split: str = "train", *, data_dir: str | os.PathLike
     return DATASETS.get(name)(split, data_dir, download, verify)
 
 
-__all__ = ["BatchLoader", "DATASETS", "ImageDataset", "load_cifar10", "load_dataset", "load_digits"]
+__all__ = ["BatchLoader", "DATASETS", "ImageDataset", "load_cifar10", "load_dataset", "load_digits", "split_portion"]

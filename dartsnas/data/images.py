@@ -1,11 +1,13 @@
 """In-memory image datasets and a batch loader that augments on the device."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 
+from ..errors import ConfigError
 from .augment import cutout, normalize, random_crop, random_flip
 
 
@@ -39,6 +41,16 @@ class ImageDataset:
     @property
     def image_size(self) -> tuple[int, int]:
         return (self.images.shape[2], self.images.shape[3])
+
+
+def split_portion(n: int, portion: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the first ``portion`` of ``n`` examples and of the rest (both non-empty): the
+    split of a training set into the part that trains and the held-out part."""
+    n_train = int(math.floor(portion * n))
+    if n_train < 1 or n_train >= n:
+        raise ConfigError(f"--train-portion {portion} leaves an empty split of the {n} training images")
+    order = torch.arange(n)
+    return order[:n_train], order[n_train:]
 
 
 class BatchLoader:

@@ -83,6 +83,20 @@ def start_run_dir(out: Path) -> None:
 
 
 
+@contextlib.contextmanager
+def stop_signals(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """``handler`` for SIGTERM and SIGINT while the block runs (main thread only; elsewhere Python
+    cannot install handlers), the previous handlers restored afterwards."""
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def seed_everything(seed: int) -> None:
     """Seed torch (every device), Python and NumPy: a run's randomness follows from --seed alone."""
     torch.manual_seed(seed)
@@ -289,25 +303,26 @@ class Run:
     def _guard(self) -> Iterator[None]:
         """SIGTERM / SIGINT set a flag that the next step boundary acts on (checkpoint, clean exit);
         ``--deterministic`` switches PyTorch to deterministic kernels. Both are undone afterwards."""
-        handlers = {}
-        if threading.current_thread() is threading.main_thread():
-            def on_signal(signum: int, frame: Any) -> None:
-                if self._stop_signal is not None and signum == signal.SIGINT:  # Ctrl-C twice: stop now
-                    raise KeyboardInterrupt
-                self._stop_signal = signum
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                handlers[sig] = signal.signal(sig, on_signal)
+        def on_signal(signum: int, frame: Any) -> None:
+            if self._stop_signal is not None and signum == signal.SIGINT:  # Ctrl-C twice: stop now
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+
         was_deterministic = torch.are_deterministic_algorithms_enabled()
         if self.config.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
         try:
-            yield
+            with stop_signals(on_signal):
+                yield
         finally:
             torch.use_deterministic_algorithms(was_deterministic)
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
+
+    def check_arch_finite(self, step: int, arch: list[torch.Tensor]) -> None:
+        """After an α step: non-finite α cannot be skipped, so the run stops (see :meth:`bad_step`)."""
+        if not all(bool(torch.isfinite(a).all()) for a in arch):
+            self.bad_step(step, "architecture weights α")
 
     def execute(self) -> Any:
         """``run()`` under the signal handlers and determinism switch of :meth:`_guard`."""

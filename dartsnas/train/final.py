@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from ..data import BatchLoader, data_root, load_dataset
+from ..data import BatchLoader, data_root, load_dataset, split_portion
 from ..data.folder import FolderLoader, folder_datasets
 from ..errors import CheckpointError, ConfigError
 from ..genotype import Genotype, load_genotype
@@ -160,15 +159,10 @@ def build_loaders(config: TrainConfig, device: torch.device, *, train_split: boo
         out["description"] = f"{train.description}; {test.description}"
         indices = None
         if config.train_portion < 1.0:  # the paper's selection: train on part, rank on the held-out rest
-            n_train = int(math.floor(config.train_portion * len(train)))
-            if n_train < 1 or n_train >= len(train):
-                raise ConfigError(f"--train-portion {config.train_portion} leaves an empty split of "
-                                  f"the {len(train)} training images")
-            indices = torch.arange(len(train))
-            out["val"] = BatchLoader(train, indices[n_train:], batch_size=max(config.batch_size, 256),
+            indices, val_idx = split_portion(len(train), config.train_portion)
+            out["val"] = BatchLoader(train, val_idx, batch_size=max(config.batch_size, 256),
                                      shuffle=False, augment=False, **common)
-            out["description"] += f"; {n_train} train / {len(train) - n_train} held-out validation images"
-            indices = indices[:n_train]
+            out["description"] += f"; {len(indices)} train / {len(val_idx)} held-out validation images"
         out["train"] = BatchLoader(train, indices, batch_size=config.batch_size, cutout=config.cutout,
                                    seed=config.seed, drop_last=True, **common)
     return out

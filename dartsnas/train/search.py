@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..architect import ORDERS, Architect, requires_grad_off
-from ..data import BatchLoader, load_dataset
+from ..data import BatchLoader, load_dataset, split_portion
 from ..errors import CheckpointError, ConfigError
 from ..genotype import SKIP_OP, Genotype, derive_genotype
 from ..ops import DARTS_OPS
@@ -157,18 +157,12 @@ class Search(Run):
         data = load_dataset(config.dataset, "train", data_dir=config.data_dir,
                             download=config.download, verify=config.verify)
         self.log(data.description)
-        n_train = int(math.floor(config.train_portion * len(data)))
-        if n_train < 1 or n_train >= len(data):
-            raise ConfigError(f"--train-portion {config.train_portion} leaves an empty split of "
-                              f"the {len(data)} training images")
-        order = torch.arange(len(data))
+        train_idx, val_idx = split_portion(len(data), config.train_portion)
         seed = config.seed
         common = dict(device=self.device, channels_last=config.channels_last)
-        self.train_loader = BatchLoader(data, order[:n_train], batch_size=config.batch_size,
-                                        seed=seed, **common)
-        self.val_loader = BatchLoader(data, order[n_train:], batch_size=config.batch_size,
-                                      seed=seed + 1, **common)
-        self.eval_loader = BatchLoader(data, order[n_train:], batch_size=max(config.batch_size, 256),
+        self.train_loader = BatchLoader(data, train_idx, batch_size=config.batch_size, seed=seed, **common)
+        self.val_loader = BatchLoader(data, val_idx, batch_size=config.batch_size, seed=seed + 1, **common)
+        self.eval_loader = BatchLoader(data, val_idx, batch_size=max(config.batch_size, 256),
                                        shuffle=False, augment=False, **common)
 
         seed_everything(seed)
@@ -245,8 +239,8 @@ class Search(Run):
             loss, logits, grad_norm = search_step(model, self.architect, self.w_optimizer,
                                                   (x, y), val_batch, xi, cfg.grad_clip, check_finite=check,
                                                   update_alpha=self.epoch >= cfg.arch_start_epoch)
-            if check and not all(bool(torch.isfinite(a).all()) for a in model.arch_parameters()):
-                self.bad_step(step + 1, "architecture weights α")
+            if check:
+                self.check_arch_finite(step + 1, model.arch_parameters())
             if check and not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
                 self.bad_step(step + 1)  # raises unless --skip-nonfinite allows one more
             else:

@@ -156,8 +156,7 @@ def train_lm_epoch(run: Run, model: torch.nn.Module, optimizer: torch.optim.Opti
         hidden = hidden.detach()
         if before_step is not None:
             before_step(x, y, hidden, pos, group["lr"])
-            if not all(bool(torch.isfinite(a).all()) for a in frozen or []):
-                run.bad_step(step + 1, "architecture weights α")
+            run.check_arch_finite(step + 1, frozen or [])
         with requires_grad_off(frozen or []):
             log_prob, new_hidden, raw = model(x, hidden)
             nll = F.nll_loss(log_prob, y)
