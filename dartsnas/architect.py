@@ -19,6 +19,13 @@ three ways (``order``):
 None of these changes the model: the virtual weights are passed with ``torch.func.functional_call``,
 BatchNorm running statistics are frozen during the α step, and the weight optimizer's state is
 only read.
+
+Data parallel, each rank holds a shard of the batches; ``sync`` averages gradients over the ranks
+(:meth:`dartsnas.distributed.Distributed.average`). The gradient of the training loss that makes the
+virtual step and the vector v of the finite difference are averaged where they are computed (the
+virtual weights and ε must be the same on every rank, and the global batch's); everything after is
+linear in the per-rank losses, so the α gradient is averaged once, at the end. The result equals one
+process running the whole global batch.
 """
 from __future__ import annotations
 
@@ -33,6 +40,12 @@ from .errors import ConfigError
 
 Batch = Sequence[Any]
 ORDERS = ("first", "second", "exact")
+#: Averages a list of tensors over data-parallel ranks (``differentiable`` keeps it in the graph).
+Sync = Callable[..., list[torch.Tensor]]
+
+
+def _no_sync(tensors: Sequence[torch.Tensor], differentiable: bool = False) -> list[torch.Tensor]:
+    return list(tensors)
 
 
 class SearchModel(Protocol):
@@ -138,14 +151,14 @@ def virtual_step(weights: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
 def second_order_alpha_grad(model: SearchModel, train_batch: Batch, val_batch: Batch, *, xi: float,
                             momentum: Sequence[float], weight_decay: Sequence[float],
                             buffers: Sequence[torch.Tensor | None],
-                            fd_step: float = 0.01) -> tuple[list[torch.Tensor], Any]:
+                            fd_step: float = 0.01, sync: Sync = _no_sync) -> tuple[list[torch.Tensor], Any]:
     """The paper's second-order approximation (equation 8) with a central finite difference."""
     names, weights = zip(*model.named_weight_parameters())
     alphas = model.arch_parameters()
     n_alpha = len(alphas)
     with frozen_batchnorm_stats(model):
         with requires_grad_off(alphas):
-            grads = torch.autograd.grad(_split(model.loss(*train_batch))[0], weights)
+            grads = sync(torch.autograd.grad(_split(model.loss(*train_batch))[0], weights))
         with torch.no_grad():
             unrolled = virtual_step([w.detach() for w in weights], grads, xi, momentum,
                                     weight_decay, buffers)
@@ -153,7 +166,7 @@ def second_order_alpha_grad(model: SearchModel, train_batch: Batch, val_batch: B
         unrolled = [u.requires_grad_() for u in unrolled]
         val_loss, extra = _split(_loss_at(model, names, unrolled, val_batch, full=True))
         out = torch.autograd.grad(val_loss, [*alphas, *unrolled])
-        dalpha, v = list(out[:n_alpha]), out[n_alpha:]
+        dalpha, v = list(out[:n_alpha]), sync(out[n_alpha:])
         del unrolled, out
         with torch.no_grad():
             norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in v]))
@@ -176,12 +189,13 @@ def second_order_alpha_grad(model: SearchModel, train_batch: Batch, val_batch: B
 
 def exact_alpha_grad(model: SearchModel, train_batch: Batch, val_batch: Batch, *, xi: float,
                      momentum: Sequence[float], weight_decay: Sequence[float],
-                     buffers: Sequence[torch.Tensor | None]) -> tuple[list[torch.Tensor], Any]:
+                     buffers: Sequence[torch.Tensor | None], sync: Sync = _no_sync) -> tuple[list[torch.Tensor], Any]:
     """d/dα L_val(w'(α), α) through the one-step unrolled weights (double backward)."""
     names, weights = zip(*model.named_weight_parameters())
     alphas = model.arch_parameters()
     with frozen_batchnorm_stats(model):
         grads = torch.autograd.grad(_split(model.loss(*train_batch))[0], weights, create_graph=True)
+        grads = sync(grads, differentiable=True)
         detached = [w.detach() for w in weights]
         unrolled = virtual_step(detached, grads, xi, momentum, weight_decay, buffers)
         val_loss, extra = _split(_loss_at(model, names, unrolled, val_batch, full=True))
@@ -193,7 +207,7 @@ class Architect:
 
     def __init__(self, model: nn.Module, w_optimizer: torch.optim.Optimizer, *, order: str = "first",
                  lr: float = 3e-4, betas: tuple[float, float] = (0.5, 0.999),
-                 weight_decay: float = 1e-3, fd_step: float = 0.01) -> None:
+                 weight_decay: float = 1e-3, fd_step: float = 0.01, sync: Sync | None = None) -> None:
         if order not in ORDERS:
             raise ConfigError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
         if fd_step <= 0:
@@ -202,6 +216,7 @@ class Architect:
         self.w_optimizer = w_optimizer
         self.order = order
         self.fd_step = fd_step
+        self.sync = sync or _no_sync
         self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=lr, betas=betas,
                                           weight_decay=weight_decay)
         self.val_extra: Any = None
@@ -224,27 +239,24 @@ class Architect:
         """The α gradient of the configured order; ``xi`` is the current weight learning rate.
 
         Whatever the model's ``loss`` returns besides the loss on ``val_batch`` (a recurrent state,
-        say) is kept in :attr:`val_extra`.
+        say) is kept in :attr:`val_extra`. Data parallel, the gradient is the global batch's.
         """
         if self.order == "first":
             grads, self.val_extra = first_order_alpha_grad(self.model, val_batch)
-            return grads
-        terms = self._weight_optimizer_terms()
-        if self.order == "second":
+        elif self.order == "second":
             grads, self.val_extra = second_order_alpha_grad(self.model, train_batch, val_batch, xi=xi,
-                                                            fd_step=self.fd_step, **terms)
+                                                            fd_step=self.fd_step, sync=self.sync,
+                                                            **self._weight_optimizer_terms())
         else:
-            grads, self.val_extra = exact_alpha_grad(self.model, train_batch, val_batch, xi=xi, **terms)
-        return grads
+            grads, self.val_extra = exact_alpha_grad(self.model, train_batch, val_batch, xi=xi, sync=self.sync,
+                                                     **self._weight_optimizer_terms())
+        return self.sync([g.detach() for g in grads])
 
-    def step(self, train_batch: Batch, val_batch: Batch, xi: float,
-             grad_hook: Callable[[list[torch.Tensor]], None] | None = None) -> list[torch.Tensor]:
-        """One Adam step on α; ``grad_hook`` may transform the gradients in place (e.g. all-reduce)."""
+    def step(self, train_batch: Batch, val_batch: Batch, xi: float) -> list[torch.Tensor]:
+        """One Adam step on α."""
         grads = self.alpha_grad(train_batch, val_batch, xi)
-        if grad_hook is not None:
-            grad_hook(grads)
         for p, g in zip(self.model.arch_parameters(), grads):
-            p.grad = g.detach()
+            p.grad = g
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grads

@@ -151,6 +151,8 @@ def _reliability_flags(g: argparse._ArgumentGroup) -> None:
                    help="skip up to N batches with a non-finite loss or gradient, logged, before stopping [0]")
     g.add_argument("--deterministic", action="store_true", default=S,
                    help="deterministic kernels (torch.use_deterministic_algorithms; slower on CUDA)")
+    g.add_argument("--sync-bn", action="store_true", default=S,
+                   help="launched with torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)")
 
 
 def _devices_flag(p: argparse.ArgumentParser) -> None:
@@ -319,8 +321,16 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _not_under_torchrun(command: str) -> None:
+    """The protocol commands start their own processes; torchrun would start N drivers."""
+    from .distributed import launched_by_torchrun
+    if launched_by_torchrun():
+        raise ConfigError(f"{command} starts its own jobs (one per --devices entry): run it without torchrun")
+
+
 def _search_seeds(args: argparse.Namespace) -> int:
     from .protocol import search_seeds
+    _not_under_torchrun("search --seeds")
     if "seed" in vars(args):
         raise ConfigError("give either --seed or --seeds, not both")
     if args.space == "rnn":
@@ -348,6 +358,7 @@ def _selection_config(args: argparse.Namespace) -> Any:
 
 def _cmd_select(args: argparse.Namespace) -> int:
     from .protocol import select
+    _not_under_torchrun("select")
     rows = select(args.candidates, args.space, _selection_config(args), args.out, devices=args.devices,
                   resume=args.resume, overwrite=args.overwrite, log=(lambda m: None) if args.quiet else print)
     if not args.quiet:
@@ -357,6 +368,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
 
 def _cmd_random_search(args: argparse.Namespace) -> int:
     from .protocol import random_search
+    _not_under_torchrun("random-search")
     config = None if args.no_train else _selection_config(args)
     result = random_search(args.space, args.samples, getattr(args, "seed", 0), args.out, config, nodes=args.nodes,
                            ops=args.ops, devices=args.devices, resume=args.resume, overwrite=args.overwrite,

@@ -12,17 +12,30 @@ from typing import Sequence
 import torch
 
 
+#: (first row, rows drawn): this batch is rows [first, first + B) of a global batch of ``rows drawn``
+#: images split across data-parallel ranks; every rank draws for the whole global batch and keeps its
+#: rows, so the augmentation does not depend on how many processes share the batch.
+Shard = tuple[int, int]
+
+
+def _draws(B: int, shard: Shard | None) -> tuple[int, slice]:
+    first, total = shard if shard is not None else (0, B)
+    return total, slice(first, first + B)
+
+
 def _rand(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
     return torch.rand(shape, generator=generator).to(device, non_blocking=True)
 
 
-def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator | None = None,
+                shard: Shard | None = None) -> torch.Tensor:
     """Zero-pad by ``padding`` pixels and crop back to the original size at a random offset per image."""
     if padding <= 0:
         return images
     B, C, H, W = images.shape
+    total, keep = _draws(B, shard)
     padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
-    offsets = torch.randint(0, 2 * padding + 1, (B, 2), generator=generator).to(images.device)
+    offsets = torch.randint(0, 2 * padding + 1, (total, 2), generator=generator)[keep].to(images.device)
     rows = offsets[:, :1] + torch.arange(H, device=images.device)  # [B, H]
     cols = offsets[:, 1:] + torch.arange(W, device=images.device)  # [B, W]
     b = torch.arange(B, device=images.device)[:, None, None, None]
@@ -30,20 +43,24 @@ def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator |
     return padded[b, c, rows[:, None, :, None], cols[:, None, None, :]]
 
 
-def random_flip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def random_flip(images: torch.Tensor, generator: torch.Generator | None = None,
+                shard: Shard | None = None) -> torch.Tensor:
     """Mirror each image left-right with probability 1/2."""
-    flip = _rand((images.shape[0],), generator, images.device) < 0.5
+    total, keep = _draws(images.shape[0], shard)
+    flip = _rand((total,), generator, images.device)[keep] < 0.5
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
-def cutout(images: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def cutout(images: torch.Tensor, size: int, generator: torch.Generator | None = None,
+           shard: Shard | None = None) -> torch.Tensor:
     """Zero a ``size`` x ``size`` square at a random centre per image, clipped at the border
     (DeVries and Taylor, 2017); applied after normalisation, as in the DARTS recipe."""
     if size <= 0:
         return images
     B, _, H, W = images.shape
-    centre = torch.stack([torch.randint(0, H, (B,), generator=generator),
-                          torch.randint(0, W, (B,), generator=generator)], 1).to(images.device)
+    total, keep = _draws(B, shard)
+    centre = torch.stack([torch.randint(0, H, (total,), generator=generator),
+                          torch.randint(0, W, (total,), generator=generator)], 1)[keep].to(images.device)
     ys = torch.arange(H, device=images.device)
     xs = torch.arange(W, device=images.device)
     y0 = (centre[:, 0] - size // 2).clamp(0, H)[:, None]

@@ -59,14 +59,22 @@ class BatchLoader:
     The uint8 images live on ``device``; each batch is gathered, augmented (crop, flip, optional
     cutout) and normalised there. The position in the epoch is part of :meth:`state_dict`, so a
     resumed run sees exactly the batches an uninterrupted one would.
+
+    Data parallel (``world_size`` > 1): every rank walks the same shuffled order in global batches of
+    ``batch_size * world_size`` and keeps its own ``batch_size`` rows (augmented as one process seeing
+    the whole global batch would augment them); an epoch is one pass over the subset for all ranks
+    together. Training loaders then drop a last incomplete global batch (``drop_last``), so that every
+    rank's gradient is over the same number of examples.
     """
 
     def __init__(self, dataset: ImageDataset, indices: torch.Tensor | None = None, *,
                  batch_size: int, shuffle: bool = True, augment: bool = True, cutout: int = 0,
                  drop_last: bool = False, device: torch.device | str = "cpu", seed: int = 0,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, rank: int = 0, world_size: int = 1) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside a world of {world_size}")
         self.device = torch.device(device)
         self.images = dataset.images.to(self.device)
         self.labels = dataset.labels.to(self.device)
@@ -77,6 +85,11 @@ class BatchLoader:
         if len(self.indices) == 0:
             raise ValueError("a loader needs at least one example")
         self.batch_size = batch_size
+        self.rank, self.world_size = rank, world_size
+        self.global_batch = batch_size * world_size
+        if world_size > 1 and drop_last and len(self.indices) < self.global_batch:
+            raise ConfigError(f"{len(self.indices)} examples do not fill one global batch of "
+                              f"{batch_size} x {world_size} processes: lower --batch-size")
         self.shuffle, self.augment, self.cutout, self.drop_last = shuffle, augment, cutout, drop_last
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.generator = torch.Generator().manual_seed(seed)
@@ -85,9 +98,9 @@ class BatchLoader:
 
     def __len__(self) -> int:
         n = len(self.indices)
-        if self.drop_last and n >= self.batch_size:
-            return n // self.batch_size
-        return -(-n // self.batch_size)
+        if self.drop_last and n >= self.global_batch:
+            return n // self.global_batch
+        return -(-n // self.global_batch)
 
     def _new_epoch(self) -> None:
         if self.shuffle:
@@ -97,15 +110,15 @@ class BatchLoader:
         self._pos = 0
 
     def _exhausted(self) -> bool:
-        limit = min(len(self) * self.batch_size, len(self.indices))
+        limit = min(len(self) * self.global_batch, len(self.indices))
         return self._order is None or self._pos >= limit
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next batch, starting a new (reshuffled) pass over the subset when one is used up."""
         if self._exhausted():
             self._new_epoch()
-        idx = self._order[self._pos:self._pos + self.batch_size]
-        self._pos += self.batch_size
+        idx = self._order[self._pos:self._pos + self.global_batch]
+        self._pos += self.global_batch
         return self._make(idx)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -116,15 +129,17 @@ class BatchLoader:
             yield self.next_batch()
 
     def _make(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = idx.to(self.device, non_blocking=True)
+        first = self.rank * self.batch_size
+        shard = (first, len(idx))
+        idx = idx[first:first + self.batch_size].to(self.device, non_blocking=True)
         x = self.images.index_select(0, idx)
         if self.augment:
-            x = random_crop(x, self.crop_padding, self.generator)
+            x = random_crop(x, self.crop_padding, self.generator, shard)
             if self.flip:
-                x = random_flip(x, self.generator)
+                x = random_flip(x, self.generator, shard)
         x = normalize(x, self.mean, self.std)
         if self.augment and self.cutout:
-            x = cutout(x, self.cutout, self.generator)
+            x = cutout(x, self.cutout, self.generator, shard)
         return x.contiguous(memory_format=self.memory_format), self.labels.index_select(0, idx)
 
     def state_dict(self) -> dict:

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..distributed import Distributed
 from ..errors import CheckpointError, ConfigError, DartsError, Interrupted
-from .checkpoint import CHECKPOINT, GENOTYPE, METRICS, MetricsLog, save_checkpoint
+from .checkpoint import CHECKPOINT, GENOTYPE, METRICS, MetricsLog, atomic_write_text, save_checkpoint
 
 #: Without --checkpoint-every, a mid-epoch checkpoint is written after this much work.
 CHECKPOINT_SECONDS = 300.0
@@ -31,8 +32,9 @@ class RunOptions:
     checkpoint_every: int | None = None  # steps between mid-epoch checkpoints [None: every few minutes]
     skip_nonfinite: int = 0              # bad batches (non-finite loss or gradient) skipped before stopping
     deterministic: bool = False          # torch.use_deterministic_algorithms (CUDA: slower kernels)
+    sync_bn: bool = False                # data parallel: BatchNorm statistics over the global batch
 
-    ALWAYS_RESUMABLE = ("checkpoint_every", "skip_nonfinite", "deterministic")
+    ALWAYS_RESUMABLE = ("checkpoint_every", "skip_nonfinite", "deterministic", "sync_bn")
 
     def validate_run_options(self) -> None:
         if self.checkpoint_every is not None and self.checkpoint_every < 1:
@@ -140,20 +142,39 @@ def check_resumable(saved: Any, asked: Any, path: Path, log: Callable[[str], Non
 
 
 class EpochMeter:
-    """Mean loss and accuracy of an epoch, accumulated on the device (no host sync per step)."""
+    """Mean loss and accuracy of an epoch, accumulated on the device (no host sync per step).
+
+    Data parallel, each rank counts its own batches; :meth:`reduce` (every rank, at the epoch's end)
+    makes the totals global, and a mid-epoch checkpoint holds the global totals, restored on rank 0.
+    """
+
+    def __init__(self, device: torch.device, dist: Distributed | None = None) -> None:
+        self.dist = dist or Distributed()
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.seen = 0
+
+    def _totals(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        if not self.dist.enabled:
+            return self.loss_sum, self.correct, self.seen
+        seen = torch.tensor(self.seen, device=self.loss_sum.device)
+        return self.dist.sum(self.loss_sum), self.dist.sum(self.correct), int(self.dist.sum(seen).item())
 
     def state_dict(self) -> dict[str, Any]:
-        return {"loss_sum": self.loss_sum.cpu(), "correct": self.correct.cpu(), "seen": self.seen}
+        """The global totals so far (a collective when data parallel: every rank calls it)."""
+        loss_sum, correct, seen = self._totals()
+        return {"loss_sum": loss_sum.cpu(), "correct": correct.cpu(), "seen": seen}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not self.dist.is_main:  # rank 0 carries the totals; the others count from zero
+            return
         self.loss_sum = state["loss_sum"].to(self.loss_sum.device)
         self.correct = state["correct"].to(self.correct.device)
         self.seen = int(state["seen"])
 
-    def __init__(self, device: torch.device) -> None:
-        self.loss_sum = torch.zeros((), device=device)
-        self.correct = torch.zeros((), device=device, dtype=torch.long)
-        self.seen = 0
+    def reduce(self) -> None:
+        """Replace this rank's counts by the global ones (every rank, once, at the epoch's end)."""
+        self.loss_sum, self.correct, self.seen = self._totals()
 
     def update(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
         self.loss_sum += loss.detach() * targets.shape[0]
@@ -170,14 +191,17 @@ class EpochMeter:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: Any) -> dict[str, float]:
-    """Mean loss, top-1 and top-5 accuracy (fractions in [0, 1]) over one pass of ``loader``."""
+def evaluate(model: torch.nn.Module, loader: Any, dist: Distributed | None = None) -> dict[str, float]:
+    """Mean loss, top-1 and top-5 accuracy (fractions in [0, 1]) over one pass of ``loader``
+    (data parallel: each rank's share, totalled over the ranks)."""
     was_training = model.training
     model.eval()
     dev = loader.device
     loss_sum, top1, top5 = (torch.zeros((), device=dev) for _ in range(3))
     seen = 0
     for x, y in loader:
+        if y.shape[0] == 0:  # a rank's empty share of a last, short global batch
+            continue
         logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == y[:, None]
@@ -185,17 +209,23 @@ def evaluate(model: torch.nn.Module, loader: Any) -> dict[str, float]:
         top5 += hits.any(1).sum()
         seen += y.shape[0]
     model.train(was_training)
+    if dist is not None and dist.enabled:
+        loss_sum, top1, top5, n = dist.sum(torch.stack([loss_sum, top1, top5, torch.tensor(float(seen), device=dev)]))
+        seen = int(n.item())
     return {"loss": (loss_sum / seen).item(), "top1": (top1 / seen).item(), "top5": (top5 / seen).item()}
 
 
 class Run:
-    """What search and training runs share: quiet-aware logging and the run directory's metrics."""
+    """What search and training runs share: quiet-aware logging, the run directory (written by rank 0
+    alone when data parallel), checkpoints, signals and the process group."""
 
     config: Any
     out: Path
     quiet: bool
     epoch: int
     metrics: MetricsLog
+    dist: Distributed
+    device: torch.device
     _log: Callable[[str], None]
 
     def log(self, message: str) -> None:
@@ -233,18 +263,23 @@ class Run:
                                   "(metrics.jsonl is written either way)") from None
             self._writer_class = SummaryWriter
         config.validate_run_options()
-        self.config, self.out, self.quiet, self._log = config, Path(out_dir), quiet, log
+        self.dist = Distributed.from_env(config.device)
+        self.device = self.dist.device(config.device)
+        self.config, self.out, self.quiet, self._log = config, Path(out_dir), quiet or not self.dist.is_main, log
         self.in_epoch: dict[str, Any] | None = None        # progress inside the epoch, for mid-epoch checkpoints
         self.resume_in_epoch: dict[str, Any] | None = None
         self.skipped_nonfinite = 0
         self._stop_signal: int | None = None
         self._last_save = time.monotonic()
         check_run_dir(self.out, resume=resume, overwrite=overwrite)
+        self.dist.barrier()  # every rank has looked at the run directory before rank 0 changes it
         if not resume:
             return None
         saved = load_checkpoint(self.out / CHECKPOINT, kind=kind)
-        for torn in self.out.glob(".*.tmp"):  # a write cut short by a crash; its target is intact
-            torn.unlink(missing_ok=True)
+        self.dist.barrier()
+        if self.dist.is_main:
+            for torn in self.out.glob(".*.tmp"):  # a write cut short by a crash; its target is intact
+                torn.unlink(missing_ok=True)
         check_resumable(type(config).from_dict(saved["config"]), config, self.out / CHECKPOINT, self.log)
         self.resume_in_epoch = saved.get("in_epoch")
         self.skipped_nonfinite = int(saved.get("skipped_nonfinite", 0))
@@ -253,20 +288,52 @@ class Run:
     def state_dict(self) -> dict[str, Any]:
         raise NotImplementedError
 
+    def start(self) -> None:
+        """A fresh run: rank 0 creates (or clears) the run directory."""
+        if self.dist.is_main:
+            start_run_dir(self.out)
+        self.dist.barrier()
+
+    def seed_ranks(self, seed: int) -> None:
+        """After the model is built (identically on every rank): data parallel, give each rank its own
+        random stream (dropout), rank 0 keeping the single-process one."""
+        if self.dist.enabled and self.dist.rank > 0:
+            seed_everything(seed + 1_000_003 * self.dist.rank)
+
+    def restore_rng(self, state: dict[str, Any]) -> None:
+        """The random state of a checkpoint: this rank's own when the checkpoint has one per rank."""
+        ranks = state.get("rng_ranks")
+        if ranks is not None and len(ranks) == self.dist.world_size:
+            set_rng_state(ranks[self.dist.rank])
+        else:
+            set_rng_state(state["rng"])
+            self.seed_ranks(int(self.config.seed) + self.epoch)
+
     def save(self) -> None:
-        """Write the checkpoint (atomically: the previous one stays until the new one is complete)."""
-        save_checkpoint(self.out / CHECKPOINT, {**self.state_dict(), "in_epoch": self.in_epoch,
-                                                "skipped_nonfinite": self.skipped_nonfinite})
+        """Write the checkpoint (atomically: the previous one stays until the new one is complete).
+        Every rank calls it (the state may need collectives); rank 0 writes."""
+        state = {**self.state_dict(), "in_epoch": self.in_epoch, "skipped_nonfinite": self.skipped_nonfinite}
+        if self.dist.enabled:
+            state["rng_ranks"] = self.dist.gather_objects(rng_state())
+        if self.dist.is_main:
+            save_checkpoint(self.out / CHECKPOINT, state)
         self._last_save = time.monotonic()
 
     def end_epoch(self, record: dict[str, Any], line: str) -> None:
         """Metrics line first, then the checkpoint: a crash between them is undone on resume."""
-        self.metrics.append(record)
+        if self.dist.is_main:
+            self.metrics.append(record)
         self.in_epoch = None
         self.save()
-        if self.tensorboard is not None:
+        if self.tensorboard is not None and self.dist.is_main:
             self._write_tensorboard(record)
         self.log(line)
+
+    def write_text(self, name: str, text: str) -> None:
+        """A result file of the run directory (rank 0 writes it; the others wait for it)."""
+        if self.dist.is_main:
+            atomic_write_text(self.out / name, text)
+        self.dist.barrier()
 
     def step_done(self, step: int, progress: Callable[[], dict[str, Any]]) -> None:
         """After ``step`` steps of the current epoch: write a mid-epoch checkpoint when one is due
@@ -274,6 +341,11 @@ class Run:
         gives the loop's own state (meters, carried hidden state, stream position)."""
         every = self.config.checkpoint_every
         due = step % every == 0 if every else time.monotonic() - self._last_save >= CHECKPOINT_SECONDS
+        if self.dist.enabled:  # all ranks checkpoint and stop together (torchrun signals each of them)
+            if self.dist.any(due or self._stop_signal is not None):
+                due = True
+                if self.dist.any(self._stop_signal is not None) and self._stop_signal is None:
+                    self._stop_signal = signal.SIGTERM
         if due or self._stop_signal is not None:
             self.in_epoch = {"step": step, **progress()}
             self.save()
@@ -319,15 +391,25 @@ class Run:
         finally:
             torch.use_deterministic_algorithms(was_deterministic)
 
+    def all_finite(self, *tensors: torch.Tensor) -> bool:
+        """Whether every tensor is finite on every rank (data parallel, all ranks agree: a batch
+        that is bad anywhere is skipped everywhere)."""
+        ok = all(bool(torch.isfinite(t).all()) for t in tensors)
+        return not self.dist.any(not ok)
+
     def check_arch_finite(self, step: int, arch: list[torch.Tensor]) -> None:
         """After an α step: non-finite α cannot be skipped, so the run stops (see :meth:`bad_step`)."""
         if not all(bool(torch.isfinite(a).all()) for a in arch):
             self.bad_step(step, "architecture weights α")
 
     def execute(self) -> Any:
-        """``run()`` under the signal handlers and determinism switch of :meth:`_guard`."""
-        with self._guard():
-            return self.run()
+        """``run()`` under the signal handlers and determinism switch of :meth:`_guard`; leaves the
+        process group afterwards if the run joined it."""
+        try:
+            with self._guard():
+                return self.run()
+        finally:
+            self.dist.close()
 
     def run(self) -> Any:
         raise NotImplementedError
@@ -338,7 +420,8 @@ class Run:
 
     def resumed(self) -> None:
         """After restoring a checkpoint: drop metrics written after it, and say so."""
-        self.metrics.keep_epochs(self.epoch)
+        if self.dist.is_main:
+            self.metrics.keep_epochs(self.epoch)
         self.log(f"resumed from {self.out / CHECKPOINT} after epoch {self.epoch}")
 
 

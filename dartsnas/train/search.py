@@ -25,10 +25,9 @@ from ..errors import CheckpointError, ConfigError
 from ..genotype import SKIP_OP, Genotype, derive_genotype
 from ..ops import DARTS_OPS
 from ..spaces import ConvSearchSpaceConfig, SearchNetwork
-from .checkpoint import (CHECKPOINT, GENOTYPE, METRICS, MetricsLog, atomic_write_text,
-                         load_checkpoint, tensors_to_lists)
-from .common import (EpochMeter, RunOptions, Run, config_from_dict, cosine_lr, evaluate,
-                     resolve_device, rng_state, seed_everything, set_rng_state, start_run_dir)
+from ..distributed import convert_sync_batchnorm
+from .checkpoint import CHECKPOINT, GENOTYPE, METRICS, MetricsLog, load_checkpoint, tensors_to_lists
+from .common import EpochMeter, RunOptions, Run, config_from_dict, cosine_lr, evaluate, rng_state, seed_everything
 from .progress import Progress
 
 KIND = "search-cnn"
@@ -120,27 +119,30 @@ class SearchResult:
 
 def search_step(model: SearchNetwork, architect: Architect, w_optimizer: torch.optim.Optimizer,
                 train_batch: tuple[torch.Tensor, torch.Tensor], val_batch: tuple[torch.Tensor, torch.Tensor],
-                lr: float, grad_clip: float, check_finite: bool = False, update_alpha: bool = True
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                lr: float, grad_clip: float, finite: Callable[..., bool] | None = None,
+                update_alpha: bool = True, net: torch.nn.Module | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
     """One step of Algorithm 1: an α step on ``val_batch``, then a w step on ``train_batch``.
 
-    Returns the training loss, logits and (pre-clipping) weight-gradient norm, without syncing
-    unless ``check_finite``: then a non-finite loss or gradient skips the weight update.
-    ``update_alpha=False`` is the warm-up of PC-DARTS (weights only).
+    Returns the training loss, logits, (pre-clipping) weight-gradient norm and whether w was
+    updated, without syncing unless ``finite`` is given: then the weights are updated only if
+    ``finite(loss, grad_norm)``. ``update_alpha=False`` is the warm-up of PC-DARTS (weights only).
+    ``net`` runs the weight step's forward (the model in DistributedDataParallel), else ``model``.
     """
     if update_alpha:
         architect.step(train_batch, val_batch, lr)
     x, y = train_batch
     with requires_grad_off(model.arch_parameters()):
-        logits = model(x)
+        logits = (net or model)(x)
         loss = F.cross_entropy(logits, y)
         w_optimizer.zero_grad(set_to_none=True)
         loss.backward()
     params = [p for group in w_optimizer.param_groups for p in group["params"]]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    if not check_finite or bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):
+    ok = finite is None or finite(loss, grad_norm)
+    if ok:
         w_optimizer.step()
-    return loss.detach(), logits.detach(), grad_norm
+    return loss.detach(), logits.detach(), grad_norm, ok
 
 
 class Search(Run):
@@ -152,16 +154,19 @@ class Search(Run):
                  tensorboard: bool = False) -> None:
         saved = self.open(config, out_dir, KIND, resume=resume, overwrite=overwrite, quiet=quiet, log=log,
                           tensorboard=tensorboard)
-        self.device = resolve_device(config.device)
+        dist = self.dist
 
         data = load_dataset(config.dataset, "train", data_dir=config.data_dir,
                             download=config.download, verify=config.verify)
         self.log(data.description)
         train_idx, val_idx = split_portion(len(data), config.train_portion)
         seed = config.seed
-        common = dict(device=self.device, channels_last=config.channels_last)
-        self.train_loader = BatchLoader(data, train_idx, batch_size=config.batch_size, seed=seed, **common)
-        self.val_loader = BatchLoader(data, val_idx, batch_size=config.batch_size, seed=seed + 1, **common)
+        common = dict(device=self.device, channels_last=config.channels_last, rank=dist.rank,
+                      world_size=dist.world_size)
+        self.train_loader = BatchLoader(data, train_idx, batch_size=config.batch_size, seed=seed,
+                                        drop_last=dist.enabled, **common)
+        self.val_loader = BatchLoader(data, val_idx, batch_size=config.batch_size, seed=seed + 1,
+                                      drop_last=dist.enabled, **common)
         self.eval_loader = BatchLoader(data, val_idx, batch_size=max(config.batch_size, 256),
                                        shuffle=False, augment=False, **common)
 
@@ -170,21 +175,29 @@ class Search(Run):
                                       nodes=config.nodes, num_classes=data.num_classes,
                                       in_channels=data.in_channels, ops=tuple(config.ops),
                                       partial_channels=config.partial_channels)
-        self.model = SearchNetwork(space).to(self.device)
+        self.model = SearchNetwork(space)
+        if dist.enabled and config.sync_bn:
+            convert_sync_batchnorm(self.model)
+        self.model.to(self.device)
         if config.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        self.seed_ranks(seed)
         self.w_optimizer = torch.optim.SGD(self.model.weight_parameters(), lr=config.lr,
                                            momentum=config.momentum,
                                            weight_decay=config.weight_decay)
         self.architect = Architect(self.model, self.w_optimizer, order=config.order,
                                    lr=config.arch_lr, betas=tuple(config.arch_betas),
-                                   weight_decay=config.arch_weight_decay, fd_step=config.fd_step)
+                                   weight_decay=config.arch_weight_decay, fd_step=config.fd_step,
+                                   sync=dist.average)
+        # The weight step's forward runs in DDP (gradients averaged in buckets during backward);
+        # α is left to the architect. With SyncBatchNorm the statistics already agree across ranks.
+        self.net = dist.wrap(self.model, ignore=self.model.arch_parameters(), broadcast_buffers=not config.sync_bn)
         self.epoch = 0
         self.metrics = MetricsLog(self.out / METRICS)
         if saved is not None:
             self._restore(saved)
         else:
-            start_run_dir(self.out)
+            self.start()
         if tensorboard:
             self.use_tensorboard()
 
@@ -210,8 +223,8 @@ class Search(Run):
             self.architect.load_state_dict(state["architect"])
             self.train_loader.load_state_dict(state["loaders"]["train"])
             self.val_loader.load_state_dict(state["loaders"]["val"])
-            set_rng_state(state["rng"])
             self.epoch = int(state["epoch"])
+            self.restore_rng(state)
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise CheckpointError(f"{self.out / CHECKPOINT}: does not match this search ({e})") from None
         self.resumed()
@@ -224,7 +237,7 @@ class Search(Run):
         model.train()
         steps = self.epoch_steps(self.train_loader, cfg.steps_per_epoch)
         xi = self.w_optimizer.param_groups[0]["lr"]
-        meter = EpochMeter(self.device)
+        meter = EpochMeter(self.device, self.dist)
         start = self.take_in_epoch()
         if start is not None:
             meter.load_state_dict(start["meter"])
@@ -236,12 +249,12 @@ class Search(Run):
         for step in range(first, steps):
             x, y = next(batches)
             val_batch = self.val_loader.next_batch()
-            loss, logits, grad_norm = search_step(model, self.architect, self.w_optimizer,
-                                                  (x, y), val_batch, xi, cfg.grad_clip, check_finite=check,
-                                                  update_alpha=self.epoch >= cfg.arch_start_epoch)
+            loss, logits, grad_norm, ok = search_step(model, self.architect, self.w_optimizer, (x, y), val_batch,
+                                                      xi, cfg.grad_clip, finite=self.all_finite if check else None,
+                                                      update_alpha=self.epoch >= cfg.arch_start_epoch, net=self.net)
             if check:
                 self.check_arch_finite(step + 1, model.arch_parameters())
-            if check and not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+            if not ok:
                 self.bad_step(step + 1)  # raises unless --skip-nonfinite allows one more
             else:
                 meter.update(loss, logits, y)
@@ -251,6 +264,7 @@ class Search(Run):
                 bar.update(y.shape[0])
             self.step_done(step + 1, lambda: {"meter": meter.state_dict()})
         bar.close()
+        meter.reduce()
         train_loss = meter.loss
         if not math.isfinite(train_loss):
             self.bad_step(steps, "mean training loss")
@@ -259,14 +273,15 @@ class Search(Run):
 
     def evaluate(self) -> dict[str, float]:
         """Loss and accuracy of the search network on the validation split (no augmentation)."""
-        result = evaluate(self.model, self.eval_loader)
+        result = evaluate(self.model, self.eval_loader, self.dist)
         return {"val_loss": result["loss"], "val_acc": result["top1"]}
 
     def run(self) -> SearchResult:
         cfg = self.config
         self.log(f"search cnn: {cfg.order} order, C={cfg.init_channels} L={cfg.layers} "
                  f"N={cfg.nodes}, {len(self.train_loader.indices)} train / "
-                 f"{len(self.val_loader.indices)} val images, device {self.device}, out {self.out}")
+                 f"{len(self.val_loader.indices)} val images, device {self.device}{self.dist.describe()}, "
+                 f"out {self.out}")
         while self.epoch < cfg.epochs:
             start = time.perf_counter()
             lr = cosine_lr(self.epoch, cfg.epochs, cfg.lr, cfg.lr_min)
@@ -295,7 +310,7 @@ class Search(Run):
                                    f"skip(normal) {skips} | {record['seconds']:.1f}s")
             self.log(f"  genotype {genotype.to_json()}")
         genotype = self.model.genotype(cfg.max_skip)
-        atomic_write_text(self.out / GENOTYPE, genotype.to_json(indent=None) + "\n")
+        self.write_text(GENOTYPE, genotype.to_json(indent=None) + "\n")
         return SearchResult(genotype, self.metrics.read(), self.out)
 
 

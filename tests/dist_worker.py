@@ -1,0 +1,56 @@
+"""One search step, alone (batch 2B) or under torchrun (each of 2 ranks batch B); rank 0 saves what it got.
+
+    python tests/dist_worker.py OUT.pt --batch 16
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/dist_worker.py OUT.pt --batch 8 --sync-bn
+
+For every order: the α gradient of the first batch pair, then the model's whole state (w, α, BatchNorm
+statistics) after one search step (α step, then w step) on it. Used by tests/test_distributed.py.
+"""
+import argparse
+
+import torch
+
+from dartsnas.architect import Architect
+from dartsnas.data import BatchLoader, load_dataset, split_portion
+from dartsnas.distributed import Distributed, convert_sync_batchnorm
+from dartsnas.spaces import ConvSearchSpaceConfig, SearchNetwork
+from dartsnas.train.search import search_step
+
+
+def one_step(dist: Distributed, order: str, batch: int, sync_bn: bool) -> dict:
+    data = load_dataset("digits", "train")
+    train_idx, val_idx = split_portion(len(data), 0.5)
+    common = dict(batch_size=batch, rank=dist.rank, world_size=dist.world_size, drop_last=True)
+    train = BatchLoader(data, train_idx, seed=0, **common)
+    val = BatchLoader(data, val_idx, seed=1, **common)
+    torch.manual_seed(0)
+    model = SearchNetwork(ConvSearchSpaceConfig(init_channels=4, layers=3, nodes=2, num_classes=10, in_channels=1))
+    if sync_bn and dist.enabled:
+        convert_sync_batchnorm(model)
+    w_opt = torch.optim.SGD(model.weight_parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4)
+    arch = Architect(model, w_opt, order=order, lr=0.01, sync=dist.average)
+    net = dist.wrap(model, ignore=model.arch_parameters(), broadcast_buffers=not sync_bn)
+    train_batch, val_batch = train.next_batch(), val.next_batch()
+    grads = arch.alpha_grad(train_batch, val_batch, xi=0.1)
+    search_step(model, arch, w_opt, train_batch, val_batch, 0.1, 5.0, net=net)
+    return {"alpha_grad": [g.clone() for g in grads],
+            "state": {k: v.clone() for k, v in model.state_dict().items()}}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("out")
+    p.add_argument("--batch", type=int, required=True)
+    p.add_argument("--sync-bn", action="store_true")
+    p.add_argument("--orders", nargs="+", default=["first", "second"])
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    dist = Distributed.from_env("cpu")
+    result = {order: one_step(dist, order, args.batch, args.sync_bn) for order in args.orders}
+    if dist.is_main:
+        torch.save(result, args.out)
+    dist.close()
+
+
+if __name__ == "__main__":
+    main()

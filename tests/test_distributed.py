@@ -1,0 +1,127 @@
+"""Data parallelism: two gloo processes on CPU, launched with torchrun as a user would."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dartsnas.cli import main
+from dartsnas.data import BatchLoader, load_dataset
+from dartsnas.distributed import Distributed, SyncBatchNorm, convert_sync_batchnorm
+
+WORKER = Path(__file__).with_name("dist_worker.py")
+ORDERS = ["first", "second", "exact"]
+
+
+def torchrun(*args: str, cwd: Path, nproc: int = 2) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             f"--nproc_per_node={nproc}", *args], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def one_step(tmp_path: Path, name: str, *args: str, nproc: int = 1) -> dict:
+    out = tmp_path / f"{name}.pt"
+    if nproc == 1:
+        subprocess.run([sys.executable, str(WORKER), str(out), *args], check=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    else:
+        torchrun(str(WORKER), str(out), *args, cwd=tmp_path, nproc=nproc)
+    return torch.load(out, weights_only=True)
+
+
+def test_two_ranks_with_sync_bn_take_the_step_one_process_takes_on_twice_the_batch(tmp_path):
+    alone = one_step(tmp_path, "alone", "--batch", "16", "--orders", *ORDERS)
+    pair = one_step(tmp_path, "pair", "--batch", "8", "--sync-bn", "--orders", *ORDERS, nproc=2)
+    for order in ORDERS:
+        for a, b in zip(alone[order]["alpha_grad"], pair[order]["alpha_grad"]):
+            assert a.abs().max() > 1e-3
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=f"{order}: α gradient")
+        for key, a in alone[order]["state"].items():  # weights, α and BatchNorm statistics after the step
+            torch.testing.assert_close(pair[order]["state"][key], a, rtol=1e-4, atol=1e-6, msg=f"{order}: {key}")
+    # Without SyncBatchNorm each rank normalises by its own half-batch: the gradients differ.
+    unsynced = one_step(tmp_path, "unsynced", "--batch", "8", "--orders", "first", nproc=2)
+    diff = max((a - b).abs().max() for a, b in zip(alone["first"]["alpha_grad"], unsynced["first"]["alpha_grad"]))
+    assert diff > 1e-4
+
+
+def test_sharded_loader_gives_each_rank_its_rows_of_the_global_batch():
+    data = load_dataset("digits", "train")
+    whole = BatchLoader(data, batch_size=12, seed=5, cutout=3, drop_last=True)
+    ranks = [BatchLoader(data, batch_size=4, seed=5, cutout=3, drop_last=True, rank=r, world_size=3) for r in range(3)]
+    assert len(whole) == len(ranks[0]) == len(data) // 12
+    for _ in range(3):  # crops, flips and cutout drawn for the global batch
+        x, y = whole.next_batch()
+        parts = [loader.next_batch() for loader in ranks]
+        torch.testing.assert_close(torch.cat([p[0] for p in parts]), x, rtol=0, atol=0)
+        assert torch.equal(torch.cat([p[1] for p in parts]), y)
+
+
+def test_sharded_loader_refuses_a_subset_smaller_than_one_global_batch():
+    data = load_dataset("digits", "train")
+    with pytest.raises(Exception, match="do not fill one global batch of 8 x 2 processes"):
+        BatchLoader(data, torch.arange(10), batch_size=8, drop_last=True, rank=1, world_size=2)
+
+
+def test_sync_batchnorm_alone_is_batchnorm_and_conversion_keeps_the_state():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4),
+                              torch.nn.Sequential(torch.nn.BatchNorm2d(4, affine=False)))
+    net[1].weight.data.uniform_()
+    net[1].running_mean.fill_(0.3)
+    reference = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(6, 3, 8, 8)
+    expected = net(x)
+    torch.manual_seed(0)
+    sync = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4),
+                               torch.nn.Sequential(torch.nn.BatchNorm2d(4, affine=False)))
+    sync.load_state_dict(reference)
+    convert_sync_batchnorm(sync)
+    assert isinstance(sync[1], SyncBatchNorm) and isinstance(sync[2][0], SyncBatchNorm)
+    torch.testing.assert_close(sync(x), expected)
+    for key, value in net.state_dict().items():  # the running statistics moved the same way
+        torch.testing.assert_close(sync.state_dict()[key], value)
+
+
+def test_single_process_distributed_is_a_no_op():
+    d = Distributed()
+    t = [torch.ones(3), torch.zeros(2)]
+    assert d.average(t)[0] is t[0] and not d.enabled and d.is_main
+    assert d.any(True) and not d.any(False) and d.gather_objects(7) == [7]
+    net = torch.nn.Linear(2, 2)
+    assert d.wrap(net) is net
+
+
+def test_torchrun_search_writes_one_run_directory_and_resumes(tmp_path):
+    flags = ["-m", "dartsnas", "search", "cnn", "--dataset", "digits", "--init-channels", "4", "--layers", "3",
+             "--nodes", "2", "--batch-size", "16", "--steps-per-epoch", "3", "--checkpoint-every", "2",
+             "--sync-bn", "--order", "second", "--device", "cpu", "--out", "run"]
+    first = torchrun(*flags, "--epochs", "1", cwd=tmp_path)
+    assert first.stdout.count("search cnn: second order") == 1  # rank 0 alone logs
+    assert "x 2 processes (data parallel)" in first.stdout
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "genotype.json", "metrics.jsonl"]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1]
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert len(state["rng_ranks"]) == 2 and state["epoch"] == 1
+
+    torchrun(*flags, "--epochs", "2", "--resume", cwd=tmp_path)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    genotype = json.loads((run / "genotype.json").read_text())
+    assert genotype == records[-1]["genotype"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "genotype.json", "metrics.jsonl"]
+
+
+def test_protocol_commands_refuse_torchrun(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code = main(["random-search", "cnn", "--samples", "1", "--no-train", "--out", str(tmp_path / "r")])
+    assert code == 1
+    assert "run it without torchrun" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
