@@ -11,6 +11,7 @@ import torch
 from dartsnas.cli import main
 from dartsnas.data import BatchLoader, load_dataset
 from dartsnas.distributed import Distributed, SyncBatchNorm, convert_sync_batchnorm
+from test_recurrent import PTB, needs_ptb
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 ORDERS = ["first", "second", "exact"]
@@ -125,3 +126,57 @@ def test_protocol_commands_refuse_torchrun(tmp_path, monkeypatch, capsys):
     assert code == 1
     assert "run it without torchrun" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_torchrun_train_cnn_writes_model_and_resumes(tmp_path):
+    flags = ["-m", "dartsnas", "train", "cnn", "--dataset", "digits", "--genotype", "DARTS_V2", "--init-channels", "4",
+             "--layers", "3", "--batch-size", "16", "--steps-per-epoch", "3", "--auxiliary-weight", "0.4",
+             "--drop-path", "0.2", "--sync-bn", "--device", "cpu", "--out", "run"]
+    first = torchrun(*flags, "--epochs", "1", cwd=tmp_path)
+    assert "x 2 processes (data parallel)" in first.stdout
+    torchrun(*flags, "--epochs", "2", "--resume", cwd=tmp_path)
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "metrics.jsonl", "model.pt"]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert all(0 <= r["test_top1"] <= 1 for r in records)
+    assert records[0]["steps"] == 3
+    assert main(["eval", str(run), "--device", "cpu"]) == 0
+
+
+def test_rank_rows_of_a_stream_evaluate_to_the_whole_stream():
+    from dartsnas.data.text import batchify, rank_rows
+    from dartsnas.genotype import load_genotype
+    from dartsnas.nets.recurrent import RNNConfig, build_rnn_model
+    from dartsnas.train.search_rnn import evaluate_lm
+    torch.manual_seed(0)
+    model = build_rnn_model(load_genotype("DARTS_V2", "rnn"), RNNConfig(vocab_size=50, emsize=8, nhid=8))
+    data = batchify(torch.randint(0, 50, (2000,)), 6)
+    whole = evaluate_lm(model, data, 7)
+    shares = [rank_rows(data, r, 4) for r in range(4)]
+    assert [s.shape[0] for s in shares] == [2, 2, 1, 1]
+    tokens = [s.shape[0] * (s.shape[1] - 1) for s in shares]
+    combined = sum(evaluate_lm(model, s, 7) * n for s, n in zip(shares, tokens)) / sum(tokens)
+    assert combined == pytest.approx(whole, rel=1e-6)
+
+
+@needs_ptb
+def test_torchrun_recurrent_search_and_training(tmp_path):
+    data = ["--data-dir", str(PTB), "--train-split", "valid", "--val-split", "test", "--emsize", "16", "--nhid", "16",
+            "--batch-size", "32", "--eval-batch-size", "64", "--steps-per-epoch", "3", "--device", "cpu"]
+    search = ["-m", "dartsnas", "search", "rnn", *data, "--sync-bn", "--out", "search"]
+    out = torchrun(*search, "--epochs", "1", cwd=tmp_path).stdout
+    assert out.count("search rnn: first order") == 1 and "x 2 processes (data parallel)" in out
+    torchrun(*search, "--epochs", "2", "--resume", cwd=tmp_path)
+    run = tmp_path / "search"
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "genotype.json", "metrics.jsonl"]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert json.loads((run / "genotype.json").read_text()) == records[-1]["genotype"]
+
+    train = ["-m", "dartsnas", "train", "rnn", *data, "--test-split", "test", "--genotype", "search",
+             "--test-batch-size", "16", "--epochs", "1", "--out", "train"]
+    torchrun(*train, cwd=tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["epoch"] == 1 and records[-1]["test_ppl"] > 1  # one epoch, then the test record
+    assert len(records) == 2

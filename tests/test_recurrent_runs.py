@@ -65,7 +65,7 @@ def test_short_real_training_beats_the_unigram_perplexity_by_30_percent(tmp_path
 def test_switch_to_averaged_sgd_on_the_non_monotone_trigger_and_resume(tmp_path, monkeypatch):
     # Validation losses per epoch (then the final test evaluation): no improvement after epoch 2.
     losses = itertools.chain([5.0, 4.0, 4.5, 4.6, 4.7], itertools.repeat(4.9))
-    monkeypatch.setattr(final_rnn, "evaluate_lm", lambda model, data, bptt: next(losses))
+    monkeypatch.setattr(final_rnn, "evaluate_lm", lambda model, data, bptt, **kw: next(losses))
     cfg = RNNTrainConfig(**{**TINY, "steps_per_epoch": 1}, test_split="test", test_batch_size=128, nonmono=1,
                          epochs=5)
     records = final_rnn.RNNTraining(cfg, tmp_path, quiet=True).run()

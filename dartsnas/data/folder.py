@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import DataError
 from .augment import normalize
@@ -143,18 +143,49 @@ class ImageFolderDataset(Dataset):
         return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1), label
 
 
+class GlobalBatches(Sampler):
+    """This rank's rows of each global batch (``batch_size`` x ``world_size``) of one pass in a shared
+    shuffled order, as :class:`~dartsnas.data.BatchLoader` takes them; a rank whose share of a last,
+    short batch is empty skips it."""
+
+    def __init__(self, n: int, *, batch_size: int, shuffle: bool, drop_last: bool,
+                 generator: torch.Generator, rank: int = 0, world_size: int = 1) -> None:
+        self.n, self.batch_size, self.shuffle, self.drop_last = n, batch_size, shuffle, drop_last
+        self.generator, self.rank, self.world_size = generator, rank, world_size
+
+    def _starts(self) -> range:
+        step = self.batch_size * self.world_size
+        end = self.n - self.n % step if self.drop_last else self.n
+        return range(0, end, step)
+
+    def __len__(self) -> int:
+        first = self.rank * self.batch_size
+        return sum(1 for start in self._starts() if start + first < self.n)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = torch.randperm(self.n, generator=self.generator) if self.shuffle else torch.arange(self.n)
+        first = self.rank * self.batch_size
+        for start in self._starts():
+            rows = order[start + first:start + first + self.batch_size]
+            if len(rows):
+                yield rows.tolist()
+
+
 class FolderLoader:
-    """Batches of an :class:`ImageFolderDataset` on ``device``, normalised there; resumable per epoch."""
+    """Batches of an :class:`ImageFolderDataset` on ``device``, normalised there; resumable per epoch.
+    Data parallel, each rank loads only its rows of every global batch (:class:`GlobalBatches`)."""
 
     def __init__(self, dataset: ImageFolderDataset, *, batch_size: int, shuffle: bool, drop_last: bool,
                  workers: int = 4, device: torch.device | str = "cpu", seed: int = 0,
-                 channels_last: bool = False, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> None:
+                 channels_last: bool = False, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 rank: int = 0, world_size: int = 1) -> None:
         self.dataset, self.device = dataset, torch.device(device)
         self.batch_size, self.mean, self.std = batch_size, mean, std
         self.generator = torch.Generator().manual_seed(seed)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-                                 num_workers=workers, generator=self.generator,
+        batches = GlobalBatches(len(dataset), batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+                                generator=self.generator, rank=rank, world_size=world_size)
+        self.loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, generator=self.generator,
                                  pin_memory=self.device.type == "cuda", persistent_workers=False)
 
     def __len__(self) -> int:

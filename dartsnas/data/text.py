@@ -101,6 +101,13 @@ def batchify(stream: torch.Tensor, batch_size: int) -> torch.Tensor:
     return stream[: n * batch_size].view(batch_size, n)
 
 
+def rank_rows(data: torch.Tensor, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    """This rank's share of the rows of a batchified stream [rows, tokens] (contiguous, as even as
+    possible). Rows are independent streams, so data-parallel ranks that each take theirs compute what
+    one process computes on all of them."""
+    return data.tensor_split(world_size, dim=0)[rank]
+
+
 def get_window(data: torch.Tensor, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs and next-token targets [T, B] of the window starting at column ``start``."""
     length = min(length, data.shape[1] - 1 - start)

@@ -21,12 +21,13 @@ import torch.nn.functional as F
 
 from ..data import BatchLoader, data_root, load_dataset, split_portion
 from ..data.folder import FolderLoader, folder_datasets
+from ..distributed import convert_sync_batchnorm
 from ..errors import CheckpointError, ConfigError
 from ..genotype import Genotype, load_genotype
 from ..nets import NetworkConfig, build_network
 from .checkpoint import CHECKPOINT, METRICS, MetricsLog, load_checkpoint, model_file, save_checkpoint
 from .common import (EpochMeter, RunOptions, Run, config_from_dict, cosine_lr, evaluate,
-                     resolve_device, rng_state, seed_everything, set_rng_state, start_run_dir)
+                     resolve_device, rng_state, seed_everything)
 from .progress import Progress
 
 KIND = "train-cnn"
@@ -136,9 +137,11 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
     return contextlib.nullcontext()
 
 
-def build_loaders(config: TrainConfig, device: torch.device, *, train_split: bool = True) -> dict[str, Any]:
-    """Training and test loaders of ``config.dataset``, with its class count and channel count."""
-    common = dict(device=device, channels_last=config.channels_last)
+def build_loaders(config: TrainConfig, device: torch.device, *, train_split: bool = True,
+                  rank: int = 0, world_size: int = 1) -> dict[str, Any]:
+    """Training and test loaders of ``config.dataset``, with its class count and channel count
+    (data parallel: this rank's share of each global batch)."""
+    common = dict(device=device, channels_last=config.channels_last, rank=rank, world_size=world_size)
     if DATASET_KINDS[config.dataset] == "folder":
         root = data_root(config.data_dir)
         train_ds, test_ds, classes = folder_datasets(root, image_size=config.image_size, seed=config.seed)
@@ -174,6 +177,18 @@ def _network_config(config: TrainConfig, genotype: Genotype, num_classes: int, i
                          auxiliary=config.auxiliary_weight > 0)
 
 
+class WithAuxiliary(torch.nn.Module):
+    """``forward`` returning (logits, auxiliary logits), so that DistributedDataParallel, which hooks
+    ``forward`` only, sees the training forward."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.model.forward_with_aux(x)
+
+
 class Training(Run):
     """A resumable training run of a final network writing into ``out_dir``."""
 
@@ -186,9 +201,8 @@ class Training(Run):
             self.genotype = Genotype.from_dict(saved["genotype"], source=str(self.out / CHECKPOINT))
         else:
             self.genotype = load_genotype(config.genotype)
-        self.device = resolve_device(config.device)
         self.autocast = autocast(self.device, config.amp)
-        data = build_loaders(config, self.device)
+        data = build_loaders(config, self.device, rank=self.dist.rank, world_size=self.dist.world_size)
         self.log(data["description"])
         self.train_loader, self.test_loader = data["train"], data["test"]
         self.val_loader = data.get("val")
@@ -202,11 +216,16 @@ class Training(Run):
                               f"{size}x{size} images of {config.dataset} are too small (at least {factor}x{factor})")
         seed_everything(config.seed)
         self.net_config = _network_config(config, self.genotype, data["num_classes"], data["in_channels"])
-        self.model = build_network(config.network, self.net_config).to(self.device)
+        self.model = build_network(config.network, self.net_config)
+        if self.dist.enabled and config.sync_bn:
+            convert_sync_batchnorm(self.model)
+        self.model.to(self.device)
         if config.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        self.seed_ranks(config.seed)  # drop-path masks differ between ranks
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
+        self.net = self.dist.wrap(WithAuxiliary(self.model), broadcast_buffers=not config.sync_bn)
         self.epoch = 0
         self.metrics = MetricsLog(self.out / METRICS)
         if saved is not None:
@@ -214,13 +233,13 @@ class Training(Run):
                 self.model.load_state_dict(saved["model"])
                 self.optimizer.load_state_dict(saved["optimizer"])
                 self.train_loader.load_state_dict(saved["loader"])
-                set_rng_state(saved["rng"])
                 self.epoch = int(saved["epoch"])
+                self.restore_rng(saved)
             except (KeyError, RuntimeError, ValueError, TypeError) as e:
                 raise CheckpointError(f"{self.out / CHECKPOINT}: does not match this training ({e})") from None
             self.resumed()
         else:
-            start_run_dir(self.out)
+            self.start()
         if tensorboard:
             self.use_tensorboard()
 
@@ -233,7 +252,7 @@ class Training(Run):
         cfg, model = self.config, self.model
         model.train()
         steps = self.epoch_steps(self.train_loader, cfg.steps_per_epoch)
-        meter = EpochMeter(self.device)
+        meter = EpochMeter(self.device, self.dist)
         start = self.take_in_epoch()
         if start is not None:
             meter.load_state_dict(start["meter"])
@@ -243,7 +262,7 @@ class Training(Run):
         for step in range(start["step"] if start is not None else 0, steps):
             x, y = next(batches)
             with self.autocast:
-                logits, aux = model.forward_with_aux(x)
+                logits, aux = self.net(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
                 if aux is not None:
                     loss = loss + cfg.auxiliary_weight * F.cross_entropy(aux.float(), y,
@@ -251,7 +270,7 @@ class Training(Run):
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            if check and not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+            if check and not self.all_finite(loss, grad_norm):
                 self.bad_step(step + 1)  # raises unless --skip-nonfinite allows one more
             else:
                 self.optimizer.step()
@@ -262,6 +281,7 @@ class Training(Run):
                 bar.update(y.shape[0])
             self.step_done(step + 1, lambda: {"meter": meter.state_dict()})
         bar.close()
+        meter.reduce()
         return {"train_loss": meter.loss, "train_acc": meter.accuracy, "steps": steps,
                 "images_per_s": meter.seen / max(time.perf_counter() - bar.start, 1e-9)}
 
@@ -269,7 +289,7 @@ class Training(Run):
         cfg = self.config
         params = sum(p.numel() for p in self.model.parameters())
         self.log(f"train cnn: {cfg.network} network C={cfg.init_channels} L={cfg.layers}, {params:,} "
-                 f"parameters, device {self.device}, out {self.out}")
+                 f"parameters, device {self.device}{self.dist.describe()}, out {self.out}")
         while self.epoch < cfg.epochs:
             start = time.perf_counter()
             lr = learning_rate(cfg, self.epoch)
@@ -280,7 +300,7 @@ class Training(Run):
             record.update(self.train_epoch())
             # With a held-out validation split (selection), the test split is not looked at.
             split, loader = ("val", self.val_loader) if self.val_loader is not None else ("test", self.test_loader)
-            record.update({f"{split}_{k}": v for k, v in evaluate(self.model, loader).items()})
+            record.update({f"{split}_{k}": v for k, v in evaluate(self.model, loader, self.dist).items()})
             self.epoch += 1
             record["seconds"] = round(time.perf_counter() - start, 3)
             self.end_epoch(record, f"epoch {record['epoch']}/{cfg.epochs} lr {lr:.5f} drop-path "
@@ -288,8 +308,10 @@ class Training(Run):
                            f"{record['train_acc']:.4f} | {split} loss {record[f'{split}_loss']:.4f} top1 "
                            f"{record[f'{split}_top1']:.4f} top5 {record[f'{split}_top5']:.4f} | "
                            f"{record['seconds']:.1f}s")
-        save_checkpoint(self.out / MODEL, {"kind": "model-cnn", "config": self.config.to_dict(),
-                                           "genotype": self.genotype.to_dict(), "model": self.model.state_dict()})
+        if self.dist.is_main:
+            save_checkpoint(self.out / MODEL, {"kind": "model-cnn", "config": self.config.to_dict(),
+                                               "genotype": self.genotype.to_dict(), "model": self.model.state_dict()})
+        self.dist.barrier()
         return self.metrics.read()
 
 

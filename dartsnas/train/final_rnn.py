@@ -17,12 +17,12 @@ from typing import Any, Callable
 
 import torch
 
-from ..data.text import Corpus, batchify
+from ..data.text import Corpus, batchify, rank_rows
 from ..errors import CheckpointError, ConfigError
 from ..genotype import RecurrentGenotype, load_genotype
 from ..nets.recurrent import RNNConfig, build_rnn_model
 from .checkpoint import CHECKPOINT, METRICS, MetricsLog, load_checkpoint, model_file, save_checkpoint
-from .common import RunOptions, Run, config_from_dict, resolve_device, rng_state, seed_everything, set_rng_state, start_run_dir
+from .common import RunOptions, Run, config_from_dict, resolve_device, rng_state, seed_everything
 from .search_rnn import evaluate_lm, train_lm_epoch
 
 KIND = "train-rnn"
@@ -125,16 +125,18 @@ class RNNTraining(Run):
             self.genotype = load_genotype(config.genotype, "rnn")
         if config.data_dir is None:
             raise ConfigError("--data-dir is required: a folder with train/valid/test text files")
-        self.device = resolve_device(config.device)
         corpus = Corpus(config.data_dir, splits=(config.train_split, config.val_split, config.test_split))
         self.vocab_size = corpus.vocab_size
         self.log(f"corpus {config.data_dir}: vocabulary {corpus.vocab_size:,}; {config.train_split} "
                  f"{corpus[config.train_split].numel():,} tokens")
-        self.train_data = batchify(corpus[config.train_split], config.batch_size).to(self.device)
-        self.val_data = batchify(corpus[config.val_split], config.eval_batch_size).to(self.device)
-        self.test_data = batchify(corpus[config.test_split], config.test_batch_size).to(self.device)
+        rank, world = self.dist.rank, self.dist.world_size
+        self.train_data = rank_rows(batchify(corpus[config.train_split], config.batch_size * world),
+                                    rank, world).to(self.device)
+        self.val_data = rank_rows(batchify(corpus[config.val_split], config.eval_batch_size), rank, world).to(self.device)
         seed_everything(config.seed)
         self.model = build_rnn_model(self.genotype, config.model_config(corpus.vocab_size)).to(self.device)
+        self.seed_ranks(config.seed)  # dropout masks differ between ranks
+        self.net = self.dist.wrap(self.model)
         if config.compile:
             self.model.cell.compile_step()
         self.optimizer: torch.optim.Optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr,
@@ -151,15 +153,15 @@ class RNNTraining(Run):
                 self.model.load_state_dict(saved["model"])
                 self.optimizer.load_state_dict(saved["optimizer"])
                 self.lengths.set_state(saved["lengths"])
-                set_rng_state(saved["rng"])
                 self.val_history = list(saved["val_history"])
                 self.best_val = float(saved["best_val"])
                 self.epoch = int(saved["epoch"])
+                self.restore_rng(saved)
             except (KeyError, RuntimeError, ValueError, TypeError) as e:
                 raise CheckpointError(f"{self.out / CHECKPOINT}: does not match this training ({e})") from None
             self.resumed()
         else:
-            start_run_dir(self.out)
+            self.start()
         if tensorboard:
             self.use_tensorboard()
 
@@ -180,18 +182,19 @@ class RNNTraining(Run):
 
     def train_epoch(self) -> dict[str, float]:
         return train_lm_epoch(self, self.model, self.optimizer, list(self.model.parameters()), self.train_data,
-                              self.config, self.lengths)
+                              self.config, self.lengths, net=self.net)
 
     def run(self) -> list[dict[str, Any]]:
         cfg = self.config
         params = sum(p.numel() for p in self.model.parameters())
-        self.log(f"train rnn: {cfg.emsize}/{cfg.nhid}, {params:,} parameters, device {self.device}, out {self.out}")
+        self.log(f"train rnn: {cfg.emsize}/{cfg.nhid}, {params:,} parameters, device {self.device}"
+                 f"{self.dist.describe()}, out {self.out}")
         while self.epoch < cfg.epochs:
             start = time.perf_counter()
             record: dict[str, Any] = {"epoch": self.epoch + 1, "optimizer": "asgd" if self.asgd else "sgd"}
             record.update(self.train_epoch())
             with averaged_weights(self.model, self.optimizer):
-                val_loss = evaluate_lm(self.model, self.val_data, cfg.bptt)
+                val_loss = evaluate_lm(self.model, self.val_data, cfg.bptt, dist=self.dist)
                 if val_loss < self.best_val:
                     self.best_val = val_loss
                     self._save_model()
@@ -207,17 +210,18 @@ class RNNTraining(Run):
             self.end_epoch(record, f"epoch {record['epoch']}/{cfg.epochs} ({record['optimizer']}) train ppl "
                                    f"{record['train_ppl']:.2f} | val ppl {record['val_ppl']:.2f} | "
                                    f"{record['seconds']:.1f}s")
-        result = evaluate_perplexity(self.out / MODEL, split=cfg.test_split, device=str(self.device))
-        self.log(f"test ppl {result['ppl']:.2f} (best model, batch size {cfg.test_batch_size})")
-        records = self.metrics.read()
-        records.append({"test_loss": result["loss"], "test_ppl": result["ppl"]})
-        self.metrics.append(records[-1])
-        return records
+        if self.dist.is_main:  # the best model, on the test split (one process is enough)
+            result = evaluate_perplexity(self.out / MODEL, split=cfg.test_split, device=str(self.device))
+            self.log(f"test ppl {result['ppl']:.2f} (best model, batch size {cfg.test_batch_size})")
+            self.metrics.append({"test_loss": result["loss"], "test_ppl": result["ppl"]})
+        self.dist.barrier()
+        return self.metrics.read()
 
     def _save_model(self) -> None:
-        save_checkpoint(self.out / MODEL, {"kind": "model-rnn", "config": self.config.to_dict(),
-                                           "genotype": self.genotype.to_dict(), "vocab_size": self.vocab_size,
-                                           "model": self.model.state_dict()})
+        if self.dist.is_main:
+            save_checkpoint(self.out / MODEL, {"kind": "model-rnn", "config": self.config.to_dict(),
+                                               "genotype": self.genotype.to_dict(), "vocab_size": self.vocab_size,
+                                               "model": self.model.state_dict()})
 
 
 def train_rnn(config: RNNTrainConfig, out_dir: str | Path, **kwargs: Any) -> list[dict[str, Any]]:

@@ -18,13 +18,14 @@ import torch
 import torch.nn.functional as F
 
 from ..architect import ORDERS, Architect, requires_grad_off
-from ..data.text import Corpus, batchify, get_window
+from ..data.text import Corpus, batchify, get_window, rank_rows
+from ..distributed import Distributed, convert_sync_batchnorm
 from ..errors import ConfigError
 from ..genotype import RecurrentGenotype
 from ..ops import RNN_DARTS_OPS
 from ..spaces import RecurrentSearchModel, RecurrentSearchSpaceConfig
-from .checkpoint import GENOTYPE, METRICS, MetricsLog, atomic_write_text, tensors_to_lists
-from .common import RunOptions, Run, config_from_dict, resolve_device, rng_state, seed_everything, set_rng_state, start_run_dir
+from .checkpoint import GENOTYPE, METRICS, MetricsLog, tensors_to_lists
+from .common import RunOptions, Run, config_from_dict, rng_state, seed_everything
 from .progress import Progress
 
 KIND = "search-rnn"
@@ -100,19 +101,23 @@ def window_length(bptt: int, max_delta: int, generator: torch.Generator) -> int:
 
 
 @torch.no_grad()
-def evaluate_lm(model: torch.nn.Module, data: torch.Tensor, bptt: int) -> float:
-    """Mean next-token NLL over a batchified stream [B, N], the state carried across windows."""
+def evaluate_lm(model: torch.nn.Module, data: torch.Tensor, bptt: int, dist: Distributed | None = None) -> float:
+    """Mean next-token NLL over a batchified stream [B, N], the state carried across windows
+    (data parallel: over every rank's rows, ``data`` being this rank's)."""
     was_training = model.training
     model.eval()
-    hidden = model.init_hidden(data.shape[0])
-    total, count = 0.0, 0
-    for start in range(0, data.shape[1] - 1, bptt):
-        x, y = get_window(data, start, bptt)
-        log_prob, hidden, _ = model(x, hidden)
-        total += F.nll_loss(log_prob, y, reduction="sum").item()
-        count += y.numel()
+    sums = torch.zeros(2, dtype=torch.float64, device=data.device)  # NLL, tokens
+    if data.shape[0] > 0:
+        hidden = model.init_hidden(data.shape[0])
+        for start in range(0, data.shape[1] - 1, bptt):
+            x, y = get_window(data, start, bptt)
+            log_prob, hidden, _ = model(x, hidden)
+            sums[0] += F.nll_loss(log_prob, y, reduction="sum").double()
+            sums[1] += y.numel()
     model.train(was_training)
-    return total / count
+    if dist is not None:
+        sums = dist.sum(sums)
+    return (sums[0] / sums[1]).item()
 
 
 def tar_ar_penalty(raw: torch.Tensor, dropped: torch.Tensor | None, tar: float, ar: float) -> torch.Tensor:
@@ -127,13 +132,15 @@ def train_lm_epoch(run: Run, model: torch.nn.Module, optimizer: torch.optim.Opti
                    params: list[torch.Tensor], data: torch.Tensor, cfg: Any, lengths: torch.Generator,
                    before_step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, float], None] | None = None,
                    frozen: list[torch.Tensor] | None = None,
-                   carried: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+                   carried: dict[str, torch.Tensor] | None = None,
+                   net: torch.nn.Module | None = None) -> dict[str, float]:
     """One pass over a batchified stream in random-length windows: SGD on NLL + TAR (+ AR).
 
     The learning rate of each step is scaled by its window length (AWD-LSTM). ``before_step``
     (the architecture step of a search) runs first on each window; ``frozen`` tensors (α) get no
     gradient from the weight step; ``carried`` holds the caller's tensors that mid-epoch
-    checkpoints must keep (the search's validation-stream state).
+    checkpoints must keep (the search's validation-stream state). ``net`` runs the weight step's
+    forward (the model in DistributedDataParallel; ``data`` is then this rank's rows).
     """
     model.train()
     hidden = model.init_hidden(data.shape[0])
@@ -158,13 +165,13 @@ def train_lm_epoch(run: Run, model: torch.nn.Module, optimizer: torch.optim.Opti
             before_step(x, y, hidden, pos, group["lr"])
             run.check_arch_finite(step + 1, frozen or [])
         with requires_grad_off(frozen or []):
-            log_prob, new_hidden, raw = model(x, hidden)
+            log_prob, new_hidden, raw = (net or model)(x, hidden)
             nll = F.nll_loss(log_prob, y)
             loss = nll + tar_ar_penalty(raw, None, cfg.tar, cfg.ar)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        if torch.isfinite(loss) and torch.isfinite(grad_norm):
+        if run.all_finite(loss, grad_norm):
             optimizer.step()
             hidden = new_hidden
             total += nll.item() * y.numel()
@@ -178,6 +185,9 @@ def train_lm_epoch(run: Run, model: torch.nn.Module, optimizer: torch.optim.Opti
         run.step_done(step, lambda: {"pos": pos, "total": total, "tokens": tokens, "hidden": hidden.detach().cpu(),
                                      "carried": {k: v.detach().cpu() for k, v in carried.items()}})
     bar.close()
+    if run.dist.enabled:
+        sums = run.dist.sum(torch.tensor([total, float(tokens)], dtype=torch.float64))
+        total, tokens = sums[0].item(), int(sums[1].item())
     train_loss = total / max(tokens, 1)
     return {"train_loss": train_loss, "train_ppl": math.exp(min(train_loss, 50)), "steps": step,
             "tokens_per_s": tokens / max(time.perf_counter() - bar.start, 1e-9)}
@@ -191,22 +201,28 @@ class RNNSearch(Run):
                  tensorboard: bool = False) -> None:
         saved = self.open(config, out_dir, KIND, resume=resume, overwrite=overwrite, quiet=quiet, log=log,
                           tensorboard=tensorboard)
-        self.device = resolve_device(config.device)
         if config.data_dir is None:
             raise ConfigError("--data-dir is required: a folder with train/valid/test text files")
         corpus = Corpus(config.data_dir, splits=(config.train_split, config.val_split))
         self.log(f"corpus {config.data_dir}: vocabulary {corpus.vocab_size:,}, {config.train_split} "
                  f"{corpus[config.train_split].numel():,} tokens, {config.val_split} "
                  f"{corpus[config.val_split].numel():,} tokens")
-        self.train_data = batchify(corpus[config.train_split], config.batch_size).to(self.device)
-        self.val_data = batchify(corpus[config.val_split], config.batch_size).to(self.device)
-        self.eval_data = batchify(corpus[config.val_split], config.eval_batch_size).to(self.device)
+        rank, world = self.dist.rank, self.dist.world_size
+        self.train_data = rank_rows(batchify(corpus[config.train_split], config.batch_size * world), rank, world)
+        self.val_data = rank_rows(batchify(corpus[config.val_split], config.batch_size * world), rank, world)
+        self.eval_data = rank_rows(batchify(corpus[config.val_split], config.eval_batch_size), rank, world)
+        self.train_data, self.val_data, self.eval_data = (d.to(self.device) for d in
+                                                          (self.train_data, self.val_data, self.eval_data))
         seed_everything(config.seed)
         space = RecurrentSearchSpaceConfig(
             vocab_size=corpus.vocab_size, emsize=config.emsize, nhid=config.nhid, nodes=config.nodes,
             dropout=config.dropout, dropout_h=config.dropout_h, dropout_x=config.dropout_x,
             dropout_i=config.dropout_i, dropout_e=config.dropout_e, ops=tuple(config.ops))
-        self.model = RecurrentSearchModel(space).to(self.device)
+        self.model = RecurrentSearchModel(space)
+        if self.dist.enabled and config.sync_bn:
+            convert_sync_batchnorm(self.model)
+        self.model.to(self.device)
+        self.seed_ranks(config.seed)  # dropout masks differ between ranks
         if config.compile:
             self.model.cell.compile_step()
         self.w_optimizer = torch.optim.SGD(self.model.weight_parameters(), lr=config.lr,
@@ -214,7 +230,9 @@ class RNNSearch(Run):
         # The reference's recurrent architect uses Adam's default betas (the conv one uses 0.5).
         self.architect = Architect(self.model, self.w_optimizer, order=config.order, lr=config.arch_lr,
                                    betas=(0.9, 0.999), weight_decay=config.arch_weight_decay,
-                                   fd_step=config.fd_step)
+                                   fd_step=config.fd_step, sync=self.dist.average)
+        self.net = self.dist.wrap(self.model, ignore=self.model.arch_parameters(),
+                                  broadcast_buffers=not config.sync_bn)
         self.lengths = torch.Generator().manual_seed(config.seed)
         self.epoch = 0
         self.metrics = MetricsLog(self.out / METRICS)
@@ -223,11 +241,11 @@ class RNNSearch(Run):
             self.w_optimizer.load_state_dict(saved["w_optimizer"])
             self.architect.load_state_dict(saved["architect"])
             self.lengths.set_state(saved["lengths"])
-            set_rng_state(saved["rng"])
             self.epoch = int(saved["epoch"])
+            self.restore_rng(saved)
             self.resumed()
         else:
-            start_run_dir(self.out)
+            self.start()
         if tensorboard:
             self.use_tensorboard()
 
@@ -249,17 +267,17 @@ class RNNSearch(Run):
 
         return train_lm_epoch(self, self.model, self.w_optimizer, self.model.weight_parameters(), self.train_data,
                               cfg, self.lengths, before_step=alpha_step, frozen=self.model.arch_parameters(),
-                              carried=state)
+                              carried=state, net=self.net)
 
     def run(self) -> tuple[RecurrentGenotype, list[dict[str, Any]]]:
         cfg = self.config
         self.log(f"search rnn: {cfg.order} order, {cfg.emsize}/{cfg.nhid}, N={cfg.nodes}, batch {cfg.batch_size}, "
-                 f"device {self.device}, out {self.out}")
+                 f"device {self.device}{self.dist.describe()}, out {self.out}")
         while self.epoch < cfg.epochs:
             start = time.perf_counter()
             record: dict[str, Any] = {"epoch": self.epoch + 1, "lr": cfg.lr}
             record.update(self.train_epoch())
-            val_loss = evaluate_lm(self.model, self.eval_data, cfg.bptt)
+            val_loss = evaluate_lm(self.model, self.eval_data, cfg.bptt, self.dist)
             record.update({"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))})
             self.epoch += 1
             genotype = self.model.genotype()
@@ -270,7 +288,7 @@ class RNNSearch(Run):
                                    f"val ppl {record['val_ppl']:.2f} | {record['seconds']:.1f}s\n"
                                    f"  genotype {genotype.to_json()}")
         genotype = self.model.genotype()
-        atomic_write_text(self.out / GENOTYPE, genotype.to_json() + "\n")
+        self.write_text(GENOTYPE, genotype.to_json() + "\n")
         return genotype, self.metrics.read()
 
 
