@@ -7,6 +7,9 @@ a fresh subprocess so peaks do not leak between configurations.
     python benchmarks/search_step.py                  # the issue's CPU configurations, 2 threads
     python benchmarks/search_step.py --device cuda --configs 16,8,64
     python benchmarks/search_step.py --configs 16,8,64 --orders first --partial-channels 1 4   # PC-DARTS
+    python benchmarks/search_step.py --scaling        # step time against batch, C and nodes N
+
+A configuration is C,L,batch or C,L,batch,N (N intermediate nodes per cell, default 4).
 """
 from __future__ import annotations
 
@@ -19,6 +22,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _harness import peak_memory_gb, run_isolated, time_steps  # noqa: E402
 
 CONFIGS = ["8,5,16", "16,8,32"]  # C,L,batch at 32x32, as in the original's figures
+# --scaling: from C=8, L=5, batch 16, N=4, one factor at a time (batch, then C, then nodes).
+SCALING = ["8,5,8", "8,5,16", "8,5,32", "8,5,64", "4,5,16", "16,5,16", "32,5,16",
+           "8,5,16,2", "8,5,16,3", "8,5,16,5", "8,5,16,6"]
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -29,20 +35,23 @@ def measure(args: argparse.Namespace) -> dict:
     from dartsnas.train.search import search_step
 
     torch.set_num_threads(args.threads)
-    C, L, B = (int(v) for v in args.config.split(","))
+    C, L, B, *rest = (int(v) for v in args.config.split(","))
+    N = rest[0] if rest else 4
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = SearchNetwork(ConvSearchSpaceConfig(init_channels=C, layers=L, partial_channels=args.k)).to(device)
+    model = SearchNetwork(ConvSearchSpaceConfig(init_channels=C, layers=L, nodes=N,
+                                                partial_channels=args.k)).to(device)
     fmt = torch.contiguous_format if args.no_channels_last else torch.channels_last
     model.to(memory_format=fmt)
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
-    arch = Architect(model, w_opt, order=args.order)
+    arch = Architect(model, w_opt, order=args.order, fd_scheme=args.fd_scheme)
     batch = lambda: (torch.randn(B, 3, args.size, args.size, device=device).contiguous(memory_format=fmt),
                      torch.randint(0, 10, (B,), device=device))
     sec = time_steps(lambda: search_step(model, arch, w_opt, batch(), batch(), 0.025, 5.0), args.steps,
                      args.warmup, device.type == "cuda")
-    return {"bench": "search_step", "C": C, "L": L, "batch": B, "size": args.size, "order": args.order,
-            "partial_channels": args.k, "device": args.device, "threads": args.threads,
+    return {"bench": "search_step", "C": C, "L": L, "batch": B, "nodes": N, "size": args.size, "order": args.order,
+            "partial_channels": args.k,
+            **({"fd_scheme": args.fd_scheme} if args.order == "second" else {}), "device": args.device, "threads": args.threads,
             "channels_last": not args.no_channels_last, "s_per_step": round(sec, 3),
             "images_per_s": round(B / sec, 2), "steps": args.steps, **peak_memory_gb(device.type == "cuda")}
 
@@ -50,7 +59,10 @@ def measure(args: argparse.Namespace) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", nargs="+", default=CONFIGS, help="C,L,batch triples")
+    p.add_argument("--scaling", action="store_true", help="the scaling configurations (batch, C, nodes)")
     p.add_argument("--orders", nargs="+", default=["first", "second"])
+    p.add_argument("--fd-scheme", default="central", choices=("central", "forward"),
+                   help="finite difference of the second-order steps")
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
@@ -67,10 +79,11 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure(args)), flush=True)
         return
-    common = ["--size", str(args.size), "--device", args.device, "--threads", str(args.threads), "--steps",
+    common = ["--fd-scheme", args.fd_scheme, "--size", str(args.size), "--device", args.device, "--threads", str(args.threads), "--steps",
               str(args.steps), "--warmup", str(args.warmup)] + (["--no-channels-last"] if args.no_channels_last else [])
+    configs = SCALING if args.scaling else args.configs
     run_isolated(__file__, [["--config", c, "--order", o, "--k", str(k), *common]
-                            for c in args.configs for o in args.orders for k in args.partial_channels])
+                            for c in configs for o in args.orders for k in args.partial_channels])
 
 
 if __name__ == "__main__":

@@ -83,6 +83,7 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
                    help=f"architecture gradient [{d.order}]")
     g.add_argument("--fd-step", type=float, default=S,
                    help=f"finite-difference step of --order second, divided by the gradient norm [{d.fd_step}]")
+    _fd_scheme_flag(g, d)
     g.add_argument("--max-skip", type=int, default=S,
                    help="cap on skip_connects in the derived normal cell [none]")
     _run_flags(p, d)
@@ -116,6 +117,7 @@ def _search_rnn_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--arch-weight-decay", type=float, default=S, help=f"[{d.arch_weight_decay}]")
     g.add_argument("--order", choices=("first", "second", "exact"), default=S, help=f"[{d.order}]")
     g.add_argument("--fd-step", type=float, default=S, help=f"[{d.fd_step}]")
+    _fd_scheme_flag(g, d)
     _rnn_run_flags(p, d)
 
 
@@ -142,6 +144,12 @@ def _rnn_run_flags(p: argparse.ArgumentParser, d: Any) -> None:
                         "one-off compilation of a minute or two)")
     _reliability_flags(g)
     _out_flags(g)
+
+
+def _fd_scheme_flag(g: argparse._ArgumentGroup, d: Any) -> None:
+    g.add_argument("--fd-scheme", choices=("central", "forward"), default=S,
+                   help="finite difference of --order second: the paper's central one, or one-sided "
+                        f"(one pass fewer per step) [{d.fd_scheme}]")
 
 
 def _reliability_flags(g: argparse._ArgumentGroup) -> None:

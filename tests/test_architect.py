@@ -46,6 +46,20 @@ def test_second_order_matches_exact_with_a_smooth_activation_and_small_step(setu
     assert _cos(first, exact) < 0.99
 
 
+def test_forward_difference_also_converges_and_central_is_closer_at_a_coarse_step(setup):
+    net, opt, train, val = setup(smooth=True)
+    exact = torch.cat([g.flatten() for g in Architect(net, opt, order="exact").alpha_grad(train, val, xi=0.5)])
+
+    def error(scheme, step):
+        arch = Architect(net, opt, order="second", fd_step=step, fd_scheme=scheme)
+        return (torch.cat([g.flatten() for g in arch.alpha_grad(train, val, xi=0.5)]) - exact).norm() / exact.norm()
+
+    assert error("forward", 1e-4) < 1e-3 and error("central", 1e-4) < 1e-3
+    assert error("central", 0.3) < error("forward", 0.3)  # O(ε²) against O(ε)
+    with pytest.raises(ValueError, match="fd_scheme must be one of central, forward"):
+        Architect(net, opt, order="second", fd_scheme="backward")
+
+
 def test_second_order_with_zero_xi_is_the_first_order_gradient(setup):
     net, opt, train, val = setup()
     first = Architect(net, opt, order="first").alpha_grad(train, val, xi=0.1)

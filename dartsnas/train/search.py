@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from ..architect import ORDERS, Architect, requires_grad_off
+from ..architect import FD_SCHEMES, ORDERS, Architect, requires_grad_off
 from ..data import BatchLoader, load_dataset, split_portion
 from ..errors import CheckpointError, ConfigError
 from ..genotype import SKIP_OP, Genotype, derive_genotype
@@ -54,6 +54,7 @@ class SearchConfig(RunOptions):
     arch_betas: tuple[float, float] = (0.5, 0.999)
     order: str = "first"
     fd_step: float = 0.01
+    fd_scheme: str = "central"   # central (the paper's) or forward: one pass fewer
     init_channels: int = 16
     partial_channels: int = 1    # PC-DARTS's K: mixed ops see 1/K of the channels (1: plain DARTS)
     layers: int = 8
@@ -85,6 +86,8 @@ class SearchConfig(RunOptions):
             raise ConfigError(f"--lr-min {self.lr_min} is above --lr {self.lr}")
         if self.order not in ORDERS:
             raise ConfigError(f"--order must be one of {', '.join(ORDERS)}, got {self.order!r}")
+        if self.fd_scheme not in FD_SCHEMES:
+            raise ConfigError(f"--fd-scheme must be one of {', '.join(FD_SCHEMES)}, got {self.fd_scheme!r}")
         if not 0.0 < self.train_portion < 1.0:
             raise ConfigError(f"--train-portion must lie strictly between 0 and 1, got {self.train_portion}")
         if self.max_skip is not None and self.max_skip < 0:
@@ -188,7 +191,7 @@ class Search(Run):
         self.architect = Architect(self.model, self.w_optimizer, order=config.order,
                                    lr=config.arch_lr, betas=tuple(config.arch_betas),
                                    weight_decay=config.arch_weight_decay, fd_step=config.fd_step,
-                                   sync=dist.average)
+                                   fd_scheme=config.fd_scheme, sync=dist.average)
         # The weight step's forward runs in DDP (gradients averaged in buckets during backward);
         # α is left to the architect. With SyncBatchNorm the statistics already agree across ranks.
         self.net = dist.wrap(self.model, ignore=self.model.arch_parameters(), broadcast_buffers=not config.sync_bn)

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from ..architect import ORDERS, Architect, requires_grad_off
+from ..architect import FD_SCHEMES, ORDERS, Architect, requires_grad_off
 from ..data.text import Corpus, batchify, get_window, rank_rows
 from ..distributed import Distributed, convert_sync_batchnorm
 from ..errors import ConfigError
@@ -61,6 +61,7 @@ class RNNSearchConfig(RunOptions):
     arch_weight_decay: float = 1e-3
     order: str = "first"
     fd_step: float = 0.01
+    fd_scheme: str = "central"   # central (the paper's) or forward: one pass fewer
     seed: int = 0
     device: str = "auto"
     steps_per_epoch: int | None = None
@@ -77,6 +78,8 @@ class RNNSearchConfig(RunOptions):
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
         if self.order not in ORDERS:
             raise ConfigError(f"--order must be one of {', '.join(ORDERS)}, got {self.order!r}")
+        if self.fd_scheme not in FD_SCHEMES:
+            raise ConfigError(f"--fd-scheme must be one of {', '.join(FD_SCHEMES)}, got {self.fd_scheme!r}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ConfigError(f"--steps-per-epoch must be >= 1, got {self.steps_per_epoch}")
 
@@ -230,7 +233,7 @@ class RNNSearch(Run):
         # The reference's recurrent architect uses Adam's default betas (the conv one uses 0.5).
         self.architect = Architect(self.model, self.w_optimizer, order=config.order, lr=config.arch_lr,
                                    betas=(0.9, 0.999), weight_decay=config.arch_weight_decay,
-                                   fd_step=config.fd_step, sync=self.dist.average)
+                                   fd_step=config.fd_step, fd_scheme=config.fd_scheme, sync=self.dist.average)
         self.net = self.dist.wrap(self.model, ignore=self.model.arch_parameters(),
                                   broadcast_buffers=not config.sync_bn)
         self.lengths = torch.Generator().manual_seed(config.seed)
