@@ -55,6 +55,8 @@ def _run_flags(p: argparse.ArgumentParser, d: Any) -> None:
     g.add_argument("--device", default=S, help=f"auto, cpu or cuda[:N] [{d.device}]")
     g.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=S,
                    help="keep NCHW activations (channels_last is faster on CPU and GPU)")
+    g.add_argument("--no-amp", dest="amp", action="store_false", default=S,
+                   help="float32 on CUDA too (default there: bf16 autocast; CPU is always float32)")
     _reliability_flags(g)
     _out_flags(g)
 
@@ -206,8 +208,6 @@ def _train_flags(p: argparse.ArgumentParser, genotype: bool = True) -> None:
     g.add_argument("--auxiliary-weight", type=float, default=S, help=f"0 disables the auxiliary head [{d.auxiliary_weight}]")
     g.add_argument("--drop-path", type=float, default=S, help=f"final drop-path probability [{d.drop_path}]")
     g.add_argument("--cutout", type=int, default=S, help=f"cutout square size, 0 disables [{d.cutout}]")
-    g.add_argument("--no-amp", dest="amp", action="store_false", default=S,
-                   help="float32 on CUDA too (default there: bf16 autocast; CPU is always float32)")
     _run_flags(p, d)
 
 

@@ -39,12 +39,16 @@ class Distributed:
     world_size: int = 1
     local_rank: int = 0
     owns_group: bool = False  # this object initialised the group and destroys it in close()
+    # Flags, counters and pickled objects travel on CPU tensors: with NCCL (GPU tensors only) they go
+    # through a gloo group, so that agreeing on a flag each step never waits for the GPU.
+    control: Any = None
 
     @classmethod
     def from_env(cls, device: str = "auto") -> "Distributed":
         """Join the process group torchrun describes in the environment (if any), or an existing one."""
         if dist.is_available() and dist.is_initialized():
-            return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+            return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)),
+                       control=_control_group())
         if not launched_by_torchrun():
             return cls()
         if not dist.is_available():
@@ -59,7 +63,7 @@ class Distributed:
                 raise ConfigError(f"--device {device}: CUDA is not available on this machine")
             torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30))
-        return cls(dist.get_rank(), dist.get_world_size(), local_rank, owns_group=True)
+        return cls(dist.get_rank(), dist.get_world_size(), local_rank, owns_group=True, control=_control_group())
 
     @property
     def enabled(self) -> bool:
@@ -109,15 +113,15 @@ class Distributed:
         if not self.enabled:
             return tensor
         out = tensor.detach().clone()
-        dist.all_reduce(out)
+        dist.all_reduce(out, group=self.control if out.device.type == "cpu" else None)
         return out
 
-    def any(self, flag: bool, device: torch.device | str = "cpu") -> bool:
+    def any(self, flag: bool) -> bool:
         """True on every rank when ``flag`` is true on any (so all ranks take the same branch)."""
         if not self.enabled:
             return flag
-        t = torch.tensor([int(flag)], device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        t = torch.tensor([int(flag)])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.control)
         return bool(t.item())
 
     def gather_objects(self, obj: Any) -> list[Any]:
@@ -125,12 +129,12 @@ class Distributed:
         if not self.enabled:
             return [obj]
         out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, obj)
+        dist.all_gather_object(out, obj, group=self.control)
         return out
 
     def barrier(self) -> None:
         if self.enabled:
-            dist.barrier()
+            dist.barrier(group=self.control)
 
     def wrap(self, model: nn.Module, ignore: Sequence[nn.Parameter] = (), *,
              broadcast_buffers: bool = True) -> nn.Module:
@@ -155,6 +159,13 @@ class Distributed:
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
             self.owns_group = False
+
+
+def _control_group() -> Any:
+    """A gloo group beside an NCCL one (CPU tensors); the default group when that is gloo already."""
+    if dist.get_world_size() > 1 and dist.get_backend() != "gloo":
+        return dist.new_group(backend="gloo")
+    return None
 
 
 def _all_reduce_differentiable(tensor: torch.Tensor) -> torch.Tensor:

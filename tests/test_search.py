@@ -144,3 +144,26 @@ def test_partial_channel_search_with_an_alpha_warm_up(tmp_path):
     assert not torch.equal(state["model"]["alpha_normal"], alpha0)
     assert not torch.equal(state["model"]["beta_normal"], beta0)  # β learns with α
     assert len(read_metrics(tmp_path / "metrics.jsonl")[-1]["edge_weights"]["normal"]) == 14
+
+
+@pytest.mark.parametrize("order", ["second", "exact"])
+def test_search_step_under_bf16_autocast_keeps_alpha_and_its_gradient_in_float32(tiny_net, order):
+    """The CUDA fast path autocasts the search step to bf16; CPU autocast runs the same code here."""
+    from dartsnas.architect import Architect
+    from dartsnas.train.search import search_step
+    net = tiny_net(num_classes=5)
+    opt = torch.optim.SGD(net.weight_parameters(), lr=0.1, momentum=0.9)
+    arch = Architect(net, opt, order=order, lr=0.01)
+    g = torch.Generator().manual_seed(0)
+    batch = lambda: (torch.randn(8, 3, 8, 8, generator=g), torch.randint(0, 5, (8,), generator=g))
+    train, val = batch(), batch()
+    before = [a.detach().clone() for a in net.arch_parameters()]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        grads = arch.alpha_grad(train, val, xi=0.1)
+        assert net(train[0]).dtype == torch.bfloat16  # the convolutions did run in bf16
+        loss, _, grad_norm, ok = search_step(net, arch, opt, train, val, 0.1, 5.0, finite=lambda *t: True)
+    assert ok and torch.isfinite(loss) and torch.isfinite(grad_norm)
+    assert all(g.dtype == torch.float32 and torch.isfinite(g).all() and g.abs().max() > 0 for g in grads)
+    assert all(a.dtype == torch.float32 for a in net.arch_parameters())
+    assert all(not torch.equal(a, b) for a, b in zip(net.arch_parameters(), before))
+    assert all(p.dtype == torch.float32 for p in net.weight_parameters())

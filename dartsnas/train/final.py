@@ -9,7 +9,6 @@ at the end, ``model.pt`` (weights, genotype and network config, for ``dartsnas e
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from ..errors import CheckpointError, ConfigError
 from ..genotype import Genotype, load_genotype
 from ..nets import NetworkConfig, build_network
 from .checkpoint import CHECKPOINT, METRICS, MetricsLog, load_checkpoint, model_file, save_checkpoint
-from .common import (EpochMeter, RunOptions, Run, config_from_dict, cosine_lr, evaluate,
+from .common import (EpochMeter, RunOptions, Run, autocast, config_from_dict, cosine_lr, evaluate,
                      resolve_device, rng_state, seed_everything)
 from .progress import Progress
 
@@ -128,13 +127,6 @@ def learning_rate(config: TrainConfig, epoch: int) -> float:
     if config.lr_schedule == "exponential":
         return config.lr * config.lr_gamma ** epoch
     return cosine_lr(epoch, config.epochs, config.lr, config.lr_min)
-
-
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (no loss scaler needed with bf16); a no-op elsewhere."""
-    if enabled and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def build_loaders(config: TrainConfig, device: torch.device, *, train_split: bool = True,

@@ -27,7 +27,8 @@ from ..ops import DARTS_OPS
 from ..spaces import ConvSearchSpaceConfig, SearchNetwork
 from ..distributed import convert_sync_batchnorm
 from .checkpoint import CHECKPOINT, GENOTYPE, METRICS, MetricsLog, load_checkpoint, tensors_to_lists
-from .common import EpochMeter, RunOptions, Run, config_from_dict, cosine_lr, evaluate, rng_state, seed_everything
+from .common import (EpochMeter, RunOptions, Run, autocast, config_from_dict, cosine_lr, evaluate, rng_state,
+                     seed_everything)
 from .progress import Progress
 
 KIND = "search-cnn"
@@ -67,9 +68,12 @@ class SearchConfig(RunOptions):
     steps_per_epoch: int | None = None
     # NHWC activations: faster convolutions on CPU (oneDNN) and GPU (measured in benchmarks/).
     channels_last: bool = True
+    # bf16 autocast of the search's forward/backward passes on CUDA (softmax(α), the losses and the
+    # finite-difference arithmetic stay float32); CPU is always float32.
+    amp: bool = True
 
     # Fields that may differ between a checkpoint and the run resuming it.
-    RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "download", "verify", "channels_last")
+    RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "download", "verify", "channels_last", "amp")
 
     def validate(self) -> None:
         positive = ("epochs", "batch_size", "init_channels", "layers", "nodes", "partial_channels")
@@ -195,6 +199,7 @@ class Search(Run):
         # The weight step's forward runs in DDP (gradients averaged in buckets during backward);
         # α is left to the architect. With SyncBatchNorm the statistics already agree across ranks.
         self.net = dist.wrap(self.model, ignore=self.model.arch_parameters(), broadcast_buffers=not config.sync_bn)
+        self.autocast = autocast(self.device, config.amp)
         self.epoch = 0
         self.metrics = MetricsLog(self.out / METRICS)
         if saved is not None:
@@ -252,9 +257,11 @@ class Search(Run):
         for step in range(first, steps):
             x, y = next(batches)
             val_batch = self.val_loader.next_batch()
-            loss, logits, grad_norm, ok = search_step(model, self.architect, self.w_optimizer, (x, y), val_batch,
-                                                      xi, cfg.grad_clip, finite=self.all_finite if check else None,
-                                                      update_alpha=self.epoch >= cfg.arch_start_epoch, net=self.net)
+            with self.autocast:
+                loss, logits, grad_norm, ok = search_step(
+                    model, self.architect, self.w_optimizer, (x, y), val_batch, xi, cfg.grad_clip,
+                    finite=self.all_finite if check else None, update_alpha=self.epoch >= cfg.arch_start_epoch,
+                    net=self.net)
             if check:
                 self.check_arch_finite(step + 1, model.arch_parameters())
             if not ok:
