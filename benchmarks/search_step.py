@@ -8,6 +8,7 @@ a fresh subprocess so peaks do not leak between configurations.
     python benchmarks/search_step.py --device cuda --configs 16,8,64
     python benchmarks/search_step.py --configs 16,8,64 --orders first --partial-channels 1 4   # PC-DARTS
     python benchmarks/search_step.py --scaling        # step time against batch, C and nodes N
+    python benchmarks/search_step.py --device cuda --configs 16,8,64 --compare   # fast path vs plain fp32 NCHW
 
 A configuration is C,L,batch or C,L,batch,N (N intermediate nodes per cell, default 4).
 """
@@ -32,6 +33,7 @@ def measure(args: argparse.Namespace) -> dict:
 
     from dartsnas.architect import Architect
     from dartsnas.spaces import ConvSearchSpaceConfig, SearchNetwork
+    from dartsnas.train.common import autocast
     from dartsnas.train.search import search_step
 
     torch.set_num_threads(args.threads)
@@ -47,12 +49,18 @@ def measure(args: argparse.Namespace) -> dict:
     arch = Architect(model, w_opt, order=args.order, fd_scheme=args.fd_scheme)
     batch = lambda: (torch.randn(B, 3, args.size, args.size, device=device).contiguous(memory_format=fmt),
                      torch.randint(0, 10, (B,), device=device))
-    sec = time_steps(lambda: search_step(model, arch, w_opt, batch(), batch(), 0.025, 5.0), args.steps,
-                     args.warmup, device.type == "cuda")
+    amp = autocast(device, not args.no_amp)  # bf16 on CUDA; CPU stays float32
+
+    def step() -> None:
+        with amp:
+            search_step(model, arch, w_opt, batch(), batch(), 0.025, 5.0)
+
+    sec = time_steps(step, args.steps, args.warmup, device.type == "cuda")
     return {"bench": "search_step", "C": C, "L": L, "batch": B, "nodes": N, "size": args.size, "order": args.order,
             "partial_channels": args.k,
             **({"fd_scheme": args.fd_scheme} if args.order == "second" else {}), "device": args.device, "threads": args.threads,
-            "channels_last": not args.no_channels_last, "s_per_step": round(sec, 3),
+            "channels_last": not args.no_channels_last, "amp": not args.no_amp and device.type == "cuda",
+            "s_per_step": round(sec, 3),
             "images_per_s": round(B / sec, 2), "steps": args.steps, **peak_memory_gb(device.type == "cuda")}
 
 
@@ -69,6 +77,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-channels-last", action="store_true", help="NCHW activations (the plain path)")
+    p.add_argument("--no-amp", action="store_true", help="float32 on CUDA too (the plain path)")
+    p.add_argument("--compare", action="store_true",
+                   help="each configuration on the fast path and on the plain (float32, NCHW) one, and the ratio")
     p.add_argument("--partial-channels", nargs="+", type=int, default=[1], metavar="K",
                    help="PC-DARTS K values to measure (1: plain DARTS), e.g. --partial-channels 1 4")
     p.add_argument("--k", type=int, default=1, help=argparse.SUPPRESS)
@@ -79,11 +90,19 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure(args)), flush=True)
         return
-    common = ["--fd-scheme", args.fd_scheme, "--size", str(args.size), "--device", args.device, "--threads", str(args.threads), "--steps",
-              str(args.steps), "--warmup", str(args.warmup)] + (["--no-channels-last"] if args.no_channels_last else [])
+    common = ["--fd-scheme", args.fd_scheme, "--size", str(args.size), "--device", args.device, "--threads",
+              str(args.threads), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    common += (["--no-channels-last"] if args.no_channels_last else []) + (["--no-amp"] if args.no_amp else [])
     configs = SCALING if args.scaling else args.configs
-    run_isolated(__file__, [["--config", c, "--order", o, "--k", str(k), *common]
-                            for c in configs for o in args.orders for k in args.partial_channels])
+    jobs = [["--config", c, "--order", o, "--k", str(k), *common]
+            for c in configs for o in args.orders for k in args.partial_channels]
+    if not args.compare:
+        run_isolated(__file__, jobs)
+        return
+    for job in jobs:
+        fast, plain = run_isolated(__file__, [job, [*job, "--no-channels-last", "--no-amp"]])
+        print(json.dumps({"bench": "search_step_compare", "C": fast["C"], "L": fast["L"], "batch": fast["batch"],
+                          "order": fast["order"], "fast_over_plain": round(plain["s_per_step"] / fast["s_per_step"], 3)}))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 auxiliary head and drop path, clip, update) and peak memory, one JSON line per configuration.
 
     python benchmarks/train_step.py                       # NetworkCIFAR DARTS_V2 C=36 L=20 batch 96
-    python benchmarks/train_step.py --compare             # also the plain NCHW path, and the ratio
+    python benchmarks/train_step.py --compare             # also the plain path (NCHW, float32), and the ratio
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ def measure(args: argparse.Namespace) -> dict:
 
     from dartsnas.genotype import load_genotype
     from dartsnas.nets import NetworkConfig, build_network
+    from dartsnas.train.common import autocast
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -34,9 +35,12 @@ def measure(args: argparse.Namespace) -> dict:
     opt = torch.optim.SGD(net.parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
     x = torch.randn(args.batch_size, 3, args.size, args.size, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (args.batch_size,), device=device)
+    amp = autocast(device, not args.no_amp)  # bf16 on CUDA; CPU stays float32
+
     def step():
-        logits, aux = net.forward_with_aux(x)
-        loss = F.cross_entropy(logits, y) + 0.4 * F.cross_entropy(aux, y)
+        with amp:
+            logits, aux = net.forward_with_aux(x)
+            loss = F.cross_entropy(logits.float(), y) + 0.4 * F.cross_entropy(aux.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
@@ -45,7 +49,8 @@ def measure(args: argparse.Namespace) -> dict:
     sec = time_steps(step, args.steps, args.warmup, device.type == "cuda")
     return {"bench": "train_step", "network": args.network, "genotype": args.genotype, "C": args.init_channels,
             "L": args.layers, "batch": args.batch_size, "size": args.size, "device": args.device,
-            "threads": args.threads, "channels_last": not args.no_channels_last, "s_per_step": round(sec, 3),
+            "threads": args.threads, "channels_last": not args.no_channels_last,
+            "amp": not args.no_amp and device.type == "cuda", "s_per_step": round(sec, 3),
             "images_per_s": round(args.batch_size / sec, 2), **peak_memory_gb(device.type == "cuda")}
 
 
@@ -62,14 +67,15 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-channels-last", action="store_true")
-    p.add_argument("--compare", action="store_true", help="also run the plain NCHW path and print the ratio")
+    p.add_argument("--no-amp", action="store_true", help="float32 on CUDA too")
+    p.add_argument("--compare", action="store_true", help="also run the plain path (NCHW, float32) and print the ratio")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
         print(json.dumps(measure(args)), flush=True)
         return
     base = [sys.executable, __file__, "--one"] + [a for a in sys.argv[1:] if a != "--compare"]
-    runs = [base] + ([base + ["--no-channels-last"]] if args.compare and not args.no_channels_last else [])
+    runs = [base] + ([base + ["--no-channels-last", "--no-amp"]] if args.compare else [])
     results = []
     for cmd in runs:
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
