@@ -26,6 +26,17 @@ def test_progress_bar_draws_on_a_terminal_only():
     assert quiet.getvalue() == ""
 
 
+def test_progress_reads_tensor_and_callable_metrics_only_when_it_draws():
+    import torch
+    reads = []
+    tty = FakeTTY()
+    bar = Progress(50, "epoch 1/1", stream=tty, min_interval=3600.0)
+    for step in range(50):
+        bar.update(8, loss=torch.tensor(0.5), acc=lambda: reads.append(1) or 0.75)
+    assert len(reads) == 2  # the first draw and the last step, not 50 host reads
+    assert "loss 0.5" in tty.getvalue() and "acc 0.75" in tty.getvalue()
+
+
 def test_tensorboard_receives_scalars_and_alpha_histograms(tmp_path, monkeypatch):
     import sys
     import types

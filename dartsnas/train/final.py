@@ -267,10 +267,7 @@ class Training(Run):
             else:
                 self.optimizer.step()
                 meter.update(loss, logits, y)
-            if bar.enabled:
-                bar.update(y.shape[0], loss=loss.item(), acc=meter.accuracy)
-            else:
-                bar.update(y.shape[0])
+            bar.update(y.shape[0], loss=loss, acc=lambda: meter.accuracy)
             self.step_done(step + 1, lambda: {"meter": meter.state_dict()})
         bar.close()
         meter.reduce()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 
 class Progress:
@@ -20,7 +20,9 @@ class Progress:
         self._last = 0.0
         self.min_interval = min_interval
 
-    def update(self, items: int, **metrics: float) -> None:
+    def update(self, items: int, **metrics: Any) -> None:
+        """One more step of ``items``; ``metrics`` are numbers, tensors or callables, read only when the
+        bar is redrawn (at most every ``min_interval`` seconds: a GPU value costs a sync only then)."""
         self.count += 1
         self.items += items
         if not self.enabled:
@@ -35,7 +37,7 @@ class Progress:
         width = 20
         filled = int(width * self.count / max(self.total, 1))
         bar = "#" * filled + "-" * (width - filled)
-        shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        shown = " ".join(f"{k} {float(v() if callable(v) else v):.4g}" for k, v in metrics.items())
         self.stream.write(f"\r{self.desc} [{bar}] {self.count}/{self.total} {shown} "
                           f"{rate:.1f} {self.unit}/s eta {eta:.0f}s\x1b[K")
         self.stream.flush()

@@ -268,10 +268,7 @@ class Search(Run):
                 self.bad_step(step + 1)  # raises unless --skip-nonfinite allows one more
             else:
                 meter.update(loss, logits, y)
-            if bar.enabled:
-                bar.update(y.shape[0], loss=loss.item(), acc=meter.accuracy)
-            else:
-                bar.update(y.shape[0])
+            bar.update(y.shape[0], loss=loss, acc=lambda: meter.accuracy)
             self.step_done(step + 1, lambda: {"meter": meter.state_dict()})
         bar.close()
         meter.reduce()
