@@ -180,3 +180,33 @@ def test_torchrun_recurrent_search_and_training(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["epoch"] == 1 and records[-1]["test_ppl"] > 1  # one epoch, then the test record
     assert len(records) == 2
+
+
+def test_sigterm_to_torchrun_checkpoints_every_rank_mid_epoch_and_resume_matches(tmp_path):
+    import signal
+    import time
+    flags = ["-m", "dartsnas", "search", "cnn", "--dataset", "digits", "--init-channels", "4", "--layers", "3",
+             "--nodes", "2", "--batch-size", "8", "--epochs", "1", "--steps-per-epoch", "60", "--device", "cpu"]
+    torchrun(*flags, "--out", "whole", cwd=tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             *flags, "--out", "cut"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:  # the run's first line, then a few steps
+        if "search cnn:" in line:
+            break
+    time.sleep(4)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert "SIGTERM: stopped after step" in out
+    state = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
+    steps = [r["step"] for r in state["in_epoch_ranks"]]
+    assert len(steps) == 2 and steps[0] == steps[1] and 0 < steps[0] < 60  # both ranks stopped at one step
+    torchrun(*flags, "--out", "cut", "--resume", cwd=tmp_path)
+    whole = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
+    for key, value in whole["model"].items():
+        torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=0, msg=key)
+    a = json.loads((tmp_path / "whole" / "metrics.jsonl").read_text())
+    b = json.loads((tmp_path / "cut" / "metrics.jsonl").read_text())
+    assert a["train_loss"] == b["train_loss"] and a["genotype"] == b["genotype"]

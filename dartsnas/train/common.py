@@ -151,8 +151,8 @@ def check_resumable(saved: Any, asked: Any, path: Path, log: Callable[[str], Non
 class EpochMeter:
     """Mean loss and accuracy of an epoch, accumulated on the device (no host sync per step).
 
-    Data parallel, each rank counts its own batches; :meth:`reduce` (every rank, at the epoch's end)
-    makes the totals global, and a mid-epoch checkpoint holds the global totals, restored on rank 0.
+    Data parallel, each rank counts its own batches (a mid-epoch checkpoint keeps every rank's);
+    :meth:`reduce`, on every rank at the epoch's end, makes the totals global.
     """
 
     def __init__(self, device: torch.device, dist: Distributed | None = None) -> None:
@@ -161,27 +161,20 @@ class EpochMeter:
         self.correct = torch.zeros((), device=device, dtype=torch.long)
         self.seen = 0
 
-    def _totals(self) -> tuple[torch.Tensor, torch.Tensor, int]:
-        if not self.dist.enabled:
-            return self.loss_sum, self.correct, self.seen
-        seen = torch.tensor(self.seen, device=self.loss_sum.device)
-        return self.dist.sum(self.loss_sum), self.dist.sum(self.correct), int(self.dist.sum(seen).item())
-
     def state_dict(self) -> dict[str, Any]:
-        """The global totals so far (a collective when data parallel: every rank calls it)."""
-        loss_sum, correct, seen = self._totals()
-        return {"loss_sum": loss_sum.cpu(), "correct": correct.cpu(), "seen": seen}
+        return {"loss_sum": self.loss_sum.cpu(), "correct": self.correct.cpu(), "seen": self.seen}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if not self.dist.is_main:  # rank 0 carries the totals; the others count from zero
-            return
         self.loss_sum = state["loss_sum"].to(self.loss_sum.device)
         self.correct = state["correct"].to(self.correct.device)
         self.seen = int(state["seen"])
 
     def reduce(self) -> None:
-        """Replace this rank's counts by the global ones (every rank, once, at the epoch's end)."""
-        self.loss_sum, self.correct, self.seen = self._totals()
+        """Replace this rank's counts by the totals over the ranks (every rank, at the epoch's end)."""
+        if self.dist.enabled:
+            seen = torch.tensor(self.seen, device=self.loss_sum.device)
+            self.loss_sum, self.correct = self.dist.sum(self.loss_sum), self.dist.sum(self.correct)
+            self.seen = int(self.dist.sum(seen).item())
 
     def update(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
         self.loss_sum += loss.detach() * targets.shape[0]
@@ -289,6 +282,12 @@ class Run:
                 torn.unlink(missing_ok=True)
         check_resumable(type(config).from_dict(saved["config"]), config, self.out / CHECKPOINT, self.log)
         self.resume_in_epoch = saved.get("in_epoch")
+        ranks = saved.get("in_epoch_ranks")
+        if self.resume_in_epoch is not None and len(ranks or [None]) != self.dist.world_size:
+            raise CheckpointError(f"{self.out / CHECKPOINT}: written inside an epoch by {len(ranks or [None])} "
+                                  f"process(es); resume it with as many (this run has {self.dist.world_size})")
+        if ranks is not None:
+            self.resume_in_epoch = ranks[self.dist.rank]
         self.skipped_nonfinite = int(saved.get("skipped_nonfinite", 0))
         return saved
 
@@ -320,8 +319,10 @@ class Run:
         """Write the checkpoint (atomically: the previous one stays until the new one is complete).
         Every rank calls it (the state may need collectives); rank 0 writes."""
         state = {**self.state_dict(), "in_epoch": self.in_epoch, "skipped_nonfinite": self.skipped_nonfinite}
-        if self.dist.enabled:
+        if self.dist.enabled:  # what differs between ranks: random streams, progress inside the epoch
             state["rng_ranks"] = self.dist.gather_objects(rng_state())
+            if self.in_epoch is not None:
+                state["in_epoch_ranks"] = self.dist.gather_objects(self.in_epoch)
         if self.dist.is_main:
             save_checkpoint(self.out / CHECKPOINT, state)
         self._last_save = time.monotonic()
