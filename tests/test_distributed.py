@@ -210,3 +210,17 @@ def test_sigterm_to_torchrun_checkpoints_every_rank_mid_epoch_and_resume_matches
     a = json.loads((tmp_path / "whole" / "metrics.jsonl").read_text())
     b = json.loads((tmp_path / "cut" / "metrics.jsonl").read_text())
     assert a["train_loss"] == b["train_loss"] and a["genotype"] == b["genotype"]
+
+
+def test_folder_batches_split_each_global_batch_between_ranks():
+    from dartsnas.data.folder import GlobalBatches
+    whole = list(GlobalBatches(20, batch_size=6, shuffle=True, drop_last=False, generator=torch.Generator().manual_seed(3)))
+    ranks = [GlobalBatches(20, batch_size=2, shuffle=True, drop_last=False, generator=torch.Generator().manual_seed(3),
+                           rank=r, world_size=3) for r in range(3)]
+    shares = [list(r) for r in ranks]
+    # 20 = 3 x 6 + 2: the last global batch is rank 0's alone; the others skip their empty share
+    assert [len(r) for r in ranks] == [len(s) for s in shares] == [4, 3, 3]
+    for i, batch in enumerate(whole):
+        assert sum((s[i] for s in shares if i < len(s)), []) == batch
+    dropped = GlobalBatches(23, batch_size=2, shuffle=False, drop_last=True, generator=torch.Generator(), rank=1, world_size=3)
+    assert list(dropped) == [[2, 3], [8, 9], [14, 15]]
