@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import math
 import os
 import random
@@ -226,6 +227,7 @@ class Run:
     metrics: MetricsLog
     dist: Distributed
     device: torch.device
+    net: Any = None  # the model as the weight step runs it (in DistributedDataParallel when distributed)
     _log: Callable[[str], None]
 
     def log(self, message: str) -> None:
@@ -417,6 +419,10 @@ class Run:
             with self._guard():
                 return self.run()
         finally:
+            # DistributedDataParallel must go before its process group: a reducer outliving the group
+            # aborts the process at exit ("terminate called without an active exception").
+            self.net = None
+            gc.collect()
             self.dist.close()
 
     def run(self) -> Any:
