@@ -214,7 +214,7 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         scale = torch.rsqrt(var + self.eps).to(x.dtype).view(shape)
         y = (x - mean.to(x.dtype).view(shape)) * scale
         if self.affine:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
+            y = y * self.weight.to(x.dtype).view(shape) + self.bias.to(x.dtype).view(shape)  # bf16 in, bf16 out
         return y
 
 
