@@ -44,8 +44,9 @@ class Distributed:
     control: Any = None
 
     @classmethod
-    def from_env(cls, device: str = "auto") -> "Distributed":
-        """Join the process group torchrun describes in the environment (if any), or an existing one."""
+    def from_env(cls, device: torch.device = torch.device("cpu")) -> "Distributed":
+        """Join the process group torchrun describes in the environment (if any), or an existing one;
+        ``device`` (resolved, e.g. by ``train.common.resolve_device``) picks NCCL for CUDA, else gloo."""
         if dist.is_available() and dist.is_initialized():
             return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)),
                        control=_control_group())
@@ -57,10 +58,8 @@ class Distributed:
         if missing:
             raise ConfigError(f"WORLD_SIZE is set but {', '.join(missing)} is not: launch with torchrun")
         local_rank = int(os.environ["LOCAL_RANK"])
-        cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        cuda = device.type == "cuda"
         if cuda:
-            if not torch.cuda.is_available():
-                raise ConfigError(f"--device {device}: CUDA is not available on this machine")
             torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30))
         return cls(dist.get_rank(), dist.get_world_size(), local_rank, owns_group=True, control=_control_group())
@@ -78,16 +77,10 @@ class Distributed:
         """Rank 0: the process that logs and writes the run directory."""
         return self.rank == 0
 
-    def device(self, name: str) -> torch.device:
-        """The device ``--device name`` means for this rank: on CUDA, the GPU of its local rank."""
-        if name == "auto":
-            name = "cuda" if torch.cuda.is_available() else "cpu"
-        device = torch.device(name)
-        if device.type == "cuda":
-            if not torch.cuda.is_available():
-                raise ConfigError(f"--device {name}: CUDA is not available on this machine")
-            if self.enabled:
-                device = torch.device("cuda", self.local_rank)
+    def local(self, device: torch.device) -> torch.device:
+        """The device this rank uses for ``device``: data parallel on CUDA, the GPU of its local rank."""
+        if device.type == "cuda" and self.enabled:
+            return torch.device("cuda", self.local_rank)
         return device
 
     def average(self, tensors: Sequence[torch.Tensor], differentiable: bool = False) -> list[torch.Tensor]:

@@ -45,7 +45,7 @@ def main() -> None:
     p.add_argument("--orders", nargs="+", default=["first", "second"])
     args = p.parse_args()
     torch.set_num_threads(1)
-    dist = Distributed.from_env("cpu")
+    dist = Distributed.from_env()
     result = {order: one_step(dist, order, args.batch, args.sync_bn) for order in args.orders}
     if dist.is_main:
         torch.save(result, args.out)

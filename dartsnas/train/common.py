@@ -18,7 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..distributed import Distributed
+from ..data.text import batchify, rank_rows
+from ..distributed import Distributed, convert_sync_batchnorm
 from ..errors import CheckpointError, ConfigError, DartsError, Interrupted
 from .checkpoint import CHECKPOINT, GENOTYPE, METRICS, MetricsLog, atomic_write_text, save_checkpoint
 
@@ -265,8 +266,9 @@ class Run:
                                   "(metrics.jsonl is written either way)") from None
             self._writer_class = SummaryWriter
         config.validate_run_options()
-        self.dist = Distributed.from_env(config.device)
-        self.device = self.dist.device(config.device)
+        device = resolve_device(config.device)
+        self.dist = Distributed.from_env(device)
+        self.device = self.dist.local(device)
         self.config, self.out, self.quiet, self._log = config, Path(out_dir), quiet or not self.dist.is_main, log
         self.in_epoch: dict[str, Any] | None = None        # progress inside the epoch, for mid-epoch checkpoints
         self.resume_in_epoch: dict[str, Any] | None = None
@@ -285,8 +287,9 @@ class Run:
         check_resumable(type(config).from_dict(saved["config"]), config, self.out / CHECKPOINT, self.log)
         self.resume_in_epoch = saved.get("in_epoch")
         ranks = saved.get("in_epoch_ranks")
-        if self.resume_in_epoch is not None and len(ranks or [None]) != self.dist.world_size:
-            raise CheckpointError(f"{self.out / CHECKPOINT}: written inside an epoch by {len(ranks or [None])} "
+        writers = len(ranks) if ranks is not None else 1
+        if self.resume_in_epoch is not None and writers != self.dist.world_size:
+            raise CheckpointError(f"{self.out / CHECKPOINT}: written inside an epoch by {writers} "
                                   f"process(es); resume it with as many (this run has {self.dist.world_size})")
         if ranks is not None:
             self.resume_in_epoch = ranks[self.dist.rank]
@@ -301,6 +304,22 @@ class Run:
         if self.dist.is_main:
             start_run_dir(self.out)
         self.dist.barrier()
+
+    def place_model(self, model: torch.nn.Module, channels_last: bool = False) -> torch.nn.Module:
+        """A freshly built model (identical on every rank) made ready to train here: SyncBatchNorm with
+        --sync-bn when data parallel, on this rank's device, channels_last if asked; then each rank
+        gets its own random stream (dropout, drop path)."""
+        if self.dist.enabled and self.config.sync_bn:
+            convert_sync_batchnorm(model)
+        model.to(self.device)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.seed_ranks(int(self.config.seed))
+        return model
+
+    def stream_rows(self, tokens: torch.Tensor, rows: int) -> torch.Tensor:
+        """This rank's rows of ``tokens`` batchified into ``rows`` streams, on this rank's device."""
+        return rank_rows(batchify(tokens, rows), self.dist.rank, self.dist.world_size).to(self.device)
 
     def seed_ranks(self, seed: int) -> None:
         """After the model is built (identically on every rank): data parallel, give each rank its own

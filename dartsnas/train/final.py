@@ -20,7 +20,6 @@ import torch.nn.functional as F
 
 from ..data import BatchLoader, data_root, load_dataset, split_portion
 from ..data.folder import FolderLoader, folder_datasets
-from ..distributed import convert_sync_batchnorm
 from ..errors import CheckpointError, ConfigError
 from ..genotype import Genotype, load_genotype
 from ..nets import NetworkConfig, build_network
@@ -208,13 +207,7 @@ class Training(Run):
                               f"{size}x{size} images of {config.dataset} are too small (at least {factor}x{factor})")
         seed_everything(config.seed)
         self.net_config = _network_config(config, self.genotype, data["num_classes"], data["in_channels"])
-        self.model = build_network(config.network, self.net_config)
-        if self.dist.enabled and config.sync_bn:
-            convert_sync_batchnorm(self.model)
-        self.model.to(self.device)
-        if config.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        self.seed_ranks(config.seed)  # drop-path masks differ between ranks
+        self.model = self.place_model(build_network(config.network, self.net_config), config.channels_last)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
         self.net = self.dist.wrap(WithAuxiliary(self.model), broadcast_buffers=not config.sync_bn)

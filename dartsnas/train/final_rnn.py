@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..data.text import Corpus, batchify, rank_rows
+from ..data.text import Corpus, batchify
 from ..errors import CheckpointError, ConfigError
 from ..genotype import RecurrentGenotype, load_genotype
 from ..nets.recurrent import RNNConfig, build_rnn_model
@@ -129,13 +129,10 @@ class RNNTraining(Run):
         self.vocab_size = corpus.vocab_size
         self.log(f"corpus {config.data_dir}: vocabulary {corpus.vocab_size:,}; {config.train_split} "
                  f"{corpus[config.train_split].numel():,} tokens")
-        rank, world = self.dist.rank, self.dist.world_size
-        self.train_data = rank_rows(batchify(corpus[config.train_split], config.batch_size * world),
-                                    rank, world).to(self.device)
-        self.val_data = rank_rows(batchify(corpus[config.val_split], config.eval_batch_size), rank, world).to(self.device)
+        self.train_data = self.stream_rows(corpus[config.train_split], config.batch_size * self.dist.world_size)
+        self.val_data = self.stream_rows(corpus[config.val_split], config.eval_batch_size)
         seed_everything(config.seed)
-        self.model = build_rnn_model(self.genotype, config.model_config(corpus.vocab_size)).to(self.device)
-        self.seed_ranks(config.seed)  # dropout masks differ between ranks
+        self.model = self.place_model(build_rnn_model(self.genotype, config.model_config(corpus.vocab_size)))
         self.net = self.dist.wrap(self.model)
         if config.compile:
             self.model.cell.compile_step()

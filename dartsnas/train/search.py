@@ -25,7 +25,6 @@ from ..errors import CheckpointError, ConfigError
 from ..genotype import SKIP_OP, Genotype, derive_genotype
 from ..ops import DARTS_OPS
 from ..spaces import ConvSearchSpaceConfig, SearchNetwork
-from ..distributed import convert_sync_batchnorm
 from .checkpoint import CHECKPOINT, GENOTYPE, METRICS, MetricsLog, load_checkpoint, tensors_to_lists
 from .common import (EpochMeter, RunOptions, Run, autocast, config_from_dict, cosine_lr, evaluate, rng_state,
                      seed_everything)
@@ -182,13 +181,7 @@ class Search(Run):
                                       nodes=config.nodes, num_classes=data.num_classes,
                                       in_channels=data.in_channels, ops=tuple(config.ops),
                                       partial_channels=config.partial_channels)
-        self.model = SearchNetwork(space)
-        if dist.enabled and config.sync_bn:
-            convert_sync_batchnorm(self.model)
-        self.model.to(self.device)
-        if config.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        self.seed_ranks(seed)
+        self.model = self.place_model(SearchNetwork(space), config.channels_last)
         self.w_optimizer = torch.optim.SGD(self.model.weight_parameters(), lr=config.lr,
                                            momentum=config.momentum,
                                            weight_decay=config.weight_decay)

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from ..architect import FD_SCHEMES, ORDERS, Architect, requires_grad_off
-from ..data.text import Corpus, batchify, get_window, rank_rows
-from ..distributed import Distributed, convert_sync_batchnorm
+from ..data.text import Corpus, get_window
+from ..distributed import Distributed
 from ..errors import ConfigError
 from ..genotype import RecurrentGenotype
 from ..ops import RNN_DARTS_OPS
@@ -210,22 +210,16 @@ class RNNSearch(Run):
         self.log(f"corpus {config.data_dir}: vocabulary {corpus.vocab_size:,}, {config.train_split} "
                  f"{corpus[config.train_split].numel():,} tokens, {config.val_split} "
                  f"{corpus[config.val_split].numel():,} tokens")
-        rank, world = self.dist.rank, self.dist.world_size
-        self.train_data = rank_rows(batchify(corpus[config.train_split], config.batch_size * world), rank, world)
-        self.val_data = rank_rows(batchify(corpus[config.val_split], config.batch_size * world), rank, world)
-        self.eval_data = rank_rows(batchify(corpus[config.val_split], config.eval_batch_size), rank, world)
-        self.train_data, self.val_data, self.eval_data = (d.to(self.device) for d in
-                                                          (self.train_data, self.val_data, self.eval_data))
+        rows = config.batch_size * self.dist.world_size  # the global batch's streams
+        self.train_data = self.stream_rows(corpus[config.train_split], rows)
+        self.val_data = self.stream_rows(corpus[config.val_split], rows)
+        self.eval_data = self.stream_rows(corpus[config.val_split], config.eval_batch_size)
         seed_everything(config.seed)
         space = RecurrentSearchSpaceConfig(
             vocab_size=corpus.vocab_size, emsize=config.emsize, nhid=config.nhid, nodes=config.nodes,
             dropout=config.dropout, dropout_h=config.dropout_h, dropout_x=config.dropout_x,
             dropout_i=config.dropout_i, dropout_e=config.dropout_e, ops=tuple(config.ops))
-        self.model = RecurrentSearchModel(space)
-        if self.dist.enabled and config.sync_bn:
-            convert_sync_batchnorm(self.model)
-        self.model.to(self.device)
-        self.seed_ranks(config.seed)  # dropout masks differ between ranks
+        self.model = self.place_model(RecurrentSearchModel(space))
         if config.compile:
             self.model.cell.compile_step()
         self.w_optimizer = torch.optim.SGD(self.model.weight_parameters(), lr=config.lr,
