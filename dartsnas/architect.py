@@ -196,19 +196,20 @@ def second_order_alpha_grad(model: SearchModel, train_batch: Batch, val_batch: B
         dalpha, v = list(out[:n_alpha]), sync(out[n_alpha:])
         del unrolled, out
         with torch.no_grad():
-            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(v))).item()
-        if norm == 0.0:
-            return dalpha, extra
-        eps = fd_step / norm
-        with torch.no_grad():
-            w_plus = torch._foreach_add([w.detach() for w in weights], v, alpha=eps)
+            # ε = fd_step / ‖v‖ stays a device tensor: no host-device synchronisation in the step.
+            # v = 0 gives εv = 0, so both passes see w and the difference is exactly zero.
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(v)))
+            eps = fd_step / norm.clamp_min(torch.finfo(norm.dtype).tiny)
+            shift = torch._foreach_mul(v, eps)
+            del v
+            w_plus = torch._foreach_add([w.detach() for w in weights], shift)
         with same_random_draws(rng_train if forward else None) as rng:
             g_plus = torch.autograd.grad(_loss_at(model, names, w_plus, train_batch), alphas)
         if forward:
             g_minus, width = g_zero, eps
         else:
             with torch.no_grad():
-                torch._foreach_add_(w_plus, v, alpha=-2 * eps)  # reuse the w+ storage: w- = w+ - 2εv
+                torch._foreach_add_(w_plus, shift, alpha=-2.0)  # reuse the w+ storage: w- = w+ - 2εv
             with same_random_draws(rng):
                 g_minus = torch.autograd.grad(_loss_at(model, names, w_plus, train_batch), alphas)
             width = 2 * eps

@@ -1,4 +1,5 @@
 import copy
+import sys
 
 import pytest
 import torch
@@ -131,3 +132,56 @@ def test_unknown_order_and_bad_step_are_refused(tiny_net):
         Architect(net, opt, order="third")
     with pytest.raises(ValueError, match="fd_step must be > 0"):
         Architect(net, opt, order="second", fd_step=0)
+
+
+@pytest.mark.parametrize("order,scheme", [("first", "central"), ("second", "central"), ("second", "forward")])
+def test_a_search_step_never_reads_a_value_back_to_the_host(setup, monkeypatch, order, scheme):
+    """On a GPU every .item(), bool() or float() of a tensor stalls the step until the device catches up."""
+    from dartsnas.train.search import search_step
+    net, opt, train, val = setup()
+    arch = Architect(net, opt, order=order, fd_scheme=scheme)
+
+    def guard(name):
+        original = getattr(torch.Tensor, name)
+
+        def read(*args, **kwargs):
+            # torch.optim reads its step counters, which stay on the CPU on every device.
+            if sys._getframe(1).f_globals["__name__"].startswith("torch.optim"):
+                return original(*args, **kwargs)
+            raise AssertionError(f"Tensor.{name}: host-device synchronisation inside a search step")
+        return read
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, guard(name))
+    alphas = [a.detach().clone() for a in net.arch_parameters()]
+    loss, _, _, ok = search_step(net, arch, opt, train, val, lr=0.1, grad_clip=5.0)
+    monkeypatch.undo()
+    assert ok and torch.isfinite(loss)
+    assert not all(torch.equal(a, b) for a, b in zip(alphas, net.arch_parameters()))
+
+
+class _Flat(torch.nn.Module):
+    """A search model whose loss does not depend on its weights: the second-order direction v is 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.alpha = torch.nn.Parameter(torch.tensor([0.5, -1.0], dtype=torch.float64))
+        self.w = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+
+    def arch_parameters(self):
+        return [self.alpha]
+
+    def named_weight_parameters(self):
+        return [("w", self.w)]
+
+    def loss(self, x):
+        return (self.alpha * x).square().sum() + 0.0 * self.w.sum()
+
+
+@pytest.mark.parametrize("scheme", ["central", "forward"])
+def test_a_zero_second_order_direction_gives_the_first_order_gradient(scheme):
+    model = _Flat()
+    opt = torch.optim.SGD([model.w], lr=0.1)
+    x = (torch.tensor([1.0, 2.0], dtype=torch.float64),)
+    first = Architect(model, opt, order="first").alpha_grad(x, x, xi=0.1)
+    second = Architect(model, opt, order="second", fd_scheme=scheme).alpha_grad(x, x, xi=0.1)
+    assert torch.equal(second[0], first[0]) and torch.equal(first[0], 2 * model.alpha.detach() * x[0] ** 2)
