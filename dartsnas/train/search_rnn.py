@@ -152,11 +152,17 @@ def train_lm_epoch(run: Run, model: torch.nn.Module, optimizer: torch.optim.Opti
     cap = cfg.steps_per_epoch or approx
     bar = Progress(min(cap, approx), f"epoch {run.epoch + 1}/{cfg.epochs}", unit="tok", enabled=not run.quiet)
     group = optimizer.param_groups[0]
-    total, tokens, step, pos = 0.0, 0, 0, 0
+    # The NLL sum stays on the device: reading it back each step would stall a GPU.
+    total = torch.zeros((), dtype=torch.float64, device=data.device)
+    tokens, step, pos = 0, 0, 0
     carried = carried if carried is not None else {}
+    # Non-finite values are looked for on CPU (free) or when they may be skipped (a sync per step);
+    # otherwise the epoch's mean loss catches them.
+    check = run.device.type == "cpu" or run.config.skip_nonfinite > 0
     start = run.take_in_epoch()
     if start is not None:
-        step, pos, total, tokens = int(start["step"]), int(start["pos"]), float(start["total"]), int(start["tokens"])
+        step, pos, tokens = int(start["step"]), int(start["pos"]), int(start["tokens"])
+        total.fill_(float(start["total"]))
         hidden = start["hidden"].to(hidden.device)
         carried.update({k: v.to(hidden.device) for k, v in start["carried"].items()})
     while pos < n - 2 and step < cap:
@@ -166,7 +172,8 @@ def train_lm_epoch(run: Run, model: torch.nn.Module, optimizer: torch.optim.Opti
         hidden = hidden.detach()
         if before_step is not None:
             before_step(x, y, hidden, pos, group["lr"])
-            run.check_arch_finite(step + 1, frozen or [])
+            if check:
+                run.check_arch_finite(step + 1, frozen or [])
         with requires_grad_off(frozen or []):
             log_prob, new_hidden, raw = (net or model)(x, hidden)
             nll = F.nll_loss(log_prob, y)
@@ -174,24 +181,25 @@ def train_lm_epoch(run: Run, model: torch.nn.Module, optimizer: torch.optim.Opti
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        if run.all_finite(loss, grad_norm):
+        if not check or run.all_finite(loss, grad_norm):
             optimizer.step()
             hidden = new_hidden
-            total += nll.item() * y.numel()
+            total += nll.detach().double() * y.numel()
             tokens += y.numel()
         else:
             run.bad_step(step + 1)  # raises unless --skip-nonfinite allows one more; the state is not carried on
         group["lr"] = cfg.lr
         step += 1
         pos += seq_len
-        bar.update(y.numel(), loss=nll.item())
-        run.step_done(step, lambda: {"pos": pos, "total": total, "tokens": tokens, "hidden": hidden.detach().cpu(),
+        bar.update(y.numel(), loss=nll.detach())
+        run.step_done(step, lambda: {"pos": pos, "total": float(total), "tokens": tokens, "hidden": hidden.detach().cpu(),
                                      "carried": {k: v.detach().cpu() for k, v in carried.items()}})
     bar.close()
-    if run.dist.enabled:
-        sums = run.dist.sum(torch.tensor([total, float(tokens)], dtype=torch.float64))
-        total, tokens = sums[0].item(), int(sums[1].item())
-    train_loss = total / max(tokens, 1)
+    sums = run.dist.sum(torch.stack([total, total.new_tensor(float(tokens))])).tolist()
+    train_loss = sums[0] / max(sums[1], 1.0)
+    tokens = int(sums[1])
+    if not math.isfinite(train_loss):
+        run.bad_step(step, "mean training loss")
     return {"train_loss": train_loss, "train_ppl": math.exp(min(train_loss, 50)), "steps": step,
             "tokens_per_s": tokens / max(time.perf_counter() - bar.start, 1e-9)}
 
