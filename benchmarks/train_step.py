@@ -3,6 +3,7 @@ auxiliary head and drop path, clip, update) and peak memory, one JSON line per c
 
     python benchmarks/train_step.py                       # NetworkCIFAR DARTS_V2 C=36 L=20 batch 96
     python benchmarks/train_step.py --compare             # also the plain path (NCHW, float32), and the ratio
+    python benchmarks/train_step.py --compile             # cells through torch.compile (compiled in the warm-up)
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ def measure(args: argparse.Namespace) -> dict:
     fmt = torch.contiguous_format if args.no_channels_last else torch.channels_last
     net.to(memory_format=fmt)
     net.drop_path_prob = 0.1
+    if args.compile:
+        net.compile_cells()
     opt = torch.optim.SGD(net.parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
     x = torch.randn(args.batch_size, 3, args.size, args.size, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (args.batch_size,), device=device)
@@ -50,7 +53,7 @@ def measure(args: argparse.Namespace) -> dict:
     return {"bench": "train_step", "network": args.network, "genotype": args.genotype, "C": args.init_channels,
             "L": args.layers, "batch": args.batch_size, "size": args.size, "device": args.device,
             "threads": args.threads, "channels_last": not args.no_channels_last,
-            "amp": not args.no_amp and device.type == "cuda", "s_per_step": round(sec, 3),
+            "amp": not args.no_amp and device.type == "cuda", "compile": args.compile, "s_per_step": round(sec, 3),
             "images_per_s": round(args.batch_size / sec, 2), **peak_memory_gb(device.type == "cuda")}
 
 
@@ -68,14 +71,17 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--no-amp", action="store_true", help="float32 on CUDA too")
-    p.add_argument("--compare", action="store_true", help="also run the plain path (NCHW, float32) and print the ratio")
+    p.add_argument("--compile", action="store_true", help="torch.compile every cell (untimed warm-up steps compile)")
+    p.add_argument("--compare", action="store_true",
+                   help="also run the plain path (NCHW, float32, eager) and print the ratio")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
         print(json.dumps(measure(args)), flush=True)
         return
     base = [sys.executable, __file__, "--one"] + [a for a in sys.argv[1:] if a != "--compare"]
-    runs = [base] + ([base + ["--no-channels-last", "--no-amp"]] if args.compare else [])
+    plain = [a for a in base if a != "--compile"] + ["--no-channels-last", "--no-amp"]
+    runs = [base] + ([plain] if args.compare else [])
     results = []
     for cmd in runs:
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout

@@ -49,7 +49,7 @@ def _sgd_flags(g: argparse._ArgumentGroup, d: Any) -> None:
     g.add_argument("--steps-per-epoch", type=int, default=S, help="cap the steps of an epoch (smoke runs)")
 
 
-def _run_flags(p: argparse.ArgumentParser, d: Any) -> None:
+def _run_flags(p: argparse.ArgumentParser, d: Any) -> argparse._ArgumentGroup:
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=S, help=f"[{d.seed}]")
     g.add_argument("--device", default=S, help=f"auto, cpu or cuda[:N] [{d.device}]")
@@ -59,6 +59,7 @@ def _run_flags(p: argparse.ArgumentParser, d: Any) -> None:
                    help="float32 on CUDA too (default there: bf16 autocast; CPU is always float32)")
     _reliability_flags(g)
     _out_flags(g)
+    return g
 
 
 def _search_flags(p: argparse.ArgumentParser) -> None:
@@ -208,7 +209,10 @@ def _train_flags(p: argparse.ArgumentParser, genotype: bool = True) -> None:
     g.add_argument("--auxiliary-weight", type=float, default=S, help=f"0 disables the auxiliary head [{d.auxiliary_weight}]")
     g.add_argument("--drop-path", type=float, default=S, help=f"final drop-path probability [{d.drop_path}]")
     g.add_argument("--cutout", type=int, default=S, help=f"cutout square size, 0 disables [{d.cutout}]")
-    _run_flags(p, d)
+    _run_flags(p, d).add_argument(
+        "--compile", action="store_true", default=S,
+        help="run every cell through torch.compile (minutes of one-off compilation; no faster on CPU, "
+             "measure on your GPU with benchmarks/train_step.py --compile)")
 
 
 def build_parser() -> argparse.ArgumentParser:

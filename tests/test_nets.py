@@ -111,3 +111,19 @@ def test_imagenet_stem_reduces_224_to_28():
     net = build_network("imagenet", NetworkConfig(load_genotype("DARTS_V2"), init_channels=8, layers=3))
     s0, s1 = net.stem_forward(torch.randn(1, 3, 224, 224))
     assert s0.shape[-1] == 56 and s1.shape[-1] == 28
+
+
+def test_compiled_cells_compute_what_eager_cells_do_and_keep_parameter_names():
+    torch.manual_seed(0)
+    config = NetworkConfig(load_genotype("DARTS_V2"), init_channels=4, layers=3)
+    eager, compiled = build_network("cifar", config), build_network("cifar", config)
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile_cells()
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    eager.eval(), compiled.eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected, got = eager(x), compiled(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert all(cell._compiled_call_impl is None for cell in eager.cells)
+    assert all(cell._compiled_call_impl is not None for cell in compiled.cells)

@@ -94,3 +94,13 @@ def test_autocast_is_bf16_on_cuda_only():
     ctx = autocast(torch.device("cuda"), True)
     assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16
     assert not isinstance(autocast(torch.device("cuda"), False), torch.autocast)
+
+
+def test_compile_flag_reaches_every_cell_and_is_kept_in_the_checkpoint(tmp_path, monkeypatch):
+    from dartsnas.nets.conv import NetworkCIFAR
+    calls = []
+    monkeypatch.setattr(NetworkCIFAR, "compile_cells", lambda self, **kw: calls.append(len(self.cells)))
+    flags = ["--dataset", "digits", "--init-channels", "4", "--layers", "3", "--epochs", "1", "--steps-per-epoch", "1",
+             "--quiet", "--out", str(tmp_path)]
+    assert main(["train", "cnn", *flags, "--compile"]) == 0
+    assert calls == [3] and load_checkpoint(tmp_path)["config"]["compile"] is True

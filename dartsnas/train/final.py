@@ -62,11 +62,13 @@ class TrainConfig(RunOptions):
     steps_per_epoch: int | None = None
     channels_last: bool = True
     amp: bool = True                     # bf16 autocast on CUDA; the CPU path always stays float32
+    compile: bool = False                # torch.compile of every cell
     image_size: int = 224                # class-folder datasets only (crop size)
     workers: int = 4                     # class-folder datasets: decoding processes
     train_portion: float = 1.0           # < 1: train on that part of the training split, report val_* on the rest
 
-    RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "download", "verify", "channels_last", "workers", "amp")
+    RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "download", "verify", "channels_last", "workers", "amp",
+                         "compile")
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "init_channels", "layers", "image_size"):
@@ -208,6 +210,8 @@ class Training(Run):
         seed_everything(config.seed)
         self.net_config = _network_config(config, self.genotype, data["num_classes"], data["in_channels"])
         self.model = self.place_model(build_network(config.network, self.net_config), config.channels_last)
+        if config.compile:
+            self.model.compile_cells()
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
         self.net = self.dist.wrap(WithAuxiliary(self.model), broadcast_buffers=not config.sync_bn)
