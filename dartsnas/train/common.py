@@ -420,6 +420,12 @@ class Run:
         finally:
             torch.use_deterministic_algorithms(was_deterministic)
 
+    @property
+    def checks_every_step(self) -> bool:
+        """Whether a training step looks for non-finite values: on CPU (free), or when --skip-nonfinite
+        may skip them (a host-device sync per step on a GPU). Otherwise the epoch's mean loss does."""
+        return self.device.type == "cpu" or self.config.skip_nonfinite > 0
+
     def all_finite(self, *tensors: torch.Tensor) -> bool:
         """Whether every tensor is finite on every rank (data parallel, all ranks agree: a batch
         that is bad anywhere is skipped everywhere)."""

@@ -245,7 +245,7 @@ class Training(Run):
         start = self.take_in_epoch()
         if start is not None:
             meter.load_state_dict(start["meter"])
-        check = self.device.type == "cpu" or cfg.skip_nonfinite > 0  # a sync per step on CUDA
+        check = self.checks_every_step
         bar = Progress(steps, f"epoch {self.epoch + 1}/{cfg.epochs}", enabled=not self.quiet)
         batches = iter(self.train_loader)
         for step in range(start["step"] if start is not None else 0, steps):

@@ -243,8 +243,7 @@ class Search(Run):
         if start is not None:
             meter.load_state_dict(start["meter"])
         first = start["step"] if start is not None else 0
-        # Non-finite values are looked for on CPU (free) or when they may be skipped (a sync per step).
-        check = self.device.type == "cpu" or cfg.skip_nonfinite > 0
+        check = self.checks_every_step
         bar = Progress(steps, f"epoch {self.epoch + 1}/{cfg.epochs}", enabled=not self.quiet)
         batches = iter(self.train_loader)
         for step in range(first, steps):

@@ -156,9 +156,7 @@ def train_lm_epoch(run: Run, model: torch.nn.Module, optimizer: torch.optim.Opti
     total = torch.zeros((), dtype=torch.float64, device=data.device)
     tokens, step, pos = 0, 0, 0
     carried = carried if carried is not None else {}
-    # Non-finite values are looked for on CPU (free) or when they may be skipped (a sync per step);
-    # otherwise the epoch's mean loss catches them.
-    check = run.device.type == "cpu" or run.config.skip_nonfinite > 0
+    check = run.checks_every_step
     start = run.take_in_epoch()
     if start is not None:
         step, pos, tokens = int(start["step"]), int(start["pos"]), int(start["tokens"])
