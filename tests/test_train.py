@@ -104,3 +104,15 @@ def test_compile_flag_reaches_every_cell_and_is_kept_in_the_checkpoint(tmp_path,
              "--quiet", "--out", str(tmp_path)]
     assert main(["train", "cnn", *flags, "--compile"]) == 0
     assert calls == [3] and load_checkpoint(tmp_path)["config"]["compile"] is True
+
+
+def test_without_per_step_checks_a_non_finite_training_epoch_still_stops_the_run(tmp_path, monkeypatch):
+    """As on a GPU without --skip-nonfinite: no step is checked, the epoch's mean loss is."""
+    from dartsnas.errors import DartsError
+    from dartsnas.train.final import Training
+    monkeypatch.setattr(Training, "checks_every_step", property(lambda self: False))
+    run = Training(recipe("digits", **{**TINY, "epochs": 1, "steps_per_epoch": 2}), tmp_path, quiet=True)
+    with torch.no_grad():
+        run.model.stem[0].weight.fill_(float("nan"))
+    with pytest.raises(DartsError, match="non-finite mean training loss at epoch 1, step 2"):
+        run.train_epoch()

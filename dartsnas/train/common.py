@@ -426,6 +426,13 @@ class Run:
         may skip them (a host-device sync per step on a GPU). Otherwise the epoch's mean loss does."""
         return self.device.type == "cpu" or self.config.skip_nonfinite > 0
 
+    def check_epoch_loss(self, loss: float, steps: int) -> float:
+        """The epoch's mean training loss, stopping the run if it is not finite: without per-step
+        checks (see :attr:`checks_every_step`) this is where a bad step is caught."""
+        if not math.isfinite(loss):
+            self.bad_step(steps, "mean training loss")
+        return loss
+
     def all_finite(self, *tensors: torch.Tensor) -> bool:
         """Whether every tensor is finite on every rank (data parallel, all ranks agree: a batch
         that is bad anywhere is skipped everywhere)."""

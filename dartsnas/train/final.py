@@ -268,7 +268,7 @@ class Training(Run):
             self.step_done(step + 1, lambda: {"meter": meter.state_dict()})
         bar.close()
         meter.reduce()
-        return {"train_loss": meter.loss, "train_acc": meter.accuracy, "steps": steps,
+        return {"train_loss": self.check_epoch_loss(meter.loss, steps), "train_acc": meter.accuracy, "steps": steps,
                 "images_per_s": meter.seen / max(time.perf_counter() - bar.start, 1e-9)}
 
     def run(self) -> list[dict[str, Any]]:

@@ -10,7 +10,6 @@ genotype), ``checkpoint.pt`` (everything needed to resume) and, at the end, ``ge
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -264,9 +263,7 @@ class Search(Run):
             self.step_done(step + 1, lambda: {"meter": meter.state_dict()})
         bar.close()
         meter.reduce()
-        train_loss = meter.loss
-        if not math.isfinite(train_loss):
-            self.bad_step(steps, "mean training loss")
+        train_loss = self.check_epoch_loss(meter.loss, steps)
         return {"train_loss": train_loss, "train_acc": meter.accuracy, "steps": steps,
                 "images_per_s": meter.seen / max(time.perf_counter() - bar.start, 1e-9)}
 

@@ -194,10 +194,8 @@ def train_lm_epoch(run: Run, model: torch.nn.Module, optimizer: torch.optim.Opti
                                      "carried": {k: v.detach().cpu() for k, v in carried.items()}})
     bar.close()
     sums = run.dist.sum(torch.stack([total, total.new_tensor(float(tokens))])).tolist()
-    train_loss = sums[0] / max(sums[1], 1.0)
+    train_loss = run.check_epoch_loss(sums[0] / max(sums[1], 1.0), step)
     tokens = int(sums[1])
-    if not math.isfinite(train_loss):
-        run.bad_step(step, "mean training loss")
     return {"train_loss": train_loss, "train_ppl": math.exp(min(train_loss, 50)), "steps": step,
             "tokens_per_s": tokens / max(time.perf_counter() - bar.start, 1e-9)}
 
