@@ -1,4 +1,5 @@
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +73,23 @@ def cifar_dir(tmp_path):
                                       b"frog", b"horse", b"ship", b"truck"],
                      b"num_cases_per_batch": 10000, b"num_vis": 3072}, f, protocol=2)
     return tmp_path
+
+
+def count_host_reads(monkeypatch) -> list[int]:
+    """From now until ``monkeypatch.undo()``, count the tensor reads that on a GPU make the host wait
+    for the device (.item(), .tolist(), bool(), float(), int()). torch.optim's step counters and the
+    BPTT window-length generator live on the CPU on every device, so their reads are not counted."""
+    reads = [0]
+
+    def counted(name):
+        original = getattr(torch.Tensor, name)
+
+        def read(*args, **kwargs):
+            caller = sys._getframe(1)
+            if not (caller.f_globals["__name__"].startswith("torch.optim") or caller.f_code.co_name == "window_length"):
+                reads[0] += 1
+            return original(*args, **kwargs)
+        return read
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, counted(name))
+    return reads

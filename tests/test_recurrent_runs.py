@@ -12,6 +12,7 @@ from dartsnas.train import final_rnn
 from dartsnas.train.checkpoint import load_checkpoint, read_metrics
 from dartsnas.train.final_rnn import RNNTrainConfig, train_rnn
 from dartsnas.train.search_rnn import RNNSearchConfig, search_rnn
+from conftest import count_host_reads
 from test_recurrent import PTB, needs_ptb
 
 TINY = dict(data_dir=str(PTB), train_split="valid", val_split="test", emsize=16, nhid=16, batch_size=64,
@@ -127,25 +128,10 @@ def test_compile_flag_reaches_the_cell_of_both_recurrent_commands(tmp_path, monk
 @pytest.mark.parametrize("order", ["first", "second"])
 def test_recurrent_search_steps_read_nothing_back_from_a_gpu(tmp_path, monkeypatch, order):
     """Off the CPU a step must not wait for the device: count tensor reads at each step boundary."""
-    import sys
-    from types import SimpleNamespace
     from dartsnas.train.search_rnn import RNNSearch
+    monkeypatch.setattr(RNNSearch, "checks_every_step", property(lambda self: False))  # as on a GPU
     run = RNNSearch(RNNSearchConfig(**{**TINY, "steps_per_epoch": 4}, epochs=1, order=order), tmp_path, quiet=True)
-    run.device = SimpleNamespace(type="cuda")  # as on a GPU: no per-step finiteness check
-    reads, at_boundary = [0], []
-
-    def counted(name):
-        original = getattr(torch.Tensor, name)
-
-        def read(*args, **kwargs):
-            # The optimiser's step counters and the window-length generator live on the CPU anywhere.
-            caller = sys._getframe(1)
-            if not (caller.f_globals["__name__"].startswith("torch.optim") or caller.f_code.co_name == "window_length"):
-                reads[0] += 1
-            return original(*args, **kwargs)
-        return read
-    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
-        monkeypatch.setattr(torch.Tensor, name, counted(name))
+    reads, at_boundary = count_host_reads(monkeypatch), []
     monkeypatch.setattr(run, "step_done", lambda step, state: at_boundary.append(reads[0]))
     record = run.train_epoch()
     monkeypatch.undo()
@@ -154,12 +140,11 @@ def test_recurrent_search_steps_read_nothing_back_from_a_gpu(tmp_path, monkeypat
 
 
 @needs_ptb
-def test_without_per_step_checks_a_non_finite_epoch_still_stops_the_run(tmp_path):
-    from types import SimpleNamespace
+def test_without_per_step_checks_a_non_finite_epoch_still_stops_the_run(tmp_path, monkeypatch):
     from dartsnas.errors import DartsError
     from dartsnas.train.search_rnn import RNNSearch
+    monkeypatch.setattr(RNNSearch, "checks_every_step", property(lambda self: False))  # as on a GPU
     run = RNNSearch(RNNSearchConfig(**{**TINY, "steps_per_epoch": 2}, epochs=1), tmp_path, quiet=True)
-    run.device = SimpleNamespace(type="cuda")
     with torch.no_grad():
         run.model.cell.W0.fill_(float("nan"))
     with pytest.raises(DartsError, match="non-finite mean training loss at epoch 1, step 2"):
