@@ -1,5 +1,7 @@
 import io
 
+import pytest
+
 from dartsnas.train.progress import Progress
 
 
@@ -26,15 +28,32 @@ def test_progress_bar_draws_on_a_terminal_only():
     assert quiet.getvalue() == ""
 
 
-def test_progress_reads_tensor_and_callable_metrics_only_when_it_draws():
+@pytest.mark.parametrize("origin", [0.0, 5.0, 1e7])  # a clock read just after boot, or days later
+def test_progress_reads_tensor_and_callable_metrics_only_when_it_draws(origin):
     import torch
     reads = []
     tty = FakeTTY()
-    bar = Progress(50, "epoch 1/1", stream=tty, min_interval=3600.0)
+    now = [origin]
+    bar = Progress(50, "epoch 1/1", stream=tty, min_interval=3600.0, clock=lambda: now[0])
     for step in range(50):
+        now[0] += 1.0
         bar.update(8, loss=torch.tensor(0.5), acc=lambda: reads.append(1) or 0.75)
     assert len(reads) == 2  # the first draw and the last step, not 50 host reads
     assert "loss 0.5" in tty.getvalue() and "acc 0.75" in tty.getvalue()
+
+
+def test_progress_redraws_after_min_interval_of_its_clock():
+    tty = FakeTTY()
+    now = [100.0]
+    bar = Progress(10, "e", stream=tty, min_interval=2.0, clock=lambda: now[0])
+    draws = []
+    for step in range(9):
+        now[0] += 1.0
+        before = tty.getvalue().count("\r")
+        bar.update(1, loss=1.0)
+        draws.append(tty.getvalue().count("\r") - before)
+    assert draws == [1, 0, 1, 0, 1, 0, 1, 0, 1]  # first step, then every 2 s of the clock
+    assert "9/10" in tty.getvalue() and "1.0 img/s" in tty.getvalue()
 
 
 def test_tensorboard_receives_scalars_and_alpha_histograms(tmp_path, monkeypatch):

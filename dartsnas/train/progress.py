@@ -1,23 +1,28 @@
 """Console output of training loops: a progress bar on a terminal, one line per epoch otherwise."""
 from __future__ import annotations
 
+import math
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 
 class Progress:
     """A single-line bar (step, metrics, throughput, ETA), drawn only when ``stream`` is a TTY."""
 
     def __init__(self, total: int, desc: str, *, unit: str = "img", stream: TextIO | None = None,
-                 enabled: bool = True, min_interval: float = 0.2) -> None:
+                 enabled: bool = True, min_interval: float = 0.2,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self.stream = stream or sys.stdout
         self.enabled = enabled and self.stream.isatty()
         self.total, self.desc, self.unit = total, desc, unit
         self.count = 0
         self.items = 0
-        self.start = time.perf_counter()
-        self._last = 0.0
+        self.clock = clock
+        self.start = clock()
+        # The first update always draws: perf_counter's origin is arbitrary (often boot), so a
+        # "last draw" of 0.0 would hide the bar until the clock passed min_interval.
+        self._last = -math.inf
         self.min_interval = min_interval
 
     def update(self, items: int, **metrics: Any) -> None:
@@ -27,7 +32,7 @@ class Progress:
         self.items += items
         if not self.enabled:
             return
-        now = time.perf_counter()
+        now = self.clock()
         if now - self._last < self.min_interval and self.count < self.total:
             return
         self._last = now
