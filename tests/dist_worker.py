@@ -4,7 +4,8 @@
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/dist_worker.py OUT.pt --batch 8 --sync-bn
 
 For every order: the α gradient of the first batch pair, then the model's whole state (w, α, BatchNorm
-statistics) after one search step (α step, then w step) on it. Used by tests/test_distributed.py.
+statistics) after one search step (α step, then w step) on it, and the step's gradient norm; with
+--grad-clip the weight step and the virtual step clip. Used by tests/test_distributed.py.
 """
 import argparse
 
@@ -17,7 +18,7 @@ from dartsnas.spaces import ConvSearchSpaceConfig, SearchNetwork
 from dartsnas.train.search import search_step
 
 
-def one_step(dist: Distributed, order: str, batch: int, sync_bn: bool) -> dict:
+def one_step(dist: Distributed, order: str, batch: int, sync_bn: bool, grad_clip: float) -> dict:
     data = load_dataset("digits", "train")
     train_idx, val_idx = split_portion(len(data), 0.5)
     common = dict(batch_size=batch, rank=dist.rank, world_size=dist.world_size, drop_last=True)
@@ -28,12 +29,12 @@ def one_step(dist: Distributed, order: str, batch: int, sync_bn: bool) -> dict:
     if sync_bn and dist.enabled:
         convert_sync_batchnorm(model)
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4)
-    arch = Architect(model, w_opt, order=order, lr=0.01, sync=dist.average)
+    arch = Architect(model, w_opt, order=order, lr=0.01, grad_clip=grad_clip, sync=dist.average)
     net = dist.wrap(model, ignore=model.arch_parameters(), broadcast_buffers=not sync_bn)
     train_batch, val_batch = train.next_batch(), val.next_batch()
     grads = arch.alpha_grad(train_batch, val_batch, xi=0.1)
-    search_step(model, arch, w_opt, train_batch, val_batch, 0.1, 5.0, net=net)
-    return {"alpha_grad": [g.clone() for g in grads],
+    grad_norm = search_step(model, arch, w_opt, train_batch, val_batch, 0.1, grad_clip, net=net)[2]
+    return {"alpha_grad": [g.clone() for g in grads], "grad_norm": grad_norm.detach().clone(),
             "state": {k: v.clone() for k, v in model.state_dict().items()}}
 
 
@@ -43,10 +44,11 @@ def main() -> None:
     p.add_argument("--batch", type=int, required=True)
     p.add_argument("--sync-bn", action="store_true")
     p.add_argument("--orders", nargs="+", default=["first", "second"])
+    p.add_argument("--grad-clip", type=float, default=5.0)
     args = p.parse_args()
     torch.set_num_threads(1)
     dist = Distributed.from_env()
-    result = {order: one_step(dist, order, args.batch, args.sync_bn) for order in args.orders}
+    result = {order: one_step(dist, order, args.batch, args.sync_bn, args.grad_clip) for order in args.orders}
     if dist.is_main:
         torch.save(result, args.out)
     dist.close()

@@ -37,9 +37,13 @@ def one_step(tmp_path: Path, name: str, *args: str, nproc: int = 1) -> dict:
 
 
 def test_two_ranks_with_sync_bn_take_the_step_one_process_takes_on_twice_the_batch(tmp_path):
-    alone = one_step(tmp_path, "alone", "--batch", "16", "--orders", *ORDERS)
-    pair = one_step(tmp_path, "pair", "--batch", "8", "--sync-bn", "--orders", *ORDERS, nproc=2)
+    # Clipping is active (the global norm is about 2.2): the virtual step's clip factor must be the
+    # global gradient's, as the DDP weight step's is, not each rank's own.
+    alone = one_step(tmp_path, "alone", "--batch", "16", "--orders", *ORDERS, "--grad-clip", "1.0")
+    pair = one_step(tmp_path, "pair", "--batch", "8", "--sync-bn", "--orders", *ORDERS, "--grad-clip", "1.0", nproc=2)
     for order in ORDERS:
+        assert alone[order]["grad_norm"] > 1.5
+        torch.testing.assert_close(pair[order]["grad_norm"], alone[order]["grad_norm"], rtol=1e-4, atol=0)
         for a, b in zip(alone[order]["alpha_grad"], pair[order]["alpha_grad"]):
             assert a.abs().max() > 1e-3
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=f"{order}: α gradient")

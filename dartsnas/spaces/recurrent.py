@@ -109,8 +109,13 @@ class RecurrentSearchModel(ArchitectureSplit, RNNLanguageModel):
         return F.softmax(self.alpha.float(), dim=-1)
 
     def forward(self, inputs, hidden):
+        # softmax(α) is handed to the cell for this forward only: kept on the module, it would hold the
+        # graph alive between steps and make the model impossible to deepcopy.
         self.cell.weights = self.arch_weights()
-        return super().forward(inputs, hidden)
+        try:
+            return super().forward(inputs, hidden)
+        finally:
+            self.cell.weights = None
 
     def genotype(self) -> RecurrentGenotype:
         return derive_recurrent_genotype(self.arch_weights(), self.space.ops)

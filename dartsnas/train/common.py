@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..architect import CLIP_EPS
 from ..data.text import batchify, rank_rows
 from ..distributed import Distributed, convert_sync_batchnorm
 from ..errors import CheckpointError, ConfigError, DartsError, Interrupted
@@ -190,6 +191,40 @@ class EpochMeter:
     @property
     def loss(self) -> float:
         return (self.loss_sum / max(self.seen, 1)).item()
+
+
+class ClipMeter:
+    """How often an epoch's weight steps clipped their gradient (norm above ``max_norm``) and by what
+    factor ``clip_grad_norm_`` scaled it when it did, accumulated on the device.
+
+    Data parallel, the norm is the global gradient's (DDP averages before clipping), so every rank
+    counts the same steps and nothing needs reducing.
+    """
+
+    def __init__(self, max_norm: float, device: torch.device) -> None:
+        self.max_norm = max_norm
+        self.sums = torch.zeros(2, dtype=torch.float64, device=device)  # clipped steps, sum of their factors
+        self.steps = 0
+
+    def update(self, grad_norm: torch.Tensor) -> None:
+        factor = torch.clamp(self.max_norm / (grad_norm.detach().double() + CLIP_EPS), max=1.0)
+        clipped = (factor < 1).double()
+        self.sums += torch.stack([clipped, clipped * factor])
+        self.steps += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": self.sums.cpu(), "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if state is not None:  # absent from checkpoints written before clipping was counted
+            self.sums = state["sums"].to(self.sums.device)
+            self.steps = int(state["steps"])
+
+    def summary(self) -> dict[str, float]:
+        """``clip_fraction`` of the steps clipped, ``clip_factor`` the mean factor of those (1.0 if none)."""
+        clipped, factors = self.sums.tolist()
+        return {"clip_fraction": clipped / max(self.steps, 1),
+                "clip_factor": factors / clipped if clipped else 1.0}
 
 
 @torch.no_grad()

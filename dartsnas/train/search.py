@@ -25,7 +25,7 @@ from ..genotype import SKIP_OP, Genotype, derive_genotype
 from ..ops import DARTS_OPS
 from ..spaces import ConvSearchSpaceConfig, SearchNetwork
 from .checkpoint import CHECKPOINT, GENOTYPE, METRICS, MetricsLog, load_checkpoint, tensors_to_lists
-from .common import (EpochMeter, RunOptions, Run, autocast, config_from_dict, cosine_lr, evaluate, rng_state,
+from .common import (ClipMeter, EpochMeter, RunOptions, Run, autocast, config_from_dict, cosine_lr, evaluate, rng_state,
                      seed_everything)
 from .progress import Progress
 
@@ -187,7 +187,7 @@ class Search(Run):
         self.architect = Architect(self.model, self.w_optimizer, order=config.order,
                                    lr=config.arch_lr, betas=tuple(config.arch_betas),
                                    weight_decay=config.arch_weight_decay, fd_step=config.fd_step,
-                                   fd_scheme=config.fd_scheme, sync=dist.average)
+                                   fd_scheme=config.fd_scheme, grad_clip=config.grad_clip, sync=dist.average)
         # The weight step's forward runs in DDP (gradients averaged in buckets during backward);
         # α is left to the architect. With SyncBatchNorm the statistics already agree across ranks.
         self.net = dist.wrap(self.model, ignore=self.model.arch_parameters(), broadcast_buffers=not config.sync_bn)
@@ -239,8 +239,10 @@ class Search(Run):
         xi = self.w_optimizer.param_groups[0]["lr"]
         meter = EpochMeter(self.device, self.dist)
         start = self.take_in_epoch()
+        clips = ClipMeter(cfg.grad_clip, self.device)
         if start is not None:
             meter.load_state_dict(start["meter"])
+            clips.load_state_dict(start.get("clip"))
         first = start["step"] if start is not None else 0
         check = self.checks_every_step
         bar = Progress(steps, f"epoch {self.epoch + 1}/{cfg.epochs}", enabled=not self.quiet)
@@ -259,12 +261,13 @@ class Search(Run):
                 self.bad_step(step + 1)  # raises unless --skip-nonfinite allows one more
             else:
                 meter.update(loss, logits, y)
+                clips.update(grad_norm)
             bar.update(y.shape[0], loss=loss, acc=lambda: meter.accuracy)
-            self.step_done(step + 1, lambda: {"meter": meter.state_dict()})
+            self.step_done(step + 1, lambda: {"meter": meter.state_dict(), "clip": clips.state_dict()})
         bar.close()
         meter.reduce()
         train_loss = self.check_epoch_loss(meter.loss, steps)
-        return {"train_loss": train_loss, "train_acc": meter.accuracy, "steps": steps,
+        return {"train_loss": train_loss, "train_acc": meter.accuracy, "steps": steps, **clips.summary(),
                 "images_per_s": meter.seen / max(time.perf_counter() - bar.start, 1e-9)}
 
     def evaluate(self) -> dict[str, float]:

@@ -8,6 +8,7 @@ scaled by the window length and temporal activation regularisation (β) on the c
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from ..genotype import RecurrentGenotype
 from ..ops import RNN_DARTS_OPS
 from ..spaces import RecurrentSearchModel, RecurrentSearchSpaceConfig
 from .checkpoint import GENOTYPE, METRICS, MetricsLog, tensors_to_lists
-from .common import RunOptions, Run, config_from_dict, rng_state, seed_everything
+from .common import ClipMeter, RunOptions, Run, config_from_dict, rng_state, seed_everything
 from .progress import Progress
 
 KIND = "search-rnn"
@@ -131,6 +132,18 @@ def tar_ar_penalty(raw: torch.Tensor, dropped: torch.Tensor | None, tar: float, 
     return penalty
 
 
+def lm_weight_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, hidden: torch.Tensor,
+                   tar: float, ar: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The weight step's objective NLL + TAR (+ AR) on a window; returns it, the NLL and the new state.
+
+    One function for the weight step and the architect's virtual step, so that the second-order
+    hypergradient differentiates the objective the weights really follow.
+    """
+    log_prob, new_hidden, raw = model(inputs, hidden)
+    nll = F.nll_loss(log_prob, targets)
+    return nll + tar_ar_penalty(raw, None, tar, ar), nll, new_hidden
+
+
 def train_lm_epoch(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                    params: list[torch.Tensor], data: torch.Tensor, cfg: Any, lengths: torch.Generator,
                    before_step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, float], None] | None = None,
@@ -157,10 +170,12 @@ def train_lm_epoch(run: Run, model: torch.nn.Module, optimizer: torch.optim.Opti
     tokens, step, pos = 0, 0, 0
     carried = carried if carried is not None else {}
     check = run.checks_every_step
+    clips = ClipMeter(cfg.grad_clip, data.device)
     start = run.take_in_epoch()
     if start is not None:
         step, pos, tokens = int(start["step"]), int(start["pos"]), int(start["tokens"])
         total.fill_(float(start["total"]))
+        clips.load_state_dict(start.get("clip"))
         hidden = start["hidden"].to(hidden.device)
         carried.update({k: v.to(hidden.device) for k, v in start["carried"].items()})
     while pos < n - 2 and step < cap:
@@ -173,14 +188,13 @@ def train_lm_epoch(run: Run, model: torch.nn.Module, optimizer: torch.optim.Opti
             if check:
                 run.check_arch_finite(step + 1, frozen or [])
         with requires_grad_off(frozen or []):
-            log_prob, new_hidden, raw = (net or model)(x, hidden)
-            nll = F.nll_loss(log_prob, y)
-            loss = nll + tar_ar_penalty(raw, None, cfg.tar, cfg.ar)
+            loss, nll, new_hidden = lm_weight_loss(net or model, x, y, hidden, cfg.tar, cfg.ar)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         if not check or run.all_finite(loss, grad_norm):
             optimizer.step()
+            clips.update(grad_norm)
             hidden = new_hidden
             total += nll.detach().double() * y.numel()
             tokens += y.numel()
@@ -191,13 +205,14 @@ def train_lm_epoch(run: Run, model: torch.nn.Module, optimizer: torch.optim.Opti
         pos += seq_len
         bar.update(y.numel(), loss=nll.detach())
         run.step_done(step, lambda: {"pos": pos, "total": float(total), "tokens": tokens, "hidden": hidden.detach().cpu(),
-                                     "carried": {k: v.detach().cpu() for k, v in carried.items()}})
+                                     "carried": {k: v.detach().cpu() for k, v in carried.items()},
+                                     "clip": clips.state_dict()})
     bar.close()
     sums = run.dist.sum(torch.stack([total, total.new_tensor(float(tokens))])).tolist()
     train_loss = run.check_epoch_loss(sums[0] / max(sums[1], 1.0), step)
     tokens = int(sums[1])
     return {"train_loss": train_loss, "train_ppl": math.exp(min(train_loss, 50)), "steps": step,
-            "tokens_per_s": tokens / max(time.perf_counter() - bar.start, 1e-9)}
+            **clips.summary(), "tokens_per_s": tokens / max(time.perf_counter() - bar.start, 1e-9)}
 
 
 class RNNSearch(Run):
@@ -229,9 +244,12 @@ class RNNSearch(Run):
         self.w_optimizer = torch.optim.SGD(self.model.weight_parameters(), lr=config.lr,
                                            weight_decay=config.weight_decay)
         # The reference's recurrent architect uses Adam's default betas (the conv one uses 0.5).
+        # The virtual step is the weight step: clipped at --grad-clip, on NLL + TAR.
         self.architect = Architect(self.model, self.w_optimizer, order=config.order, lr=config.arch_lr,
                                    betas=(0.9, 0.999), weight_decay=config.arch_weight_decay,
-                                   fd_step=config.fd_step, fd_scheme=config.fd_scheme, sync=self.dist.average)
+                                   fd_step=config.fd_step, fd_scheme=config.fd_scheme, grad_clip=config.grad_clip,
+                                   train_loss=functools.partial(lm_weight_loss, tar=config.tar, ar=config.ar),
+                                   sync=self.dist.average)
         self.net = self.dist.wrap(self.model, ignore=self.model.arch_parameters(),
                                   broadcast_buffers=not config.sync_bn)
         self.lengths = torch.Generator().manual_seed(config.seed)
