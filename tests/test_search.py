@@ -100,8 +100,20 @@ def test_corrupted_checkpoint_is_refused_with_a_clear_message(tmp_path):
     search(SearchConfig(**TINY, epochs=1), tmp_path, quiet=True)
     path = tmp_path / "checkpoint.pt"
     path.write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match="checkpoint.pt: unreadable, not loaded: truncated, corrupted") as e:
         derive_from_checkpoint(path)
+    assert "weights_only" not in str(e.value)
+
+
+def test_a_checkpoint_the_safe_load_refuses_is_unreadable_without_advice_to_unpickle_it(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"format_version": 1, "kind": "search-cnn", "x": Payload()}, path)
+    with pytest.raises(CheckpointError, match="checkpoint.pt: unreadable, not loaded.*safe load refuses") as e:
+        derive_from_checkpoint(path)
+    assert "weights_only" not in str(e.value) and "allowlist" not in str(e.value)
 
 
 def test_cli_errors_are_one_line_without_traceback(tmp_path):

@@ -95,3 +95,16 @@ def test_partial_channels_shapes_memory_and_alpha_beta_derivation():
     torch.testing.assert_close(e_normal[:2].sum(), torch.tensor(1.0))  # a softmax per node
     with pytest.raises(ConfigError, match="--partial-channels 3 must divide --init-channels 8"):
         SearchNetwork(ConvSearchSpaceConfig(init_channels=8, layers=5, partial_channels=3))
+
+
+def test_mixing_weights_keep_the_models_precision():
+    """softmax(α) of a float64 model stays float64 (gradient checks to 1e-12); half precision is lifted."""
+    from dartsnas.spaces import RecurrentSearchModel, RecurrentSearchSpaceConfig
+    from dartsnas.spaces.base import mixing_weights
+    net = SearchNetwork(ConvSearchSpaceConfig(init_channels=4, layers=3, num_classes=5, partial_channels=2)).double()
+    rnn = RecurrentSearchModel(RecurrentSearchSpaceConfig(vocab_size=10, emsize=4, nhid=4, nodes=2)).double()
+    for w, a in [*zip(net.arch_weights(), net.arch_parameters()), (rnn.arch_weights(), rnn.alpha)]:
+        assert w.dtype == torch.float64
+        torch.testing.assert_close(w, torch.softmax(a, -1), rtol=0, atol=1e-15)
+    assert all(e.dtype == torch.float64 for e in net.edge_weights())
+    assert mixing_weights(torch.zeros(2, 3, dtype=torch.bfloat16)).dtype == torch.float32

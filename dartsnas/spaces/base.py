@@ -1,7 +1,17 @@
 """What every search model shares: its weights are all its parameters except α."""
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+def mixing_weights(logits: torch.Tensor) -> torch.Tensor:
+    """softmax over the last dimension in the parameter's own precision, at least float32: a float64
+    model keeps float64 (exact gradient checks), a half-precision one is lifted to float32."""
+    if logits.dtype not in (torch.float32, torch.float64):
+        logits = logits.float()
+    return F.softmax(logits, dim=-1)
 
 
 class ArchitectureSplit:

@@ -22,7 +22,7 @@ from ..genotype import Genotype, derive_genotype, num_edges
 from ..ops import (CONV_OPS, DARTS_OPS, FactorizedReduce, ReLUConvBN, build_op, is_preactivated,
                    is_zero_op)
 from . import SEARCH_SPACES
-from .base import ArchitectureSplit
+from .base import ArchitectureSplit, mixing_weights
 
 
 @dataclass
@@ -222,15 +222,15 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
         def per_node(beta: torch.Tensor) -> torch.Tensor:
             parts, row = [], 0
             for i in range(self.config.nodes):
-                parts.append(F.softmax(beta[row:row + 2 + i].float(), dim=-1))
+                parts.append(mixing_weights(beta[row:row + 2 + i]))
                 row += 2 + i
             return torch.cat(parts)
         return per_node(self.beta_normal), per_node(self.beta_reduce)
 
     def arch_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """softmax(α) per edge, computed in float32 whatever the autocast dtype."""
-        return (F.softmax(self.alpha_normal.float(), dim=-1),
-                F.softmax(self.alpha_reduce.float(), dim=-1))
+        return (mixing_weights(self.alpha_normal),
+                mixing_weights(self.alpha_reduce))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w_normal, w_reduce = self.arch_weights()

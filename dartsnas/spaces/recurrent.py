@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
@@ -18,7 +17,7 @@ from ..genotype import RecurrentGenotype, derive_recurrent_genotype, num_edges
 from ..nets.recurrent import HighwayCell, RNNConfig, RNNLanguageModel
 from ..ops import RNN_DARTS_OPS, RNN_OPS
 from . import SEARCH_SPACES
-from .base import ArchitectureSplit
+from .base import ArchitectureSplit, mixing_weights
 
 
 @dataclass
@@ -106,7 +105,7 @@ class RecurrentSearchModel(ArchitectureSplit, RNNLanguageModel):
         return [self.alpha]
 
     def arch_weights(self) -> torch.Tensor:
-        return F.softmax(self.alpha.float(), dim=-1)
+        return mixing_weights(self.alpha)
 
     def forward(self, inputs, hidden):
         # softmax(α) is handed to the cell for this forward only: kept on the module, it would hold the

@@ -76,6 +76,20 @@ def model_file(path: str | os.PathLike) -> Path:
     return path
 
 
+def _load_failure(error: Exception) -> str:
+    """What went wrong in a safe load, in a few words, without torch's advice to load the file
+    unsafely (weights_only=False would unpickle, i.e. run, whatever the file holds)."""
+    text = str(error).strip()
+    if "WeightsUnpickler error:" in text:  # the safe unpickler met something it will not rebuild
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip()
+        return "holds data a safe load refuses" + (f": {_first_sentence(detail)}" if detail else "")
+    return _first_sentence(text) if text else error.__class__.__name__
+
+
+def _first_sentence(text: str) -> str:
+    return text.splitlines()[0].split(". ")[0].rstrip(".")
+
+
 def load_checkpoint(path: str | os.PathLike, *, kind: str | None = None) -> dict[str, Any]:
     """Load a dartsnas checkpoint safely; refuse foreign, corrupted or other-version files."""
     path = Path(path)
@@ -86,8 +100,8 @@ def load_checkpoint(path: str | os.PathLike, *, kind: str | None = None) -> dict
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a damaged or foreign file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupted?): {first}") from None
+        raise CheckpointError(f"{path}: unreadable, not loaded: truncated, corrupted or not a dartsnas "
+                              f"checkpoint ({_load_failure(e)})") from None
     if not isinstance(state, dict) or "format_version" not in state:
         raise CheckpointError(f"{path}: not a dartsnas checkpoint")
     if state["format_version"] != FORMAT_VERSION:

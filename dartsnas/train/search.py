@@ -24,6 +24,7 @@ from ..errors import CheckpointError, ConfigError
 from ..genotype import SKIP_OP, Genotype, derive_genotype
 from ..ops import DARTS_OPS
 from ..spaces import ConvSearchSpaceConfig, SearchNetwork
+from ..spaces.base import mixing_weights
 from .checkpoint import CHECKPOINT, GENOTYPE, METRICS, MetricsLog, load_checkpoint, tensors_to_lists
 from .common import (ClipMeter, EpochMeter, RunOptions, Run, autocast, config_from_dict, cosine_lr, evaluate, rng_state,
                      seed_everything)
@@ -327,5 +328,5 @@ def derive_from_checkpoint(path: str | Path, max_skip: int | None = None) -> Gen
         alpha_normal, alpha_reduce = model_state["alpha_normal"], model_state["alpha_reduce"]
     except KeyError:
         raise CheckpointError(f"{path}: checkpoint holds no α") from None
-    return derive_genotype(torch.softmax(alpha_normal.float(), -1), torch.softmax(alpha_reduce.float(), -1),
+    return derive_genotype(mixing_weights(alpha_normal), mixing_weights(alpha_reduce),
                            tuple(config.ops), max_skip=config.max_skip if max_skip is None else max_skip)
