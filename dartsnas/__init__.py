@@ -1,13 +1,37 @@
 """dartsnas: DARTS, Differentiable Architecture Search (Liu, Simonyan, Yang, ICLR 2019)."""
+from typing import TYPE_CHECKING, Any
+
 from .errors import CheckpointError, ConfigError, DartsError, DataError, GenotypeError
 from .genotype import CONV_GENOTYPES, Genotype, derive_genotype, load_genotype
 from .ops import CONV_OPS, DARTS_OPS
 from .spaces import ConvSearchSpaceConfig, SearchNetwork
+from . import train  # callable: dartsnas.train(config, out_dir, train_data=..., test_data=...)
+
+if TYPE_CHECKING:
+    from .train.search import SearchConfig, SearchResult
 
 __version__ = "0.1.0"
+
+_LAZY = {"SearchConfig": "train.search", "SearchResult": "train.search", "TrainConfig": "train.final",
+         "TrainResult": "train.final", "recipe": "train.final", "evaluate_checkpoint": "train.final"}
+
+
+def search(config: "SearchConfig", out_dir: str, **kwargs: Any) -> "SearchResult":
+    """A conv search (:func:`dartsnas.train.search.search`); ``train_data`` / ``val_data`` take torch
+    Datasets of (CHW image, label) in place of ``config.dataset``."""
+    from .train.search import search as run
+    return run(config, out_dir, **kwargs)
+
+
+def __getattr__(name: str) -> Any:  # the run configs without importing every training loop up front
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "CONV_GENOTYPES", "CONV_OPS", "DARTS_OPS", "CheckpointError", "ConfigError",
     "ConvSearchSpaceConfig", "DartsError", "DataError", "Genotype", "GenotypeError",
-    "SearchNetwork", "derive_genotype", "load_genotype", "__version__",
+    "SearchConfig", "SearchNetwork", "SearchResult", "TrainConfig", "TrainResult", "derive_genotype",
+    "evaluate_checkpoint", "load_genotype", "recipe", "search", "train", "__version__",
 ]

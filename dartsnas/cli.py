@@ -23,14 +23,27 @@ from .genotype import CONV_GENOTYPES, load_genotype
 S = argparse.SUPPRESS  # only flags given on the command line reach a config
 
 
-def _data_flags(p: argparse.ArgumentParser, d: Any, datasets: str) -> None:
+def _data_flags(p: argparse.ArgumentParser, d: Any, datasets: str) -> argparse._ArgumentGroup:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=S, help=f"{datasets} [{d.dataset}]")
-    g.add_argument("--data-dir", default=S, help="folder holding the dataset (or $DARTSNAS_DATA) [data]")
+    g.add_argument("--data-dir", default=S,
+                   help="folder holding the dataset, or imagefolder's root (train/<class>/, optional val/<class>/), "
+                        "or arrays' .npz file (x_train, y_train[, x_test, y_test]); $DARTSNAS_DATA when absent [data]")
     g.add_argument("--download", action="store_true", default=S,
                    help="fetch the official dataset archive (md5-checked) if missing")
     g.add_argument("--no-verify", dest="verify", action="store_false", default=S,
                    help="skip the official md5 check (for your own files in the CIFAR format)")
+    g.add_argument("--image-size", type=int, default=S,
+                   help="imagefolder: resize the shorter side to S and centre-crop S x S (images of mixed sizes "
+                        "need it) [as they are]" + ("; imagenet: crop size [224]" if hasattr(d, "network") else ""))
+    g.add_argument("--skip-bad-images", action="store_true", default=S,
+                   help="skip unreadable image files (the count is reported) instead of stopping")
+    g.add_argument("--no-flip", dest="flip", action="store_false", default=S,
+                   help="no random horizontal flips for your own images (text, digits, anything with a direction)")
+    g.add_argument("--memory-gb", type=float, default=S,
+                   help=f"your own images are held in memory up to this decoded size, streamed above it [{d.memory_gb}]")
+    g.add_argument("--workers", type=int, default=S, help=f"decoding processes for streamed images [{d.workers}]")
+    return g
 
 
 def _shape_flags(g: argparse._ArgumentGroup, d: Any) -> None:
@@ -65,7 +78,7 @@ def _run_flags(p: argparse.ArgumentParser, d: Any) -> argparse._ArgumentGroup:
 def _search_flags(p: argparse.ArgumentParser) -> None:
     from .train.search import SearchConfig
     d = SearchConfig()
-    _data_flags(p, d, "cifar10 or digits (bundled, offline)")
+    _data_flags(p, d, "cifar10, digits (bundled, offline), imagefolder or arrays (your own images)")
     p.add_argument("--train-portion", type=float, default=S,
                    help=f"part of the training split that trains w; the rest trains α [{d.train_portion}]")
     g = p.add_argument_group("search space")
@@ -192,9 +205,7 @@ def _train_flags(p: argparse.ArgumentParser, genotype: bool = True) -> None:
     d = TrainConfig()
     if genotype:
         p.add_argument("--genotype", default=S, help=f"built-in name, genotype.json or search run directory [{d.genotype}]")
-    _data_flags(p, d, "cifar10, digits, imagenet or imagefolder; each has its recipe's defaults")
-    p.add_argument("--image-size", type=int, default=S, help=f"crop size of class-folder datasets [{d.image_size}]")
-    p.add_argument("--workers", type=int, default=S, help=f"decoding processes for class folders [{d.workers}]")
+    _data_flags(p, d, "cifar10, digits, imagenet, imagefolder or arrays; each has its recipe's defaults")
     p.add_argument("--train-portion", type=float, default=S,
                    help="train on this part of the training split and report val_* on the held-out rest "
                         f"instead of the test split (the paper's selection) [{d.train_portion}]")
@@ -263,6 +274,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="[256; recurrent: the run's test batch size]")
     p.add_argument("--device", default="auto")
 
+    p = sub.add_parser("export", help="write a trained network as ONNX or TorchScript (takes [0, 1] images)")
+    p.add_argument("run", type=Path, help="a training run directory, model.pt or checkpoint.pt")
+    p.add_argument("--format", choices=("onnx", "torchscript"), required=True)
+    p.add_argument("--out", type=Path, required=True, help="the file to write")
+
+    p = sub.add_parser("predict", help="top classes of image files (one JSON line per image)")
+    p.add_argument("model", type=Path, help="a training run directory, model.pt, or an exported .onnx / TorchScript file")
+    p.add_argument("images", nargs="+", type=Path, help="image files")
+    p.add_argument("--top", type=int, default=5, help="classes per image [5]")
+
     p = sub.add_parser("derive", help="print the genotype a search checkpoint derives to")
     p.add_argument("checkpoint", type=Path, help="checkpoint.pt or a run directory")
     p.add_argument("--max-skip", type=int, default=None, help="override the run's skip_connect cap")
@@ -309,7 +330,7 @@ def _config(cls: type, kind: str, args: argparse.Namespace, make: Any = None) ->
     """The run's config: the checkpoint's on --resume, else defaults; flags given override both."""
     from .train.checkpoint import CHECKPOINT, load_checkpoint
     given = _given(cls, args)
-    if args.resume:
+    if args.resume and (args.out / CHECKPOINT).is_file():  # without one yet, the run starts afresh
         saved = load_checkpoint(args.out / CHECKPOINT, kind=kind)["config"]
         return dataclasses.replace(cls.from_dict(saved), **given)
     return make(**given) if make else cls(**given)
@@ -428,6 +449,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_model
+    print(export_model(args.run, args.format, args.out))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import json
+    from .export import predict
+    for row in predict(args.model, args.images, top=args.top):
+        print(json.dumps(row, ensure_ascii=False))
+    return 0
+
+
 def _cmd_derive(args: argparse.Namespace) -> int:
     from .train.search import derive_from_checkpoint
     print(derive_from_checkpoint(args.checkpoint, max_skip=args.max_skip).to_json())
@@ -508,7 +543,8 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 COMMANDS = {"search": _cmd_search, "derive": _cmd_derive, "genotype": _cmd_genotype,
             "summary": _cmd_summary, "train": _cmd_train, "eval": _cmd_eval, "plot": _cmd_plot,
-            "select": _cmd_select, "random-search": _cmd_random_search}
+            "select": _cmd_select, "random-search": _cmd_random_search, "export": _cmd_export,
+            "predict": _cmd_predict}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

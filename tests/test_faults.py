@@ -130,6 +130,19 @@ def test_sigkill_then_resume_ends_bit_identical(command, point, n, tmp_path, tmp
     assert not list(out.glob(".*.tmp"))  # the torn temporary file was cleared on resume
 
 
+def test_killed_before_its_first_checkpoint_the_same_command_line_with_resume_restarts(tmp_path, tmp_path_factory):
+    """A scheduler requeues a preempted job with the same command line, --resume included: a run killed
+    in its first step (no checkpoint yet) starts again from the beginning and ends as an uninterrupted one."""
+    reference = baseline("search-cnn", tmp_path_factory)
+    out = tmp_path / "run"
+    command = [*COMMANDS["search-cnn"], "--out", str(out), "--resume"]
+    killed = run(command, point="mid-step", n=1)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (out / "checkpoint.pt").exists() and (out / "run.json").is_file()
+    assert main(command) == 0
+    assert_same_run(reference, out)
+
+
 def test_sigterm_checkpoints_at_a_step_boundary_and_exits_cleanly(tmp_path, tmp_path_factory):
     reference = baseline("search-cnn", tmp_path_factory)
     out = tmp_path / "run"

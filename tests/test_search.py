@@ -86,8 +86,21 @@ def test_run_directory_and_option_errors(tmp_path):
     search(SearchConfig(**TINY, epochs=1, seed=1), tmp_path / "run", overwrite=True, quiet=True)
     with pytest.raises(CheckpointError, match="layers=3.*layers=5"):
         search(SearchConfig(**{**TINY, "layers": 5}, epochs=2), tmp_path / "run", resume=True, quiet=True)
+    # --resume where no checkpoint was written yet (a requeued job's same command line) starts afresh ...
+    logged = []
+    fresh = search(SearchConfig(**TINY, epochs=1), tmp_path / "empty", resume=True, log=logged.append)
+    assert "no checkpoint yet, starting the run from the beginning" in logged[0] and len(fresh.metrics) == 1
+    assert json.loads((tmp_path / "empty" / "run.json").read_text()) == {"kind": "search-cnn"}
+    # ... but a directory another command started, or one holding unknown run files, is not taken over
+    (tmp_path / "trained").mkdir()
+    (tmp_path / "trained" / "run.json").write_text('{"kind": "train-cnn"}\n')
+    with pytest.raises(CheckpointError, match="holds a 'train-cnn' run, not a 'search-cnn' one"):
+        search(SearchConfig(**TINY), tmp_path / "trained", resume=True, quiet=True)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "metrics.jsonl").write_text('{"epoch": 1}\n')
     with pytest.raises(CheckpointError, match="nothing to resume"):
-        search(SearchConfig(**TINY), tmp_path / "empty", resume=True, quiet=True)
+        search(SearchConfig(**TINY), tmp_path / "old", resume=True, quiet=True)
+    assert (tmp_path / "old" / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
     for bad, msg in [({"batch_size": 0}, "--batch-size must be >= 1"), ({"lr": -1.0}, "--lr must be > 0"),
                      ({"train_portion": 1.0}, "--train-portion"), ({"order": "third"}, "--order"),
                      ({"lr_min": 1.0}, "--lr-min 1.0 is above --lr")]:

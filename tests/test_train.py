@@ -55,7 +55,7 @@ def test_drop_path_is_scheduled_and_recipes_are_the_papers():
 
 def test_training_on_cifar_files_in_the_original_format(tmp_path, cifar_dir):
     metrics = train(TrainConfig(dataset="cifar10", data_dir=str(cifar_dir), verify=False, init_channels=4,
-                                layers=3, batch_size=8, epochs=1), tmp_path / "run", quiet=True)
+                                layers=3, batch_size=8, epochs=1), tmp_path / "run", quiet=True).metrics
     assert metrics[0]["steps"] == 3  # 24 images, batch 8, drop_last
     assert json.loads(json.dumps(evaluate_checkpoint(tmp_path / "run", verify=False)))["top5"] >= 0
 

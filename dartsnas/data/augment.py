@@ -75,7 +75,8 @@ def cutout(images: torch.Tensor, size: int, generator: torch.Generator | None = 
 
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
               dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 [0, 255] -> float, per-channel (x/255 - mean) / std."""
+    """uint8 [0, 255] (or float [0, 1]) -> float, per-channel (x/255 - mean) / std."""
     m = torch.tensor(mean, device=images.device, dtype=dtype).view(1, -1, 1, 1)
     s = torch.tensor(std, device=images.device, dtype=dtype).view(1, -1, 1, 1)
-    return (images.to(dtype) / 255.0 - m) / s
+    x = images.to(dtype)
+    return ((x / 255.0 if images.dtype == torch.uint8 else x) - m) / s

@@ -32,4 +32,5 @@ def load_digits(split: str = "train") -> ImageDataset:
         name="digits", images=torch.from_numpy(images[keep].copy()),
         labels=torch.from_numpy(labels[keep].copy()), num_classes=10, mean=(mean,), std=(std,),
         crop_padding=1, flip=False,  # a mirrored digit is another glyph
-        description=f"scikit-learn digits {split}: {int(keep.sum())} images 1x8x8")
+        description=f"scikit-learn digits {split}: {int(keep.sum())} images 1x8x8",
+        classes=tuple(str(d) for d in range(10)))

@@ -36,6 +36,7 @@ MD5 = {
     "test_batch": "40351d587109b95175f43aff81a1287e",
     "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
 }
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # Per-channel statistics of the 50,000 training images (as used by the DARTS code).
 MEAN = (0.49139968, 0.48215827, 0.44653124)
 STD = (0.24703233, 0.24348505, 0.26158768)
@@ -131,7 +132,7 @@ def load_cifar10(root: str | os.PathLike, split: str = "train", *, download: boo
     return ImageDataset(
         name="cifar10", images=torch.from_numpy(np.concatenate(images)),
         labels=torch.from_numpy(np.concatenate(labels)), num_classes=10, mean=MEAN, std=STD,
-        crop_padding=4, flip=True, description=f"CIFAR-10 {split} from {folder}: {found}")
+        crop_padding=4, flip=True, description=f"CIFAR-10 {split} from {folder}: {found}", classes=CLASSES)
 
 
 def download_cifar10(root: str | os.PathLike) -> Path:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -13,10 +13,16 @@ from .augment import cutout, normalize, random_crop, random_flip
 
 @dataclass
 class ImageDataset:
-    """A whole image split as one uint8 tensor [N, C, H, W] plus int64 labels [N]."""
+    """A whole image split: images [N, C, H, W] (a uint8 tensor, a float one in [0, 1], or
+    :class:`~dartsnas.data.own.StreamedImages` decoded on demand) and int64 labels [N].
+
+    ``classes`` names the labels; ``resize`` is the size images were resized and centre-cropped to
+    when they were read (None: used as they are). Both travel with a trained model, so that exported
+    networks and ``predict`` see images prepared the same way.
+    """
 
     name: str
-    images: torch.Tensor
+    images: Any
     labels: torch.Tensor
     num_classes: int
     mean: tuple[float, ...]
@@ -24,11 +30,17 @@ class ImageDataset:
     crop_padding: int = 4
     flip: bool = True
     description: str = ""
+    classes: tuple[str, ...] | None = None
+    resize: int | None = None
 
     def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise ValueError("images must be a uint8 tensor [N, C, H, W]")
-        if self.labels.shape != (self.images.shape[0],):
+        shape = tuple(self.images.shape)
+        if len(shape) != 4:
+            raise ValueError("images must be [N, C, H, W]")
+        if isinstance(self.images, torch.Tensor) and not (self.images.dtype == torch.uint8
+                                                           or self.images.is_floating_point()):
+            raise ValueError("images must be uint8 or float")
+        if self.labels.shape != (shape[0],):
             raise ValueError("labels must be a tensor [N] matching the images")
 
     def __len__(self) -> int:
@@ -41,6 +53,16 @@ class ImageDataset:
     @property
     def image_size(self) -> tuple[int, int]:
         return (self.images.shape[2], self.images.shape[3])
+
+    @property
+    def in_memory(self) -> bool:
+        return isinstance(self.images, torch.Tensor)
+
+    def info(self) -> dict[str, Any]:
+        """What a trained model needs to know of its data to read new images (saved with it)."""
+        return {"dataset": self.name, "classes": list(self.classes or [str(i) for i in range(self.num_classes)]),
+                "in_channels": self.in_channels, "image_size": list(self.image_size), "resize": self.resize,
+                "mean": list(self.mean), "std": list(self.std)}
 
 
 def split_portion(n: int, portion: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,13 +92,17 @@ class BatchLoader:
     def __init__(self, dataset: ImageDataset, indices: torch.Tensor | None = None, *,
                  batch_size: int, shuffle: bool = True, augment: bool = True, cutout: int = 0,
                  drop_last: bool = False, device: torch.device | str = "cpu", seed: int = 0,
-                 channels_last: bool = False, rank: int = 0, world_size: int = 1) -> None:
+                 channels_last: bool = False, rank: int = 0, world_size: int = 1, workers: int = 2) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside a world of {world_size}")
         self.device = torch.device(device)
-        self.images = dataset.images.to(self.device)
+        if dataset.in_memory:
+            self.images = dataset.images.to(self.device)
+        else:  # decoded by worker processes, batch by batch, in the order this loader takes them
+            self.images, self.workers, self._stream_pos = dataset.images, workers, -1
+        self._stream: Iterator[torch.Tensor] | None = None
         self.labels = dataset.labels.to(self.device)
         self.mean, self.std = dataset.mean, dataset.std
         self.crop_padding = dataset.crop_padding
@@ -108,6 +134,7 @@ class BatchLoader:
         else:
             self._order = self.indices
         self._pos = 0
+        self._stream = None
 
     def _exhausted(self) -> bool:
         limit = min(len(self) * self.global_batch, len(self.indices))
@@ -117,9 +144,10 @@ class BatchLoader:
         """The next batch, starting a new (reshuffled) pass over the subset when one is used up."""
         if self._exhausted():
             self._new_epoch()
-        idx = self._order[self._pos:self._pos + self.global_batch]
+        pos = self._pos
+        idx = self._order[pos:pos + self.global_batch]
         self._pos += self.global_batch
-        return self._make(idx)
+        return self._make(idx, pos)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One pass over the subset (continuing a pass a restored state left unfinished)."""
@@ -128,11 +156,29 @@ class BatchLoader:
         while not self._exhausted():
             yield self.next_batch()
 
-    def _make(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of a global batch."""
         first = self.rank * self.batch_size
-        shard = (first, len(idx))
-        idx = idx[first:first + self.batch_size].to(self.device, non_blocking=True)
-        x = self.images.index_select(0, idx)
+        return idx[first:first + self.batch_size]
+
+    def _gather(self, rows: torch.Tensor, pos: int) -> torch.Tensor:
+        """The images at ``rows`` (the global batch starting at ``pos`` of this pass), on the device."""
+        if isinstance(self.images, torch.Tensor):
+            return self.images.index_select(0, rows.to(self.device, non_blocking=True))
+        if self._stream is None or self._stream_pos != pos:  # (re)start the workers at this batch
+            from .own import stream_batches
+            limit = min(len(self) * self.global_batch, len(self.indices))
+            batches = [self._rows(self._order[p:p + self.global_batch]).tolist()
+                       for p in range(pos, limit, self.global_batch)]
+            self._stream = stream_batches(self.images, batches, self.workers)
+        self._stream_pos = pos + self.global_batch
+        return next(self._stream).to(self.device, non_blocking=True)
+
+    def _make(self, idx: torch.Tensor, pos: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        shard = (self.rank * self.batch_size, len(idx))
+        rows = self._rows(idx)
+        x = self._gather(rows, pos)
+        idx = rows.to(self.device, non_blocking=True)
         if self.augment:
             x = random_crop(x, self.crop_padding, self.generator, shard)
             if self.flip:
@@ -151,3 +197,4 @@ class BatchLoader:
         self.generator.set_state(state["generator"])
         self._order = state["order"]
         self._pos = int(state["pos"])
+        self._stream = None

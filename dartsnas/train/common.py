@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import json
 import math
 import os
 import random
@@ -46,6 +47,40 @@ class RunOptions:
             raise ConfigError(f"--skip-nonfinite must be >= 0, got {self.skip_nonfinite}")
 
 
+@dataclass
+class ImageDataFields:
+    """Options of a user's own images (``imagefolder``, ``arrays``, torch Datasets from Python)."""
+
+    image_size: int | None = None        # resize the shorter side to S and centre-crop (mixed sizes need it)
+    skip_bad_images: bool = False        # skip unreadable image files (and say how many) instead of stopping
+    flip: bool = True                    # random horizontal flips in training (off for text, digits, ...)
+    memory_gb: float = 2.0               # decoded images up to this size are held in memory, larger ones streamed
+    workers: int = 2                     # decoding processes of streamed images
+
+    def validate_image_data(self) -> None:
+        if self.image_size is not None and self.image_size < 1:
+            raise ConfigError(f"--image-size must be >= 1, got {self.image_size}")
+        if self.memory_gb < 0:
+            raise ConfigError(f"--memory-gb must be >= 0, got {self.memory_gb}")
+        if self.workers < 0:
+            raise ConfigError(f"--workers must be >= 0, got {self.workers}")
+
+    def own_data_options(self, info: dict[str, Any] | None = None) -> Any:
+        """The loading options these fields give; ``info`` (a trained model's data) fixes the classes,
+        statistics and resize of evaluation and prediction."""
+        from ..data import OwnDataOptions
+        if info is None:
+            return OwnDataOptions(image_size=self.image_size, skip_bad_images=self.skip_bad_images, flip=self.flip,
+                                  memory_gb=self.memory_gb)
+        return OwnDataOptions(image_size=info["resize"], skip_bad_images=self.skip_bad_images, flip=self.flip,
+                              memory_gb=self.memory_gb, stats=(tuple(info["mean"]), tuple(info["std"])),
+                              classes=info["classes"])
+
+
+#: Data fields that may change when a run resumes (they change where images live, not which).
+DATA_RESUMABLE = ("data_dir", "memory_gb", "workers", "skip_bad_images")
+
+
 def cosine_lr(epoch: int, epochs: int, lr: float, lr_min: float) -> float:
     """Cosine annealing from ``lr`` at epoch 0 towards ``lr_min`` (SGDR without restarts).
 
@@ -71,28 +106,47 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-RUN_FILES = (CHECKPOINT, METRICS, GENOTYPE, "model.pt")
+DATA_INFO, CLASSES = "data.json", "classes.json"
+#: Written first by every run: which command the directory belongs to, before any checkpoint exists.
+RUN_MARKER = "run.json"
+RUN_FILES = (CHECKPOINT, METRICS, GENOTYPE, "model.pt", RUN_MARKER, DATA_INFO, CLASSES)
 
 
-def check_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to clobber a run unless asked; ``--resume`` needs a checkpoint to resume from."""
-    if resume:
-        if not (out / CHECKPOINT).is_file():
-            raise CheckpointError(f"{out}: nothing to resume (no {CHECKPOINT})")
-        return
+def check_run_dir(out: Path, kind: str, *, resume: bool, overwrite: bool) -> bool:
+    """Refuse to clobber a run unless asked. Returns whether there is a checkpoint to resume from:
+    ``--resume`` on a directory that has none yet (a run killed before its first checkpoint, or never
+    started: a requeued job's same command line) starts the run from the beginning, unless the
+    directory belongs to another command."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a directory")
+    if resume:
+        if (out / CHECKPOINT).is_file():
+            return True
+        marker = out / RUN_MARKER
+        if marker.is_file():
+            try:
+                owner = json.loads(marker.read_text(encoding="utf-8")).get("kind")
+            except (ValueError, AttributeError, UnicodeDecodeError):
+                owner = None
+            if owner != kind:
+                raise CheckpointError(f"{out}: holds a {owner!r} run, not a {kind!r} one: nothing to resume")
+        elif any((out / name).exists() for name in RUN_FILES):
+            raise CheckpointError(f"{out}: nothing to resume (no {CHECKPOINT}) and the run's files are of "
+                                  "an unknown command: pass --overwrite to replace them")
+        return False
     if not overwrite and any((out / name).exists() for name in RUN_FILES):
         raise ConfigError(f"--out {out} already holds a run: pass --resume to continue it "
                           "or --overwrite to replace it")
+    return False
 
 
-def start_run_dir(out: Path) -> None:
-    """Create the run directory, removing the files of a run being overwritten."""
+def start_run_dir(out: Path, kind: str) -> None:
+    """Create the run directory, removing the files of a run being overwritten, and mark it as
+    ``kind``'s (so that a --resume before the first checkpoint knows whose it is)."""
     out.mkdir(parents=True, exist_ok=True)
     for name in RUN_FILES:
         (out / name).unlink(missing_ok=True)
-
+    atomic_write_text(out / RUN_MARKER, json.dumps({"kind": kind}) + "\n")
 
 
 @contextlib.contextmanager
@@ -310,9 +364,12 @@ class Run:
         self.skipped_nonfinite = 0
         self._stop_signal: int | None = None
         self._last_save = time.monotonic()
-        check_run_dir(self.out, resume=resume, overwrite=overwrite)
+        self.kind = kind
+        has_checkpoint = check_run_dir(self.out, kind, resume=resume, overwrite=overwrite)
         self.dist.barrier()  # every rank has looked at the run directory before rank 0 changes it
-        if not resume:
+        if resume and not has_checkpoint:
+            self.log(f"{self.out}: no checkpoint yet, starting the run from the beginning")
+        if not has_checkpoint:
             return None
         saved = load_checkpoint(self.out / CHECKPOINT, kind=kind)
         self.dist.barrier()
@@ -337,7 +394,7 @@ class Run:
     def start(self) -> None:
         """A fresh run: rank 0 creates (or clears) the run directory."""
         if self.dist.is_main:
-            start_run_dir(self.out)
+            start_run_dir(self.out, self.kind)
         self.dist.barrier()
 
     def place_model(self, model: torch.nn.Module, channels_last: bool = False) -> torch.nn.Module:
@@ -392,6 +449,12 @@ class Run:
         if self.tensorboard is not None and self.dist.is_main:
             self._write_tensorboard(record)
         self.log(line)
+
+    def write_data_info(self, info: dict[str, Any]) -> None:
+        """data.json (classes, channels, image size, resize, normalisation) and classes.json: what a
+        trained model needs to read new images as it read its own."""
+        self.write_text(DATA_INFO, json.dumps(info, ensure_ascii=False, indent=1) + "\n")
+        self.write_text(CLASSES, json.dumps(info["classes"], ensure_ascii=False) + "\n")
 
     def write_text(self, name: str, text: str) -> None:
         """A result file of the run directory (rank 0 writes it; the others wait for it)."""

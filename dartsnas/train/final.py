@@ -18,14 +18,15 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from ..data import BatchLoader, data_root, load_dataset, split_portion
-from ..data.folder import FolderLoader, folder_datasets
+from ..data import (PAPER_SPLIT, PYTHON_DATASET, BatchLoader, ImageDataset, data_root, from_torch_dataset, load_splits,
+                    split_portion, stratified_split)
+from ..data.folder import IMAGENET_MEAN, IMAGENET_STD, FolderLoader, folder_datasets
 from ..errors import CheckpointError, ConfigError
 from ..genotype import Genotype, load_genotype
 from ..nets import NetworkConfig, build_network
 from .checkpoint import CHECKPOINT, METRICS, MetricsLog, load_checkpoint, model_file, save_checkpoint
-from .common import (EpochMeter, RunOptions, Run, autocast, config_from_dict, cosine_lr, evaluate,
-                     resolve_device, rng_state, seed_everything)
+from .common import (DATA_RESUMABLE, EpochMeter, ImageDataFields, RunOptions, Run, autocast, config_from_dict,
+                     cosine_lr, evaluate, resolve_device, rng_state, seed_everything)
 from .progress import Progress
 
 KIND = "train-cnn"
@@ -33,7 +34,7 @@ MODEL = "model.pt"
 
 
 @dataclass
-class TrainConfig(RunOptions):
+class TrainConfig(RunOptions, ImageDataFields):
     """A final-network training run; defaults are the paper's CIFAR-10 recipe (600 epochs)."""
 
     genotype: str = "DARTS_V2"
@@ -63,22 +64,23 @@ class TrainConfig(RunOptions):
     channels_last: bool = True
     amp: bool = True                     # bf16 autocast on CUDA; the CPU path always stays float32
     compile: bool = False                # torch.compile of every cell
-    image_size: int = 224                # class-folder datasets only (crop size)
-    workers: int = 4                     # class-folder datasets: decoding processes
     train_portion: float = 1.0           # < 1: train on that part of the training split, report val_* on the rest
 
-    RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "download", "verify", "channels_last", "workers", "amp",
-                         "compile")
+    RESUMABLE_CHANGES = ("epochs", "device", "download", "verify", "channels_last", "amp", "compile",
+                         *DATA_RESUMABLE)
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size", "init_channels", "layers", "image_size"):
+        for name in ("epochs", "batch_size", "init_channels", "layers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
-        for name in ("lr_min", "momentum", "weight_decay", "grad_clip", "auxiliary_weight", "cutout", "workers"):
+        for name in ("lr_min", "momentum", "weight_decay", "auxiliary_weight", "cutout"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if not self.grad_clip > 0:
+            raise ConfigError(f"--grad-clip must be > 0 (inf: no clipping), got {self.grad_clip}")
+        self.validate_image_data()
         if not 0.0 <= self.drop_path < 1.0:
             raise ConfigError(f"--drop-path must lie in [0, 1), got {self.drop_path}")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -93,9 +95,8 @@ class TrainConfig(RunOptions):
             raise ConfigError(f"--steps-per-epoch must be >= 1, got {self.steps_per_epoch}")
         if not 0.0 < self.train_portion <= 1.0:
             raise ConfigError(f"--train-portion must lie in (0, 1], got {self.train_portion}")
-        if self.train_portion < 1.0 and DATASET_KINDS.get(self.dataset) != "memory":
-            raise ConfigError(f"--train-portion below 1 needs an in-memory dataset (cifar10, digits), "
-                              f"not {self.dataset}")
+        if self.train_portion < 1.0 and DATASET_KINDS.get(self.dataset) == "folder":
+            raise ConfigError(f"--train-portion below 1 is not available for {self.dataset}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -105,16 +106,22 @@ class TrainConfig(RunOptions):
         return config_from_dict(cls, data)
 
 
-#: Datasets held in memory (batched augmentation on the device) or read from class folders.
-DATASET_KINDS = {"cifar10": "memory", "digits": "memory", "imagenet": "folder", "imagefolder": "folder"}
-_IMAGENET = dict(network="imagenet", init_channels=48, layers=14, epochs=250, batch_size=128, lr=0.1,
-                 lr_schedule="exponential", lr_gamma=0.97, weight_decay=3e-5, label_smoothing=0.1,
-                 drop_path=0.0, cutout=0)
+#: Named datasets held in memory, ImageNet's class folders (the ImageNet recipe's per-image augmentation
+#: in DataLoader workers), and a user's own images (imagefolder, arrays, torch Datasets from Python).
+DATASET_KINDS = {"cifar10": "memory", "digits": "memory", "imagenet": "folder", "imagefolder": "own",
+                 "arrays": "own", PYTHON_DATASET: "own"}
+#: A user's data without a test split: this share of the training images is held out to test on.
+HELD_OUT = 0.1
+_OWN = dict(cutout=0)
 #: Per-dataset departures from the CIFAR-10 recipe (the paper's settings where it gives them).
 RECIPES: dict[str, dict[str, Any]] = {
     "cifar10": {},
-    "imagenet": _IMAGENET,
-    "imagefolder": _IMAGENET,
+    "imagenet": dict(network="imagenet", init_channels=48, layers=14, epochs=250, batch_size=128, lr=0.1,
+                     lr_schedule="exponential", lr_gamma=0.97, weight_decay=3e-5, label_smoothing=0.1,
+                     drop_path=0.0, cutout=0, image_size=224, workers=4),
+    "imagefolder": _OWN,
+    "arrays": _OWN,
+    PYTHON_DATASET: _OWN,
     "digits": dict(init_channels=16, layers=8, epochs=30, batch_size=64, lr=0.05, cutout=2),
 }
 
@@ -131,37 +138,74 @@ def learning_rate(config: TrainConfig, epoch: int) -> float:
 
 
 def build_loaders(config: TrainConfig, device: torch.device, *, train_split: bool = True,
-                  rank: int = 0, world_size: int = 1) -> dict[str, Any]:
-    """Training and test loaders of ``config.dataset``, with its class count and channel count
-    (data parallel: this rank's share of each global batch)."""
+                  rank: int = 0, world_size: int = 1, train_data: Any = None, test_data: Any = None,
+                  info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Training and test loaders of ``config.dataset`` (or of torch Datasets ``train_data`` /
+    ``test_data``), with its class count, channel count and data info (data parallel: this rank's
+    share of each global batch). ``info``, a trained model's data, fixes how a user's test images
+    are read when the training split is not loaded."""
     common = dict(device=device, channels_last=config.channels_last, rank=rank, world_size=world_size)
-    if DATASET_KINDS[config.dataset] == "folder":
+    kind = DATASET_KINDS[config.dataset]
+    if kind == "folder":
         root = data_root(config.data_dir)
-        train_ds, test_ds, classes = folder_datasets(root, image_size=config.image_size, seed=config.seed)
+        size = config.image_size or 224
+        train_ds, test_ds, classes = folder_datasets(root, image_size=size, seed=config.seed)
         out = {"num_classes": len(classes), "in_channels": 3,
                "description": f"{root}: {len(classes)} classes, {len(train_ds)} train / {len(test_ds)} test images",
+               "info": {"dataset": config.dataset, "classes": classes, "in_channels": 3, "image_size": [size, size],
+                        "resize": round(size * 256 / 224), "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
                "test": FolderLoader(test_ds, batch_size=config.batch_size, shuffle=False, drop_last=False,
                                     workers=config.workers, **common)}
         if train_split:
             out["train"] = FolderLoader(train_ds, batch_size=config.batch_size, shuffle=True, drop_last=True,
                                         workers=config.workers, seed=config.seed, **common)
         return out
-    test = load_dataset(config.dataset, "test", data_dir=config.data_dir, verify=config.verify)
-    out = {"num_classes": test.num_classes, "in_channels": test.in_channels, "description": test.description,
-           "test": BatchLoader(test, batch_size=max(config.batch_size, 256), shuffle=False, augment=False, **common)}
+    common["workers"] = config.workers
+    if kind == "own":
+        train, test = _own_splits(config, train_split, train_data, test_data, info)
+    else:
+        train, test = load_splits(config.dataset, config.data_dir, download=config.download, verify=config.verify,
+                                  train=train_split)
+    first = train if train is not None else test
+    out = {"num_classes": first.num_classes, "in_channels": first.in_channels,
+           "info": info or first.info(), "description": "; ".join(d.description for d in (train, test) if d)}
+    indices = test_idx = None
+    if test is None:  # a user's data without a test split: hold some training images out
+        indices, test_idx = stratified_split(train.labels, 1 - HELD_OUT, config.seed)
+        out["description"] += f"; no test split: {len(test_idx)} training images ({HELD_OUT:.0%}) held out to test on"
+    out["test"] = BatchLoader(test or train, test_idx, batch_size=max(config.batch_size, 256), shuffle=False,
+                              augment=False, **common)
     if train_split:
-        train = load_dataset(config.dataset, "train", data_dir=config.data_dir, download=config.download,
-                             verify=config.verify)
-        out["description"] = f"{train.description}; {test.description}"
-        indices = None
         if config.train_portion < 1.0:  # the paper's selection: train on part, rank on the held-out rest
-            indices, val_idx = split_portion(len(train), config.train_portion)
+            pool = indices if indices is not None else torch.arange(len(train))
+            if train.name in PAPER_SPLIT:
+                part, rest = split_portion(len(pool), config.train_portion)
+            else:
+                part, rest = stratified_split(train.labels[pool], config.train_portion, config.seed)
+            indices, val_idx = pool[part], pool[rest]
             out["val"] = BatchLoader(train, val_idx, batch_size=max(config.batch_size, 256),
                                      shuffle=False, augment=False, **common)
             out["description"] += f"; {len(indices)} train / {len(val_idx)} held-out validation images"
         out["train"] = BatchLoader(train, indices, batch_size=config.batch_size, cutout=config.cutout,
                                    seed=config.seed, drop_last=True, **common)
     return out
+
+
+def _own_splits(config: TrainConfig, train_split: bool, train_data: Any, test_data: Any,
+                info: dict[str, Any] | None) -> tuple[ImageDataset | None, ImageDataset | None]:
+    """A user's training and test images (from --data-dir, or torch Datasets passed from Python)."""
+    options = config.own_data_options(info)
+    if config.dataset != PYTHON_DATASET:
+        return load_splits(config.dataset, config.data_dir, options=options, train=train_split)
+    train = None
+    if train_split:
+        train = from_torch_dataset(train_data, options, what="train_data")
+    if test_data is None:
+        if train is None:
+            raise ConfigError("a model trained on torch Datasets is evaluated on test_data (a torch Dataset)")
+        return train, None
+    classes, stats = (train.classes, (train.mean, train.std)) if train is not None else (options.classes, options.stats)
+    return train, from_torch_dataset(test_data, options, classes=classes, stats=stats, what="test_data")
 
 
 def _network_config(config: TrainConfig, genotype: Genotype, num_classes: int, in_channels: int) -> NetworkConfig:
@@ -187,7 +231,9 @@ class Training(Run):
 
     def __init__(self, config: TrainConfig, out_dir: str | Path, *, resume: bool = False,
                  overwrite: bool = False, quiet: bool = False, log: Callable[[str], None] = print,
-                 tensorboard: bool = False) -> None:
+                 tensorboard: bool = False, train_data: Any = None, test_data: Any = None) -> None:
+        from .search import python_data_config
+        config = python_data_config(config, train_data, test_data, "test_data")
         saved = self.open(config, out_dir, KIND, resume=resume, overwrite=overwrite, quiet=quiet, log=log,
                           tensorboard=tensorboard)
         if saved is not None:
@@ -195,14 +241,16 @@ class Training(Run):
         else:
             self.genotype = load_genotype(config.genotype)
         self.autocast = autocast(self.device, config.amp)
-        data = build_loaders(config, self.device, rank=self.dist.rank, world_size=self.dist.world_size)
+        data = build_loaders(config, self.device, rank=self.dist.rank, world_size=self.dist.world_size,
+                             train_data=train_data, test_data=test_data)
         self.log(data["description"])
+        self.data_info = data["info"]
         self.train_loader, self.test_loader = data["train"], data["test"]
         self.val_loader = data.get("val")
         if len(self.train_loader) == 0:
             raise ConfigError(f"--batch-size {config.batch_size} is larger than the training set")
         images = getattr(self.train_loader, "images", None)
-        size = min(images.shape[-2:]) if images is not None else config.image_size
+        size = min(images.shape[-2:]) if images is not None else (config.image_size or 224)
         factor = 32 if config.network == "imagenet" else 4  # ImageNet stem 8x, then two reduction cells 2x each
         if size < factor:
             raise ConfigError(f"--network {config.network} downsamples {factor}x (its stem and two reduction cells); "
@@ -229,11 +277,12 @@ class Training(Run):
             self.resumed()
         else:
             self.start()
+        self.write_data_info(self.data_info)
         if tensorboard:
             self.use_tensorboard()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"kind": KIND, "config": self.config.to_dict(), "genotype": self.genotype.to_dict(),
+        return {"kind": KIND, "config": self.config.to_dict(), "genotype": self.genotype.to_dict(), "data": self.data_info,
                 "epoch": self.epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "loader": self.train_loader.state_dict(), "rng": rng_state()}
 
@@ -296,32 +345,53 @@ class Training(Run):
                            f"{record['seconds']:.1f}s")
         if self.dist.is_main:
             save_checkpoint(self.out / MODEL, {"kind": "model-cnn", "config": self.config.to_dict(),
-                                               "genotype": self.genotype.to_dict(), "model": self.model.state_dict()})
+                                               "genotype": self.genotype.to_dict(), "data": self.data_info,
+                                               "model": self.model.state_dict()})
         self.dist.barrier()
         return self.metrics.read()
 
 
-def train(config: TrainConfig, out_dir: str | Path, **kwargs: Any) -> list[dict[str, Any]]:
-    """Train (or with ``resume=True`` continue) a final network; returns the per-epoch metrics."""
-    return Training(config, out_dir, **kwargs).execute()
+@dataclass
+class TrainResult:
+    """A finished training run: per-epoch metrics and the run directory holding model.pt."""
+
+    metrics: list[dict[str, Any]]
+    out_dir: Path
+
+    @property
+    def model_path(self) -> Path:
+        return self.out_dir / MODEL
+
+
+def train(config: TrainConfig, out_dir: str | Path, **kwargs: Any) -> TrainResult:
+    """Train (or with ``resume=True`` continue) a final network.
+
+    ``train_data`` (and ``test_data``, evaluated each epoch) may be any torch Dataset of (CHW image,
+    label), uint8 or float in [0, 1], in place of ``config.dataset`` (recorded as ``python``).
+    """
+    return TrainResult(Training(config, out_dir, **kwargs).execute(), Path(out_dir))
 
 
 def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, data_dir: str | None = None,
                         device: str = "auto", batch_size: int = 256, verify: bool = True,
-                        state: dict[str, Any] | None = None) -> dict[str, float]:
-    """Loss, top-1 and top-5 of a trained model (model.pt, checkpoint.pt or a run directory);
-    ``state`` is that file's content when the caller has already loaded it."""
+                        state: dict[str, Any] | None = None, test_data: Any = None) -> dict[str, float]:
+    """Loss, top-1 and top-5 of a trained model (model.pt, checkpoint.pt or a run directory) on its
+    dataset's test split (``test_data``: a torch Dataset instead); ``state`` is that file's content
+    when the caller has already loaded it. A user's images are read as the model's training images were."""
     path = model_file(path)
     state = state if state is not None else load_checkpoint(path)
     if state.get("kind") not in (KIND, "model-cnn"):
         raise CheckpointError(f"{path}: a {state.get('kind')!r} checkpoint, not a trained conv network")
     config = TrainConfig.from_dict(state["config"])
-    config = dataclasses.replace(config, dataset=dataset or config.dataset, data_dir=data_dir or config.data_dir,
-                                 verify=verify, batch_size=batch_size, channels_last=False)
+    config = dataclasses.replace(config, dataset=PYTHON_DATASET if test_data is not None else dataset or config.dataset,
+                                 data_dir=data_dir or config.data_dir, verify=verify, batch_size=batch_size,
+                                 channels_last=False)
     config.validate()
     genotype = Genotype.from_dict(state["genotype"], source=str(path))
     dev = resolve_device(device)
-    data = build_loaders(config, dev, train_split=False)
+    same_data = config.dataset == state["config"]["dataset"] or test_data is not None
+    data = build_loaders(config, dev, train_split=False, test_data=test_data,
+                         info=state.get("data") if same_data else None)
     model = build_network(config.network, _network_config(config, genotype, data["num_classes"], data["in_channels"]))
     try:
         model.load_state_dict(state["model"])

@@ -19,25 +19,27 @@ import torch
 import torch.nn.functional as F
 
 from ..architect import FD_SCHEMES, ORDERS, Architect, requires_grad_off
-from ..data import BatchLoader, load_dataset, split_portion
+from ..data import (OWN_DATASETS, PYTHON_DATASET, BatchLoader, ImageDataset, from_torch_dataset, load_dataset,
+                    load_splits, search_split)
 from ..errors import CheckpointError, ConfigError
 from ..genotype import SKIP_OP, Genotype, derive_genotype
 from ..ops import DARTS_OPS
 from ..spaces import ConvSearchSpaceConfig, SearchNetwork
 from ..spaces.base import mixing_weights
 from .checkpoint import CHECKPOINT, GENOTYPE, METRICS, MetricsLog, load_checkpoint, tensors_to_lists
-from .common import (ClipMeter, EpochMeter, RunOptions, Run, autocast, config_from_dict, cosine_lr, evaluate, rng_state,
-                     seed_everything)
+from .common import (DATA_RESUMABLE, ClipMeter, EpochMeter, ImageDataFields, RunOptions, Run, autocast,
+                     config_from_dict, cosine_lr, evaluate, rng_state, seed_everything)
 from .progress import Progress
 
 KIND = "search-cnn"
+SEARCH_DATASETS = ("cifar10", "digits", "imagefolder", "arrays", PYTHON_DATASET)
 
 
 @dataclass
-class SearchConfig(RunOptions):
+class SearchConfig(RunOptions, ImageDataFields):
     """Everything that defines a conv search; defaults are the paper's CIFAR-10 settings."""
 
-    dataset: str = "cifar10"
+    dataset: str = "cifar10"     # cifar10, digits, imagefolder, arrays (python: torch Datasets from the API)
     data_dir: str | None = None
     download: bool = False
     verify: bool = True
@@ -72,7 +74,7 @@ class SearchConfig(RunOptions):
     amp: bool = True
 
     # Fields that may differ between a checkpoint and the run resuming it.
-    RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "download", "verify", "channels_last", "amp")
+    RESUMABLE_CHANGES = ("epochs", "device", "download", "verify", "channels_last", "amp", *DATA_RESUMABLE)
 
     def validate(self) -> None:
         positive = ("epochs", "batch_size", "init_channels", "layers", "nodes", "partial_channels")
@@ -82,9 +84,14 @@ class SearchConfig(RunOptions):
         for name in ("lr", "arch_lr", "fd_step"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
-        for name in ("lr_min", "momentum", "weight_decay", "arch_weight_decay", "grad_clip", "arch_start_epoch"):
+        for name in ("lr_min", "momentum", "weight_decay", "arch_weight_decay", "arch_start_epoch"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if not self.grad_clip > 0:
+            raise ConfigError(f"--grad-clip must be > 0 (inf: no clipping), got {self.grad_clip}")
+        if self.dataset not in SEARCH_DATASETS:
+            raise ConfigError(f"--dataset must be one of {', '.join(SEARCH_DATASETS[:-1])}, got {self.dataset!r}")
+        self.validate_image_data()
         if self.lr_min > self.lr:
             raise ConfigError(f"--lr-min {self.lr_min} is above --lr {self.lr}")
         if self.order not in ORDERS:
@@ -157,24 +164,30 @@ class Search(Run):
     def __init__(self, config: SearchConfig, out_dir: str | Path, *, resume: bool = False,
                  overwrite: bool = False, quiet: bool = False,
                  log: Callable[[str], None] = print,
-                 tensorboard: bool = False) -> None:
+                 tensorboard: bool = False, train_data: Any = None, val_data: Any = None) -> None:
+        config = python_data_config(config, train_data, val_data)
         saved = self.open(config, out_dir, KIND, resume=resume, overwrite=overwrite, quiet=quiet, log=log,
                           tensorboard=tensorboard)
         dist = self.dist
 
-        data = load_dataset(config.dataset, "train", data_dir=config.data_dir,
-                            download=config.download, verify=config.verify)
+        data, alpha_data = load_search_data(config, train_data, val_data, self.log)
         self.log(data.description)
-        train_idx, val_idx = split_portion(len(data), config.train_portion)
+        if alpha_data is None:
+            train_idx, val_idx = search_split(data, config.train_portion, config.seed)
+        else:
+            self.log(alpha_data.description)
+            train_idx, val_idx = None, None
+        alpha_data = alpha_data or data
         seed = config.seed
         common = dict(device=self.device, channels_last=config.channels_last, rank=dist.rank,
-                      world_size=dist.world_size)
+                      world_size=dist.world_size, workers=config.workers)
         self.train_loader = BatchLoader(data, train_idx, batch_size=config.batch_size, seed=seed,
                                         drop_last=dist.enabled, **common)
-        self.val_loader = BatchLoader(data, val_idx, batch_size=config.batch_size, seed=seed + 1,
+        self.val_loader = BatchLoader(alpha_data, val_idx, batch_size=config.batch_size, seed=seed + 1,
                                       drop_last=dist.enabled, **common)
-        self.eval_loader = BatchLoader(data, val_idx, batch_size=max(config.batch_size, 256),
+        self.eval_loader = BatchLoader(alpha_data, val_idx, batch_size=max(config.batch_size, 256),
                                        shuffle=False, augment=False, **common)
+        self.data_info = data.info()
 
         seed_everything(seed)
         space = ConvSearchSpaceConfig(init_channels=config.init_channels, layers=config.layers,
@@ -199,6 +212,7 @@ class Search(Run):
             self._restore(saved)
         else:
             self.start()
+        self.write_data_info(self.data_info)
         if tensorboard:
             self.use_tensorboard()
 
@@ -315,8 +329,39 @@ class Search(Run):
 
 
 def search(config: SearchConfig, out_dir: str | Path, **kwargs: Any) -> SearchResult:
-    """Run (or with ``resume=True`` continue) a conv search; returns the derived genotype."""
+    """Run (or with ``resume=True`` continue) a conv search; returns the derived genotype.
+
+    ``train_data`` (and optionally ``val_data``, the images that train α) may be any torch Dataset of
+    (CHW image, label), uint8 or float in [0, 1]: the search then runs on them instead of
+    ``config.dataset`` (recorded as ``python``; a resumed run needs them again).
+    """
     return Search(config, out_dir, **kwargs).execute()
+
+
+def python_data_config(config: Any, data: Any, second: Any, second_name: str = "val_data") -> Any:
+    """``config`` marked as running on torch Datasets passed from Python (or refused without them)."""
+    if data is not None:
+        return dataclasses.replace(config, dataset=PYTHON_DATASET)
+    if second is not None:
+        raise ConfigError(f"{second_name} needs train_data")
+    if config.dataset == PYTHON_DATASET:
+        raise ConfigError("dataset 'python' stands for torch Datasets passed from Python: give train_data")
+    return config
+
+
+def load_search_data(config: SearchConfig, train_data: Any, val_data: Any,
+                     log: Callable[[str], None]) -> tuple[ImageDataset, ImageDataset | None]:
+    """The search's training images and, where given apart, the images that train α."""
+    options = config.own_data_options()
+    if config.dataset == PYTHON_DATASET:
+        data = from_torch_dataset(train_data, options, what="train_data")
+        alpha = None if val_data is None else from_torch_dataset(
+            val_data, options, classes=data.classes, stats=(data.mean, data.std), what="val_data")
+        return data, alpha
+    if config.dataset in OWN_DATASETS:
+        return load_splits(config.dataset, config.data_dir, options=options, test=False, log=log)[0], None
+    return load_dataset(config.dataset, "train", data_dir=config.data_dir, download=config.download,
+                        verify=config.verify), None
 
 
 def derive_from_checkpoint(path: str | Path, max_skip: int | None = None) -> Genotype:
