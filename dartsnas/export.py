@@ -88,9 +88,9 @@ def export_model(run: str | os.PathLike, fmt: str, out: str | os.PathLike) -> Pa
             _export_onnx(model, example, staged, meta)
         else:
             with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")  # TracerWarnings and TorchScript's deprecation notice
+                warnings.simplefilter("ignore")  # TracerWarnings and TorchScript's deprecation notices
                 traced = torch.jit.trace(model, example, check_trace=False)
-            torch.jit.save(traced, str(staged), _extra_files={EXTRA_FILE: json.dumps(meta)})
+                torch.jit.save(traced, str(staged), _extra_files={EXTRA_FILE: json.dumps(meta)})
         os.replace(staged, out)  # the file appears whole or not at all
     return out
 
@@ -142,7 +142,9 @@ def load_predictor(path: str | os.PathLike) -> tuple[Callable[[torch.Tensor], to
         return (lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])), meta
     if path.is_file() and _is_torchscript(path):
         extra = {EXTRA_FILE: ""}
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
         return module, json.loads(extra[EXTRA_FILE])
     model, meta = load_trained(path)
     return model, meta
