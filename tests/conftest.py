@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from dartsnas.data.bundled import write_digits_folder
 from dartsnas.spaces import ConvSearchSpaceConfig, SearchNetwork
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -93,25 +94,6 @@ def count_host_reads(monkeypatch) -> list[int]:
     for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
         monkeypatch.setattr(torch.Tensor, name, counted(name))
     return reads
-
-
-def write_digits_folder(root: Path, per_class: int | None = None) -> Path:
-    """scikit-learn's real 8x8 digits as PNG class folders: root/train/<digit>/*.png and root/val/<digit>/
-    (every fifth image), the layout a user's own images come in."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-    bunch = load_digits()
-    counts: dict[tuple[str, int], int] = {}
-    for i, (image, label) in enumerate(zip(bunch.images, bunch.target)):
-        split = "val" if i % 5 == 4 else "train"
-        n = counts.get((split, int(label)), 0)
-        if per_class is not None and n >= per_class:
-            continue
-        counts[(split, int(label))] = n + 1
-        folder = root / split / str(label)
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.rint(image * (255 / 16)).astype(np.uint8)).save(folder / f"{i:04d}.png")
-    return root
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,16 @@ import torch
 
 import dartsnas
 from dartsnas.cli import main
-from dartsnas.data import BatchLoader, OwnDataOptions, load_dataset, load_splits, search_split, stratified_split
+from dartsnas.data import (
+    BatchLoader,
+    OwnDataOptions,
+    load_dataset,
+    load_splits,
+    search_split,
+    stratified_split,
+)
+from dartsnas.data.bundled import write_digits_folder
 from dartsnas.errors import ConfigError, DataError
-from conftest import write_digits_folder
 
 TINY = ["--init-channels", "4", "--layers", "3", "--batch-size", "32", "--epochs", "1", "--steps-per-epoch", "2",
         "--quiet"]
