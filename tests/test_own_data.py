@@ -9,14 +9,7 @@ import torch
 
 import dartsnas
 from dartsnas.cli import main
-from dartsnas.data import (
-    BatchLoader,
-    OwnDataOptions,
-    load_dataset,
-    load_splits,
-    search_split,
-    stratified_split,
-)
+from dartsnas.data import BatchLoader, OwnDataOptions, load_dataset, load_splits, search_split, stratified_split
 from dartsnas.data.bundled import write_digits_folder
 from dartsnas.errors import ConfigError, DataError
 
