@@ -59,6 +59,8 @@ def main() -> None:
     p.add_argument("--order", default="second")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--variants", nargs="+", choices=("clipped", "unclipped"), default=["clipped", "unclipped"],
+                   help="virtual steps to run [both]")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--unclipped", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -70,14 +72,23 @@ def main() -> None:
         p.error("rnn needs --data-dir (a folder with PTB's valid.txt and test.txt)")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for unclipped in (False, True):
-            argv = [a for a in sys.argv[1:]] + ["--one", "--out", str(Path(tmp) / f"run{int(unclipped)}")]
+        for unclipped in [v == "unclipped" for v in args.variants]:
+            argv = [a for a in sys.argv[1:] if a not in ("--variants", *args.variants)]
+            argv += ["--one", "--out", str(Path(tmp) / f"run{int(unclipped)}")]
             if unclipped:
                 argv.append("--unclipped")
-            done = subprocess.run([sys.executable, __file__, *argv], check=True, capture_output=True, text=True)
-            line = done.stdout.strip().splitlines()[-1]
-            print(line, flush=True)
-            results.append(json.loads(line))
+            done = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True)
+            if done.returncode != 0:  # a search that breaks down is a result too
+                lines = (done.stderr.strip() or "no output").splitlines()
+                error = next((line for line in reversed(lines) if line.startswith("dartsnas.errors")), lines[-1])
+                result = {"space": args.space, "virtual_step": "unclipped" if unclipped else "clipped",
+                          "failed": error}
+            else:
+                result = json.loads(done.stdout.strip().splitlines()[-1])
+            print(json.dumps(result), flush=True)
+            results.append(result)
+    if len(results) < 2 or any("failed" in r for r in results):
+        return
     a, b = (r["genotype"] for r in results)
     cells = [k for k in a if not k.endswith("concat")]
     differ = {k: sum(x != y for x, y in zip(a[k], b[k])) for k in cells}

@@ -65,9 +65,9 @@ def test_loader_normalises_on_device_and_resumes_its_order(image_root):
     assert all(torch.equal(a, b) for a, b in zip(first, (y for _, y in loader)))
 
 
-def test_train_and_eval_on_an_image_folder_with_worker_processes(image_root, tmp_path, capsys):
+def test_train_and_eval_on_an_imagenet_folder_with_worker_processes(image_root, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "cnn", "--dataset", "imagefolder", "--data-dir", str(image_root), "--image-size", "64",
+    assert main(["train", "cnn", "--dataset", "imagenet", "--data-dir", str(image_root), "--image-size", "64",
                  "--init-channels", "8", "--layers", "3", "--batch-size", "6", "--epochs", "1", "--workers", "2",
                  "--quiet", "--out", str(out)]) == 0
     (record,) = read_metrics(out / "metrics.jsonl")
