@@ -12,6 +12,7 @@ compilation happens in the warm-up steps, which are not timed.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -24,10 +25,10 @@ CONFIGS = ["64,32", "300,256"]  # emsize=nhid, batch
 
 def measure(args: argparse.Namespace) -> dict:
     import torch
-    import torch.nn.functional as F
 
     from dartsnas.architect import Architect, requires_grad_off
     from dartsnas.spaces import RecurrentSearchModel, RecurrentSearchSpaceConfig
+    from dartsnas.train.search_rnn import lm_weight_loss
 
     torch.set_num_threads(args.threads)
     size, B = (int(v) for v in args.config.split(","))
@@ -37,7 +38,9 @@ def measure(args: argparse.Namespace) -> dict:
     if args.compiled:
         model.cell.compile_step()
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=20.0, weight_decay=5e-7)
-    arch = Architect(model, w_opt, order=args.order, lr=3e-3, betas=(0.9, 0.999), weight_decay=1e-3)
+    objective = functools.partial(lm_weight_loss, tar=1e-3, ar=0.0)  # the search's: NLL + TAR, clipped at 0.25
+    arch = Architect(model, w_opt, order=args.order, lr=3e-3, betas=(0.9, 0.999), weight_decay=1e-3,
+                     grad_clip=0.25, train_loss=objective)
     T = args.bptt
     window = lambda: (torch.randint(0, args.vocab, (T, B), device=device),
                       torch.randint(0, args.vocab, (T * B,), device=device))
@@ -48,8 +51,7 @@ def measure(args: argparse.Namespace) -> dict:
         arch.step((x, y, state["h"].detach()), (xv, yv, state["hv"].detach()), 20.0)
         state["hv"] = arch.val_extra
         with requires_grad_off(model.arch_parameters()):
-            log_prob, h, raw = model(x, state["h"].detach())
-            loss = F.nll_loss(log_prob, y) + 1e-3 * (raw[1:] - raw[:-1]).pow(2).mean()
+            loss, _, h = objective(model, x, y, state["h"].detach())
             w_opt.zero_grad(set_to_none=True)
             loss.backward()
         torch.nn.utils.clip_grad_norm_(model.weight_parameters(), 0.25)

@@ -46,7 +46,7 @@ def measure(args: argparse.Namespace) -> dict:
     fmt = torch.contiguous_format if args.no_channels_last else torch.channels_last
     model.to(memory_format=fmt)
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
-    arch = Architect(model, w_opt, order=args.order, fd_scheme=args.fd_scheme)
+    arch = Architect(model, w_opt, order=args.order, fd_scheme=args.fd_scheme, grad_clip=5.0)  # as the w step clips
     batch = lambda: (torch.randn(B, 3, args.size, args.size, device=device).contiguous(memory_format=fmt),
                      torch.randint(0, 10, (B,), device=device))
     amp = autocast(device, not args.no_amp)  # bf16 on CUDA; CPU stays float32
