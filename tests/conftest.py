@@ -52,6 +52,25 @@ def tiny_net():
     return make
 
 
+def stepped_search_net(tiny_net, smooth: bool = False):
+    """A float64 tiny search network with random α after one real w step (SGD has momentum buffers),
+    its optimizer and a (train, val) batch pair: the setting of the hypergradient tests."""
+    net = tiny_net(dtype=torch.float64)
+    if smooth:
+        make_smooth(net)
+    with torch.no_grad():
+        for a in net.arch_parameters():
+            a.normal_(0, 0.5)
+    opt = torch.optim.SGD(net.weight_parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4)
+    g = torch.Generator().manual_seed(1)
+    train = (torch.randn(8, 3, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 5, (8,), generator=g))
+    val = (torch.randn(8, 3, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 5, (8,), generator=g))
+    net.loss(*train).backward()
+    opt.step()
+    opt.zero_grad()
+    return net, opt, train, val
+
+
 def write_cifar_batch(path: Path, images: np.ndarray, labels: list[int], protocol: int = 2) -> None:
     """A batch file in the original format: a pickled dict of bytes keys, data uint8 [N, 3072]."""
     record = {b"batch_label": b"generated batch", b"labels": [int(v) for v in labels],

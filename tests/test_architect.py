@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad
 
 from dartsnas.architect import Architect, frozen_batchnorm_stats
-from conftest import count_host_reads, make_smooth
+from conftest import count_host_reads, stepped_search_net
 
 
 def _cos(a, b):
@@ -18,22 +18,7 @@ def _cos(a, b):
 @pytest.fixture
 def setup(tiny_net):
     """A float64 search network after one real w step (so SGD has momentum buffers)."""
-    def make(smooth=False):
-        net = tiny_net(dtype=torch.float64)
-        if smooth:
-            make_smooth(net)
-        with torch.no_grad():
-            for a in net.arch_parameters():
-                a.normal_(0, 0.5)
-        opt = torch.optim.SGD(net.weight_parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4)
-        g = torch.Generator().manual_seed(1)
-        train = (torch.randn(8, 3, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 5, (8,), generator=g))
-        val = (torch.randn(8, 3, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 5, (8,), generator=g))
-        net.loss(*train).backward()
-        opt.step()
-        opt.zero_grad()
-        return net, opt, train, val
-    return make
+    return lambda smooth=False: stepped_search_net(tiny_net, smooth)
 
 
 def test_second_order_matches_exact_with_a_smooth_activation_and_small_step(setup):

@@ -14,7 +14,7 @@ from torch.func import functional_call, grad
 from dartsnas.architect import Architect, _loss_at, clip_factor, exact_alpha_grad, frozen_batchnorm_stats
 from dartsnas.spaces import RecurrentSearchModel, RecurrentSearchSpaceConfig
 from dartsnas.train.search_rnn import lm_weight_loss
-from conftest import make_smooth
+from conftest import stepped_search_net
 
 TAR = 0.5  # large, so that leaving it out of the virtual step would show
 
@@ -28,22 +28,8 @@ def _cos(a, b):
     return float(a @ b / (a.norm() * b.norm()))
 
 
-def conv_case(tiny_net, smooth=False, momentum=0.9):
-    """A float64 conv search network after one real w step (momentum buffers exist), a batch pair."""
-    net = tiny_net(dtype=torch.float64)
-    if smooth:
-        make_smooth(net)
-    with torch.no_grad():
-        for a in net.arch_parameters():
-            a.normal_(0, 0.5)
-    opt = torch.optim.SGD(net.weight_parameters(), lr=0.1, momentum=momentum, weight_decay=3e-4)
-    g = torch.Generator().manual_seed(1)
-    train = (torch.randn(8, 3, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 5, (8,), generator=g))
-    val = (torch.randn(8, 3, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 5, (8,), generator=g))
-    net.loss(*train).backward()
-    opt.step()
-    opt.zero_grad()
-    return net, opt, train, val, None
+def conv_case(tiny_net, smooth=False):
+    return (*stepped_search_net(tiny_net, smooth), None)
 
 
 def rnn_case(momentum=0.0, ops=("none", "tanh", "relu", "sigmoid", "identity")):

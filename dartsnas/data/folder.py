@@ -20,11 +20,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import DataError
 from .augment import normalize
+from .own import SPLIT_DIRS, class_folders
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-SPLIT_DIRS = {"train": ("train",), "test": ("val", "validation", "test")}
 
 
 def _pil():
@@ -47,21 +46,8 @@ def find_split(root: str | os.PathLike, split: str) -> Path:
 
 def list_images(folder: Path, classes: list[str] | None = None) -> tuple[list[tuple[str, int]], list[str]]:
     """(path, class index) for every image under ``folder/<class>/``, classes sorted by name."""
-    found = sorted(d.name for d in folder.iterdir() if d.is_dir())
-    if not found:
-        raise DataError(f"{folder}: no class folders")
-    if classes is None:
-        classes = found
-    else:
-        unknown = sorted(set(found) - set(classes))
-        if unknown:
-            raise DataError(f"{folder}: class folder(s) {', '.join(unknown[:5])} not in the training split")
-    index = {c: i for i, c in enumerate(classes)}
-    samples = [(str(p), index[c]) for c in found for p in sorted((folder / c).rglob("*"))
-               if p.suffix.lower() in EXTENSIONS and p.is_file()]
-    if not samples:
-        raise DataError(f"{folder}: no images ({', '.join(EXTENSIONS)}) in its class folders")
-    return samples, classes
+    files, labels, classes = class_folders(folder, classes)
+    return list(zip(files, labels)), classes
 
 
 def random_resized_crop_box(width: int, height: int, rng: random.Random, scale=(0.08, 1.0),

@@ -29,6 +29,8 @@ from .images import ImageDataset
 #: Files with these suffixes are read as images; anything else (.DS_Store, Thumbs.db, notes) is ignored.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+#: Folder names of the splits under a class-folder root.
+SPLIT_DIRS = {"train": ("train",), "test": ("val", "validation", "test")}
 #: Statistics of a streamed dataset come from this many training images (a seeded sample).
 STATS_SAMPLE = 2000
 DEFAULT_MEMORY_GB = 2.0
@@ -222,7 +224,7 @@ def load_own_data(name: str, path: str | os.PathLike, options: OwnDataOptions, *
     raise DataError(f"unknown dataset kind {name!r}")
 
 
-def _class_folders(folder: Path, classes: Sequence[str] | None) -> tuple[list[str], list[int], list[str]]:
+def class_folders(folder: Path, classes: Sequence[str] | None) -> tuple[list[str], list[int], list[str]]:
     """(files, labels, class names) of ``folder/<class>/...``; hidden and non-image files ignored."""
     found = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if classes is None:
@@ -279,11 +281,11 @@ def _load_folder(root: Path, options: OwnDataOptions, *, train: bool, test: bool
     train_dir = root / "train"
     if not train_dir.is_dir():
         raise DataError(f"{root}: no train/ folder (expected {root}/train/<class>/<images>)")
-    test_dir = next((root / n for n in ("val", "validation", "test") if (root / n).is_dir()), None)
-    splits = {"train": _class_folders(train_dir, options.classes)} if train else {}
+    test_dir = next((root / n for n in SPLIT_DIRS["test"] if (root / n).is_dir()), None)
+    splits = {"train": class_folders(train_dir, options.classes)} if train else {}
     classes = splits["train"][2] if train else list(options.classes)
     if test and test_dir is not None:
-        splits["test"] = _class_folders(test_dir, classes)
+        splits["test"] = class_folders(test_dir, classes)
     elif not train:
         raise DataError(f"{root}: no val/ (or validation/, test/) folder of class folders to evaluate on")
     probed, skipped = {}, 0
