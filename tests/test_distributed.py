@@ -110,7 +110,8 @@ def test_torchrun_search_writes_one_run_directory_and_resumes(tmp_path):
     assert first.stdout.count("search cnn: second order") == 1  # rank 0 alone logs
     assert "x 2 processes (data parallel)" in first.stdout
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "genotype.json", "metrics.jsonl"]
+    search_files = ["checkpoint.pt", "classes.json", "data.json", "genotype.json", "metrics.jsonl", "run.json"]
+    assert sorted(p.name for p in run.iterdir()) == search_files
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1]
     state = torch.load(run / "checkpoint.pt", weights_only=True)
@@ -121,7 +122,7 @@ def test_torchrun_search_writes_one_run_directory_and_resumes(tmp_path):
     assert [r["epoch"] for r in records] == [1, 2]
     genotype = json.loads((run / "genotype.json").read_text())
     assert genotype == records[-1]["genotype"]
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "genotype.json", "metrics.jsonl"]
+    assert sorted(p.name for p in run.iterdir()) == search_files
 
 
 def test_protocol_commands_refuse_torchrun(tmp_path, monkeypatch, capsys):
@@ -140,7 +141,8 @@ def test_torchrun_train_cnn_writes_model_and_resumes(tmp_path):
     assert "x 2 processes (data parallel)" in first.stdout
     torchrun(*flags, "--epochs", "2", "--resume", cwd=tmp_path)
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "metrics.jsonl", "model.pt"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "classes.json", "data.json", "metrics.jsonl",
+                                                     "model.pt", "run.json"]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
     assert all(0 <= r["test_top1"] <= 1 for r in records)
@@ -173,7 +175,7 @@ def test_torchrun_recurrent_search_and_training(tmp_path):
     assert out.count("search rnn: first order") == 1 and "x 2 processes (data parallel)" in out
     torchrun(*search, "--epochs", "2", "--resume", cwd=tmp_path)
     run = tmp_path / "search"
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "genotype.json", "metrics.jsonl"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "genotype.json", "metrics.jsonl", "run.json"]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
     assert json.loads((run / "genotype.json").read_text()) == records[-1]["genotype"]
