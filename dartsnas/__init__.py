@@ -5,7 +5,9 @@ from .errors import CheckpointError, ConfigError, DartsError, DataError, Genotyp
 from .genotype import CONV_GENOTYPES, Genotype, derive_genotype, load_genotype
 from .ops import CONV_OPS, DARTS_OPS
 from .spaces import ConvSearchSpaceConfig, SearchNetwork
+from . import nn  # Choice, InputChoice, SearchableModel, fix: DARTS over your own model
 from . import train  # callable: dartsnas.train(config, out_dir, train_data=..., test_data=...)
+from .nn import SearchableModel
 
 if TYPE_CHECKING:
     from .train.search import SearchConfig, SearchResult
@@ -13,7 +15,9 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _LAZY = {"SearchConfig": "train.search", "SearchResult": "train.search", "TrainConfig": "train.final",
-         "TrainResult": "train.final", "recipe": "train.final", "evaluate_checkpoint": "train.final"}
+         "TrainResult": "train.final", "recipe": "train.final", "evaluate_checkpoint": "train.final",
+         "search_model": "train.search_model", "ModelSearchConfig": "train.search_model",
+         "ModelSearchResult": "train.search_model"}
 
 
 def search(config: "SearchConfig", out_dir: str, **kwargs: Any) -> "SearchResult":
@@ -32,6 +36,7 @@ def __getattr__(name: str) -> Any:  # the run configs without importing every tr
 __all__ = [
     "CONV_GENOTYPES", "CONV_OPS", "DARTS_OPS", "CheckpointError", "ConfigError",
     "ConvSearchSpaceConfig", "DartsError", "DataError", "Genotype", "GenotypeError",
-    "SearchConfig", "SearchNetwork", "SearchResult", "TrainConfig", "TrainResult", "derive_genotype",
-    "evaluate_checkpoint", "load_genotype", "recipe", "search", "train", "__version__",
+    "ModelSearchConfig", "ModelSearchResult", "SearchConfig", "SearchNetwork", "SearchResult", "SearchableModel",
+    "TrainConfig", "TrainResult", "derive_genotype", "evaluate_checkpoint", "load_genotype", "nn", "recipe", "search",
+    "search_model", "train", "__version__",
 ]

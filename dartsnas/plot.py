@@ -192,6 +192,8 @@ def plot_alphas(run_dir: str | os.PathLike, out: str | os.PathLike) -> list[Path
     from .ops import DARTS_OPS, RNN_DARTS_OPS
     plt = _pyplot()
     records, config = read_run(run_dir)
+    if "choice_alphas" in records[0]:
+        return [_plot_choice_alphas(records, Path(out))]
     if "alphas" not in records[0]:
         raise ConfigError(f"{run_dir}: metrics hold no α (not a search run)")
     colors = op_colors()
@@ -235,6 +237,39 @@ def plot_alphas(run_dir: str | os.PathLike, out: str | os.PathLike) -> list[Path
         plt.close(fig)
         written.append(path)
     return written
+
+
+def _plot_choice_alphas(records: list[dict[str, Any]], out: Path) -> Path:
+    """A model search's softmax(α) against the epoch: one panel per choice, one line per candidate,
+    dots on the pick of each epoch."""
+    plt = _pyplot()
+    names = list(records[0]["choice_alphas"])
+    epochs = [r["epoch"] for r in records]
+    cols = min(4, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.2 * rows), sharex=True, squeeze=False)
+    for i in range(rows * cols):
+        ax = axes[i // cols][i % cols]
+        if i >= len(names):
+            ax.axis("off")
+            continue
+        name = names[i]
+        for candidate in records[0]["choice_alphas"][name]:
+            ax.plot(epochs, [r["choice_alphas"][name][candidate] for r in records], lw=1.2, label=candidate)
+        for r in records:
+            pick = r["choices"][name]
+            for c in (pick if isinstance(pick, list) else [pick]):
+                ax.plot([r["epoch"]], [r["choice_alphas"][name][str(c)]], "o", ms=3, color="#000")
+        ax.set_title(name, fontsize=8)
+        ax.tick_params(labelsize=6)
+        ax.legend(fontsize=6)
+    fig.suptitle("softmax(α) of every choice per epoch (dots: the pick)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    path = out.with_suffix(out.suffix or ".png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def plot_curves(run_dir: str | os.PathLike, out: str | os.PathLike) -> Path:

@@ -10,7 +10,7 @@ import torch
 from ..registry import Registry
 from .bundled import load_digits
 from .cifar import load_cifar10
-from .images import BatchLoader, ImageDataset, split_portion
+from .images import BatchLoader, DatasetBatches, ImageDataset, split_portion
 from .own import OwnDataOptions, from_torch_dataset, load_own_data, stratified_split
 
 DATASETS: Registry[Callable[..., ImageDataset]] = Registry("dataset")
@@ -67,4 +67,4 @@ def search_split(data: ImageDataset, portion: float, seed: int) -> tuple[torch.T
 
 
 __all__ = ["OWN_DATASETS", "OwnDataOptions", "from_torch_dataset", "load_splits", "search_split", "stratified_split",
-           "BatchLoader", "DATASETS", "ImageDataset", "load_cifar10", "load_dataset", "load_digits", "split_portion"]
+           "BatchLoader", "DATASETS", "DatasetBatches", "ImageDataset", "load_cifar10", "load_dataset", "load_digits", "split_portion"]

@@ -75,39 +75,24 @@ def split_portion(n: int, portion: float) -> tuple[torch.Tensor, torch.Tensor]:
     return order[:n_train], order[n_train:]
 
 
-class BatchLoader:
-    """Batches of a subset of an :class:`ImageDataset`, shuffled by an explicit generator.
-
-    The uint8 images live on ``device``; each batch is gathered, augmented (crop, flip, optional
-    cutout) and normalised there. The position in the epoch is part of :meth:`state_dict`, so a
-    resumed run sees exactly the batches an uninterrupted one would.
+class BatchOrder:
+    """The order batches are taken in: a subset of example indices shuffled by an explicit generator
+    each pass, and the position in the pass, both part of :meth:`state_dict` so that a resumed run
+    sees exactly the batches an uninterrupted one would. Subclasses make a batch of indices.
 
     Data parallel (``world_size`` > 1): every rank walks the same shuffled order in global batches of
-    ``batch_size * world_size`` and keeps its own ``batch_size`` rows (augmented as one process seeing
-    the whole global batch would augment them); an epoch is one pass over the subset for all ranks
-    together. Training loaders then drop a last incomplete global batch (``drop_last``), so that every
-    rank's gradient is over the same number of examples.
+    ``batch_size * world_size`` and keeps its own ``batch_size`` rows; an epoch is one pass over the
+    subset for all ranks together. Training loaders then drop a last incomplete global batch
+    (``drop_last``), so that every rank's gradient is over the same number of examples.
     """
 
-    def __init__(self, dataset: ImageDataset, indices: torch.Tensor | None = None, *,
-                 batch_size: int, shuffle: bool = True, augment: bool = True, cutout: int = 0,
-                 drop_last: bool = False, device: torch.device | str = "cpu", seed: int = 0,
-                 channels_last: bool = False, rank: int = 0, world_size: int = 1, workers: int = 2) -> None:
+    def __init__(self, n: int, indices: torch.Tensor | None = None, *, batch_size: int, shuffle: bool = True,
+                 drop_last: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside a world of {world_size}")
-        self.device = torch.device(device)
-        if dataset.in_memory:
-            self.images = dataset.images.to(self.device)
-        else:  # decoded by worker processes, batch by batch, in the order this loader takes them
-            self.images, self.workers, self._stream_pos = dataset.images, workers, -1
-        self._stream: Iterator[torch.Tensor] | None = None
-        self.labels = dataset.labels.to(self.device)
-        self.mean, self.std = dataset.mean, dataset.std
-        self.crop_padding = dataset.crop_padding
-        self.flip = dataset.flip
-        self.indices = torch.arange(len(dataset)) if indices is None else indices.clone()
+        self.indices = torch.arange(n) if indices is None else indices.clone()
         if len(self.indices) == 0:
             raise ValueError("a loader needs at least one example")
         self.batch_size = batch_size
@@ -116,8 +101,7 @@ class BatchLoader:
         if world_size > 1 and drop_last and len(self.indices) < self.global_batch:
             raise ConfigError(f"{len(self.indices)} examples do not fill one global batch of "
                               f"{batch_size} x {world_size} processes: lower --batch-size")
-        self.shuffle, self.augment, self.cutout, self.drop_last = shuffle, augment, cutout, drop_last
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.shuffle, self.drop_last = shuffle, drop_last
         self.generator = torch.Generator().manual_seed(seed)
         self._order: torch.Tensor | None = None
         self._pos = 0
@@ -134,13 +118,12 @@ class BatchLoader:
         else:
             self._order = self.indices
         self._pos = 0
-        self._stream = None
 
     def _exhausted(self) -> bool:
         limit = min(len(self) * self.global_batch, len(self.indices))
         return self._order is None or self._pos >= limit
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next_batch(self) -> Any:
         """The next batch, starting a new (reshuffled) pass over the subset when one is used up."""
         if self._exhausted():
             self._new_epoch()
@@ -149,7 +132,7 @@ class BatchLoader:
         self._pos += self.global_batch
         return self._make(idx, pos)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[Any]:
         """One pass over the subset (continuing a pass a restored state left unfinished)."""
         if self._exhausted():
             self._new_epoch()
@@ -160,6 +143,52 @@ class BatchLoader:
         """This rank's rows of a global batch."""
         first = self.rank * self.batch_size
         return idx[first:first + self.batch_size]
+
+    def _make(self, idx: torch.Tensor, pos: int) -> Any:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(),
+                "order": None if self._order is None else self._order.clone(),
+                "pos": self._pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self._order = state["order"]
+        self._pos = int(state["pos"])
+
+
+class BatchLoader(BatchOrder):
+    """Batches of a subset of an :class:`ImageDataset` in a :class:`BatchOrder`.
+
+    In-memory uint8 images live on ``device``; each batch is gathered, augmented (crop, flip, optional
+    cutout) and normalised there. Streamed images are decoded by ``workers`` processes batch by batch,
+    in the order this loader takes them, then augmented the same way. Data parallel, each rank's rows
+    are augmented as one process seeing the whole global batch would augment them.
+    """
+
+    def __init__(self, dataset: ImageDataset, indices: torch.Tensor | None = None, *,
+                 batch_size: int, shuffle: bool = True, augment: bool = True, cutout: int = 0,
+                 drop_last: bool = False, device: torch.device | str = "cpu", seed: int = 0,
+                 channels_last: bool = False, rank: int = 0, world_size: int = 1, workers: int = 2) -> None:
+        super().__init__(len(dataset), indices, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+                         seed=seed, rank=rank, world_size=world_size)
+        self.device = torch.device(device)
+        if dataset.in_memory:
+            self.images = dataset.images.to(self.device)
+        else:
+            self.images, self.workers, self._stream_pos = dataset.images, workers, -1
+        self._stream: Iterator[torch.Tensor] | None = None
+        self.labels = dataset.labels.to(self.device)
+        self.mean, self.std = dataset.mean, dataset.std
+        self.crop_padding = dataset.crop_padding
+        self.flip = dataset.flip
+        self.augment, self.cutout = augment, cutout
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def _new_epoch(self) -> None:
+        super()._new_epoch()
+        self._stream = None
 
     def _gather(self, rows: torch.Tensor, pos: int) -> torch.Tensor:
         """The images at ``rows`` (the global batch starting at ``pos`` of this pass), on the device."""
@@ -188,13 +217,24 @@ class BatchLoader:
             x = cutout(x, self.cutout, self.generator, shard)
         return x.contiguous(memory_format=self.memory_format), self.labels.index_select(0, idx)
 
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state(),
-                "order": None if self._order is None else self._order.clone(),
-                "pos": self._pos}
-
     def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-        self._order = state["order"]
-        self._pos = int(state["pos"])
+        super().load_state_dict(state)
         self._stream = None
+
+
+class DatasetBatches(BatchOrder):
+    """Batches of any map-style Dataset of (input, target) pairs in a :class:`BatchOrder`: items read in
+    this process, stacked by torch's ``default_collate`` and moved to ``device``. No augmentation: the
+    Dataset's own transforms apply."""
+
+    def __init__(self, dataset: Any, indices: torch.Tensor | None = None, *, batch_size: int, shuffle: bool = True,
+                 drop_last: bool = False, device: torch.device | str = "cpu", seed: int = 0, rank: int = 0,
+                 world_size: int = 1) -> None:
+        super().__init__(len(dataset), indices, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+                         seed=seed, rank=rank, world_size=world_size)
+        self.dataset, self.device = dataset, torch.device(device)
+
+    def _make(self, idx: torch.Tensor, pos: int) -> tuple[Any, ...]:
+        from torch.utils.data import default_collate
+        batch = default_collate([self.dataset[i] for i in self._rows(idx).tolist()])
+        return tuple(t.to(self.device, non_blocking=True) if isinstance(t, torch.Tensor) else t for t in batch)

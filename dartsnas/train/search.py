@@ -130,24 +130,26 @@ class SearchResult:
     out_dir: Path
 
 
-def search_step(model: SearchNetwork, architect: Architect, w_optimizer: torch.optim.Optimizer,
+def search_step(model: torch.nn.Module, architect: Architect, w_optimizer: torch.optim.Optimizer,
                 train_batch: tuple[torch.Tensor, torch.Tensor], val_batch: tuple[torch.Tensor, torch.Tensor],
                 lr: float, grad_clip: float, finite: Callable[..., bool] | None = None,
-                update_alpha: bool = True, net: torch.nn.Module | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+                update_alpha: bool = True, net: torch.nn.Module | None = None,
+                loss_fn: Callable[[Any, Any], torch.Tensor] = F.cross_entropy
+                ) -> tuple[torch.Tensor, Any, torch.Tensor, bool]:
     """One step of Algorithm 1: an α step on ``val_batch``, then a w step on ``train_batch``.
 
-    Returns the training loss, logits, (pre-clipping) weight-gradient norm and whether w was
-    updated, without syncing unless ``finite`` is given: then the weights are updated only if
+    Returns the training loss, outputs (logits), (pre-clipping) weight-gradient norm and whether w
+    was updated, without syncing unless ``finite`` is given: then the weights are updated only if
     ``finite(loss, grad_norm)``. ``update_alpha=False`` is the warm-up of PC-DARTS (weights only).
-    ``net`` runs the weight step's forward (the model in DistributedDataParallel), else ``model``.
+    ``net`` runs the weight step's forward (the model in DistributedDataParallel), else ``model``;
+    ``loss_fn(outputs, targets)`` is the weight step's loss (a user model's, in a model search).
     """
     if update_alpha:
         architect.step(train_batch, val_batch, lr)
     x, y = train_batch
     with requires_grad_off(model.arch_parameters()):
         logits = (net or model)(x)
-        loss = F.cross_entropy(logits, y)
+        loss = loss_fn(logits, y)
         w_optimizer.zero_grad(set_to_none=True)
         loss.backward()
     params = [p for group in w_optimizer.param_groups for p in group["params"]]

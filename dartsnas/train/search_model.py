@@ -1,0 +1,273 @@
+"""DARTS over a user's own model: the bilevel search of its :class:`~dartsnas.nn.Choice` and
+:class:`~dartsnas.nn.InputChoice` modules, with the run directory of ``search cnn``.
+
+Each step takes one α step on a validation batch (first, second or exact order), then one SGD step of
+the weights on a training batch, as Algorithm 1. ``train_data`` and ``val_data`` are map-style torch
+Datasets of (input, target); without ``val_data`` a seeded ``train_portion`` of ``train_data`` trains
+the weights and the rest α. The run directory holds ``metrics.jsonl`` (per epoch: losses, accuracy
+for classification, softmax(α) of every choice under ``choice_alphas`` and the picks under
+``choices``), ``checkpoint.pt`` (resumable, mid-epoch too) and, at the end, ``choices.json``, the
+input of :func:`dartsnas.nn.fix`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import default_collate
+
+from ..architect import FD_SCHEMES, ORDERS, Architect
+from ..data import DatasetBatches
+from ..errors import CheckpointError, ConfigError
+from ..nn import SearchableModel, fix
+from .checkpoint import METRICS, MetricsLog
+from .common import ClipMeter, Run, RunOptions, config_from_dict, cosine_lr, rng_state, seed_everything
+from .progress import Progress
+from .search import search_step
+
+KIND = "search-model"
+CHOICES = "choices.json"
+
+
+@dataclass
+class ModelSearchConfig(RunOptions):
+    """The bilevel optimisation of a model search; defaults are the paper's CIFAR-10 search settings."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 0.025
+    lr_min: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    arch_lr: float = 3e-4
+    arch_betas: tuple[float, float] = (0.5, 0.999)
+    arch_weight_decay: float = 1e-3
+    arch_start_epoch: int = 0
+    order: str = "first"
+    fd_step: float = 0.01
+    fd_scheme: str = "central"
+    train_portion: float = 0.5
+    seed: int = 0
+    device: str = "auto"
+    steps_per_epoch: int | None = None
+
+    RESUMABLE_CHANGES = ("epochs", "device")
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "arch_lr", "fd_step", "grad_clip"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.order not in ORDERS:
+            raise ConfigError(f"order must be one of {', '.join(ORDERS)}, got {self.order!r}")
+        if self.fd_scheme not in FD_SCHEMES:
+            raise ConfigError(f"fd_scheme must be one of {', '.join(FD_SCHEMES)}, got {self.fd_scheme!r}")
+        if not 0.0 < self.train_portion < 1.0:
+            raise ConfigError(f"train_portion must lie strictly between 0 and 1, got {self.train_portion}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ConfigError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["arch_betas"] = list(self.arch_betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelSearchConfig":
+        data = dict(data)
+        if "arch_betas" in data:
+            data["arch_betas"] = tuple(data["arch_betas"])
+        return config_from_dict(cls, data)
+
+
+@dataclass
+class ModelSearchResult:
+    """The picks of every choice, the per-epoch metrics, the run directory and the searched model."""
+
+    choices: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    out_dir: Path
+    model: SearchableModel
+
+    def fixed(self) -> torch.nn.Module:
+        """The plain network of the picks (:func:`dartsnas.nn.fix`), trained weights kept."""
+        return fix(self.model, self.choices)
+
+
+def _classification(outputs: Any, targets: Any) -> bool:
+    return (isinstance(outputs, torch.Tensor) and isinstance(targets, torch.Tensor) and outputs.dim() == 2
+            and targets.dim() == 1 and not targets.is_floating_point())
+
+
+class ModelSearch(Run):
+    """A resumable search of a user model's choices writing into ``out_dir``."""
+
+    def __init__(self, model: torch.nn.Module, config: ModelSearchConfig, out_dir: str | Path, *, train_data: Any,
+                 val_data: Any = None, loss_fn: Callable[[Any, Any], torch.Tensor] = F.cross_entropy,
+                 resume: bool = False, overwrite: bool = False, quiet: bool = False,
+                 log: Callable[[str], None] = print) -> None:
+        saved = self.open(config, out_dir, KIND, resume=resume, overwrite=overwrite, quiet=quiet, log=log)
+        space = model if isinstance(model, SearchableModel) else SearchableModel(model, loss_fn)
+        dist = self.dist
+        if val_data is None:
+            n = len(train_data)
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))
+            cut = int(config.train_portion * n)
+            if not 0 < cut < n:
+                raise ConfigError(f"train_portion {config.train_portion} leaves an empty split of {n} examples")
+            train_idx, val_idx, val_data = order[:cut].sort().values, order[cut:].sort().values, train_data
+        else:
+            train_idx = val_idx = None
+        common = dict(device=self.device, rank=dist.rank, world_size=dist.world_size, drop_last=dist.enabled)
+        self.train_loader = DatasetBatches(train_data, train_idx, batch_size=config.batch_size, seed=config.seed, **common)
+        self.val_loader = DatasetBatches(val_data, val_idx, batch_size=config.batch_size, seed=config.seed + 1, **common)
+        self.eval_loader = DatasetBatches(val_data, val_idx, batch_size=max(config.batch_size, 256), shuffle=False,
+                                          device=self.device, rank=dist.rank, world_size=dist.world_size)
+        seed_everything(config.seed)
+        self.model = self.place_model(space)
+        first = default_collate([train_data[int(self.train_loader.indices[0])]])[0]
+        self.model.check_reached(first.to(self.device) if isinstance(first, torch.Tensor) else first)
+        self.w_optimizer = torch.optim.SGD(self.model.weight_parameters(), lr=config.lr, momentum=config.momentum,
+                                           weight_decay=config.weight_decay)
+        self.architect = Architect(self.model, self.w_optimizer, order=config.order, lr=config.arch_lr,
+                                   betas=tuple(config.arch_betas), weight_decay=config.arch_weight_decay,
+                                   fd_step=config.fd_step, fd_scheme=config.fd_scheme, grad_clip=config.grad_clip,
+                                   sync=dist.average)
+        self.net = dist.wrap(self.model, ignore=self.model.arch_parameters(), broadcast_buffers=not config.sync_bn)
+        self.epoch = 0
+        self.metrics = MetricsLog(self.out / METRICS)
+        if saved is not None:
+            try:
+                self.model.load_state_dict(saved["model"])
+                self.w_optimizer.load_state_dict(saved["w_optimizer"])
+                self.architect.load_state_dict(saved["architect"])
+                self.train_loader.load_state_dict(saved["loaders"]["train"])
+                self.val_loader.load_state_dict(saved["loaders"]["val"])
+                self.epoch = int(saved["epoch"])
+                self.restore_rng(saved)
+            except (KeyError, RuntimeError, ValueError, TypeError) as e:
+                raise CheckpointError(f"{self.out}: checkpoint does not match this model ({str(e).splitlines()[0]})") from None
+            self.resumed()
+        else:
+            self.start()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": KIND, "config": self.config.to_dict(), "epoch": self.epoch, "model": self.model.state_dict(),
+                "w_optimizer": self.w_optimizer.state_dict(), "architect": self.architect.state_dict(),
+                "loaders": {"train": self.train_loader.state_dict(), "val": self.val_loader.state_dict()},
+                "rng": rng_state(), "choices": self.model.picks()}
+
+    def train_epoch(self) -> dict[str, Any]:
+        cfg, model = self.config, self.model
+        model.train()
+        steps = self.epoch_steps(self.train_loader, cfg.steps_per_epoch)
+        start = self.take_in_epoch()
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss x examples, correct, examples
+        clips = ClipMeter(cfg.grad_clip, self.device)
+        if start is not None:
+            sums.copy_(start["sums"])
+            clips.load_state_dict(start.get("clip"))
+        xi = self.w_optimizer.param_groups[0]["lr"]
+        check = self.checks_every_step
+        bar = Progress(steps, f"epoch {self.epoch + 1}/{cfg.epochs}", unit="ex", enabled=not self.quiet)
+        batches = iter(self.train_loader)
+        classification = False
+        for step in range(start["step"] if start is not None else 0, steps):
+            x, y = next(batches)
+            val_batch = self.val_loader.next_batch()
+            loss, out, grad_norm, ok = search_step(model, self.architect, self.w_optimizer, (x, y), val_batch, xi,
+                                                   cfg.grad_clip, finite=self.all_finite if check else None,
+                                                   update_alpha=self.epoch >= cfg.arch_start_epoch, net=self.net,
+                                                   loss_fn=model.loss_fn)
+            if check:
+                self.check_arch_finite(step + 1, model.arch_parameters())
+            if not ok:
+                self.bad_step(step + 1)
+            else:
+                n = len(y)
+                classification = _classification(out, y)
+                correct = (out.argmax(1) == y).sum() if classification else torch.zeros((), device=self.device)
+                sums += torch.stack([loss.double() * n, correct.double(), torch.tensor(float(n), device=self.device,
+                                                                                      dtype=torch.float64)])
+                clips.update(grad_norm)
+            bar.update(len(y), loss=loss)
+            self.step_done(step + 1, lambda: {"sums": sums.cpu(), "clip": clips.state_dict()})
+        bar.close()
+        loss_sum, correct, seen = self.dist.sum(sums).tolist()
+        record = {"train_loss": self.check_epoch_loss(loss_sum / max(seen, 1), steps), "steps": steps, **clips.summary(),
+                  "examples_per_s": seen / max(time.perf_counter() - bar.start, 1e-9)}
+        if classification:
+            record["train_acc"] = correct / max(seen, 1)
+        return record
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean loss (and accuracy, for classification) of the search model on the α data."""
+        model = self.model
+        was = model.training
+        model.eval()
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        classification = False
+        for x, y in self.eval_loader:
+            if len(y) == 0:
+                continue
+            out = model(x)
+            classification = _classification(out, y)
+            correct = (out.argmax(1) == y).sum() if classification else torch.zeros((), device=self.device)
+            sums += torch.stack([model.loss_fn(out, y).double() * len(y), correct.double(),
+                                 torch.tensor(float(len(y)), device=self.device, dtype=torch.float64)])
+        model.train(was)
+        loss_sum, correct, seen = self.dist.sum(sums).tolist()
+        return {"val_loss": loss_sum / max(seen, 1), **({"val_acc": correct / max(seen, 1)} if classification else {})}
+
+    def run(self) -> ModelSearchResult:
+        cfg = self.config
+        self.log(f"search model: {cfg.order} order, {len(self.model.groups)} choices, "
+                 f"{sum(p.numel() for p in self.model.weight_parameters()):,} weights, "
+                 f"{len(self.train_loader.indices)} train / {len(self.val_loader.indices)} val examples, "
+                 f"device {self.device}{self.dist.describe()}, out {self.out}")
+        while self.epoch < cfg.epochs:
+            t0 = time.perf_counter()
+            lr = cosine_lr(self.epoch, cfg.epochs, cfg.lr, cfg.lr_min)
+            for group in self.w_optimizer.param_groups:
+                group["lr"] = lr
+            record: dict[str, Any] = {"epoch": self.epoch + 1, "lr": lr}
+            record.update(self.train_epoch())
+            record.update(self.evaluate())
+            self.epoch += 1
+            picks = self.model.picks()
+            record.update({"choice_alphas": self.model.weights(), "choices": picks,
+                           "seconds": round(time.perf_counter() - t0, 3)})
+            acc = f" acc {record['val_acc']:.4f}" if "val_acc" in record else ""
+            self.end_epoch(record, f"epoch {record['epoch']}/{cfg.epochs} lr {lr:.5f} train loss "
+                                   f"{record['train_loss']:.4f} | val loss {record['val_loss']:.4f}{acc} | "
+                                   f"{record['seconds']:.1f}s\n  choices {json.dumps(picks)}")
+        picks = self.model.picks()
+        self.write_text(CHOICES, json.dumps(picks, indent=1) + "\n")
+        return ModelSearchResult(picks, self.metrics.read(), self.out, self.model)
+
+
+def search_model(model: torch.nn.Module, train_data: Any, val_data: Any = None, *, out_dir: str | Path,
+                 loss_fn: Callable[[Any, Any], torch.Tensor] = F.cross_entropy, config: ModelSearchConfig | None = None,
+                 resume: bool = False, overwrite: bool = False, quiet: bool = False,
+                 log: Callable[[str], None] = print, **options: Any) -> ModelSearchResult:
+    """Search the choices of ``model`` (any ``nn.Module`` holding :class:`~dartsnas.nn.Choice` /
+    :class:`~dartsnas.nn.InputChoice` modules) by DARTS on ``train_data`` / ``val_data`` (torch Datasets
+    of (input, target)), minimising ``loss_fn(model(input), target)``. ``options`` set fields of
+    :class:`ModelSearchConfig` (``epochs=``, ``order=``, ``lr=``, ...). Resume with the same model
+    class and ``resume=True``."""
+    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(ModelSearchConfig)})
+    if unknown:
+        raise ConfigError(f"unknown search option(s) {', '.join(unknown)} (see ModelSearchConfig)")
+    config = dataclasses.replace(config or ModelSearchConfig(), **options)
+    return ModelSearch(model, config, out_dir, train_data=train_data, val_data=val_data, loss_fn=loss_fn,
+                       resume=resume, overwrite=overwrite, quiet=quiet, log=log).execute()
