@@ -69,8 +69,8 @@ def digits(split: str) -> torch.utils.data.TensorDataset:
 
 
 def train_from_scratch(choices: dict, seed: int, epochs: int, train: torch.utils.data.Dataset,
-                       test: torch.utils.data.Dataset) -> float:
-    """Test accuracy of the fixed network trained from new weights (SGD, cosine schedule)."""
+                       test: torch.utils.data.Dataset) -> tuple[float, int]:
+    """Test accuracy and parameter count of the fixed network trained from new weights (SGD, cosine)."""
     torch.manual_seed(seed)
     net = fix(DigitsNet(), choices)
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=3e-4)
@@ -87,7 +87,7 @@ def train_from_scratch(choices: dict, seed: int, epochs: int, train: torch.utils
     net.eval()
     x, y = test.tensors
     with torch.no_grad():
-        return float((net(x).argmax(1) == y).float().mean())
+        return float((net(x).argmax(1) == y).float().mean()), sum(p.numel() for p in net.parameters())
 
 
 def main() -> int:
@@ -110,9 +110,10 @@ def main() -> int:
         rng = random.Random(seed)
         drawn = {name: rng.choice(options) for name, options in CANDIDATES.items()}
         for kind, choices in (("searched", found.choices), ("random", drawn)):
-            acc = train_from_scratch(choices, seed, args.train_epochs, train, test)
+            acc, params = train_from_scratch(choices, seed, args.train_epochs, train, test)
             results[kind].append(acc)
-            print(json.dumps({"kind": kind, "seed": seed, "choices": choices, "test_acc": round(acc, 4)}), flush=True)
+            print(json.dumps({"kind": kind, "seed": seed, "choices": choices, "params": params,
+                              "test_acc": round(acc, 4)}), flush=True)
     summary = {kind: {"mean": round(statistics.mean(v), 4), "std": round(statistics.pstdev(v), 4), "n": len(v)}
                for kind, v in results.items()}
     print(json.dumps({"summary": summary, "search_epochs": args.search_epochs, "train_epochs": args.train_epochs,
