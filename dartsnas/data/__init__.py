@@ -46,12 +46,12 @@ PAPER_SPLIT = ("cifar10", "digits")
 
 
 def load_splits(name: str, data_dir: str | os.PathLike | None, *, download: bool = False, verify: bool = True,
-                options: OwnDataOptions | None = None, train: bool = True, test: bool = True,
-                log: Callable[[str], None] | None = None) -> tuple[ImageDataset | None, ImageDataset | None]:
+                options: OwnDataOptions | None = None, train: bool = True,
+                test: bool = True) -> tuple[ImageDataset | None, ImageDataset | None]:
     """The training and test splits of a named dataset (each only if asked for). A user's own images
     are normalised with their training images' statistics, or ``options.stats`` (a trained model's)."""
     if name in OWN_DATASETS:
-        return load_own_data(name, data_root(data_dir), options or OwnDataOptions(), train=train, test=test, log=log)
+        return load_own_data(name, data_root(data_dir), options or OwnDataOptions(), train=train, test=test)
     common = dict(data_dir=data_dir, download=download, verify=verify)
     return (load_dataset(name, "train", **common) if train else None,
             load_dataset(name, "test", **common) if test else None)

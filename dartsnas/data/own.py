@@ -209,7 +209,7 @@ def _finish(name: str, images: Any, labels: torch.Tensor, classes: Sequence[str]
 
 
 def load_own_data(name: str, path: str | os.PathLike, options: OwnDataOptions, *, train: bool = True,
-                  test: bool = True, log: Any = None) -> tuple[ImageDataset | None, ImageDataset | None]:
+                  test: bool = True) -> tuple[ImageDataset | None, ImageDataset | None]:
     """The training split and (with ``test``, where the data has one) the test split of a user's images:
     ``name`` is ``imagefolder`` (``path`` a folder with train/<class>/ and optional val/<class>/) or
     ``arrays`` (``path`` an .npz file). The test split is normalised with the training images'
@@ -218,7 +218,7 @@ def load_own_data(name: str, path: str | os.PathLike, options: OwnDataOptions, *
     if not train and (options.stats is None or options.classes is None):
         raise DataError("the test split alone needs the trained model's statistics and classes")
     if name == "imagefolder":
-        return _load_folder(Path(path), options, train=train, test=test, log=log)
+        return _load_folder(Path(path), options, train=train, test=test)
     if name == "arrays":
         return _load_arrays(Path(path), options, train=train, test=test)
     raise DataError(f"unknown dataset kind {name!r}")
@@ -250,7 +250,7 @@ def class_folders(folder: Path, classes: Sequence[str] | None) -> tuple[list[str
     return files, labels, list(classes)
 
 
-def _probe(files: list[str], labels: list[int], skip_bad: bool, log: Any) -> tuple[list[str], list[int], list, int]:
+def _probe(files: list[str], labels: list[int], skip_bad: bool) -> tuple[list[str], list[int], list, int]:
     """Sizes and modes from the files' headers; unreadable files refused (or skipped)."""
     from PIL import Image, UnidentifiedImageError
     kept, kept_labels, info, bad = [], [], [], 0
@@ -269,8 +269,8 @@ def _probe(files: list[str], labels: list[int], skip_bad: bool, log: Any) -> tup
     return kept, kept_labels, info, bad
 
 
-def _load_folder(root: Path, options: OwnDataOptions, *, train: bool, test: bool,
-                 log: Any) -> tuple[ImageDataset | None, ImageDataset | None]:
+def _load_folder(root: Path, options: OwnDataOptions, *, train: bool,
+                 test: bool) -> tuple[ImageDataset | None, ImageDataset | None]:
     try:
         import PIL  # noqa: F401
     except ImportError:
@@ -290,7 +290,7 @@ def _load_folder(root: Path, options: OwnDataOptions, *, train: bool, test: bool
         raise DataError(f"{root}: no val/ (or validation/, test/) folder of class folders to evaluate on")
     probed, skipped = {}, 0
     for split, (files, labels, _) in splits.items():
-        files, labels, info, bad = _probe(files, labels, options.skip_bad_images, log)
+        files, labels, info, bad = _probe(files, labels, options.skip_bad_images)
         if not files:
             raise DataError(f"{root / split}: no readable images")
         probed[split] = (files, labels, info)

@@ -172,7 +172,7 @@ class Search(Run):
                           tensorboard=tensorboard)
         dist = self.dist
 
-        data, alpha_data = load_search_data(config, train_data, val_data, self.log)
+        data, alpha_data = load_search_data(config, train_data, val_data)
         self.log(data.description)
         if alpha_data is None:
             train_idx, val_idx = search_split(data, config.train_portion, config.seed)
@@ -351,8 +351,8 @@ def python_data_config(config: Any, data: Any, second: Any, second_name: str = "
     return config
 
 
-def load_search_data(config: SearchConfig, train_data: Any, val_data: Any,
-                     log: Callable[[str], None]) -> tuple[ImageDataset, ImageDataset | None]:
+def load_search_data(config: SearchConfig, train_data: Any,
+                     val_data: Any) -> tuple[ImageDataset, ImageDataset | None]:
     """The search's training images and, where given apart, the images that train α."""
     options = config.own_data_options()
     if config.dataset == PYTHON_DATASET:
@@ -361,7 +361,7 @@ def load_search_data(config: SearchConfig, train_data: Any, val_data: Any,
             val_data, options, classes=data.classes, stats=(data.mean, data.std), what="val_data")
         return data, alpha
     if config.dataset in OWN_DATASETS:
-        return load_splits(config.dataset, config.data_dir, options=options, test=False, log=log)[0], None
+        return load_splits(config.dataset, config.data_dir, options=options, test=False)[0], None
     return load_dataset(config.dataset, "train", data_dir=config.data_dir, download=config.download,
                         verify=config.verify), None
 
