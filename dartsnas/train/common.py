@@ -440,6 +440,12 @@ class Run:
             save_checkpoint(self.out / CHECKPOINT, state)
         self._last_save = time.monotonic()
 
+    def begin_epoch(self, optimizer: torch.optim.Optimizer, lr: float) -> dict[str, Any]:
+        """Set the epoch's learning rate; returns the start of its metrics record."""
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return {"epoch": self.epoch + 1, "lr": lr}
+
     def end_epoch(self, record: dict[str, Any], line: str) -> None:
         """Metrics line first, then the checkpoint: a crash between them is undone on resume."""
         if self.dist.is_main:

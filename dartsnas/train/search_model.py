@@ -238,9 +238,7 @@ class ModelSearch(Run):
         while self.epoch < cfg.epochs:
             t0 = time.perf_counter()
             lr = cosine_lr(self.epoch, cfg.epochs, cfg.lr, cfg.lr_min)
-            for group in self.w_optimizer.param_groups:
-                group["lr"] = lr
-            record: dict[str, Any] = {"epoch": self.epoch + 1, "lr": lr}
+            record = self.begin_epoch(self.w_optimizer, lr)
             record.update(self.train_epoch())
             record.update(self.evaluate())
             self.epoch += 1
