@@ -1,0 +1,140 @@
+"""Watching a search collapse: the dominant eigenvalue of the validation loss's Hessian in α, and the
+early-stopping rule built on it (Zela et al., ICLR 2020, "Understanding and Robustifying
+Differentiable Architecture Search": DARTS-ES).
+
+The eigenvalue is computed by Lanczos iteration (full reorthogonalisation) on Hessian-vector products
+∇α(∇α L_val · v), double backward through the search model with its weights held fixed, over a fixed
+set of validation batches: the largest Ritz value of a few dozen products, exact to rounding once
+the iteration spans the α space. BatchNorm uses batch statistics without updating the running ones,
+and every product sees the same dropout masks, so the operator is the same from product to product.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from .architect import _split, frozen_batchnorm_stats, requires_grad_off, same_random_draws
+
+
+def _flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def hessian_vector_product(model: Any, batches: Sequence[Sequence[Any]], vector: torch.Tensor,
+                           rng: dict[str, Any] | None = None) -> torch.Tensor:
+    """H v with H = ∇²α of the mean of ``model.loss(*batch)`` over ``batches`` (weights fixed);
+    ``vector`` and the result are flat over ``model.arch_parameters()``."""
+    alphas = model.arch_parameters()
+    weights = [p for _, p in model.named_weight_parameters()]
+    chunks = list(vector.split([a.numel() for a in alphas]))
+    total = torch.zeros_like(vector)
+    with frozen_batchnorm_stats(model), requires_grad_off(weights):
+        for batch in batches:
+            with same_random_draws(rng):
+                loss = _split(model.loss(*batch))[0]
+            grads = torch.autograd.grad(loss, alphas, create_graph=True)
+            dot = sum((g * c.view_as(g)).sum() for g, c in zip(grads, chunks))
+            total += _flat(torch.autograd.grad(dot, alphas))
+    return total / len(batches)
+
+
+def dominant_eigenvalue(model: Any, batches: Sequence[Sequence[Any]], *, steps: int = 30, seed: int = 0) -> float:
+    """The largest eigenvalue of ∇²α L_val (RobustDARTS's dominant eigenvalue) by ``steps`` Lanczos
+    iterations (at most the size of α) from a seeded start vector."""
+    alphas = model.arch_parameters()
+    n = sum(a.numel() for a in alphas)
+    device, dtype = alphas[0].device, alphas[0].dtype
+    with same_random_draws(None) as rng:  # one set of dropout masks for every product
+        pass
+    try:
+        return _lanczos(model, batches, n, steps, seed, rng, device, dtype)
+    finally:
+        with same_random_draws(rng):  # leave the random stream as it was: watching must not steer the run
+            pass
+
+
+def _lanczos(model: Any, batches: Sequence[Sequence[Any]], n: int, steps: int, seed: int, rng: dict[str, Any],
+             device: torch.device, dtype: torch.dtype) -> float:
+    q = torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(device, dtype)
+    basis = [q / q.norm()]
+    diagonal, offdiagonal = [], []
+    for j in range(min(steps, n)):
+        w = hessian_vector_product(model, batches, basis[-1], rng)
+        a = torch.dot(w, basis[-1])
+        diagonal.append(float(a))
+        for _ in range(2):  # full reorthogonalisation, twice: Lanczos loses orthogonality in floating point
+            w = w - torch.stack(basis).T @ (torch.stack(basis) @ w)
+        b = float(w.norm())
+        scale = max(abs(d) for d in diagonal) or 1.0
+        if j == min(steps, n) - 1 or b <= 1e-10 * scale:  # the Krylov space is exhausted (or steps used)
+            break
+        offdiagonal.append(b)
+        basis.append(w / b)
+    T = torch.diag(torch.tensor(diagonal, dtype=torch.float64))
+    if offdiagonal:
+        off = torch.tensor(offdiagonal[:len(diagonal) - 1], dtype=torch.float64)
+        T += torch.diag(off, 1) + torch.diag(off, -1)
+    return float(torch.linalg.eigvalsh(T).max())
+
+
+@dataclass
+class EarlyStopHessian:
+    """DARTS-ES as RobustDARTS defines it: the eigenvalues are averaged over a centred ``window`` of
+    evaluations (cut short at the start); once the evaluation ``delta`` steps back from the newest
+    averaged one lies at ``start`` or later, the search stops when the newest local average exceeds
+    that one by more than ``factor``, and returns the genotype of that earlier epoch (before the
+    curvature grew). RobustDARTS's defaults: window 5, factor 1.3, delta 4, from epoch 10."""
+
+    window: int = 5
+    factor: float = 1.3
+    delta: int = 4
+    start: int = 10
+    evaluations: list[tuple[int, float]] = field(default_factory=list)  # (epoch, eigenvalue)
+    genotypes: dict[int, Any] = field(default_factory=dict)
+    stopped: dict[str, Any] | None = None  # {"epoch": named epoch, "at": current epoch, "ratio": r}
+
+    def local_averages(self) -> list[tuple[int, float]]:
+        """(epoch, local average) for every evaluation whose centred window reaches its right end."""
+        h = self.window // 2
+        values = [v for _, v in self.evaluations]
+        out = []
+        for c in range(len(values) - h):
+            part = values[max(0, c - h):c + h + 1]
+            out.append((self.evaluations[c][0], sum(part) / len(part)))
+        return out
+
+    def update(self, epoch: int, eigenvalue: float, genotype: Any) -> bool:
+        """Record an evaluation; returns True when the rule says stop (``stopped`` then says why)."""
+        if self.stopped is not None:
+            return True
+        self.evaluations.append((epoch, float(eigenvalue)))
+        self.genotypes[epoch] = genotype
+        averages = self.local_averages()
+        if len(averages) <= self.delta:
+            return False
+        (now_epoch, now), (then_epoch, then) = averages[-1], averages[-1 - self.delta]
+        if then_epoch < self.start or not math.isfinite(now / then if then else math.inf):
+            return False
+        ratio = now / then
+        if ratio > self.factor:
+            self.stopped = {"epoch": then_epoch, "at": epoch, "averaged_epoch": now_epoch, "ratio": round(ratio, 4)}
+            return True
+        return False
+
+    def reason(self) -> str:
+        s = self.stopped
+        return (f"DARTS-ES: the local average of the dominant eigenvalue at epoch {s['averaged_epoch']} is "
+                f"{s['ratio']:.2f}x the one at epoch {s['epoch']} (> {self.factor}): stopped at epoch {s['at']}, "
+                f"genotype of epoch {s['epoch']}")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"evaluations": [list(e) for e in self.evaluations],
+                "genotypes": {str(k): v for k, v in self.genotypes.items()}, "stopped": self.stopped}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.evaluations = [(int(e), float(v)) for e, v in state["evaluations"]]
+        self.genotypes = {int(k): v for k, v in state["genotypes"].items()}
+        self.stopped = state["stopped"]

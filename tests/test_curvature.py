@@ -1,0 +1,79 @@
+"""The dominant eigenvalue of the α-Hessian, and the DARTS-ES rule."""
+import pytest
+import torch
+from torch.func import functional_call, hessian
+
+from dartsnas.architect import frozen_batchnorm_stats
+from dartsnas.curvature import EarlyStopHessian, dominant_eigenvalue, hessian_vector_product
+
+
+def _setup(tiny_net):
+    net = tiny_net(dtype=torch.float64, nodes=2)
+    with torch.no_grad():
+        for a in net.arch_parameters():
+            a.normal_(0, 0.7)
+    g = torch.Generator().manual_seed(3)
+    batches = [(torch.randn(6, 3, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 5, (6,), generator=g))
+               for _ in range(2)]
+    return net, batches
+
+
+def _dense_hessian(net, batches):
+    names = ["alpha_normal", "alpha_reduce"]
+    shapes = [net.alpha_normal.shape, net.alpha_reduce.shape]
+    sizes = [s.numel() for s in shapes]
+
+    def loss(flat):
+        parts = flat.split(sizes)
+        params = {n: p.view(s) for n, p, s in zip(names, parts, shapes)}
+        return sum(torch.nn.functional.cross_entropy(functional_call(net, params, (x,)), y) for x, y in batches) / 2
+
+    flat = torch.cat([net.alpha_normal.detach().flatten(), net.alpha_reduce.detach().flatten()])
+    with frozen_batchnorm_stats(net):
+        return hessian(loss)(flat)
+
+
+def test_dominant_eigenvalue_is_the_largest_eigenvalue_of_the_dense_hessian(tiny_net):
+    net, batches = _setup(tiny_net)
+    H = _dense_hessian(net, batches)
+    assert H.shape == (80, 80)
+    v = torch.randn(80, dtype=torch.float64)
+    torch.testing.assert_close(hessian_vector_product(net, batches, v), H @ v, rtol=1e-9, atol=1e-12)
+    expected = float(torch.linalg.eigvalsh(H.detach()).max())
+    got = dominant_eigenvalue(net, batches, steps=30)
+    assert expected > 0 and abs(got - expected) / abs(expected) < 1e-3
+    before = {k: t.clone() for k, t in net.state_dict().items()}
+    state = torch.get_rng_state()
+    dominant_eigenvalue(net, batches, steps=5)
+    assert all(torch.equal(before[k], t) for k, t in net.state_dict().items())  # BatchNorm statistics kept
+    assert torch.equal(torch.get_rng_state(), state)  # the run's random stream is left alone
+
+
+def test_darts_es_stops_when_the_local_average_grows_by_the_factor_and_names_the_earlier_epoch():
+    rule = EarlyStopHessian()  # window 5, factor 1.3, delta 4, from epoch 10
+    flat = [1.0] * 14
+    for epoch, ev in enumerate(flat, 1):
+        assert not rule.update(epoch, ev, f"g{epoch}")
+    growing = EarlyStopHessian()
+    values = [1.0] * 12 + [1.1, 1.3, 1.6, 2.0, 2.5, 3.0]
+    stop = None
+    for epoch, ev in enumerate(values, 1):
+        if growing.update(epoch, ev, f"g{epoch}"):
+            stop = epoch
+            break
+    # local averages are centred (window 5): the newest averaged epoch is 2 behind the newest evaluation,
+    # and the comparison (delta 4) is first allowed at epoch 16, when epoch 10 is the earlier one:
+    # mean(epochs 12-16) = (1 + 1.1 + 1.3 + 1.6 + 2.0) / 5 = 1.4 against mean(epochs 8-12) = 1.0
+    averages = dict(growing.local_averages())
+    assert stop == 16 and growing.stopped["averaged_epoch"] == 14 and growing.stopped["epoch"] == 10
+    assert averages[14] == pytest.approx(1.4) and averages[10] == pytest.approx(1.0)
+    assert growing.stopped["ratio"] == pytest.approx(1.4)
+    assert growing.genotypes[growing.stopped["epoch"]] == "g10" and "genotype of epoch 10" in growing.reason()
+    # a growth before the start epoch does not count; the state survives a round trip (resume)
+    early = EarlyStopHessian(start=10)
+    for epoch, ev in enumerate([1.0, 1.0, 1.0, 2.0, 4.0, 8.0, 16.0], 1):
+        assert not early.update(epoch, ev, None)
+    copy = EarlyStopHessian()
+    copy.load_state_dict(growing.state_dict())
+    assert copy.stopped == growing.stopped and copy.evaluations == growing.evaluations
+    assert copy.update(18, 9.0, "g18")  # once stopped, stays stopped
