@@ -102,6 +102,7 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     _fd_scheme_flag(g, d)
     g.add_argument("--max-skip", type=int, default=S,
                    help="cap on skip_connects in the derived normal cell [none]")
+    _curvature_flags(p, d)
     _run_flags(p, d)
 
 
@@ -124,6 +125,19 @@ def _rnn_flags(p: argparse.ArgumentParser, d: Any) -> argparse._ArgumentGroup:
     return g
 
 
+def _curvature_flags(p: argparse.ArgumentParser, d: Any) -> None:
+    g = p.add_argument_group("collapse (Zela et al., 2020)")
+    g.add_argument("--hessian-every", type=int, default=S, metavar="N",
+                   help="every N epochs (and the last), the dominant eigenvalue of the α-Hessian of the validation "
+                        "loss into metrics.jsonl [0: never]")
+    g.add_argument("--hessian-batches", type=int, default=S,
+                   help=f"fixed validation batches the eigenvalue is computed over [{d.hessian_batches}]")
+    g.add_argument("--early-stop", choices=("hessian",), default=S,
+                   help="DARTS-ES: stop when the eigenvalue's local average grows 1.3x over 4 evaluations, and keep "
+                        "the genotype of the earlier epoch (needs --hessian-every)")
+    g.add_argument("--es-start", type=int, default=S, help=f"first epoch DARTS-ES may name [{d.es_start}]")
+
+
 def _search_rnn_flags(p: argparse.ArgumentParser) -> None:
     from .train.search_rnn import RNNSearchConfig
     d = RNNSearchConfig()
@@ -134,6 +148,7 @@ def _search_rnn_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--order", choices=("first", "second", "exact"), default=S, help=f"[{d.order}]")
     g.add_argument("--fd-step", type=float, default=S, help=f"[{d.fd_step}]")
     _fd_scheme_flag(g, d)
+    _curvature_flags(p, d)
     _rnn_run_flags(p, d)
 
 

@@ -24,9 +24,10 @@ def _flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def hessian_vector_product(model: Any, batches: Sequence[Sequence[Any]], vector: torch.Tensor,
-                           rng: dict[str, Any] | None = None) -> torch.Tensor:
+                           rng: dict[str, Any] | None = None, sync: Any = None) -> torch.Tensor:
     """H v with H = ∇²α of the mean of ``model.loss(*batch)`` over ``batches`` (weights fixed);
-    ``vector`` and the result are flat over ``model.arch_parameters()``."""
+    ``vector`` and the result are flat over ``model.arch_parameters()``. Data parallel, ``sync``
+    averages the product over the ranks' shards of the batches."""
     alphas = model.arch_parameters()
     weights = [p for _, p in model.named_weight_parameters()]
     chunks = list(vector.split([a.numel() for a in alphas]))
@@ -38,10 +39,12 @@ def hessian_vector_product(model: Any, batches: Sequence[Sequence[Any]], vector:
             grads = torch.autograd.grad(loss, alphas, create_graph=True)
             dot = sum((g * c.view_as(g)).sum() for g, c in zip(grads, chunks))
             total += _flat(torch.autograd.grad(dot, alphas))
-    return total / len(batches)
+    total /= len(batches)
+    return sync([total])[0] if sync is not None else total
 
 
-def dominant_eigenvalue(model: Any, batches: Sequence[Sequence[Any]], *, steps: int = 30, seed: int = 0) -> float:
+def dominant_eigenvalue(model: Any, batches: Sequence[Sequence[Any]], *, steps: int = 20, seed: int = 0,
+                       sync: Any = None) -> float:
     """The largest eigenvalue of ∇²α L_val (RobustDARTS's dominant eigenvalue) by ``steps`` Lanczos
     iterations (at most the size of α) from a seeded start vector."""
     alphas = model.arch_parameters()
@@ -50,19 +53,19 @@ def dominant_eigenvalue(model: Any, batches: Sequence[Sequence[Any]], *, steps: 
     with same_random_draws(None) as rng:  # one set of dropout masks for every product
         pass
     try:
-        return _lanczos(model, batches, n, steps, seed, rng, device, dtype)
+        return _lanczos(model, batches, n, steps, seed, rng, device, dtype, sync)
     finally:
         with same_random_draws(rng):  # leave the random stream as it was: watching must not steer the run
             pass
 
 
 def _lanczos(model: Any, batches: Sequence[Sequence[Any]], n: int, steps: int, seed: int, rng: dict[str, Any],
-             device: torch.device, dtype: torch.dtype) -> float:
+             device: torch.device, dtype: torch.dtype, sync: Any) -> float:
     q = torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(device, dtype)
     basis = [q / q.norm()]
     diagonal, offdiagonal = [], []
     for j in range(min(steps, n)):
-        w = hessian_vector_product(model, batches, basis[-1], rng)
+        w = hessian_vector_product(model, batches, basis[-1], rng, sync)
         a = torch.dot(w, basis[-1])
         diagonal.append(float(a))
         for _ in range(2):  # full reorthogonalisation, twice: Lanczos loses orthogonality in floating point

@@ -280,7 +280,8 @@ def plot_curves(run_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
     groups = [("loss", [k for k in keys if k.endswith("_loss")]),
               ("accuracy", [k for k in keys if k.endswith(("_acc", "_top1", "_top5"))]),
               ("perplexity", [k for k in keys if k.endswith("_ppl")]),
-              ("learning rate", [k for k in keys if k == "lr"])]
+              ("learning rate", [k for k in keys if k == "lr"]),
+              ("dominant eigenvalue of the α-Hessian", [k for k in keys if k == "hessian_eigenvalue"])]
     groups = [(title, ks) for title, ks in groups if ks]
     fig, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 3.2), squeeze=False)
     for ax, (title, ks) in zip(axes[0], groups):

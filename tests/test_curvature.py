@@ -77,3 +77,55 @@ def test_darts_es_stops_when_the_local_average_grows_by_the_factor_and_names_the
     copy.load_state_dict(growing.state_dict())
     assert copy.stopped == growing.stopped and copy.evaluations == growing.evaluations
     assert copy.update(18, 9.0, "g18")  # once stopped, stays stopped
+
+
+def test_search_records_the_eigenvalue_stops_early_and_resumes_with_the_rule_state(tmp_path, monkeypatch):
+    """The plumbing, with a synthetic eigenvalue sequence (the rule and the eigenvalue are tested above)."""
+    import json
+
+    import dartsnas.curvature
+    from dartsnas.train.search import SearchConfig, search
+    sequence = [1.0] * 5 + [1.5, 2.5, 4.0, 6.0, 9.0, 12.0, 15.0]
+    monkeypatch.setattr(dartsnas.curvature, "dominant_eigenvalue",
+                        lambda model, batches, **kw: sequence[len(batches_seen.append(1) or batches_seen) - 1])
+    batches_seen = []
+    config = SearchConfig(dataset="digits", init_channels=4, layers=3, nodes=2, batch_size=16, steps_per_epoch=1,
+                          epochs=12, hessian_every=1, hessian_batches=1, early_stop="hessian", es_start=2)
+    whole = search(config, tmp_path / "whole", quiet=True)
+    records = whole.metrics
+    assert [r["hessian_eigenvalue"] for r in records] == sequence[:len(records)]
+    stop = whole.early_stop
+    assert stop is not None and len(records) == stop["at"] < 12 and records[-1]["early_stop"] == stop
+    assert whole.genotype.to_dict() == records[stop["epoch"] - 1]["genotype"]
+    assert json.loads((tmp_path / "whole" / "genotype.json").read_text()) == records[stop["epoch"] - 1]["genotype"]
+    # preempted after 5 epochs (SIGTERM: checkpoint after the next step), resumed: the rule's state comes
+    # back and the same epoch is named
+    import signal
+
+    from dartsnas.errors import Interrupted
+    from dartsnas.train.search import Search
+    batches_seen.clear()
+    run = Search(config, tmp_path / "cut", quiet=True)
+    record = run.record_curvature
+
+    def preempt_after_five(*args):
+        stopped = record(*args)
+        if run.epoch == 5:
+            run._stop_signal = signal.SIGTERM
+        return stopped
+    run.record_curvature = preempt_after_five
+    with pytest.raises(Interrupted):
+        run.execute()
+    resumed = search(config, tmp_path / "cut", resume=True, quiet=True)
+    assert resumed.early_stop == stop and resumed.genotype == whole.genotype
+    timings = ("seconds", "images_per_s", "hessian_seconds")
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in timings} for r in rs]  # noqa: E731
+    assert strip(resumed.metrics) == strip(records)
+    assert search(config, tmp_path / "cut", resume=True, quiet=True).genotype == whole.genotype  # stays stopped
+
+
+def test_early_stop_needs_the_eigenvalue(tmp_path):
+    from dartsnas.errors import ConfigError
+    from dartsnas.train.search import SearchConfig, search
+    with pytest.raises(ConfigError, match="--early-stop hessian watches the dominant eigenvalue: give --hessian-every"):
+        search(SearchConfig(dataset="digits", early_stop="hessian"), tmp_path / "r", quiet=True)

@@ -81,6 +81,28 @@ class ImageDataFields:
 DATA_RESUMABLE = ("data_dir", "memory_gb", "workers", "skip_bad_images")
 
 
+@dataclass
+class CurvatureOptions:
+    """Watching the curvature of a search (Zela et al., 2020): the dominant eigenvalue of the α-Hessian
+    of the validation loss every ``hessian_every`` epochs (0: never) over ``hessian_batches`` fixed
+    validation batches, and DARTS-ES (``early_stop="hessian"``) from epoch ``es_start``."""
+
+    hessian_every: int = 0
+    hessian_batches: int = 2
+    early_stop: str | None = None
+    es_start: int = 10
+
+    def validate_curvature(self) -> None:
+        if self.hessian_every < 0:
+            raise ConfigError(f"--hessian-every must be >= 0, got {self.hessian_every}")
+        if self.hessian_batches < 1:
+            raise ConfigError(f"--hessian-batches must be >= 1, got {self.hessian_batches}")
+        if self.early_stop not in (None, "hessian"):
+            raise ConfigError(f"--early-stop must be hessian, got {self.early_stop!r}")
+        if self.early_stop == "hessian" and self.hessian_every < 1:
+            raise ConfigError("--early-stop hessian watches the dominant eigenvalue: give --hessian-every N too")
+
+
 def cosine_lr(epoch: int, epochs: int, lr: float, lr_min: float) -> float:
     """Cosine annealing from ``lr`` at epoch 0 towards ``lr_min`` (SGDR without restarts).
 
@@ -455,6 +477,38 @@ class Run:
         if self.tensorboard is not None and self.dist.is_main:
             self._write_tensorboard(record)
         self.log(line)
+
+    hessian_batches: list | None = None
+    early_stopper: Any = None
+
+    def watch_curvature(self, batches: list) -> None:
+        """Keep ``batches`` (fixed validation batches) for the eigenvalue, and start DARTS-ES if asked."""
+        from ..curvature import EarlyStopHessian
+        if self.config.hessian_every:
+            self.hessian_batches = batches
+        if self.config.early_stop == "hessian":
+            self.early_stopper = EarlyStopHessian(start=self.config.es_start)
+
+    def curvature_due(self) -> bool:
+        """After ``self.epoch`` epochs: whether this epoch's eigenvalue is computed (every N, and the last)."""
+        every = self.config.hessian_every
+        return bool(every) and (self.epoch % every == 0 or self.epoch == self.config.epochs)
+
+    def stopped_early(self) -> bool:
+        return self.early_stopper is not None and self.early_stopper.stopped is not None
+
+    def record_curvature(self, record: dict[str, Any], genotype: dict[str, Any]) -> bool:
+        """Add the dominant eigenvalue to the epoch's record when due; True when DARTS-ES stops here."""
+        from ..curvature import dominant_eigenvalue
+        if not self.curvature_due():
+            return False
+        t0 = time.perf_counter()
+        value = dominant_eigenvalue(self.model, self.hessian_batches, seed=int(self.config.seed), sync=self.dist.average)
+        record.update({"hessian_eigenvalue": round(value, 6), "hessian_seconds": round(time.perf_counter() - t0, 3)})
+        if self.early_stopper is not None and self.early_stopper.update(self.epoch, value, genotype):
+            record["early_stop"] = dict(self.early_stopper.stopped)
+            return True
+        return False
 
     def write_data_info(self, info: dict[str, Any]) -> None:
         """data.json (classes, channels, image size, resize, normalisation) and classes.json: what a

@@ -10,6 +10,7 @@ genotype), ``checkpoint.pt`` (everything needed to resume) and, at the end, ``ge
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +28,8 @@ from ..ops import DARTS_OPS
 from ..spaces import ConvSearchSpaceConfig, SearchNetwork
 from ..spaces.base import mixing_weights
 from .checkpoint import CHECKPOINT, GENOTYPE, METRICS, MetricsLog, load_checkpoint, tensors_to_lists
-from .common import (DATA_RESUMABLE, ClipMeter, EpochMeter, ImageDataFields, RunOptions, Run, autocast,
-                     config_from_dict, cosine_lr, evaluate, rng_state, seed_everything)
+from .common import (DATA_RESUMABLE, ClipMeter, CurvatureOptions, EpochMeter, ImageDataFields, RunOptions, Run,
+                     autocast, config_from_dict, cosine_lr, evaluate, rng_state, seed_everything)
 from .progress import Progress
 
 KIND = "search-cnn"
@@ -36,7 +37,7 @@ SEARCH_DATASETS = ("cifar10", "digits", "imagefolder", "arrays", PYTHON_DATASET)
 
 
 @dataclass
-class SearchConfig(RunOptions, ImageDataFields):
+class SearchConfig(RunOptions, ImageDataFields, CurvatureOptions):
     """Everything that defines a conv search; defaults are the paper's CIFAR-10 settings."""
 
     dataset: str = "cifar10"     # cifar10, digits, imagefolder, arrays (python: torch Datasets from the API)
@@ -92,6 +93,7 @@ class SearchConfig(RunOptions, ImageDataFields):
         if self.dataset not in SEARCH_DATASETS:
             raise ConfigError(f"--dataset must be one of {', '.join(SEARCH_DATASETS[:-1])}, got {self.dataset!r}")
         self.validate_image_data()
+        self.validate_curvature()
         if self.lr_min > self.lr:
             raise ConfigError(f"--lr-min {self.lr_min} is above --lr {self.lr}")
         if self.order not in ORDERS:
@@ -128,6 +130,7 @@ class SearchResult:
     genotype: Genotype
     metrics: list[dict[str, Any]]
     out_dir: Path
+    early_stop: dict[str, Any] | None = None  # DARTS-ES: the epoch whose genotype this is, and why
 
 
 def search_step(model: torch.nn.Module, architect: Architect, w_optimizer: torch.optim.Optimizer,
@@ -190,6 +193,10 @@ class Search(Run):
         self.eval_loader = BatchLoader(alpha_data, val_idx, batch_size=max(config.batch_size, 256),
                                        shuffle=False, augment=False, **common)
         self.data_info = data.info()
+        if config.hessian_every:  # the eigenvalue's fixed validation batches
+            fixed = BatchLoader(alpha_data, val_idx, batch_size=config.batch_size, shuffle=False, augment=False,
+                                **common)
+            self.watch_curvature(list(itertools.islice(fixed, config.hessian_batches)))
 
         seed_everything(seed)
         space = ConvSearchSpaceConfig(init_channels=config.init_channels, layers=config.layers,
@@ -231,6 +238,7 @@ class Search(Run):
             "loaders": {"train": self.train_loader.state_dict(), "val": self.val_loader.state_dict()},
             "rng": rng_state(),
             "genotype": self.model.genotype(self.config.max_skip).to_dict(),
+            **({"early_stop": self.early_stopper.state_dict()} if self.early_stopper is not None else {}),
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -241,6 +249,8 @@ class Search(Run):
             self.train_loader.load_state_dict(state["loaders"]["train"])
             self.val_loader.load_state_dict(state["loaders"]["val"])
             self.epoch = int(state["epoch"])
+            if self.early_stopper is not None and "early_stop" in state:
+                self.early_stopper.load_state_dict(state["early_stop"])
             self.restore_rng(state)
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise CheckpointError(f"{self.out / CHECKPOINT}: does not match this search ({e})") from None
@@ -298,7 +308,7 @@ class Search(Run):
                  f"N={cfg.nodes}, {len(self.train_loader.indices)} train / "
                  f"{len(self.val_loader.indices)} val images, device {self.device}{self.dist.describe()}, "
                  f"out {self.out}")
-        while self.epoch < cfg.epochs:
+        while self.epoch < cfg.epochs and not self.stopped_early():
             start = time.perf_counter()
             lr = cosine_lr(self.epoch, cfg.epochs, cfg.lr, cfg.lr_min)
             record = self.begin_epoch(self.w_optimizer, lr)
@@ -306,6 +316,7 @@ class Search(Run):
             record.update(self.evaluate())
             self.epoch += 1
             genotype = self.model.genotype(cfg.max_skip)
+            self.record_curvature(record, genotype.to_dict())
             w_normal, w_reduce = self.model.arch_weights()
             skips = sum(op == SKIP_OP for op, _ in genotype.normal)
             record.update({
@@ -318,14 +329,19 @@ class Search(Run):
                 e_normal, e_reduce = self.model.edge_weights()
                 record["edge_weights"] = {"normal": [round(v, 6) for v in e_normal.tolist()],
                                           "reduce": [round(v, 6) for v in e_reduce.tolist()]}
+            curvature = f" | λmax {record['hessian_eigenvalue']:.4g}" if "hessian_eigenvalue" in record else ""
             self.end_epoch(record, f"epoch {record['epoch']}/{cfg.epochs} lr {lr:.5f} "
                                    f"train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f} | "
                                    f"val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f} | "
-                                   f"skip(normal) {skips} | {record['seconds']:.1f}s")
+                                   f"skip(normal) {skips}{curvature} | {record['seconds']:.1f}s")
             self.log(f"  genotype {genotype.to_json()}")
         genotype = self.model.genotype(cfg.max_skip)
+        if self.stopped_early():
+            self.log(self.early_stopper.reason())
+            genotype = Genotype.from_dict(self.early_stopper.genotypes[self.early_stopper.stopped["epoch"]])
         self.write_text(GENOTYPE, genotype.to_json(indent=None) + "\n")
-        return SearchResult(genotype, self.metrics.read(), self.out)
+        stopped = self.early_stopper.stopped if self.early_stopper is not None else None
+        return SearchResult(genotype, self.metrics.read(), self.out, stopped)
 
 
 def search(config: SearchConfig, out_dir: str | Path, **kwargs: Any) -> SearchResult:

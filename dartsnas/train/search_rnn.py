@@ -26,14 +26,14 @@ from ..genotype import RecurrentGenotype
 from ..ops import RNN_DARTS_OPS
 from ..spaces import RecurrentSearchModel, RecurrentSearchSpaceConfig
 from .checkpoint import GENOTYPE, METRICS, MetricsLog, tensors_to_lists
-from .common import ClipMeter, RunOptions, Run, config_from_dict, rng_state, seed_everything
+from .common import ClipMeter, CurvatureOptions, RunOptions, Run, config_from_dict, rng_state, seed_everything
 from .progress import Progress
 
 KIND = "search-rnn"
 
 
 @dataclass
-class RNNSearchConfig(RunOptions):
+class RNNSearchConfig(RunOptions, CurvatureOptions):
     """A recurrent search; defaults are the reference search on Penn Treebank."""
 
     data_dir: str | None = None
@@ -83,6 +83,7 @@ class RNNSearchConfig(RunOptions):
             raise ConfigError(f"--fd-scheme must be one of {', '.join(FD_SCHEMES)}, got {self.fd_scheme!r}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ConfigError(f"--steps-per-epoch must be >= 1, got {self.steps_per_epoch}")
+        self.validate_curvature()
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -253,6 +254,11 @@ class RNNSearch(Run):
         self.net = self.dist.wrap(self.model, ignore=self.model.arch_parameters(),
                                   broadcast_buffers=not config.sync_bn)
         self.lengths = torch.Generator().manual_seed(config.seed)
+        if config.hessian_every:  # the eigenvalue's fixed validation windows, each from a zero state
+            rows = self.val_data.shape[0]
+            windows = [get_window(self.val_data, k * config.bptt, config.bptt)
+                       for k in range(min(config.hessian_batches, max(1, (self.val_data.shape[1] - 1) // config.bptt)))]
+            self.watch_curvature([(x, y, self.model.init_hidden(rows)) for x, y in windows])
         self.epoch = 0
         self.metrics = MetricsLog(self.out / METRICS)
         if saved is not None:
@@ -261,6 +267,8 @@ class RNNSearch(Run):
             self.architect.load_state_dict(saved["architect"])
             self.lengths.set_state(saved["lengths"])
             self.epoch = int(saved["epoch"])
+            if self.early_stopper is not None and "early_stop" in saved:
+                self.early_stopper.load_state_dict(saved["early_stop"])
             self.restore_rng(saved)
             self.resumed()
         else:
@@ -272,7 +280,8 @@ class RNNSearch(Run):
         return {"kind": KIND, "config": self.config.to_dict(), "epoch": self.epoch,
                 "model": self.model.state_dict(), "w_optimizer": self.w_optimizer.state_dict(),
                 "architect": self.architect.state_dict(), "lengths": self.lengths.get_state(),
-                "rng": rng_state(), "genotype": self.model.genotype().to_dict()}
+                "rng": rng_state(), "genotype": self.model.genotype().to_dict(),
+                **({"early_stop": self.early_stopper.state_dict()} if self.early_stopper is not None else {})}
 
     def train_epoch(self) -> dict[str, float]:
         """Alternate α steps on the validation stream (its state carried) and weight steps."""
@@ -292,7 +301,7 @@ class RNNSearch(Run):
         cfg = self.config
         self.log(f"search rnn: {cfg.order} order, {cfg.emsize}/{cfg.nhid}, N={cfg.nodes}, batch {cfg.batch_size}, "
                  f"device {self.device}{self.dist.describe()}, out {self.out}")
-        while self.epoch < cfg.epochs:
+        while self.epoch < cfg.epochs and not self.stopped_early():
             start = time.perf_counter()
             record: dict[str, Any] = {"epoch": self.epoch + 1, "lr": cfg.lr}
             record.update(self.train_epoch())
@@ -300,13 +309,18 @@ class RNNSearch(Run):
             record.update({"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))})
             self.epoch += 1
             genotype = self.model.genotype()
+            self.record_curvature(record, genotype.to_dict())
             record.update({"genotype": genotype.to_dict(),
                            "alphas": {"recurrent": tensors_to_lists(self.model.arch_weights())},
                            "seconds": round(time.perf_counter() - start, 3)})
+            curvature = f" | λmax {record['hessian_eigenvalue']:.4g}" if "hessian_eigenvalue" in record else ""
             self.end_epoch(record, f"epoch {record['epoch']}/{cfg.epochs} train ppl {record['train_ppl']:.2f} | "
-                                   f"val ppl {record['val_ppl']:.2f} | {record['seconds']:.1f}s\n"
+                                   f"val ppl {record['val_ppl']:.2f}{curvature} | {record['seconds']:.1f}s\n"
                                    f"  genotype {genotype.to_json()}")
         genotype = self.model.genotype()
+        if self.stopped_early():
+            self.log(self.early_stopper.reason())
+            genotype = RecurrentGenotype.from_dict(self.early_stopper.genotypes[self.early_stopper.stopped["epoch"]])
         self.write_text(GENOTYPE, genotype.to_json() + "\n")
         return genotype, self.metrics.read()
 
