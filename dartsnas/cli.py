@@ -85,7 +85,9 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     _shape_flags(g, d)
     g.add_argument("--nodes", type=int, default=S, help=f"intermediate nodes N per cell [{d.nodes}]")
     g.add_argument("--ops", nargs="+", default=S, metavar="OP",
-                   help=f"candidate op set [{' '.join(d.ops)}]")
+                   help="candidate op set, or a named one: darts, or RobustDARTS's reduced spaces s2 (skip_connect, "
+                        "sep_conv_3x3), s3 (none too), s4 (noise, sep_conv_3x3) "
+                        f"[{' '.join(d.ops)}]")
     g.add_argument("--partial-channels", type=int, default=S, metavar="K",
                    help="PC-DARTS: mixed ops see 1/K of the channels, edges weighted by β [1: plain DARTS]")
     g = p.add_argument_group("optimisation")
@@ -102,6 +104,11 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     _fd_scheme_flag(g, d)
     g.add_argument("--max-skip", type=int, default=S,
                    help="cap on skip_connects in the derived normal cell [none]")
+    g.add_argument("--regularizer", choices=("none", "sdarts-rs", "darts-minus"), default=S,
+                   help="sdarts-rs: weight steps see softmax(α) + U(-ε, ε) (SDARTS-RS); darts-minus: an auxiliary "
+                        f"skip on every edge, its weight decaying from 1 to 0 (DARTS-) [{d.regularizer}]")
+    g.add_argument("--sdarts-epsilon", type=float, default=S,
+                   help=f"SDARTS-RS: the perturbation grows linearly from 0.03 to this [{d.sdarts_epsilon}]")
     _curvature_flags(p, d)
     _run_flags(p, d)
 

@@ -28,6 +28,15 @@ DARTS_OPS: tuple[str, ...] = (
     "dil_conv_5x5",
 )
 
+#: Named op sets: the DARTS space and the reduced spaces in which RobustDARTS (Zela et al., 2020) shows
+#: plain DARTS collapsing, the same op set on every edge (S1, whose op pairs differ per edge, is not here).
+OP_SETS: dict[str, tuple[str, ...]] = {
+    "darts": DARTS_OPS,
+    "s2": ("skip_connect", "sep_conv_3x3"),
+    "s3": ("none", "skip_connect", "sep_conv_3x3"),
+    "s4": ("noise", "sep_conv_3x3"),
+}
+
 
 class Zero(nn.Module):
     """The ``none`` op: an all-zero output of the (possibly strided) input's shape.
@@ -153,6 +162,25 @@ class FactorizedReduce(nn.Module):
 @CONV_OPS.register("none")
 def _none(C: int, stride: int, affine: bool) -> nn.Module:
     return Zero(stride)
+
+
+class Noise(nn.Module):
+    """Standard normal noise of the (strided) input's shape: RobustDARTS's harmful op of space S4, an
+    op a sound search should never pick."""
+
+    def __init__(self, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            x = x[:, :, ::self.stride, ::self.stride]
+        return torch.randn_like(x)
+
+
+@CONV_OPS.register("noise")
+def _noise(C: int, stride: int, affine: bool) -> nn.Module:
+    return Noise(stride)
 
 
 @CONV_OPS.register("max_pool_3x3")

@@ -37,6 +37,7 @@ class ConvSearchSpaceConfig:
     stem_multiplier: int = 3
     ops: tuple[str, ...] = field(default_factory=lambda: DARTS_OPS)
     partial_channels: int = 1  # K of PC-DARTS; 1 is plain DARTS
+    auxiliary_skip: bool = False  # DARTS-: a skip beside every mixed op, weighted by SearchNetwork.aux_beta
 
     def validate(self) -> None:
         for name in ("init_channels", "layers", "nodes", "num_classes", "in_channels",
@@ -60,6 +61,9 @@ class ConvSearchSpaceConfig:
         if self.init_channels % self.partial_channels:
             raise ConfigError(f"--partial-channels {self.partial_channels} must divide --init-channels "
                               f"{self.init_channels}")
+        if self.auxiliary_skip and self.partial_channels > 1:
+            raise ConfigError("--regularizer darts-minus and --partial-channels do not combine: the auxiliary skip "
+                              "of DARTS- spans every channel, PC-DARTS mixes a part of them")
 
     @property
     def reduction_layers(self) -> tuple[int, int]:
@@ -76,9 +80,13 @@ class MixedOp(nn.Module):
     """Sum over candidate ops weighted by softmax(α) for one edge (paper, equation 1); with
     ``partial`` K > 1, over the first C/K channels only (PC-DARTS)."""
 
-    def __init__(self, C: int, stride: int, op_names: tuple[str, ...], partial: int = 1) -> None:
+    def __init__(self, C: int, stride: int, op_names: tuple[str, ...], partial: int = 1,
+                 auxiliary_skip: bool = False) -> None:
         super().__init__()
         self.partial = partial
+        # DARTS- (Chu et al., ICLR 2021): a skip connection beside the mixture, outside α, so that the
+        # ops need not compete with skip_connect for the residual path; its weight β decays to 0.
+        self.aux = (FactorizedReduce(C, C, affine=False) if stride == 2 else nn.Identity()) if auxiliary_skip else None
         self.bypass = nn.MaxPool2d(2, 2) if stride == 2 and partial > 1 else None
         C = C // partial
         self.ops = nn.ModuleList()
@@ -98,8 +106,11 @@ class MixedOp(nn.Module):
         return any(self.preactivated[i] for i in self.active)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor,
-                x_relu: torch.Tensor | None = None) -> torch.Tensor:
-        """``x_relu`` (relu(x), shared by all edges leaving a node) saves recomputing it per op."""
+                x_relu: torch.Tensor | None = None, aux_beta: float = 0.0) -> torch.Tensor:
+        """``x_relu`` (relu(x), shared by all edges leaving a node) saves recomputing it per op;
+        ``aux_beta`` weights DARTS-'s auxiliary skip."""
+        if self.aux is not None and aux_beta:
+            return self._mix(x, weights, x_relu) + aux_beta * self.aux(x)
         if self.partial > 1:
             c = x.shape[1] // self.partial
             rest = x[:, c:]
@@ -126,7 +137,8 @@ class SearchCell(nn.Module):
     """A search cell: every intermediate node sums the mixed ops applied to all its predecessors."""
 
     def __init__(self, nodes: int, C_prev_prev: int, C_prev: int, C: int, reduction: bool,
-                 reduction_prev: bool, op_names: tuple[str, ...], partial: int = 1) -> None:
+                 reduction_prev: bool, op_names: tuple[str, ...], partial: int = 1,
+                 auxiliary_skip: bool = False) -> None:
         super().__init__()
         self.reduction = reduction
         self.nodes = nodes
@@ -139,13 +151,13 @@ class SearchCell(nn.Module):
         for i in range(nodes):
             for j in range(2 + i):
                 stride = 2 if reduction and j < 2 else 1
-                self.edges.append(MixedOp(C, stride, op_names, partial))
+                self.edges.append(MixedOp(C, stride, op_names, partial, auxiliary_skip))
         self._relu_needed = any(edge.uses_relu for edge in self.edges)
         # The ReLU every pre-activated op starts with, computed once per node (see PreReLU).
         self.relu = nn.ReLU(inplace=False)
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
-                edge_weights: torch.Tensor | None = None) -> torch.Tensor:
+                edge_weights: torch.Tensor | None = None, aux_beta: float = 0.0) -> torch.Tensor:
         """``edge_weights`` (PC-DARTS's per-node softmax of β, one per edge) scale each edge's output."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         relus = [self.relu(h) if self._relu_needed else None for h in states]
@@ -153,7 +165,7 @@ class SearchCell(nn.Module):
         for i in range(self.nodes):
             s = None
             for j, h in enumerate(states):
-                y = self.edges[row + j](h, weights[row + j], relus[j])
+                y = self.edges[row + j](h, weights[row + j], relus[j], aux_beta)
                 if edge_weights is not None:
                     y = edge_weights[row + j] * y
                 s = y if s is None else s + y
@@ -193,7 +205,7 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
             if reduction:
                 C_curr *= 2
             cell = SearchCell(nodes, C_prev_prev, C_prev, C_curr, reduction, reduction_prev,
-                              config.ops, config.partial_channels)
+                              config.ops, config.partial_channels, config.auxiliary_skip)
             self.cells.append(cell)
             reduction_prev = reduction
             C_prev_prev, C_prev = C_prev, nodes * C_curr
@@ -205,6 +217,10 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
         if config.partial_channels > 1:
             self.beta_normal = nn.Parameter(1e-3 * torch.randn(shape[0]))
             self.beta_reduce = nn.Parameter(1e-3 * torch.randn(shape[0]))
+        # Set by a search loop, not learned: DARTS-'s auxiliary-skip weight, and SDARTS-RS's perturbed
+        # mixing weights (normal, reduce) that replace softmax(α) in its weight steps.
+        self.aux_beta = 0.0
+        self.mixing_override: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def partial(self) -> bool:
@@ -233,14 +249,14 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
                 mixing_weights(self.alpha_reduce))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w_normal, w_reduce = self.arch_weights()
+        w_normal, w_reduce = self.mixing_override or self.arch_weights()
         e_normal, e_reduce = self.edge_weights()
         s0 = s1 = self.stem(x)
         for cell in self.cells:
             if cell.reduction:
-                s0, s1 = s1, cell(s0, s1, w_reduce, e_reduce)
+                s0, s1 = s1, cell(s0, s1, w_reduce, e_reduce, self.aux_beta)
             else:
-                s0, s1 = s1, cell(s0, s1, w_normal, e_normal)
+                s0, s1 = s1, cell(s0, s1, w_normal, e_normal, self.aux_beta)
         return self.classifier(torch.flatten(self.global_pooling(s1), 1))
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,8 @@ from ..data import (OWN_DATASETS, PYTHON_DATASET, BatchLoader, ImageDataset, fro
                     load_splits, search_split)
 from ..errors import CheckpointError, ConfigError
 from ..genotype import SKIP_OP, Genotype, derive_genotype
-from ..ops import DARTS_OPS
+from ..ops import DARTS_OPS, OP_SETS
+from ..regularizers import REGULARIZERS, darts_minus_beta, perturb_mixing_weights, sdarts_epsilon
 from ..spaces import ConvSearchSpaceConfig, SearchNetwork
 from ..spaces.base import mixing_weights
 from .checkpoint import CHECKPOINT, GENOTYPE, METRICS, MetricsLog, load_checkpoint, tensors_to_lists
@@ -73,6 +74,12 @@ class SearchConfig(RunOptions, ImageDataFields, CurvatureOptions):
     # bf16 autocast of the search's forward/backward passes on CUDA (softmax(α), the losses and the
     # finite-difference arithmetic stay float32); CPU is always float32.
     amp: bool = True
+    regularizer: str = "none"    # none, sdarts-rs (random smoothing of α) or darts-minus (decaying auxiliary skip)
+    sdarts_epsilon: float = 0.3  # SDARTS-RS: the perturbation grows linearly from 0.03 to this
+
+    def __post_init__(self) -> None:
+        if len(self.ops) == 1 and self.ops[0] in OP_SETS:  # a named op set: --ops s2
+            self.ops = OP_SETS[self.ops[0]]
 
     # Fields that may differ between a checkpoint and the run resuming it.
     RESUMABLE_CHANGES = ("epochs", "device", "download", "verify", "channels_last", "amp", *DATA_RESUMABLE)
@@ -90,6 +97,10 @@ class SearchConfig(RunOptions, ImageDataFields, CurvatureOptions):
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if not self.grad_clip > 0:
             raise ConfigError(f"--grad-clip must be > 0 (inf: no clipping), got {self.grad_clip}")
+        if self.regularizer not in REGULARIZERS:
+            raise ConfigError(f"--regularizer must be one of {', '.join(REGULARIZERS)}, got {self.regularizer!r}")
+        if not 0 < self.sdarts_epsilon <= 1:
+            raise ConfigError(f"--sdarts-epsilon must lie in (0, 1], got {self.sdarts_epsilon}")
         if self.dataset not in SEARCH_DATASETS:
             raise ConfigError(f"--dataset must be one of {', '.join(SEARCH_DATASETS[:-1])}, got {self.dataset!r}")
         self.validate_image_data()
@@ -137,7 +148,8 @@ def search_step(model: torch.nn.Module, architect: Architect, w_optimizer: torch
                 train_batch: tuple[torch.Tensor, torch.Tensor], val_batch: tuple[torch.Tensor, torch.Tensor],
                 lr: float, grad_clip: float, finite: Callable[..., bool] | None = None,
                 update_alpha: bool = True, net: torch.nn.Module | None = None,
-                loss_fn: Callable[[Any, Any], torch.Tensor] = F.cross_entropy
+                loss_fn: Callable[[Any, Any], torch.Tensor] = F.cross_entropy,
+                perturb: Callable[[], Any] | None = None
                 ) -> tuple[torch.Tensor, Any, torch.Tensor, bool]:
     """One step of Algorithm 1: an α step on ``val_batch``, then a w step on ``train_batch``.
 
@@ -145,16 +157,23 @@ def search_step(model: torch.nn.Module, architect: Architect, w_optimizer: torch
     was updated, without syncing unless ``finite`` is given: then the weights are updated only if
     ``finite(loss, grad_norm)``. ``update_alpha=False`` is the warm-up of PC-DARTS (weights only).
     ``net`` runs the weight step's forward (the model in DistributedDataParallel), else ``model``;
-    ``loss_fn(outputs, targets)`` is the weight step's loss (a user model's, in a model search).
+    ``loss_fn(outputs, targets)`` is the weight step's loss (a user model's, in a model search);
+    ``perturb()`` gives the mixing weights the weight step sees instead of softmax(α) (SDARTS-RS).
     """
     if update_alpha:
         architect.step(train_batch, val_batch, lr)
     x, y = train_batch
-    with requires_grad_off(model.arch_parameters()):
-        logits = (net or model)(x)
-        loss = loss_fn(logits, y)
-        w_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+    if perturb is not None:
+        model.mixing_override = perturb()
+    try:
+        with requires_grad_off(model.arch_parameters()):
+            logits = (net or model)(x)
+            loss = loss_fn(logits, y)
+            w_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+    finally:
+        if perturb is not None:
+            model.mixing_override = None
     params = [p for group in w_optimizer.param_groups for p in group["params"]]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
     ok = finite is None or finite(loss, grad_norm)
@@ -202,7 +221,8 @@ class Search(Run):
         space = ConvSearchSpaceConfig(init_channels=config.init_channels, layers=config.layers,
                                       nodes=config.nodes, num_classes=data.num_classes,
                                       in_channels=data.in_channels, ops=tuple(config.ops),
-                                      partial_channels=config.partial_channels)
+                                      partial_channels=config.partial_channels,
+                                      auxiliary_skip=config.regularizer == "darts-minus")
         self.model = self.place_model(SearchNetwork(space), config.channels_last)
         self.w_optimizer = torch.optim.SGD(self.model.weight_parameters(), lr=config.lr,
                                            momentum=config.momentum,
@@ -215,6 +235,7 @@ class Search(Run):
         # α is left to the architect. With SyncBatchNorm the statistics already agree across ranks.
         self.net = dist.wrap(self.model, ignore=self.model.arch_parameters(), broadcast_buffers=not config.sync_bn)
         self.autocast = autocast(self.device, config.amp)
+        self.smoothing = torch.Generator().manual_seed(seed + 7)  # SDARTS-RS's noise, the same on every rank
         self.epoch = 0
         self.metrics = MetricsLog(self.out / METRICS)
         if saved is not None:
@@ -236,6 +257,7 @@ class Search(Run):
             "w_optimizer": self.w_optimizer.state_dict(),
             "architect": self.architect.state_dict(),
             "loaders": {"train": self.train_loader.state_dict(), "val": self.val_loader.state_dict()},
+            "smoothing": self.smoothing.get_state(),
             "rng": rng_state(),
             "genotype": self.model.genotype(self.config.max_skip).to_dict(),
             **({"early_stop": self.early_stopper.state_dict()} if self.early_stopper is not None else {}),
@@ -249,6 +271,8 @@ class Search(Run):
             self.train_loader.load_state_dict(state["loaders"]["train"])
             self.val_loader.load_state_dict(state["loaders"]["val"])
             self.epoch = int(state["epoch"])
+            if "smoothing" in state:
+                self.smoothing.set_state(state["smoothing"])
             if self.early_stopper is not None and "early_stop" in state:
                 self.early_stopper.load_state_dict(state["early_stop"])
             self.restore_rng(state)
@@ -274,6 +298,11 @@ class Search(Run):
         check = self.checks_every_step
         bar = Progress(steps, f"epoch {self.epoch + 1}/{cfg.epochs}", enabled=not self.quiet)
         batches = iter(self.train_loader)
+        perturb = None
+        if cfg.regularizer == "sdarts-rs":
+            epsilon = sdarts_epsilon(self.epoch, cfg.epochs, cfg.sdarts_epsilon)
+            perturb = lambda: tuple(perturb_mixing_weights(w, epsilon, self.smoothing)  # noqa: E731
+                                    for w in model.arch_weights())
         for step in range(first, steps):
             x, y = next(batches)
             val_batch = self.val_loader.next_batch()
@@ -281,7 +310,7 @@ class Search(Run):
                 loss, logits, grad_norm, ok = search_step(
                     model, self.architect, self.w_optimizer, (x, y), val_batch, xi, cfg.grad_clip,
                     finite=self.all_finite if check else None, update_alpha=self.epoch >= cfg.arch_start_epoch,
-                    net=self.net)
+                    net=self.net, perturb=perturb)
             if check:
                 self.check_arch_finite(step + 1, model.arch_parameters())
             if not ok:
@@ -312,6 +341,10 @@ class Search(Run):
             start = time.perf_counter()
             lr = cosine_lr(self.epoch, cfg.epochs, cfg.lr, cfg.lr_min)
             record = self.begin_epoch(self.w_optimizer, lr)
+            if cfg.regularizer == "darts-minus":
+                self.model.aux_beta = record["aux_skip_beta"] = darts_minus_beta(self.epoch, cfg.epochs)
+            elif cfg.regularizer == "sdarts-rs":
+                record["sdarts_epsilon"] = sdarts_epsilon(self.epoch, cfg.epochs, cfg.sdarts_epsilon)
             record.update(self.train_epoch())
             record.update(self.evaluate())
             self.epoch += 1

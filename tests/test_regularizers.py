@@ -1,0 +1,117 @@
+"""The robust DARTS variants: SDARTS-RS, DARTS-, the RobustDARTS op sets; one step each against a hand
+computation, resume bit-identical with each."""
+import copy
+import dataclasses
+import signal
+
+import pytest
+import torch
+
+from dartsnas.architect import Architect
+from dartsnas.errors import ConfigError, Interrupted
+from dartsnas.ops import OP_SETS, Noise
+from dartsnas.regularizers import darts_minus_beta, perturb_mixing_weights, sdarts_epsilon
+from dartsnas.spaces import ConvSearchSpaceConfig, SearchNetwork
+from dartsnas.train.search import Search, SearchConfig, search_step
+
+
+def test_schedules():
+    assert [darts_minus_beta(e, 4) for e in range(4)] == [1.0, 0.75, 0.5, 0.25]
+    assert sdarts_epsilon(0, 10) == pytest.approx(0.03) and sdarts_epsilon(5, 10) == pytest.approx(0.165)
+
+
+def test_perturbed_mixing_weights_by_hand():
+    w = torch.tensor([[0.7, 0.2, 0.1], [0.05, 0.05, 0.9]])
+    g = torch.Generator().manual_seed(0)
+    noise = (2 * torch.rand(w.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64) - 1) * 0.3
+    expected = (w.double() + noise).clamp(0, 1)
+    expected = (expected / expected.sum(-1, keepdim=True)).float()
+    torch.testing.assert_close(perturb_mixing_weights(w, 0.3, g), expected)
+    # a row the clamp empties keeps its largest perturbed entry: here every entry is pushed below 0
+    empty = perturb_mixing_weights(torch.tensor([[-5.0, -4.0, -6.0]]), 0.1, torch.Generator().manual_seed(1))
+    assert torch.equal(empty, torch.tensor([[0.0, 1.0, 0.0]]))
+
+
+def _net(tiny_net, **kw):
+    net = tiny_net(**kw)
+    with torch.no_grad():
+        for a in net.arch_parameters():
+            a.normal_(0, 0.5)
+    return net
+
+
+def _batches():
+    g = torch.Generator().manual_seed(2)
+    return [(torch.randn(8, 3, 8, 8, generator=g), torch.randint(0, 5, (8,), generator=g)) for _ in range(2)]
+
+
+def test_sdarts_rs_weight_step_sees_the_perturbed_weights_and_the_alpha_step_does_not(tiny_net):
+    net = _net(tiny_net)
+    train, val = _batches()
+    reference, plain = copy.deepcopy(net), copy.deepcopy(net)
+    opts = [torch.optim.SGD(n.weight_parameters(), lr=0.1, momentum=0.9) for n in (net, reference)]
+    archs = [Architect(n, o, order="first", grad_clip=5.0) for n, o in zip((net, reference), opts)]
+    perturbed = tuple(perturb_mixing_weights(w, 0.3, torch.Generator().manual_seed(5)) for w in net.arch_weights())
+    search_step(net, archs[0], opts[0], train, val, 0.1, 5.0, perturb=lambda: perturbed)
+    assert net.mixing_override is None
+    # by hand: the same α step, then a weight step of the network mixing with the perturbed weights
+    archs[1].step(train, val, 0.1)
+    reference.mixing_override = tuple(w.clone() for w in perturbed)
+    opts[1].zero_grad()
+    reference.loss(*train).backward()
+    reference.mixing_override = None
+    torch.nn.utils.clip_grad_norm_(reference.weight_parameters(), 5.0)
+    opts[1].step()
+    for a, b in zip(net.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # without the perturbation the same step ends elsewhere (and α where the smoothed step put it)
+    opt = torch.optim.SGD(plain.weight_parameters(), lr=0.1, momentum=0.9)
+    search_step(plain, Architect(plain, opt, order="first", grad_clip=5.0), opt, train, val, 0.1, 5.0)
+    assert all(torch.equal(a, b) for a, b in zip(plain.arch_parameters(), net.arch_parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(plain.weight_parameters(), net.weight_parameters()))
+
+
+def test_darts_minus_adds_beta_times_the_auxiliary_skip_outside_alpha(tiny_net):
+    torch.manual_seed(0)
+    with_aux = SearchNetwork(ConvSearchSpaceConfig(init_channels=4, layers=3, num_classes=5, auxiliary_skip=True))
+    edge = with_aux.cells[1].edges[0]  # a reduction cell's stride-2 edge: a factorised reduction
+    assert type(edge.aux).__name__ == "FactorizedReduce" and isinstance(with_aux.cells[0].edges[0].aux, torch.nn.Identity)
+    x = torch.randn(2, 8, 8, 8)
+    w = with_aux.arch_weights()[1][0]
+    torch.testing.assert_close(edge(x, w, aux_beta=0.3), edge(x, w) + 0.3 * edge.aux(x))
+    # the auxiliary skip is no op of α: same α, same genotype as the plain space
+    plain = SearchNetwork(ConvSearchSpaceConfig(init_channels=4, layers=3, num_classes=5))
+    plain.alpha_normal.data.copy_(with_aux.alpha_normal.data)
+    plain.alpha_reduce.data.copy_(with_aux.alpha_reduce.data)
+    assert plain.genotype() == with_aux.genotype()
+    with pytest.raises(ConfigError, match="darts-minus and --partial-channels do not combine"):
+        SearchNetwork(ConvSearchSpaceConfig(init_channels=4, layers=3, partial_channels=2, auxiliary_skip=True))
+
+
+def test_named_op_sets_and_the_noise_op():
+    assert SearchConfig(ops=("s2",)).ops == ("skip_connect", "sep_conv_3x3") == OP_SETS["s2"]
+    assert SearchConfig(ops=("s4",)).ops == ("noise", "sep_conv_3x3")
+    torch.manual_seed(0)
+    out = Noise(2)(torch.zeros(3, 4, 8, 8))
+    assert out.shape == (3, 4, 4, 4) and 0.5 < float(out.std()) < 1.5
+    net = SearchNetwork(ConvSearchSpaceConfig(init_channels=4, layers=3, ops=OP_SETS["s4"]))
+    assert net(torch.randn(2, 3, 8, 8)).shape == (2, 10)
+    with pytest.raises(ConfigError, match="--regularizer must be one of"):
+        SearchConfig(regularizer="sdarts-adv").validate()
+
+
+@pytest.mark.parametrize("regularizer", ["sdarts-rs", "darts-minus"])
+def test_resume_mid_epoch_is_bit_identical(tmp_path, regularizer):
+    from dartsnas.train.checkpoint import load_checkpoint
+    config = SearchConfig(dataset="digits", init_channels=4, layers=3, nodes=2, batch_size=16, steps_per_epoch=3,
+                          epochs=2, regularizer=regularizer, ops=("s3",), checkpoint_every=100)
+    Search(config, tmp_path / "whole", quiet=True).execute()
+    run = Search(config, tmp_path / "cut", quiet=True)
+    run._stop_signal = signal.SIGTERM  # preempted: checkpoint after the first step
+    with pytest.raises(Interrupted):
+        run.execute()
+    Search(dataclasses.replace(config), tmp_path / "cut", resume=True, quiet=True).execute()
+    a, b = load_checkpoint(tmp_path / "whole"), load_checkpoint(tmp_path / "cut")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert torch.equal(a["smoothing"], b["smoothing"])
