@@ -139,6 +139,8 @@ def _curvature_flags(p: argparse.ArgumentParser, d: Any) -> None:
                         "loss into metrics.jsonl [0: never]")
     g.add_argument("--hessian-batches", type=int, default=S,
                    help=f"fixed validation batches the eigenvalue is computed over [{d.hessian_batches}]")
+    g.add_argument("--hessian-steps", type=int, default=S,
+                   help=f"Lanczos iterations (Hessian-vector products) per eigenvalue [{d.hessian_steps}]")
     g.add_argument("--early-stop", choices=("hessian",), default=S,
                    help="DARTS-ES: stop when the eigenvalue's local average grows 1.3x over 4 evaluations, and keep "
                         "the genotype of the earlier epoch (needs --hessian-every)")

@@ -89,6 +89,7 @@ class CurvatureOptions:
 
     hessian_every: int = 0
     hessian_batches: int = 2
+    hessian_steps: int = 20              # Lanczos iterations (Hessian-vector products) per eigenvalue
     early_stop: str | None = None
     es_start: int = 10
 
@@ -97,6 +98,8 @@ class CurvatureOptions:
             raise ConfigError(f"--hessian-every must be >= 0, got {self.hessian_every}")
         if self.hessian_batches < 1:
             raise ConfigError(f"--hessian-batches must be >= 1, got {self.hessian_batches}")
+        if self.hessian_steps < 1:
+            raise ConfigError(f"--hessian-steps must be >= 1, got {self.hessian_steps}")
         if self.early_stop not in (None, "hessian"):
             raise ConfigError(f"--early-stop must be hessian, got {self.early_stop!r}")
         if self.early_stop == "hessian" and self.hessian_every < 1:
@@ -503,7 +506,8 @@ class Run:
         if not self.curvature_due():
             return False
         t0 = time.perf_counter()
-        value = dominant_eigenvalue(self.model, self.hessian_batches, seed=int(self.config.seed), sync=self.dist.average)
+        value = dominant_eigenvalue(self.model, self.hessian_batches, steps=self.config.hessian_steps,
+                                    seed=int(self.config.seed), sync=self.dist.average)
         record.update({"hessian_eigenvalue": round(value, 6), "hessian_seconds": round(time.perf_counter() - t0, 3)})
         if self.early_stopper is not None and self.early_stopper.update(self.epoch, value, genotype):
             record["early_stop"] = dict(self.early_stopper.stopped)
