@@ -427,8 +427,12 @@ def _cmd_random_search(args: argparse.Namespace) -> int:
     from .protocol import random_search
     _not_under_torchrun("random-search")
     config = None if args.no_train else _selection_config(args)
+    ops = args.ops
+    if args.space == "cnn" and ops is not None and len(ops) == 1:
+        from .ops import OP_SETS
+        ops = OP_SETS.get(ops[0], ops)  # a named op set: --ops s2
     result = random_search(args.space, args.samples, getattr(args, "seed", 0), args.out, config, nodes=args.nodes,
-                           ops=args.ops, devices=args.devices, resume=args.resume, overwrite=args.overwrite,
+                           ops=ops, devices=args.devices, resume=args.resume, overwrite=args.overwrite,
                            log=(lambda m: None) if args.quiet else print)
     if config is None:
         for path in result:
