@@ -156,6 +156,16 @@ class FactorizedReduce(nn.Module):
         if x.shape[-1] % 2 or x.shape[-2] % 2:
             # Odd sizes: pad the shifted grid so both halves have the same spatial size.
             shifted = nn.functional.pad(shifted, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2))
+        if x.device.type == "cpu" and 1 < x.shape[1] < 8:
+            # PyTorch 2.13's CPU kernel for a stride-2 1x1 convolution with 2-7 input channels writes out of
+            # bounds when the input or the weight is channels_last (heap corruption, run-to-run differences;
+            # tiny widths and PC-DARTS's channel slices hit it): such convolutions run in NCHW.
+            halves = [nn.functional.conv2d(h.contiguous(), c.weight.clone(memory_format=torch.contiguous_format),
+                                           stride=2) for h, c in ((x, self.conv_1), (shifted, self.conv_2))]
+            out = torch.cat(halves, dim=1)
+            if x.is_contiguous(memory_format=torch.channels_last) or not x.is_contiguous():
+                out = out.contiguous(memory_format=torch.channels_last)
+            return self.bn(out)
         return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
 
 

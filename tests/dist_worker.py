@@ -14,18 +14,25 @@ import torch
 from dartsnas.architect import Architect
 from dartsnas.data import BatchLoader, load_dataset, split_portion
 from dartsnas.distributed import Distributed, convert_sync_batchnorm
+from dartsnas.regularizers import perturb_mixing_weights
 from dartsnas.spaces import ConvSearchSpaceConfig, SearchNetwork
 from dartsnas.train.search import search_step
 
 
-def one_step(dist: Distributed, order: str, batch: int, sync_bn: bool, grad_clip: float) -> dict:
+def one_step(dist: Distributed, order: str, batch: int, sync_bn: bool, grad_clip: float, regularizer: str) -> dict:
     data = load_dataset("digits", "train")
     train_idx, val_idx = split_portion(len(data), 0.5)
     common = dict(batch_size=batch, rank=dist.rank, world_size=dist.world_size, drop_last=True)
     train = BatchLoader(data, train_idx, seed=0, **common)
     val = BatchLoader(data, val_idx, seed=1, **common)
     torch.manual_seed(0)
-    model = SearchNetwork(ConvSearchSpaceConfig(init_channels=4, layers=3, nodes=2, num_classes=10, in_channels=1))
+    model = SearchNetwork(ConvSearchSpaceConfig(init_channels=4, layers=3, nodes=2, num_classes=10, in_channels=1,
+                                                auxiliary_skip=regularizer == "darts-minus"))
+    model.aux_beta = 0.5 if regularizer == "darts-minus" else 0.0
+    perturb = None
+    if regularizer == "sdarts-rs":  # the same noise on every rank: one seeded generator each
+        noise = torch.Generator().manual_seed(7)
+        perturb = lambda: tuple(perturb_mixing_weights(w, 0.3, noise) for w in model.arch_weights())  # noqa: E731
     if sync_bn and dist.enabled:
         convert_sync_batchnorm(model)
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4)
@@ -33,7 +40,7 @@ def one_step(dist: Distributed, order: str, batch: int, sync_bn: bool, grad_clip
     net = dist.wrap(model, ignore=model.arch_parameters(), broadcast_buffers=not sync_bn)
     train_batch, val_batch = train.next_batch(), val.next_batch()
     grads = arch.alpha_grad(train_batch, val_batch, xi=0.1)
-    grad_norm = search_step(model, arch, w_opt, train_batch, val_batch, 0.1, grad_clip, net=net)[2]
+    grad_norm = search_step(model, arch, w_opt, train_batch, val_batch, 0.1, grad_clip, net=net, perturb=perturb)[2]
     return {"alpha_grad": [g.clone() for g in grads], "grad_norm": grad_norm.detach().clone(),
             "state": {k: v.clone() for k, v in model.state_dict().items()}}
 
@@ -45,10 +52,12 @@ def main() -> None:
     p.add_argument("--sync-bn", action="store_true")
     p.add_argument("--orders", nargs="+", default=["first", "second"])
     p.add_argument("--grad-clip", type=float, default=5.0)
+    p.add_argument("--regularizer", default="none")
     args = p.parse_args()
     torch.set_num_threads(1)
     dist = Distributed.from_env()
-    result = {order: one_step(dist, order, args.batch, args.sync_bn, args.grad_clip) for order in args.orders}
+    result = {order: one_step(dist, order, args.batch, args.sync_bn, args.grad_clip, args.regularizer)
+              for order in args.orders}
     if dist.is_main:
         torch.save(result, args.out)
     dist.close()

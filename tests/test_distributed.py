@@ -55,6 +55,15 @@ def test_two_ranks_with_sync_bn_take_the_step_one_process_takes_on_twice_the_bat
     assert diff > 1e-4
 
 
+@pytest.mark.parametrize("regularizer", ["sdarts-rs", "darts-minus"])
+def test_two_ranks_take_one_processs_step_with_each_regularizer(tmp_path, regularizer):
+    flags = ["--orders", "second", "--grad-clip", "1.0", "--regularizer", regularizer]
+    alone = one_step(tmp_path, "alone", "--batch", "16", *flags)
+    pair = one_step(tmp_path, "pair", "--batch", "8", "--sync-bn", *flags, nproc=2)
+    for key, a in alone["second"]["state"].items():
+        torch.testing.assert_close(pair["second"]["state"][key], a, rtol=1e-4, atol=1e-6, msg=key)
+
+
 def test_sharded_loader_gives_each_rank_its_rows_of_the_global_batch():
     data = load_dataset("digits", "train")
     whole = BatchLoader(data, batch_size=12, seed=5, cutout=3, drop_last=True)

@@ -100,11 +100,12 @@ def test_named_op_sets_and_the_noise_op():
         SearchConfig(regularizer="sdarts-adv").validate()
 
 
-@pytest.mark.parametrize("regularizer", ["sdarts-rs", "darts-minus"])
-def test_resume_mid_epoch_is_bit_identical(tmp_path, regularizer):
+@pytest.mark.parametrize("regularizer,order,partial", [("sdarts-rs", "second", 2), ("darts-minus", "first", 1)])
+def test_resume_mid_epoch_is_bit_identical(tmp_path, regularizer, order, partial):
     from dartsnas.train.checkpoint import load_checkpoint
     config = SearchConfig(dataset="digits", init_channels=4, layers=3, nodes=2, batch_size=16, steps_per_epoch=3,
-                          epochs=2, regularizer=regularizer, ops=("s3",), checkpoint_every=100)
+                          epochs=2, regularizer=regularizer, ops=("s3",), checkpoint_every=100, order=order,
+                          partial_channels=partial)
     Search(config, tmp_path / "whole", quiet=True).execute()
     run = Search(config, tmp_path / "cut", quiet=True)
     run._stop_signal = signal.SIGTERM  # preempted: checkpoint after the first step
