@@ -86,7 +86,8 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--nodes", type=int, default=S, help=f"intermediate nodes N per cell [{d.nodes}]")
     g.add_argument("--ops", nargs="+", default=S, metavar="OP",
                    help="candidate op set, or a named one: darts, or RobustDARTS's reduced spaces s2 (skip_connect, "
-                        "sep_conv_3x3), s3 (none too), s4 (noise, sep_conv_3x3) "
+                        "sep_conv_3x3), s3 (none too), s4 (noise, sep_conv_3x3), s1 (two ops per edge, chosen per "
+                        "edge; 4 nodes) "
                         f"[{' '.join(d.ops)}]")
     g.add_argument("--partial-channels", type=int, default=S, metavar="K",
                    help="PC-DARTS: mixed ops see 1/K of the channels, edges weighted by β [1: plain DARTS]")
@@ -284,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
         g = q.add_argument_group("sampling")
         g.add_argument("--samples", type=int, required=True, help="number of genotypes K")
         g.add_argument("--nodes", type=int, default=None, help=f"intermediate nodes [{4 if space == 'cnn' else 8}]")
-        g.add_argument("--ops", nargs="+", default=None, metavar="OP", help="op set [the DARTS ops]")
+        g.add_argument("--ops", nargs="+", default=None, metavar="OP", help="op set, or a named one (darts, s1-s4) [the DARTS ops]")
         g.add_argument("--no-train", action="store_true", help="only write the sampled genotypes")
         flags(q, genotype=False)
         _devices_flag(q)

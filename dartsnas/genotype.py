@@ -135,18 +135,29 @@ def _parse_concat(raw: Any, num_states: int, *, where: str) -> tuple[int, ...]:
 # Derivation (section 2.4)
 
 
-def derive_cell(weights: torch.Tensor, op_names: Sequence[str], *, num_inputs: int, k: int,
-                excluded: frozenset[tuple[int, int]] = frozenset()) -> list[Edge]:
+def per_edge_op_names(op_names: Sequence[str] | Sequence[Sequence[str]], num_edges: int) -> list[Sequence[str]]:
+    """``op_names`` as one op-name sequence per edge: a shared op set, or already one per edge (S1)."""
+    if op_names and not isinstance(op_names[0], str):
+        if len(op_names) != num_edges:
+            raise GenotypeError(f"{len(op_names)} per-edge op sets for {num_edges} edges")
+        return list(op_names)  # type: ignore[arg-type]
+    return [op_names] * num_edges  # type: ignore[list-item]
+
+
+def derive_cell(weights: torch.Tensor, op_names: Sequence[str] | Sequence[Sequence[str]], *, num_inputs: int,
+                k: int, excluded: frozenset[tuple[int, int]] = frozenset()) -> list[Edge]:
     """Keep, for each intermediate node, the ``k`` strongest incoming edges with their best op.
 
     ``weights`` holds one row per edge (softmax(α), node-major: node i has ``num_inputs + i``
-    incoming edges). An edge's strength is its strongest non-``none`` op weight; ties keep the
-    lower input index and the earlier op. ``excluded`` lists (edge row, op column) never chosen.
+    incoming edges); ``op_names`` names its columns, for all edges or per edge. An edge's strength is
+    its strongest non-``none`` op weight; ties keep the lower input index and the earlier op.
+    ``excluded`` lists (edge row, op column) never chosen.
     """
     w = weights.detach().double().cpu()
     num_edges = w.shape[0]
-    usable = [j for j, name in enumerate(op_names) if name != ZERO_OP]
-    if not usable:
+    names = per_edge_op_names(op_names, num_edges)
+    usable = [[j for j, name in enumerate(edge) if name != ZERO_OP] for edge in names]
+    if not any(usable):
         raise GenotypeError("cannot derive a cell from an op set with no op other than 'none'")
     gene: list[Edge] = []
     row = 0
@@ -155,7 +166,7 @@ def derive_cell(weights: torch.Tensor, op_names: Sequence[str], *, num_inputs: i
         n_in = num_inputs + node
         best: list[tuple[float, int, int]] = []  # (strength, input, op column)
         for j in range(n_in):
-            cands = [(w[row + j, o].item(), o) for o in usable if (row + j, o) not in excluded]
+            cands = [(w[row + j, o].item(), o) for o in usable[row + j] if (row + j, o) not in excluded]
             if not cands:
                 continue
             value, op = max(cands, key=lambda t: (t[0], -t[1]))
@@ -163,32 +174,36 @@ def derive_cell(weights: torch.Tensor, op_names: Sequence[str], *, num_inputs: i
         if len(best) < k:
             raise GenotypeError(f"node {node + num_inputs} has fewer than {k} usable incoming edges")
         best.sort(key=lambda t: (-t[0], t[1]))
-        gene.extend((op_names[op], j) for _, j, op in best[:k])
+        gene.extend((names[row + j][op], j) for _, j, op in best[:k])
         row += n_in
         node += 1
     return gene
 
 
 def derive_genotype(weights_normal: torch.Tensor, weights_reduce: torch.Tensor,
-                    op_names: Sequence[str], *, max_skip: int | None = None) -> Genotype:
+                    op_names: Sequence[str] | Sequence[Sequence[str]], *, max_skip: int | None = None,
+                    reduce_op_names: Sequence[str] | Sequence[Sequence[str]] | None = None) -> Genotype:
     """Derive a conv Genotype (k=2) from the softmax of α_normal and α_reduce.
 
-    ``max_skip`` caps the skip_connects of the normal cell: while there are too many, the weakest
-    chosen skip_connect is excluded and the cell derived again (a guard against skip collapse).
+    ``op_names`` names the columns (one op set, or one per edge as in RobustDARTS's S1);
+    ``reduce_op_names`` those of the reduction cell where they differ. ``max_skip`` caps the
+    skip_connects of the normal cell: while there are too many, the weakest chosen skip_connect is
+    excluded and the cell derived again (a guard against skip collapse).
     """
     nodes = _nodes_from_edges(weights_normal.shape[0], num_inputs=2)
     concat = tuple(range(2, 2 + nodes))
     excluded: set[tuple[int, int]] = set()
     normal = derive_cell(weights_normal, op_names, num_inputs=2, k=2)
-    if max_skip is not None and SKIP_OP in op_names:
-        skip = list(op_names).index(SKIP_OP)
+    names = per_edge_op_names(op_names, weights_normal.shape[0])
+    if max_skip is not None:
         while sum(op == SKIP_OP for op, _ in normal) > max_skip:
             rows = [edge_row(pos // 2, j, 2) for pos, (op, j) in enumerate(normal) if op == SKIP_OP]
-            weakest = min(rows, key=lambda r: (weights_normal[r, skip].item(), -r))
-            excluded.add((weakest, skip))
+            weakest = min(rows, key=lambda r: (weights_normal[r, list(names[r]).index(SKIP_OP)].item(), -r))
+            excluded.add((weakest, list(names[weakest]).index(SKIP_OP)))
             normal = derive_cell(weights_normal, op_names, num_inputs=2, k=2,
                                  excluded=frozenset(excluded))
-    reduce = derive_cell(weights_reduce, op_names, num_inputs=2, k=2)
+    reduce = derive_cell(weights_reduce, op_names if reduce_op_names is None else reduce_op_names,
+                         num_inputs=2, k=2)
     return Genotype(tuple(normal), concat, tuple(reduce), concat)
 
 

@@ -6,11 +6,13 @@ with ``@CONV_OPS.register("my_op")`` and passes its name in the op set of a sear
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Callable
 
 import torch
 from torch import nn
 
+from .errors import ConfigError
 from .registry import Registry
 
 OpFactory = Callable[[int, int, bool], nn.Module]
@@ -29,13 +31,41 @@ DARTS_OPS: tuple[str, ...] = (
 )
 
 #: Named op sets: the DARTS space and the reduced spaces in which RobustDARTS (Zela et al., 2020) shows
-#: plain DARTS collapsing, the same op set on every edge (S1, whose op pairs differ per edge, is not here).
+#: plain DARTS collapsing, the same op set on every edge.
 OP_SETS: dict[str, tuple[str, ...]] = {
     "darts": DARTS_OPS,
     "s2": ("skip_connect", "sep_conv_3x3"),
     "s3": ("none", "skip_connect", "sep_conv_3x3"),
     "s4": ("noise", "sep_conv_3x3"),
 }
+
+_SKIP, _MAX, _AVG = "skip_connect", "max_pool_3x3", "avg_pool_3x3"
+_SEP3, _DIL3, _DIL5 = "sep_conv_3x3", "dil_conv_3x3", "dil_conv_5x5"
+#: Op sets that differ from edge to edge: one tuple of op names per edge of a 4-node cell (node-major
+#: edge order), per cell type. RobustDARTS's S1 keeps on each edge the two ops that plain DARTS ranked
+#: highest in their full-space searches (the pairs of their code's spaces.py).
+EDGE_OP_SETS: dict[str, dict[str, tuple[tuple[str, ...], ...]]] = {
+    "s1": {
+        "normal": ((_SKIP, _DIL3), (_SKIP, _DIL5), (_SKIP, _DIL5), (_SKIP, _SEP3), (_SKIP, _DIL3),
+                   (_MAX, _SKIP), (_SKIP, _SEP3), (_SKIP, _SEP3), (_SKIP, _DIL3), (_SKIP, _SEP3),
+                   (_MAX, _SKIP), (_SKIP, _DIL3), (_DIL3, _DIL5), (_DIL3, _DIL5)),
+        "reduce": ((_MAX, _AVG), (_MAX, _DIL3), (_MAX, _AVG), (_MAX, _AVG), (_SKIP, _DIL5),
+                   (_MAX, _AVG), (_MAX, _SEP3), (_SKIP, _DIL3), (_SKIP, _DIL5), (_MAX, _AVG),
+                   (_MAX, _AVG), (_SKIP, _DIL5), (_SKIP, _DIL5), (_SKIP, _DIL5)),
+    },
+}
+
+
+def edge_ops(ops: Sequence[str], num_edges: int, cell: str) -> tuple[tuple[str, ...], ...]:
+    """The op names of each of a cell's ``num_edges`` edges (``cell``: "normal" or "reduce"): the op
+    set on every edge, or a per-edge set of EDGE_OP_SETS named as ``ops=("s1",)``."""
+    if len(ops) == 1 and ops[0] in EDGE_OP_SETS:
+        table = EDGE_OP_SETS[ops[0]][cell]
+        if len(table) != num_edges:
+            raise ConfigError(f"op set {ops[0]!r} names the ops of the {len(table)} edges of a 4-node cell; "
+                              f"this cell has {num_edges} edges (use --nodes 4)")
+        return table
+    return (tuple(ops),) * num_edges
 
 
 class Zero(nn.Module):

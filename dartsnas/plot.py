@@ -189,7 +189,7 @@ def read_run(run_dir: str | os.PathLike) -> tuple[list[dict[str, Any]], dict[str
 def plot_alphas(run_dir: str | os.PathLike, out: str | os.PathLike) -> list[Path]:
     """softmax(α) of every op on every edge against the epoch, one panel per edge and one figure per
     cell type; a dot marks the op derivation picks on that edge at that epoch."""
-    from .ops import DARTS_OPS, RNN_DARTS_OPS
+    from .ops import DARTS_OPS, RNN_DARTS_OPS, edge_ops
     plt = _pyplot()
     records, config = read_run(run_dir)
     if "choice_alphas" in records[0]:
@@ -205,6 +205,7 @@ def plot_alphas(run_dir: str | os.PathLike, out: str | os.PathLike) -> list[Path
         num_inputs, k = (1, 1) if recurrent else (2, 2)
         epochs = [r["epoch"] for r in records]
         n_edges = len(first)
+        names = [tuple(ops)] * n_edges if recurrent else edge_ops(ops, n_edges, cell)  # S1: per edge
         cols = 6
         rows = -(-n_edges // cols)
         fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 1.6 * rows), sharex=True, sharey=True,
@@ -219,16 +220,19 @@ def plot_alphas(run_dir: str | os.PathLike, out: str | os.PathLike) -> list[Path
             if e >= n_edges:
                 ax.axis("off")
                 continue
-            for o, name in enumerate(ops):
+            for o, name in enumerate(names[e]):
                 ax.plot(epochs, [r["alphas"][cell][e][o] for r in records], color=colors.get(name, "#444"),
                         lw=1.2, label=name)
             for epoch, op in picks.get(e, []):
-                value = records[epochs.index(epoch)]["alphas"][cell][e][list(ops).index(op)]
+                value = records[epochs.index(epoch)]["alphas"][cell][e][list(names[e]).index(op)]
                 ax.plot([epoch], [value], "o", ms=3, color=colors.get(op, "#000"))
             ax.set_title(f"edge {e}", fontsize=7)
             ax.tick_params(labelsize=6)
-        handles, labels = axes[0][0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(ops), 8), fontsize=7)
+        legend: dict[str, object] = {}  # every op once, in first-seen order (S1's edges differ)
+        for ax in axes.flat:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                legend.setdefault(label, handle)
+        fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=min(len(legend), 8), fontsize=7)
         fig.suptitle(f"softmax(α) of the {cell} cell per epoch (dots: derived choice)", fontsize=10)
         fig.tight_layout(rect=(0, 0.05, 1, 0.96))
         path = out.with_name(f"{out.stem}_{cell}{out.suffix or '.png'}")

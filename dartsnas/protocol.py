@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import ConfigError, DartsError, Interrupted
-from .genotype import Genotype, RecurrentGenotype, load_genotype
-from .ops import DARTS_OPS, RNN_DARTS_OPS
+from .genotype import Genotype, RecurrentGenotype, edge_row, load_genotype, num_edges
+from .ops import DARTS_OPS, RNN_DARTS_OPS, edge_ops
 from .train.checkpoint import CHECKPOINT, GENOTYPE, METRICS, atomic_write_text, read_metrics
 from .train.common import stop_signals
 
@@ -44,18 +44,19 @@ def _active(ops: Sequence[str]) -> list[str]:
 
 
 def sample_genotype(rng: random.Random, nodes: int = 4, ops: Sequence[str] = DARTS_OPS) -> Genotype:
-    """A uniform conv cell pair: each node takes 2 distinct predecessors, each through a non-zero op."""
-    active = _active(ops)
+    """A uniform conv cell pair: each node takes 2 distinct predecessors, each through a non-zero op
+    of that edge (``ops``: one op set, or a per-edge one such as ``("s1",)``)."""
 
-    def cell() -> tuple[tuple[str, int], ...]:
+    def cell(kind: str) -> tuple[tuple[str, int], ...]:
+        names = edge_ops(ops, num_edges(nodes), kind)
         edges = []
         for i in range(nodes):
             for j in sorted(rng.sample(range(i + 2), 2)):
-                edges.append((rng.choice(active), j))
+                edges.append((rng.choice(_active(names[edge_row(i, j, 2)])), j))
         return tuple(edges)
 
     concat = tuple(range(2, 2 + nodes))
-    return Genotype(normal=cell(), normal_concat=concat, reduce=cell(), reduce_concat=concat)
+    return Genotype(normal=cell("normal"), normal_concat=concat, reduce=cell("reduce"), reduce_concat=concat)
 
 
 def sample_recurrent_genotype(rng: random.Random, nodes: int = 8,

@@ -1,6 +1,7 @@
 """The robust DARTS variants: SDARTS-RS, DARTS-, the RobustDARTS op sets; one step each against a hand
 computation, resume bit-identical with each."""
 import copy
+import json
 import dataclasses
 import signal
 
@@ -116,3 +117,50 @@ def test_resume_mid_epoch_is_bit_identical(tmp_path, regularizer, order, partial
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert torch.equal(a["smoothing"], b["smoothing"])
+
+
+def test_s1_has_its_own_op_pair_on_every_edge(tmp_path):
+    import random
+
+    from dartsnas.cli import main
+    from dartsnas.genotype import derive_genotype
+    from dartsnas.ops import CONV_OPS, EDGE_OP_SETS
+    from dartsnas.plot import plot_alphas
+    from dartsnas.protocol import sample_genotype
+    table = EDGE_OP_SETS["s1"]
+    assert all(len(table[c]) == 14 and all(len(pair) == 2 for pair in table[c]) for c in ("normal", "reduce"))
+    assert table["normal"][5] == ("max_pool_3x3", "skip_connect") and table["reduce"][6] == ("max_pool_3x3", "sep_conv_3x3")
+    assert {op for c in table.values() for pair in c for op in pair} <= set(CONV_OPS.names())
+    torch.manual_seed(0)
+    net = SearchNetwork(ConvSearchSpaceConfig(init_channels=4, layers=3, ops=("s1",), num_classes=10, in_channels=1))
+    assert net.alpha_normal.shape == net.alpha_reduce.shape == (14, 2)
+    # each edge holds its pair's modules: the pooling ops of S1 come wrapped with a BatchNorm
+    reduction_edge = net.cells[1].edges[1]  # reduce edge 1: max_pool_3x3, dil_conv_3x3
+    assert [type(op).__name__ for op in reduction_edge.ops] == ["Sequential", "DilConv"]
+    # column 1 strongest everywhere: every edge's second op, by the table, at the two strongest edges of each node
+    with torch.no_grad():
+        net.alpha_normal.copy_(torch.tensor([[0.0, 1.0 + e / 100] for e in range(14)]))
+        net.alpha_reduce.copy_(torch.tensor([[0.0, 1.0 + e / 100] for e in range(14)]))
+    g = net.genotype()
+    assert g.normal[:2] == ((table["normal"][1][1], 1), (table["normal"][0][1], 0))
+    assert g.reduce[2:4] == ((table["reduce"][4][1], 2), (table["reduce"][3][1], 1))
+    assert g.normal[-2:] == tuple((table["normal"][r][1], r - 9) for r in (13, 12))
+    # --max-skip excludes skip_connect on the right column of each edge
+    capped = derive_genotype(*net.arch_weights(), net.config.edge_ops("normal"), max_skip=0,
+                             reduce_op_names=net.config.edge_ops("reduce"))
+    assert not any(op == "skip_connect" for op, _ in capped.normal)
+    with pytest.raises(ConfigError, match="4-node cell; this cell has 9 edges"):
+        ConvSearchSpaceConfig(nodes=3, ops=("s1",)).validate()
+    sampled = sample_genotype(random.Random(3), 4, ("s1",))
+    for kind in ("normal", "reduce"):
+        for pos, (op, j) in enumerate(getattr(sampled, kind)):
+            assert op in table[kind][[0, 2, 5, 9][pos // 2] + j]
+    # a search in S1 through the command line; its α plots with each edge's own ops
+    out = tmp_path / "s1"
+    assert main(["search", "cnn", "--dataset", "digits", "--ops", "s1", "--init-channels", "4", "--layers", "3",
+                 "--batch-size", "16", "--steps-per-epoch", "2", "--epochs", "1", "--quiet", "--out", str(out)]) == 0
+    genotype = json.loads((out / "genotype.json").read_text())
+    for pos, (op, j) in enumerate(genotype["normal"]):
+        assert op in table["normal"][[0, 2, 5, 9][pos // 2] + j]
+    paths = plot_alphas(out, tmp_path / "alphas.png")
+    assert [p.name for p in paths] == ["alphas_normal.png", "alphas_reduce.png"] and all(p.stat().st_size for p in paths)

@@ -19,8 +19,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..genotype import Genotype, derive_genotype, num_edges
-from ..ops import (CONV_OPS, DARTS_OPS, FactorizedReduce, ReLUConvBN, build_op, is_preactivated,
-                   is_zero_op)
+from ..ops import (CONV_OPS, DARTS_OPS, EDGE_OP_SETS, FactorizedReduce, ReLUConvBN, build_op, edge_ops,
+                   is_preactivated, is_zero_op)
 from . import SEARCH_SPACES
 from .base import ArchitectureSplit, mixing_weights
 
@@ -50,12 +50,15 @@ class ConvSearchSpaceConfig:
             raise ConfigError(f"layers must be >= 3 (reductions at L/3 and 2L/3), got {self.layers}")
         if not self.ops:
             raise ConfigError("the op set is empty")
-        for op in self.ops:
-            CONV_OPS.get(op)  # raises ConfigError naming the unknown op
-        if len(set(self.ops)) != len(self.ops):
-            raise ConfigError(f"repeated op in the op set {list(self.ops)}")
-        if all(op == "none" for op in self.ops):
-            raise ConfigError("the op set needs at least one op other than 'none'")
+        if len(self.ops) == 1 and self.ops[0] in EDGE_OP_SETS:  # per-edge op sets: RobustDARTS's S1
+            self.edge_ops("normal")  # raises ConfigError unless the cell has the set's edges
+        else:
+            for op in self.ops:
+                CONV_OPS.get(op)  # raises ConfigError naming the unknown op
+            if len(set(self.ops)) != len(self.ops):
+                raise ConfigError(f"repeated op in the op set {list(self.ops)}")
+            if all(op == "none" for op in self.ops):
+                raise ConfigError("the op set needs at least one op other than 'none'")
         if self.partial_channels < 1:
             raise ConfigError(f"--partial-channels must be >= 1, got {self.partial_channels}")
         if self.init_channels % self.partial_channels:
@@ -64,6 +67,10 @@ class ConvSearchSpaceConfig:
         if self.auxiliary_skip and self.partial_channels > 1:
             raise ConfigError("--regularizer darts-minus and --partial-channels do not combine: the auxiliary skip "
                               "of DARTS- spans every channel, PC-DARTS mixes a part of them")
+
+    def edge_ops(self, cell: str) -> tuple[tuple[str, ...], ...]:
+        """The candidate ops of every edge of the ``cell`` ("normal" or "reduce") cells, node-major."""
+        return edge_ops(self.ops, num_edges(self.nodes), cell)
 
     @property
     def reduction_layers(self) -> tuple[int, int]:
@@ -137,8 +144,9 @@ class SearchCell(nn.Module):
     """A search cell: every intermediate node sums the mixed ops applied to all its predecessors."""
 
     def __init__(self, nodes: int, C_prev_prev: int, C_prev: int, C: int, reduction: bool,
-                 reduction_prev: bool, op_names: tuple[str, ...], partial: int = 1,
+                 reduction_prev: bool, op_names: tuple[tuple[str, ...], ...], partial: int = 1,
                  auxiliary_skip: bool = False) -> None:
+        """``op_names``: the candidate ops of each edge, node-major."""
         super().__init__()
         self.reduction = reduction
         self.nodes = nodes
@@ -151,7 +159,7 @@ class SearchCell(nn.Module):
         for i in range(nodes):
             for j in range(2 + i):
                 stride = 2 if reduction and j < 2 else 1
-                self.edges.append(MixedOp(C, stride, op_names, partial, auxiliary_skip))
+                self.edges.append(MixedOp(C, stride, op_names[len(self.edges)], partial, auxiliary_skip))
         self._relu_needed = any(edge.uses_relu for edge in self.edges)
         # The ReLU every pre-activated op starts with, computed once per node (see PreReLU).
         self.relu = nn.ReLU(inplace=False)
@@ -205,13 +213,14 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
             if reduction:
                 C_curr *= 2
             cell = SearchCell(nodes, C_prev_prev, C_prev, C_curr, reduction, reduction_prev,
-                              config.ops, config.partial_channels, config.auxiliary_skip)
+                              config.edge_ops("reduce" if reduction else "normal"), config.partial_channels,
+                              config.auxiliary_skip)
             self.cells.append(cell)
             reduction_prev = reduction
             C_prev_prev, C_prev = C_prev, nodes * C_curr
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, config.num_classes)
-        shape = (num_edges(nodes), len(config.ops))
+        shape = (num_edges(nodes), len(config.edge_ops("normal")[0]))
         self.alpha_normal = nn.Parameter(1e-3 * torch.randn(shape))
         self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(shape))
         if config.partial_channels > 1:
@@ -268,4 +277,5 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
         if self.partial:  # PC-DARTS ranks edges by α·β
             e_normal, e_reduce = self.edge_weights()
             w_normal, w_reduce = w_normal * e_normal[:, None], w_reduce * e_reduce[:, None]
-        return derive_genotype(w_normal, w_reduce, self.config.ops, max_skip=max_skip)
+        return derive_genotype(w_normal, w_reduce, self.config.edge_ops("normal"), max_skip=max_skip,
+                               reduce_op_names=self.config.edge_ops("reduce"))

@@ -24,7 +24,7 @@ from ..data import (OWN_DATASETS, PYTHON_DATASET, BatchLoader, ImageDataset, fro
                     load_splits, search_split)
 from ..errors import CheckpointError, ConfigError
 from ..genotype import SKIP_OP, Genotype, derive_genotype
-from ..ops import DARTS_OPS, OP_SETS
+from ..ops import DARTS_OPS, OP_SETS, edge_ops
 from ..regularizers import REGULARIZERS, darts_minus_beta, perturb_mixing_weights, sdarts_epsilon
 from ..spaces import ConvSearchSpaceConfig, SearchNetwork
 from ..spaces.base import mixing_weights
@@ -422,5 +422,7 @@ def derive_from_checkpoint(path: str | Path, max_skip: int | None = None) -> Gen
         alpha_normal, alpha_reduce = model_state["alpha_normal"], model_state["alpha_reduce"]
     except KeyError:
         raise CheckpointError(f"{path}: checkpoint holds no α") from None
+    n = alpha_normal.shape[0]
     return derive_genotype(mixing_weights(alpha_normal), mixing_weights(alpha_reduce),
-                           tuple(config.ops), max_skip=config.max_skip if max_skip is None else max_skip)
+                           edge_ops(config.ops, n, "normal"), reduce_op_names=edge_ops(config.ops, n, "reduce"),
+                           max_skip=config.max_skip if max_skip is None else max_skip)
