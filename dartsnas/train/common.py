@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..architect import CLIP_EPS
+from ..architect import CLIP_EPS, FD_SCHEMES, ORDERS
 from ..data.text import batchify, rank_rows
 from ..distributed import Distributed, convert_sync_batchnorm
 from ..errors import CheckpointError, ConfigError, DartsError, Interrupted
@@ -631,6 +631,21 @@ class Run:
         if self.dist.is_main:
             self.metrics.keep_epochs(self.epoch)
         self.log(f"resumed from {self.out / CHECKPOINT} after epoch {self.epoch}")
+
+
+def validate_bilevel(config: Any, cli: bool = True) -> None:
+    """The checks every bilevel search's config shares (search cnn, search rnn, search_model); errors
+    name the command-line flag, or with ``cli=False`` the Python field."""
+    flag = (lambda name: "--" + name.replace("_", "-")) if cli else (lambda name: name)
+    if config.order not in ORDERS:
+        raise ConfigError(f"{flag('order')} must be one of {', '.join(ORDERS)}, got {config.order!r}")
+    if config.fd_scheme not in FD_SCHEMES:
+        raise ConfigError(f"{flag('fd_scheme')} must be one of {', '.join(FD_SCHEMES)}, got {config.fd_scheme!r}")
+    portion = getattr(config, "train_portion", None)
+    if portion is not None and not 0.0 < portion < 1.0:
+        raise ConfigError(f"{flag('train_portion')} must lie strictly between 0 and 1, got {portion}")
+    if config.steps_per_epoch is not None and config.steps_per_epoch < 1:
+        raise ConfigError(f"{flag('steps_per_epoch')} must be >= 1, got {config.steps_per_epoch}")
 
 
 def config_from_dict(cls: type, data: dict[str, Any]) -> Any:

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from ..architect import FD_SCHEMES, ORDERS, Architect, requires_grad_off
+from ..architect import Architect, requires_grad_off
 from ..data import (OWN_DATASETS, PYTHON_DATASET, BatchLoader, ImageDataset, from_torch_dataset, load_dataset,
                     load_splits, search_split)
 from ..errors import CheckpointError, ConfigError
@@ -30,7 +30,8 @@ from ..spaces import ConvSearchSpaceConfig, SearchNetwork
 from ..spaces.base import mixing_weights
 from .checkpoint import CHECKPOINT, GENOTYPE, METRICS, MetricsLog, load_checkpoint, tensors_to_lists
 from .common import (DATA_RESUMABLE, ClipMeter, CurvatureOptions, EpochMeter, ImageDataFields, RunOptions, Run,
-                     autocast, config_from_dict, cosine_lr, evaluate, rng_state, seed_everything)
+                     autocast, config_from_dict, cosine_lr, evaluate, rng_state, seed_everything,
+                     validate_bilevel)
 from .progress import Progress
 
 KIND = "search-cnn"
@@ -107,16 +108,9 @@ class SearchConfig(RunOptions, ImageDataFields, CurvatureOptions):
         self.validate_curvature()
         if self.lr_min > self.lr:
             raise ConfigError(f"--lr-min {self.lr_min} is above --lr {self.lr}")
-        if self.order not in ORDERS:
-            raise ConfigError(f"--order must be one of {', '.join(ORDERS)}, got {self.order!r}")
-        if self.fd_scheme not in FD_SCHEMES:
-            raise ConfigError(f"--fd-scheme must be one of {', '.join(FD_SCHEMES)}, got {self.fd_scheme!r}")
-        if not 0.0 < self.train_portion < 1.0:
-            raise ConfigError(f"--train-portion must lie strictly between 0 and 1, got {self.train_portion}")
+        validate_bilevel(self)
         if self.max_skip is not None and self.max_skip < 0:
             raise ConfigError(f"--max-skip must be >= 0, got {self.max_skip}")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise ConfigError(f"--steps-per-epoch must be >= 1, got {self.steps_per_epoch}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ConfigError(f"--device must be auto, cpu or cuda[:N], got {self.device!r}")
 

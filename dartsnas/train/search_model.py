@@ -22,12 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import default_collate
 
-from ..architect import FD_SCHEMES, ORDERS, Architect
+from ..architect import Architect
 from ..data import DatasetBatches
 from ..errors import CheckpointError, ConfigError
 from ..nn import SearchableModel, fix
 from .checkpoint import METRICS, MetricsLog
-from .common import ClipMeter, Run, RunOptions, config_from_dict, cosine_lr, rng_state, seed_everything
+from .common import (ClipMeter, Run, RunOptions, config_from_dict, cosine_lr, rng_state, seed_everything,
+                     validate_bilevel)
 from .progress import Progress
 from .search import search_step
 
@@ -67,14 +68,7 @@ class ModelSearchConfig(RunOptions):
         for name in ("lr", "arch_lr", "fd_step", "grad_clip"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.order not in ORDERS:
-            raise ConfigError(f"order must be one of {', '.join(ORDERS)}, got {self.order!r}")
-        if self.fd_scheme not in FD_SCHEMES:
-            raise ConfigError(f"fd_scheme must be one of {', '.join(FD_SCHEMES)}, got {self.fd_scheme!r}")
-        if not 0.0 < self.train_portion < 1.0:
-            raise ConfigError(f"train_portion must lie strictly between 0 and 1, got {self.train_portion}")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise ConfigError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
+        validate_bilevel(self, cli=False)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from ..architect import FD_SCHEMES, ORDERS, Architect, requires_grad_off
+from ..architect import Architect, requires_grad_off
 from ..data.text import Corpus, get_window
 from ..distributed import Distributed
 from ..errors import ConfigError
@@ -26,7 +26,8 @@ from ..genotype import RecurrentGenotype
 from ..ops import RNN_DARTS_OPS
 from ..spaces import RecurrentSearchModel, RecurrentSearchSpaceConfig
 from .checkpoint import GENOTYPE, METRICS, MetricsLog, tensors_to_lists
-from .common import ClipMeter, CurvatureOptions, RunOptions, Run, config_from_dict, rng_state, seed_everything
+from .common import (ClipMeter, CurvatureOptions, RunOptions, Run, config_from_dict, rng_state, seed_everything,
+                     validate_bilevel)
 from .progress import Progress
 
 KIND = "search-rnn"
@@ -77,12 +78,7 @@ class RNNSearchConfig(RunOptions, CurvatureOptions):
         for name in ("lr", "arch_lr", "fd_step"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
-        if self.order not in ORDERS:
-            raise ConfigError(f"--order must be one of {', '.join(ORDERS)}, got {self.order!r}")
-        if self.fd_scheme not in FD_SCHEMES:
-            raise ConfigError(f"--fd-scheme must be one of {', '.join(FD_SCHEMES)}, got {self.fd_scheme!r}")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise ConfigError(f"--steps-per-epoch must be >= 1, got {self.steps_per_epoch}")
+        validate_bilevel(self)
         self.validate_curvature()
 
     def to_dict(self) -> dict[str, Any]:
