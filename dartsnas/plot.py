@@ -205,7 +205,7 @@ def plot_alphas(run_dir: str | os.PathLike, out: str | os.PathLike) -> list[Path
         num_inputs, k = (1, 1) if recurrent else (2, 2)
         epochs = [r["epoch"] for r in records]
         n_edges = len(first)
-        names = [tuple(ops)] * n_edges if recurrent else edge_ops(ops, n_edges, cell)  # S1: per edge
+        names = edge_ops(ops, n_edges, cell)  # the op set on every edge, or S1's pair per edge
         cols = 6
         rows = -(-n_edges // cols)
         fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 1.6 * rows), sharex=True, sharey=True,
