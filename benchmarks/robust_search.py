@@ -39,7 +39,7 @@ def main() -> None:
     p.add_argument("--init-channels", type=int, default=4)
     p.add_argument("--layers", type=int, default=5)
     p.add_argument("--hessian-steps", type=int, default=10)
-    p.add_argument("--es-start", type=int, default=4, help="DARTS-ES's first nameable epoch (RobustDARTS: 10 of 50)")
+    p.add_argument("--es-start", type=int, default=4, help="DARTS-ES's first nameable epoch, counted from 1 (RobustDARTS: 11 of 50)")
     p.add_argument("--train-epochs", type=int, default=10)
     p.add_argument("--jobs", type=int, default=2)
     args = p.parse_args()
@@ -73,7 +73,7 @@ def main() -> None:
                "search_val_acc": round(records[-1]["val_acc"], 4)}
         rows.append(row)
         if method == "darts":  # DARTS-ES: the plain run, stopped by the rule
-            rule = EarlyStopHessian(start=args.es_start)
+            rule = EarlyStopHessian(start=args.es_start, last_epoch=args.epochs)
             for r in records:
                 if rule.update(r["epoch"], r["hessian_eigenvalue"], r["genotype"]):
                     break

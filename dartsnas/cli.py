@@ -85,7 +85,7 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     _shape_flags(g, d)
     g.add_argument("--nodes", type=int, default=S, help=f"intermediate nodes N per cell [{d.nodes}]")
     g.add_argument("--ops", nargs="+", default=S, metavar="OP",
-                   help="candidate op set, or a named one: darts, or RobustDARTS's reduced spaces s2 (skip_connect, "
+                   help="candidate op set, or a named one (any case): darts, or RobustDARTS's reduced spaces s2 (skip_connect, "
                         "sep_conv_3x3), s3 (none too), s4 (noise, sep_conv_3x3), s1 (two ops per edge, chosen per "
                         "edge; 4 nodes) "
                         f"[{' '.join(d.ops)}]")
@@ -429,9 +429,9 @@ def _cmd_random_search(args: argparse.Namespace) -> int:
     _not_under_torchrun("random-search")
     config = None if args.no_train else _selection_config(args)
     ops = args.ops
-    if args.space == "cnn" and ops is not None and len(ops) == 1:
-        from .ops import OP_SETS
-        ops = OP_SETS.get(ops[0], ops)  # a named op set: --ops s2
+    if args.space == "cnn" and ops is not None:
+        from .ops import resolve_op_set
+        ops = resolve_op_set(ops)  # a named op set: --ops s2 (or S2)
     result = random_search(args.space, args.samples, getattr(args, "seed", 0), args.out, config, nodes=args.nodes,
                            ops=ops, devices=args.devices, resume=args.resume, overwrite=args.overwrite,
                            log=(lambda m: None) if args.quiet else print)

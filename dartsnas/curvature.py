@@ -85,16 +85,22 @@ def _lanczos(model: Any, batches: Sequence[Sequence[Any]], n: int, steps: int, s
 
 @dataclass
 class EarlyStopHessian:
-    """DARTS-ES as RobustDARTS defines it: the eigenvalues are averaged over a centred ``window`` of
-    evaluations (cut short at the start); once the evaluation ``delta`` steps back from the newest
-    averaged one lies at ``start`` or later, the search stops when the newest local average exceeds
-    that one by more than ``factor``, and returns the genotype of that earlier epoch (before the
-    curvature grew). RobustDARTS's defaults: window 5, factor 1.3, delta 4, from epoch 10."""
+    """DARTS-ES as RobustDARTS's code applies it (``EVLocalAvg``): the eigenvalues are averaged over a
+    centred ``window`` of evaluations (cut short at the start); once the evaluation ``delta`` steps back
+    from the newest averaged one lies at epoch ``start`` or later, the search stops when the newest
+    local average exceeds that one by more than ``factor``, and returns the genotype of that earlier
+    epoch (before the curvature grew). The rule is not applied at ``last_epoch``: the search ends
+    there anyway and keeps its last genotype.
+
+    Epochs count from 1 here and from 0 in RobustDARTS's code: its defaults (window 5, factor 1.3,
+    delta 4, ``es_start_epoch`` 10) are window 5, factor 1.3, delta 4, start 11 here.
+    """
 
     window: int = 5
     factor: float = 1.3
     delta: int = 4
-    start: int = 10
+    start: int = 11
+    last_epoch: int | None = None  # the search's last epoch, where the rule is not applied
     evaluations: list[tuple[int, float]] = field(default_factory=list)  # (epoch, eigenvalue)
     genotypes: dict[int, Any] = field(default_factory=dict)
     stopped: dict[str, Any] | None = None  # {"epoch": named epoch, "at": current epoch, "ratio": r}
@@ -116,7 +122,7 @@ class EarlyStopHessian:
         self.evaluations.append((epoch, float(eigenvalue)))
         self.genotypes[epoch] = genotype
         averages = self.local_averages()
-        if len(averages) <= self.delta:
+        if epoch == self.last_epoch or len(averages) <= self.delta:
             return False
         (now_epoch, now), (then_epoch, then) = averages[-1], averages[-1 - self.delta]
         if then_epoch < self.start or not math.isfinite(now / then if then else math.inf):

@@ -75,9 +75,15 @@ def load_trained(path: str | os.PathLike) -> tuple[Deployable, dict[str, Any]]:
 
 def export_model(run: str | os.PathLike, fmt: str, out: str | os.PathLike) -> Path:
     """Write ``run``'s trained network to ``out`` as ``fmt`` (onnx or torchscript); returns ``out``."""
+    model, meta = load_trained(run)
+    return write_export(model, meta, fmt, out)
+
+
+def write_export(model: Deployable, meta: dict[str, Any], fmt: str, out: str | os.PathLike) -> Path:
+    """Write a deployable network (eval mode) with its metadata (``in_channels``, ``image_size``,
+    ``classes``...) to ``out`` as ``fmt``; the file appears whole or not at all."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    model, meta = load_trained(run)
     out = Path(out)
     C, (H, W) = meta["in_channels"], meta["image_size"]
     example = torch.rand(2, C, H, W)  # batch 2: a batch of 1 would be specialised into the graph

@@ -56,6 +56,26 @@ EDGE_OP_SETS: dict[str, dict[str, tuple[tuple[str, ...], ...]]] = {
 }
 
 
+def resolve_op_set(ops: Sequence[str]) -> tuple[str, ...]:
+    """An op set as a user gives it: a named set alone (``darts``, ``s1``-``s4``, in any case, so
+    RobustDARTS's ``S3`` too) becomes its ops (``s1``, whose ops differ per edge, stays a name);
+    anything else is a list of op names, kept as given."""
+    if len(ops) == 1 and isinstance(ops[0], str):
+        name = ops[0].lower()
+        if name in OP_SETS:
+            return OP_SETS[name]
+        if name in EDGE_OP_SETS:
+            return (name,)
+    return tuple(ops)
+
+
+def unknown_op_error(op: str) -> ConfigError:
+    """The error for an op name that is neither registered nor a named op set."""
+    sets = ", ".join(sorted({*OP_SETS, *EDGE_OP_SETS}))
+    return ConfigError(f"unknown op {op!r}: the ops are {', '.join(CONV_OPS.names())}; or one named op set "
+                       f"alone: {sets} (any case)")
+
+
 def edge_ops(ops: Sequence[str], num_edges: int, cell: str) -> tuple[tuple[str, ...], ...]:
     """The op names of each of a cell's ``num_edges`` edges (``cell``: "normal" or "reduce"): the op
     set on every edge, or a per-edge set of EDGE_OP_SETS named as ``ops=("s1",)``."""

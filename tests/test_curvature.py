@@ -1,4 +1,5 @@
 """The dominant eigenvalue of the α-Hessian, and the DARTS-ES rule."""
+import numpy as np
 import pytest
 import torch
 from torch.func import functional_call, hessian
@@ -50,7 +51,7 @@ def test_dominant_eigenvalue_is_the_largest_eigenvalue_of_the_dense_hessian(tiny
 
 
 def test_darts_es_stops_when_the_local_average_grows_by_the_factor_and_names_the_earlier_epoch():
-    rule = EarlyStopHessian()  # window 5, factor 1.3, delta 4, from epoch 10
+    rule = EarlyStopHessian()  # window 5, factor 1.3, delta 4, naming epoch 11 or later
     flat = [1.0] * 14
     for epoch, ev in enumerate(flat, 1):
         assert not rule.update(epoch, ev, f"g{epoch}")
@@ -61,14 +62,15 @@ def test_darts_es_stops_when_the_local_average_grows_by_the_factor_and_names_the
         if growing.update(epoch, ev, f"g{epoch}"):
             stop = epoch
             break
-    # local averages are centred (window 5): the newest averaged epoch is 2 behind the newest evaluation,
-    # and the comparison (delta 4) is first allowed at epoch 16, when epoch 10 is the earlier one:
-    # mean(epochs 12-16) = (1 + 1.1 + 1.3 + 1.6 + 2.0) / 5 = 1.4 against mean(epochs 8-12) = 1.0
+    # local averages are centred (window 5): the newest averaged epoch is 2 behind the newest evaluation.
+    # At epoch 16 the comparison (delta 4) would name epoch 10, RobustDARTS's epoch 9 counted from 0,
+    # before its es_start_epoch 10: not yet. At epoch 17, mean(epochs 13-17) = (1.1 + 1.3 + 1.6 + 2.0 + 2.5) / 5
+    # = 1.7 against mean(epochs 9-13) = 1.02, and epoch 11 (RobustDARTS's 10) is named.
     averages = dict(growing.local_averages())
-    assert stop == 16 and growing.stopped["averaged_epoch"] == 14 and growing.stopped["epoch"] == 10
-    assert averages[14] == pytest.approx(1.4) and averages[10] == pytest.approx(1.0)
-    assert growing.stopped["ratio"] == pytest.approx(1.4)
-    assert growing.genotypes[growing.stopped["epoch"]] == "g10" and "genotype of epoch 10" in growing.reason()
+    assert stop == 17 and growing.stopped["averaged_epoch"] == 15 and growing.stopped["epoch"] == 11
+    assert averages[15] == pytest.approx(1.7) and averages[11] == pytest.approx(1.02)
+    assert growing.stopped["ratio"] == pytest.approx(1.7 / 1.02, abs=1e-4)
+    assert growing.genotypes[growing.stopped["epoch"]] == "g11" and "genotype of epoch 11" in growing.reason()
     # a growth before the start epoch does not count; the state survives a round trip (resume)
     early = EarlyStopHessian(start=10)
     for epoch, ev in enumerate([1.0, 1.0, 1.0, 2.0, 4.0, 8.0, 16.0], 1):
@@ -77,6 +79,58 @@ def test_darts_es_stops_when_the_local_average_grows_by_the_factor_and_names_the
     copy.load_state_dict(growing.state_dict())
     assert copy.stopped == growing.stopped and copy.evaluations == growing.evaluations
     assert copy.update(18, 9.0, "g18")  # once stopped, stays stopped
+
+
+def robustdarts_stop(eigenvalues, window=5, factor=1.3, es_start_epoch=10, delta=4):
+    """RobustDARTS's rule as its code applies it (EVLocalAvg.update, then early_stop on every epoch but the
+    last; one evaluation per epoch, epochs counted from 0), restated: the first (epoch, named epoch) at which
+    it stops, counted from 0, or None."""
+    epochs, averages = len(eigenvalues), []
+    for epoch in range(epochs - 1):  # at the last epoch the rule is not applied
+        seen = eigenvalues[:epoch + 1]
+        if len(seen) < -(-window // 2):
+            continue
+        averages.append(float(np.mean(seen[max(0, len(seen) - window):])))  # centred on epoch - window // 2
+        named = epoch - window // 2 - delta
+        if named >= es_start_epoch and averages[-1] / averages[-1 - delta] > factor:
+            return epoch, named
+    return None
+
+
+def test_darts_es_defaults_stop_where_robustdarts_code_stops():
+    """Random eigenvalue sequences of 50 epochs, one evaluation per epoch: the same stop and the same named
+    epoch as RobustDARTS's code with its defaults, including sequences whose growth shows first at epoch 10
+    (RobustDARTS's 9, too early for it) and at the last epoch (where it no longer applies the rule)."""
+    rng = np.random.default_rng(0)
+    kinds = {"early": 0, "last": 0}
+    for trial in range(600):
+        values = np.exp(np.cumsum(rng.normal(rng.uniform(-0.02, 0.08), rng.uniform(0.02, 0.3), 50))).tolist()
+        if trial % 3 == 0:  # flat, then growth for the rule to see at the last epoch only
+            values = [1.0] * 45 + [1.0, 1.0, 1.5, 2.0, 4.0]
+            values = [v * (1 + 0.01 * rng.standard_normal()) for v in values]
+        expected = robustdarts_stop(values)
+        rule = EarlyStopHessian(last_epoch=len(values))
+        got = None
+        for epoch, ev in enumerate(values, 1):
+            if rule.update(epoch, ev, epoch):
+                got = (rule.stopped["at"] - 1, rule.stopped["epoch"] - 1)
+                break
+        assert got == expected, (trial, values)
+        old = EarlyStopHessian(start=10)  # the former defaults: counted from 1, applied at the last epoch
+        stopped_old = next((e for e, ev in enumerate(values, 1) if old.update(e, ev, e)), None)
+        if stopped_old is not None and got is None and stopped_old == len(values):
+            kinds["last"] += 1
+        elif stopped_old is not None and (got is None or old.stopped["epoch"] - 1 != got[1]) and old.stopped["epoch"] == 10:
+            kinds["early"] += 1
+    assert kinds["last"] > 0 and kinds["early"] > 0  # both differences were exercised
+
+
+def test_darts_es_leaves_the_last_epoch_alone():
+    values = [1.0] * 22 + [3.0]  # mean(epochs 19-23) = 1.4 against 1.0: enough only once epoch 23 is in
+    rule = EarlyStopHessian(last_epoch=len(values))
+    assert not any(rule.update(e, ev, e) for e, ev in enumerate(values, 1)) and rule.stopped is None
+    longer = EarlyStopHessian(last_epoch=len(values) + 1)
+    assert any(longer.update(e, ev, e) for e, ev in enumerate(values, 1)) and longer.stopped["at"] == 23
 
 
 def test_search_records_the_eigenvalue_stops_early_and_resumes_with_the_rule_state(tmp_path, monkeypatch):

@@ -169,6 +169,12 @@ def test_arrays_in_keras_layout(tmp_path):
     (dict(x_train=np.zeros((4, 8, 8), np.uint8), y_train=np.array([0.0, 1, 0, 1])), "integer labels"),
     (dict(x_train=np.full((4, 8, 8), 3.0), y_train=np.array([0, 1, 0, 1])), "uint8 0..255 or float in"),
     (dict(images=np.zeros((4, 8, 8), np.uint8)), "no 'x_train' array"),
+    # a negative label is named, not taken for a missing class
+    (dict(x_train=np.zeros((4, 8, 8), np.uint8), y_train=np.array([-1, 0, -1, 0])), r"y_train\[0\] = -1 is outside 0..0"),
+    (dict(x_train=np.where(np.arange(256).reshape(4, 8, 8) % 50 == 7, np.nan, 0.5), y_train=np.array([0, 1, 0, 1])),
+     r"x_train holds 5 NaN or infinite values \(the first in image 0\)"),
+    (dict(x_train=np.zeros((4, 8, 8), np.float32), y_train=np.array([0, 1, 0, 1]),
+          x_test=np.full((2, 8, 8), np.inf, np.float32), y_test=np.array([0, 1])), "x_test holds 128 NaN or infinite"),
 ])
 def test_bad_arrays_are_clear_errors(tmp_path, arrays, message):
     path = _npz(tmp_path / "a.npz", **arrays)
@@ -228,3 +234,48 @@ def test_python_api_searches_and_trains_on_torch_datasets(tmp_path):
         dartsnas.search(dartsnas.SearchConfig(dataset="python"), tmp_path / "x", quiet=True)
     with pytest.raises(DataError, match="item 0 has float values outside"):
         dartsnas.search(config, tmp_path / "y", train_data=[(torch.full((1, 4, 4), 2.0), 0)] * 4, quiet=True)
+
+
+def test_colour_is_decided_by_content_not_by_file_mode(tmp_path):
+    """Grey digits some of which are saved as RGB stay one channel (the data line counts them); one image
+    whose channels differ makes the dataset RGB."""
+    from PIL import Image
+    root = write_digits_folder(tmp_path / "d", per_class=3)
+    resaved = sorted((root / "train").rglob("*.png"))[::4] + sorted((root / "val").rglob("*.png"))[:2]
+    originals = {p: np.asarray(Image.open(p)) for p in resaved}
+    for p in resaved:
+        Image.open(p).convert("RGB").save(p)
+        assert Image.open(p).mode == "RGB"
+    train, test = load_splits("imagefolder", root)
+    n_train = sum(1 for p in resaved if "train" in p.parts)
+    assert train.images.shape[1] == 1 and test.images.shape[1] == 1
+    assert f"({n_train} files saved in colour hold grey pixels only: read as grey)" in train.description
+    assert "(2 files saved in colour" in test.description
+    files = sorted((root / "train").rglob("*.png"), key=lambda p: (int(p.parent.name), p.name))
+    for p in resaved[:3]:  # the same pixels as the grey originals
+        assert np.array_equal(train.images[files.index(p), 0].numpy(), originals[p])
+    tinted = np.stack([originals[resaved[0]]] * 3, axis=-1)
+    tinted[0, 0] = (255, 0, 0)
+    Image.fromarray(tinted, "RGB").save(resaved[0])
+    train, _ = load_splits("imagefolder", root)
+    assert train.images.shape[1] == 3 and "grey pixels only" not in train.description
+
+
+def test_torch_datasets_with_negative_labels_or_non_finite_values_are_named():
+    from dartsnas.data import from_torch_dataset
+    images = torch.rand(4, 1, 8, 8)
+    with pytest.raises(DataError, match="train_data: item 0 has label -1, outside 0..0"):
+        from_torch_dataset([(images[i], [-1, 0, -1, 0][i]) for i in range(4)], OwnDataOptions())
+    images[2, 0, 3, 3] = float("nan")
+    with pytest.raises(DataError, match="dataset item 2: the image holds 1 NaN or infinite values"):
+        from_torch_dataset([(images[i], i % 2) for i in range(4)], OwnDataOptions())
+
+
+def test_named_op_sets_in_any_case_and_the_error_lists_them(capsys, tmp_path):
+    from dartsnas.ops import OP_SETS
+    from dartsnas.train.search import SearchConfig
+    assert SearchConfig(ops=("S3",)).ops == OP_SETS["s3"] and SearchConfig(ops=("S1",)).ops == ("s1",)
+    assert main(["search", "cnn", "--dataset", "digits", "--ops", "S9", "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("dartsnas: error: unknown op 'S9': the ops are none, ") and err.count("\n") == 1
+    assert "named op set alone: darts, s1, s2, s3, s4 (any case)" in err

@@ -131,6 +131,9 @@ def _as_image(image: Any, index: int) -> torch.Tensor:
         return image
     if not image.is_floating_point():
         raise DataError(f"dataset item {index}: image dtype {image.dtype}, expected uint8 or float in [0, 1]")
+    bad = int((~torch.isfinite(image)).sum())
+    if bad:
+        raise DataError(f"dataset item {index}: the image holds {bad} NaN or infinite values")
     return image.float()
 
 
@@ -296,7 +299,7 @@ def _load_folder(root: Path, options: OwnDataOptions, *, train: bool,
         probed[split] = (files, labels, info)
         skipped += bad
     every = [(f, i) for files, _, infos in probed.values() for f, i in zip(files, infos)]
-    channels = 1 if all(mode in GREY_MODES for _, (_, mode) in every) else 3
+    channels, grey_content = colour_by_content([f for f, (_, mode) in every if mode not in GREY_MODES])
     if options.image_size is None:
         (first, (size0, _)) = every[0]
         other = next(((f, s) for f, (s, _) in every if s != size0), None)
@@ -323,11 +326,49 @@ def _load_folder(root: Path, options: OwnDataOptions, *, train: bool,
         label_tensor = torch.tensor(labels, dtype=torch.int64)
         _check_classes(label_tensor, classes, split == "train", f"{root / split}")
         where = "in memory" if in_memory else "streamed"
+        converted = len(grey_content.intersection(files))
         description = (f"{root}: {split} {len(files)} images {channels}x{H}x{W}, {len(classes)} classes, {where}"
-                       + (f" ({skipped} unreadable files skipped)" if skipped and split == "train" else ""))
+                       + (f" ({skipped} unreadable files skipped)" if skipped and split == "train" else "")
+                       + (f" ({converted} files saved in colour hold grey pixels only: read as grey)"
+                          if converted else ""))
         stats = options.stats if split == "train" or not train else (out["train"].mean, out["train"].std)
         out[split] = _finish("imagefolder", images, label_tensor, classes, options, description, stats)
     return out.get("train"), out.get("test")
+
+
+class _ColourCheck(Dataset):
+    """Whether a file has a pixel whose channels differ (None: undecodable, reported when decoded)."""
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> bool | None:
+        from PIL import Image
+        try:
+            with Image.open(self.paths[i]) as img:
+                rgb = np.asarray(img.convert("RGB"))
+        except Exception:  # Pillow raises OSError, ValueError, SyntaxError, ... for bad files
+            return None
+        return bool((rgb[..., 0] != rgb[..., 1]).any() or (rgb[..., 1] != rgb[..., 2]).any())
+
+
+def colour_by_content(colour_mode_files: Sequence[str], workers: int = 0) -> tuple[int, set[str]]:
+    """(channels, files read as grey) of a dataset whose files ``colour_mode_files`` are saved in a colour
+    mode (RGB, palette, CMYK...), the rest grey: 3 channels as soon as one of them has a pixel whose
+    channels differ; else 1, and those files are grey images saved in colour (converting them loses
+    nothing, and the first layer's compute falls 3x). The scan stops at the first colour image."""
+    if not colour_mode_files:
+        return 1, set()
+    workers = workers or (min(4, os.cpu_count() or 1) if len(colour_mode_files) > 2000 else 0)
+    loader = DataLoader(_ColourCheck(colour_mode_files), batch_size=None, num_workers=workers,
+                        collate_fn=_identity)
+    for is_colour in loader:
+        if is_colour:
+            return 3, set()
+    return 1, set(colour_mode_files)
 
 
 def _decode_all(files: list[str], labels: list[int], decoding: Decoding, skip_bad: bool,
@@ -379,10 +420,11 @@ def _load_arrays(path: Path, options: OwnDataOptions, *, train: bool,
         classes = [str(c) for c in arrays["classes"].reshape(-1).tolist()]
     else:
         classes = [str(i) for i in range(int(y_train.max()) + 1 if len(y_train) else 0)]
+    if classes:
+        _label_range(y_train, len(classes), path, "y_train")  # a negative label first: it is not a class
     if len(classes) < 2:
         raise DataError(f"{path}: y_train holds a single class: classification needs at least two")
     x_train = _images(arrays["x_train"], path, "x_train", len(y_train))
-    _label_range(y_train, len(classes), path, "y_train")
     _check_classes(y_train, classes, True, f"{path} (y_train)")
     description = f"{path}: train {len(y_train)} images {'x'.join(map(str, x_train.shape[1:]))}, {len(classes)} classes"
     train_ds = _finish("arrays", x_train, y_train, classes, options, description, options.stats)
@@ -413,7 +455,8 @@ def _label_range(y: torch.Tensor, k: int, path: Path, key: str) -> None:
     bad = (y < 0) | (y >= k)
     if bad.any():
         i = int(torch.nonzero(bad)[0])
-        raise DataError(f"{path}: {key}[{i}] = {int(y[i])} is outside 0..{k - 1} ({k} classes)")
+        raise DataError(f"{path}: {key}[{i}] = {int(y[i])} is outside 0..{k - 1}: labels index the "
+                        f"{k} class{'es' if k != 1 else ''}")
 
 
 def _images(x: np.ndarray, path: Path, key: str, n: int) -> torch.Tensor:
@@ -428,6 +471,11 @@ def _images(x: np.ndarray, path: Path, key: str, n: int) -> torch.Tensor:
     if x.dtype == np.uint8:
         return torch.from_numpy(x)
     if np.issubdtype(x.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(x)))
+        if bad:
+            first = int(np.argwhere(~np.isfinite(x).reshape(len(x), -1).all(axis=1))[0, 0])
+            raise DataError(f"{path}: {key} holds {bad} NaN or infinite values (the first in image {first}); "
+                            "images must be finite, uint8 0..255 or float in [0, 1]")
         if x.size and (x.min() < 0 or x.max() > 1):
             raise DataError(f"{path}: {key} is {x.dtype} with values in [{x.min():.3g}, {x.max():.3g}]; "
                             "images must be uint8 0..255 or float in [0, 1]")
@@ -471,11 +519,11 @@ def from_torch_dataset(dataset: Dataset, options: OwnDataOptions, *, classes: Se
             images[i] = image
     label_tensor = torch.tensor(labels, dtype=torch.int64)
     k = len(classes) if classes is not None else int(label_tensor.max()) + 1
-    if classes is None and k < 2:
-        raise DataError(f"{what}: a single class: classification needs at least two")
-    if (label_tensor < 0).any() or (label_tensor >= k).any():
+    if (label_tensor < 0).any() or (label_tensor >= k).any():  # a negative label first: it is not a class
         i = int(torch.nonzero((label_tensor < 0) | (label_tensor >= k))[0])
         raise DataError(f"{what}: item {i} has label {labels[i]}, outside 0..{k - 1}")
+    if classes is None and k < 2:
+        raise DataError(f"{what}: a single class: classification needs at least two")
     names = list(classes) if classes is not None else [str(i) for i in range(k)]
     if stats is None:
         _check_classes(label_tensor, names, True, what)

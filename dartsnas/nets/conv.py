@@ -65,9 +65,12 @@ class Cell(nn.Module):
 class AuxiliaryHead(nn.Module):
     """Auxiliary classifier (Szegedy et al.) on the 2L/3 cell's output, as in DARTS.
 
-    ``pool_stride`` 3 for CIFAR (8x8 -> 2x2), 2 for ImageNet (14x14 -> 5x5 -> ... ), whose head has no
-    BatchNorm after the second conv, as in the paper's experiments. Inputs smaller than the 5x5
-    window are pooled to 2x2 instead, so any image size works.
+    The paper's head: a 5x5 average pool (``pool_stride`` 3 for CIFAR, 8x8 -> 2x2; 2 for ImageNet,
+    7x7 -> 2x2), a 1x1 conv to 128 channels, a 2x2 conv to 768 (no BatchNorm after it in the ImageNet
+    head, as in the paper's experiments) and a linear classifier. The 2x2 conv needs at least a 2x2
+    map: where the windowed pool would leave less (inputs under 5 pixels, or 5-7 pixels at stride 3,
+    5-6 at stride 2: 17-28 px CIFAR-style images, 150-192 px ImageNet ones), the map is average-pooled
+    to 2x2 instead. Larger maps leave more than 1x1 after the conv; a global average pool follows.
     """
 
     def __init__(self, C: int, num_classes: int, pool_stride: int, second_bn: bool) -> None:
@@ -82,9 +85,13 @@ class AuxiliaryHead(nn.Module):
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(768, num_classes)
 
+    def windowed(self, height: int, width: int) -> bool:
+        """Whether the paper's 5x5 pool leaves at least the 2x2 map the 2x2 conv needs."""
+        return min(height, width) >= 5 + self.pool_stride
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pre(x)
-        if min(x.shape[-2:]) >= 5:
+        if self.windowed(*x.shape[-2:]):
             x = nn.functional.avg_pool2d(x, 5, stride=self.pool_stride, padding=0, count_include_pad=False)
         else:
             x = nn.functional.adaptive_avg_pool2d(x, 2)
@@ -121,9 +128,18 @@ def check_genotype(genotype: Genotype) -> None:
                 raise GenotypeError(f"{cell}_concat: node {idx} does not exist")
 
 
+def check_input_size(network: str, downsampling: int, height: int, width: int, hint: str = "") -> None:
+    """Refuse, before any training, images smaller than a network's downsampling: its last cells would
+    see less than one pixel. ``hint`` says how the user gets larger images."""
+    if min(height, width) < downsampling:
+        raise ConfigError(f"{network} downsamples {downsampling}x: {height}x{width} images are too small; "
+                          f"the smallest size that works is {downsampling}x{downsampling}" + (f" ({hint})" if hint else ""))
+
+
 class _CellStack(nn.Module):
     """Cells with reductions at L/3 and 2L/3, an auxiliary head after cell 2L/3, and a classifier."""
 
+    downsampling = 4  # the stem's stride times the two reduction cells' 2x each
     aux_stride = 3
     aux_second_bn = True
 
@@ -205,6 +221,7 @@ class NetworkCIFAR(_CellStack):
 class NetworkImageNet(_CellStack):
     """The ImageNet mobile network: two stride-2 stem stages (224 -> 28), L cells (C=48, L=14)."""
 
+    downsampling = 32  # the 8x stem, then two reduction cells
     aux_stride = 2
     aux_second_bn = False  # omitted in the paper's ImageNet experiments
 

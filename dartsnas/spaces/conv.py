@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..genotype import Genotype, derive_genotype, num_edges
 from ..ops import (CONV_OPS, DARTS_OPS, EDGE_OP_SETS, FactorizedReduce, ReLUConvBN, build_op, edge_ops,
-                   is_preactivated, is_zero_op)
+                   is_preactivated, is_zero_op, resolve_op_set, unknown_op_error)
 from . import SEARCH_SPACES
 from .base import ArchitectureSplit, mixing_weights
 
@@ -39,6 +39,9 @@ class ConvSearchSpaceConfig:
     partial_channels: int = 1  # K of PC-DARTS; 1 is plain DARTS
     auxiliary_skip: bool = False  # DARTS-: a skip beside every mixed op, weighted by SearchNetwork.aux_beta
 
+    def __post_init__(self) -> None:
+        self.ops = resolve_op_set(self.ops)
+
     def validate(self) -> None:
         for name in ("init_channels", "layers", "nodes", "num_classes", "in_channels",
                      "stem_multiplier"):
@@ -54,7 +57,8 @@ class ConvSearchSpaceConfig:
             self.edge_ops("normal")  # raises ConfigError unless the cell has the set's edges
         else:
             for op in self.ops:
-                CONV_OPS.get(op)  # raises ConfigError naming the unknown op
+                if op not in CONV_OPS:
+                    raise unknown_op_error(op)
             if len(set(self.ops)) != len(self.ops):
                 raise ConfigError(f"repeated op in the op set {list(self.ops)}")
             if all(op == "none" for op in self.ops):
@@ -193,6 +197,8 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
     ``alpha_reduce`` are registered parameters (so they travel in the state dict) but are kept out
     of :meth:`weight_parameters`.
     """
+
+    downsampling = 4  # a stride-1 stem, then two reduction cells
 
     def __init__(self, config: ConvSearchSpaceConfig | None = None) -> None:
         super().__init__()

@@ -85,13 +85,14 @@ DATA_RESUMABLE = ("data_dir", "memory_gb", "workers", "skip_bad_images")
 class CurvatureOptions:
     """Watching the curvature of a search (Zela et al., 2020): the dominant eigenvalue of the α-Hessian
     of the validation loss every ``hessian_every`` epochs (0: never) over ``hessian_batches`` fixed
-    validation batches, and DARTS-ES (``early_stop="hessian"``) from epoch ``es_start``."""
+    validation batches, and DARTS-ES (``early_stop="hessian"``) naming epoch ``es_start`` or later
+    (11, counted from 1: RobustDARTS's ``es_start_epoch`` 10 counted from 0)."""
 
     hessian_every: int = 0
     hessian_batches: int = 2
     hessian_steps: int = 20              # Lanczos iterations (Hessian-vector products) per eigenvalue
     early_stop: str | None = None
-    es_start: int = 10
+    es_start: int = 11
 
     def validate_curvature(self) -> None:
         if self.hessian_every < 0:
@@ -490,7 +491,7 @@ class Run:
         if self.config.hessian_every:
             self.hessian_batches = batches
         if self.config.early_stop == "hessian":
-            self.early_stopper = EarlyStopHessian(start=self.config.es_start)
+            self.early_stopper = EarlyStopHessian(start=self.config.es_start, last_epoch=self.config.epochs)
 
     def curvature_due(self) -> bool:
         """After ``self.epoch`` epochs: whether this epoch's eigenvalue is computed (every N, and the last)."""

@@ -23,7 +23,7 @@ from ..data import (PAPER_SPLIT, PYTHON_DATASET, BatchLoader, ImageDataset, data
 from ..data.folder import IMAGENET_MEAN, IMAGENET_STD, FolderLoader, folder_datasets
 from ..errors import CheckpointError, ConfigError
 from ..genotype import Genotype, load_genotype
-from ..nets import NetworkConfig, build_network
+from ..nets import NETWORKS, NetworkConfig, build_network, check_input_size
 from .checkpoint import CHECKPOINT, METRICS, MetricsLog, load_checkpoint, model_file, save_checkpoint
 from .common import (DATA_RESUMABLE, EpochMeter, ImageDataFields, RunOptions, Run, autocast, config_from_dict,
                      cosine_lr, evaluate, resolve_device, rng_state, seed_everything)
@@ -249,12 +249,9 @@ class Training(Run):
         self.val_loader = data.get("val")
         if len(self.train_loader) == 0:
             raise ConfigError(f"--batch-size {config.batch_size} is larger than the training set")
-        images = getattr(self.train_loader, "images", None)
-        size = min(images.shape[-2:]) if images is not None else (config.image_size or 224)
-        factor = 32 if config.network == "imagenet" else 4  # ImageNet stem 8x, then two reduction cells 2x each
-        if size < factor:
-            raise ConfigError(f"--network {config.network} downsamples {factor}x (its stem and two reduction cells); "
-                              f"{size}x{size} images of {config.dataset} are too small (at least {factor}x{factor})")
+        H, W = self.data_info["image_size"]
+        check_input_size(f"--network {config.network}", NETWORKS.get(config.network).downsampling, H, W,
+                         "--image-size S resizes a folder's images")
         seed_everything(config.seed)
         self.net_config = _network_config(config, self.genotype, data["num_classes"], data["in_channels"])
         self.model = self.place_model(build_network(config.network, self.net_config), config.channels_last)

@@ -24,7 +24,8 @@ from ..data import (OWN_DATASETS, PYTHON_DATASET, BatchLoader, ImageDataset, fro
                     load_splits, search_split)
 from ..errors import CheckpointError, ConfigError
 from ..genotype import SKIP_OP, Genotype, derive_genotype
-from ..ops import DARTS_OPS, OP_SETS, edge_ops
+from ..nets import check_input_size
+from ..ops import DARTS_OPS, edge_ops, resolve_op_set
 from ..regularizers import REGULARIZERS, darts_minus_beta, perturb_mixing_weights, sdarts_epsilon
 from ..spaces import ConvSearchSpaceConfig, SearchNetwork
 from ..spaces.base import mixing_weights
@@ -79,8 +80,7 @@ class SearchConfig(RunOptions, ImageDataFields, CurvatureOptions):
     sdarts_epsilon: float = 0.3  # SDARTS-RS: the perturbation grows linearly from 0.03 to this
 
     def __post_init__(self) -> None:
-        if len(self.ops) == 1 and self.ops[0] in OP_SETS:  # a named op set: --ops s2
-            self.ops = OP_SETS[self.ops[0]]
+        self.ops = resolve_op_set(self.ops)  # a named op set: --ops s2 (or S2)
 
     # Fields that may differ between a checkpoint and the run resuming it.
     RESUMABLE_CHANGES = ("epochs", "device", "download", "verify", "channels_last", "amp", *DATA_RESUMABLE)
@@ -106,6 +106,9 @@ class SearchConfig(RunOptions, ImageDataFields, CurvatureOptions):
             raise ConfigError(f"--dataset must be one of {', '.join(SEARCH_DATASETS[:-1])}, got {self.dataset!r}")
         self.validate_image_data()
         self.validate_curvature()
+        ConvSearchSpaceConfig(init_channels=self.init_channels, layers=self.layers, nodes=self.nodes,
+                              ops=self.ops, partial_channels=self.partial_channels,
+                              auxiliary_skip=self.regularizer == "darts-minus").validate()  # before any data is read
         if self.lr_min > self.lr:
             raise ConfigError(f"--lr-min {self.lr_min} is above --lr {self.lr}")
         validate_bilevel(self)
@@ -206,6 +209,8 @@ class Search(Run):
         self.eval_loader = BatchLoader(alpha_data, val_idx, batch_size=max(config.batch_size, 256),
                                        shuffle=False, augment=False, **common)
         self.data_info = data.info()
+        check_input_size("the search network", SearchNetwork.downsampling, *data.image_size,
+                         "--image-size S resizes a folder's images")
         if config.hessian_every:  # the eigenvalue's fixed validation batches
             fixed = BatchLoader(alpha_data, val_idx, batch_size=config.batch_size, shuffle=False, augment=False,
                                 **common)
