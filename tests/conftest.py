@@ -1,3 +1,4 @@
+import os
 import pickle
 import sys
 from pathlib import Path
@@ -11,6 +12,12 @@ from dartsnas.data.bundled import write_digits_folder
 from dartsnas.spaces import ConvSearchSpaceConfig, SearchNetwork
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Tests run in parallel processes (pytest -n N): one thread each, and so for the processes they
+    # start, so that N processes share the cores instead of fighting over them.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 class SmoothMaxPool(nn.Module):

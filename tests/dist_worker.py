@@ -3,9 +3,10 @@
     python tests/dist_worker.py OUT.pt --batch 16
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/dist_worker.py OUT.pt --batch 8 --sync-bn
 
-For every order: the α gradient of the first batch pair, then the model's whole state (w, α, BatchNorm
-statistics) after one search step (α step, then w step) on it, and the step's gradient norm; with
---grad-clip the weight step and the virtual step clip. Used by tests/test_distributed.py.
+For every regularizer and order: the α gradient of the first batch pair, then the model's whole state (w, α,
+BatchNorm statistics) after one search step (α step, then w step) on it, and the step's gradient norm; with
+--grad-clip the weight step and the virtual step clip. One process start serves every case (most of a case's
+time is the start). Used by tests/test_distributed.py.
 """
 import argparse
 
@@ -52,12 +53,12 @@ def main() -> None:
     p.add_argument("--sync-bn", action="store_true")
     p.add_argument("--orders", nargs="+", default=["first", "second"])
     p.add_argument("--grad-clip", type=float, default=5.0)
-    p.add_argument("--regularizer", default="none")
+    p.add_argument("--regularizers", nargs="+", default=["none"])
     args = p.parse_args()
     torch.set_num_threads(1)
     dist = Distributed.from_env()
-    result = {order: one_step(dist, order, args.batch, args.sync_bn, args.grad_clip, args.regularizer)
-              for order in args.orders}
+    result = {regularizer: {order: one_step(dist, order, args.batch, args.sync_bn, args.grad_clip, regularizer)
+                            for order in args.orders} for regularizer in args.regularizers}
     if dist.is_main:
         torch.save(result, args.out)
     dist.close()

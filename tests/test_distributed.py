@@ -15,6 +15,7 @@ from test_recurrent import PTB, needs_ptb
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 ORDERS = ["first", "second", "exact"]
+REGULARIZERS = ["sdarts-rs", "darts-minus"]
 
 
 def torchrun(*args: str, cwd: Path, nproc: int = 2) -> subprocess.CompletedProcess:
@@ -38,30 +39,30 @@ def one_step(tmp_path: Path, name: str, *args: str, nproc: int = 1) -> dict:
 
 def test_two_ranks_with_sync_bn_take_the_step_one_process_takes_on_twice_the_batch(tmp_path):
     # Clipping is active (the global norm is about 2.2): the virtual step's clip factor must be the
-    # global gradient's, as the DDP weight step's is, not each rank's own.
-    alone = one_step(tmp_path, "alone", "--batch", "16", "--orders", *ORDERS, "--grad-clip", "1.0")
-    pair = one_step(tmp_path, "pair", "--batch", "8", "--sync-bn", "--orders", *ORDERS, "--grad-clip", "1.0", nproc=2)
-    for order in ORDERS:
-        assert alone[order]["grad_norm"] > 1.5
-        torch.testing.assert_close(pair[order]["grad_norm"], alone[order]["grad_norm"], rtol=1e-4, atol=0)
-        for a, b in zip(alone[order]["alpha_grad"], pair[order]["alpha_grad"]):
-            assert a.abs().max() > 1e-3
-            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=f"{order}: α gradient")
-        for key, a in alone[order]["state"].items():  # weights, α and BatchNorm statistics after the step
-            torch.testing.assert_close(pair[order]["state"][key], a, rtol=1e-4, atol=1e-6, msg=f"{order}: {key}")
-    # Without SyncBatchNorm each rank normalises by its own half-batch: the gradients differ.
-    unsynced = one_step(tmp_path, "unsynced", "--batch", "8", "--orders", "first", nproc=2)
-    diff = max((a - b).abs().max() for a, b in zip(alone["first"]["alpha_grad"], unsynced["first"]["alpha_grad"]))
-    assert diff > 1e-4
-
-
-@pytest.mark.parametrize("regularizer", ["sdarts-rs", "darts-minus"])
-def test_two_ranks_take_one_processs_step_with_each_regularizer(tmp_path, regularizer):
-    flags = ["--orders", "second", "--grad-clip", "1.0", "--regularizer", regularizer]
+    # global gradient's, as the DDP weight step's is, not each rank's own. Each regularizer changes the
+    # step (SDARTS-RS's noise must be the same on both ranks; DARTS-'s skip sits in every edge).
+    flags = ["--orders", *ORDERS, "--grad-clip", "1.0", "--regularizers", "none", *REGULARIZERS]
     alone = one_step(tmp_path, "alone", "--batch", "16", *flags)
     pair = one_step(tmp_path, "pair", "--batch", "8", "--sync-bn", *flags, nproc=2)
-    for key, a in alone["second"]["state"].items():
-        torch.testing.assert_close(pair["second"]["state"][key], a, rtol=1e-4, atol=1e-6, msg=key)
+    for order in ORDERS:
+        a, b = alone["none"][order], pair["none"][order]
+        assert a["grad_norm"] > 1.5
+        torch.testing.assert_close(b["grad_norm"], a["grad_norm"], rtol=1e-4, atol=0)
+        for x, y in zip(a["alpha_grad"], b["alpha_grad"]):
+            assert x.abs().max() > 1e-3
+            torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-6, msg=f"{order}: α gradient")
+    for regularizer in ("none", *REGULARIZERS):
+        for order in ORDERS:  # weights, α and BatchNorm statistics after the step
+            for key, x in alone[regularizer][order]["state"].items():
+                torch.testing.assert_close(pair[regularizer][order]["state"][key], x, rtol=1e-4, atol=1e-6,
+                                           msg=f"{regularizer}, {order}: {key}")
+        if regularizer != "none":
+            assert any(not torch.equal(alone[regularizer]["second"]["state"][k], v)
+                       for k, v in alone["none"]["second"]["state"].items())
+    # Without SyncBatchNorm each rank normalises by its own half-batch: the gradients differ.
+    unsynced = one_step(tmp_path, "unsynced", "--batch", "8", "--orders", "first", nproc=2)["none"]
+    diff = max((a - b).abs().max() for a, b in zip(alone["none"]["first"]["alpha_grad"], unsynced["first"]["alpha_grad"]))
+    assert diff > 1e-4
 
 
 def test_sharded_loader_gives_each_rank_its_rows_of_the_global_batch():
@@ -111,29 +112,6 @@ def test_single_process_distributed_is_a_no_op():
     assert d.wrap(net) is net
 
 
-def test_torchrun_search_writes_one_run_directory_and_resumes(tmp_path):
-    flags = ["-m", "dartsnas", "search", "cnn", "--dataset", "digits", "--init-channels", "4", "--layers", "3",
-             "--nodes", "2", "--batch-size", "16", "--steps-per-epoch", "3", "--checkpoint-every", "2",
-             "--sync-bn", "--order", "second", "--device", "cpu", "--out", "run"]
-    first = torchrun(*flags, "--epochs", "1", cwd=tmp_path)
-    assert first.stdout.count("search cnn: second order") == 1  # rank 0 alone logs
-    assert "x 2 processes (data parallel)" in first.stdout
-    run = tmp_path / "run"
-    search_files = ["checkpoint.pt", "classes.json", "data.json", "genotype.json", "metrics.jsonl", "run.json"]
-    assert sorted(p.name for p in run.iterdir()) == search_files
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [1]
-    state = torch.load(run / "checkpoint.pt", weights_only=True)
-    assert len(state["rng_ranks"]) == 2 and state["epoch"] == 1
-
-    torchrun(*flags, "--epochs", "2", "--resume", cwd=tmp_path)
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [1, 2]
-    genotype = json.loads((run / "genotype.json").read_text())
-    assert genotype == records[-1]["genotype"]
-    assert sorted(p.name for p in run.iterdir()) == search_files
-
-
 def test_protocol_commands_refuse_torchrun(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     code = main(["random-search", "cnn", "--samples", "1", "--no-train", "--out", str(tmp_path / "r")])
@@ -180,9 +158,8 @@ def test_torchrun_recurrent_search_and_training(tmp_path):
     data = ["--data-dir", str(PTB), "--train-split", "valid", "--val-split", "test", "--emsize", "16", "--nhid", "16",
             "--batch-size", "32", "--eval-batch-size", "64", "--steps-per-epoch", "3", "--device", "cpu"]
     search = ["-m", "dartsnas", "search", "rnn", *data, "--sync-bn", "--out", "search"]
-    out = torchrun(*search, "--epochs", "1", cwd=tmp_path).stdout
+    out = torchrun(*search, "--epochs", "2", cwd=tmp_path).stdout
     assert out.count("search rnn: first order") == 1 and "x 2 processes (data parallel)" in out
-    torchrun(*search, "--epochs", "2", "--resume", cwd=tmp_path)
     run = tmp_path / "search"
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "genotype.json", "metrics.jsonl", "run.json"]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -197,26 +174,34 @@ def test_torchrun_recurrent_search_and_training(tmp_path):
     assert len(records) == 2
 
 
-def test_sigterm_to_torchrun_checkpoints_every_rank_mid_epoch_and_resume_matches(tmp_path):
+def test_torchrun_search_writes_one_run_directory_and_sigterm_mid_epoch_resumes_bit_identical(tmp_path):
+    """An uninterrupted 2-process search, then the same search stopped by SIGTERM to torchrun mid-epoch
+    (every rank checkpoints at one agreed step) and resumed: the same weights, metrics and genotype."""
     import signal
     import time
     flags = ["-m", "dartsnas", "search", "cnn", "--dataset", "digits", "--init-channels", "4", "--layers", "3",
-             "--nodes", "2", "--batch-size", "8", "--epochs", "3", "--device", "cpu"]
-    torchrun(*flags, "--out", "whole", cwd=tmp_path)
+             "--nodes", "2", "--batch-size", "8", "--epochs", "2", "--steps-per-epoch", "16", "--checkpoint-every", "3",
+             "--sync-bn", "--device", "cpu"]
+    first = torchrun(*flags, "--out", "whole", cwd=tmp_path)
+    assert first.stdout.count("search cnn: first order") == 1  # rank 0 alone logs
+    assert "x 2 processes (data parallel)" in first.stdout
+    search_files = ["checkpoint.pt", "classes.json", "data.json", "genotype.json", "metrics.jsonl", "run.json"]
+    assert sorted(p.name for p in (tmp_path / "whole").iterdir()) == search_files
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                              *flags, "--out", "cut"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    for line in proc.stdout:  # the run's first line, then a few steps (3 epochs of 44 steps last about
-        if "search cnn:" in line:  # 13 s here: the signal lands far from both ends)
-            break
-    time.sleep(2)
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "cut" / "checkpoint.pt").exists():  # the step-3 checkpoint: under way, 13 steps left
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=120)[0]
     assert "SIGTERM: stopped after step" in out
     state = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
     steps = [r["step"] for r in state["in_epoch_ranks"]]
-    assert len(steps) == 2 and steps[0] == steps[1] and 0 < steps[0] < 44  # both ranks stopped at one step
+    assert len(state["rng_ranks"]) == 2 and state["epoch"] == 0
+    assert len(steps) == 2 and steps[0] == steps[1] and 3 <= steps[0] < 16  # both ranks stopped at one step
     torchrun(*flags, "--out", "cut", "--resume", cwd=tmp_path)
     whole = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)
     resumed = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
@@ -224,8 +209,10 @@ def test_sigterm_to_torchrun_checkpoints_every_rank_mid_epoch_and_resume_matches
         torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=0, msg=key)
     a = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
     b = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
-    assert len(a) == len(b) == 3
+    assert [r["epoch"] for r in a] == [r["epoch"] for r in b] == [1, 2]
     assert [r["train_loss"] for r in a] == [r["train_loss"] for r in b] and a[-1]["genotype"] == b[-1]["genotype"]
+    assert json.loads((tmp_path / "cut" / "genotype.json").read_text()) == b[-1]["genotype"]
+    assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == search_files
 
 
 def test_folder_batches_split_each_global_batch_between_ranks():

@@ -218,7 +218,7 @@ def test_truncated_checkpoint_is_refused_and_a_torn_metrics_line_tolerated(tmp_p
 @pytest.mark.parametrize("args,message", [
     (["train", "cnn", "--dataset", "digits", "--lr", "-0.1"], "--lr must be > 0, got -0.1"),
     (["search", "cnn", "--dataset", "digits", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
-    (["train", "cnn", "--dataset", "digits", "--network", "imagenet"], "8x8 images of digits are too small"),
+    (["train", "cnn", "--dataset", "digits", "--network", "imagenet"], "--network imagenet downsamples 32x: 8x8 images are too small; the smallest size that works is 32x32"),
     (["train", "cnn", "--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"], "/nonexistent/cifar"),
     (["train", "cnn", "--dataset", "digits", "--genotype", "DARTS_V9"], "DARTS_V9"),
     (["search", "cnn", "--dataset", "digits", "--checkpoint-every", "0"], "--checkpoint-every must be >= 1, got 0"),

@@ -1,6 +1,6 @@
 """Final networks built from genotypes, registered by name."""
-from .conv import (NETWORKS, AuxiliaryHead, Cell, NetworkCIFAR, NetworkConfig, NetworkImageNet,
+from .conv import (NETWORKS, RESIZE_HINT, AuxiliaryHead, Cell, NetworkCIFAR, NetworkConfig, NetworkImageNet,
                    build_network, check_input_size, drop_path)
 
-__all__ = ["NETWORKS", "AuxiliaryHead", "Cell", "NetworkCIFAR", "NetworkConfig", "NetworkImageNet",
+__all__ = ["NETWORKS", "RESIZE_HINT", "AuxiliaryHead", "Cell", "NetworkCIFAR", "NetworkConfig", "NetworkImageNet",
            "build_network", "check_input_size", "drop_path"]

@@ -128,6 +128,9 @@ def check_genotype(genotype: Genotype) -> None:
                 raise GenotypeError(f"{cell}_concat: node {idx} does not exist")
 
 
+RESIZE_HINT = "--image-size S resizes a folder's images"
+
+
 def check_input_size(network: str, downsampling: int, height: int, width: int, hint: str = "") -> None:
     """Refuse, before any training, images smaller than a network's downsampling: its last cells would
     see less than one pixel. ``hint`` says how the user gets larger images."""

@@ -23,7 +23,7 @@ from ..data import (PAPER_SPLIT, PYTHON_DATASET, BatchLoader, ImageDataset, data
 from ..data.folder import IMAGENET_MEAN, IMAGENET_STD, FolderLoader, folder_datasets
 from ..errors import CheckpointError, ConfigError
 from ..genotype import Genotype, load_genotype
-from ..nets import NETWORKS, NetworkConfig, build_network, check_input_size
+from ..nets import NETWORKS, RESIZE_HINT, NetworkConfig, build_network, check_input_size
 from .checkpoint import CHECKPOINT, METRICS, MetricsLog, load_checkpoint, model_file, save_checkpoint
 from .common import (DATA_RESUMABLE, EpochMeter, ImageDataFields, RunOptions, Run, autocast, config_from_dict,
                      cosine_lr, evaluate, resolve_device, rng_state, seed_everything)
@@ -251,7 +251,7 @@ class Training(Run):
             raise ConfigError(f"--batch-size {config.batch_size} is larger than the training set")
         H, W = self.data_info["image_size"]
         check_input_size(f"--network {config.network}", NETWORKS.get(config.network).downsampling, H, W,
-                         "--image-size S resizes a folder's images")
+                         RESIZE_HINT if config.dataset == "imagefolder" else "")
         seed_everything(config.seed)
         self.net_config = _network_config(config, self.genotype, data["num_classes"], data["in_channels"])
         self.model = self.place_model(build_network(config.network, self.net_config), config.channels_last)

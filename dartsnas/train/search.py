@@ -24,7 +24,7 @@ from ..data import (OWN_DATASETS, PYTHON_DATASET, BatchLoader, ImageDataset, fro
                     load_splits, search_split)
 from ..errors import CheckpointError, ConfigError
 from ..genotype import SKIP_OP, Genotype, derive_genotype
-from ..nets import check_input_size
+from ..nets import RESIZE_HINT, check_input_size
 from ..ops import DARTS_OPS, edge_ops, resolve_op_set
 from ..regularizers import REGULARIZERS, darts_minus_beta, perturb_mixing_weights, sdarts_epsilon
 from ..spaces import ConvSearchSpaceConfig, SearchNetwork
@@ -210,7 +210,7 @@ class Search(Run):
                                        shuffle=False, augment=False, **common)
         self.data_info = data.info()
         check_input_size("the search network", SearchNetwork.downsampling, *data.image_size,
-                         "--image-size S resizes a folder's images")
+                         RESIZE_HINT if config.dataset == "imagefolder" else "")
         if config.hessian_every:  # the eigenvalue's fixed validation batches
             fixed = BatchLoader(alpha_data, val_idx, batch_size=config.batch_size, shuffle=False, augment=False,
                                 **common)
