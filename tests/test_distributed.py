@@ -37,6 +37,7 @@ def one_step(tmp_path: Path, name: str, *args: str, nproc: int = 1) -> dict:
     return torch.load(out, weights_only=True)
 
 
+@pytest.mark.slow
 def test_two_ranks_with_sync_bn_take_the_step_one_process_takes_on_twice_the_batch(tmp_path):
     # Clipping is active (the global norm is about 2.2): the virtual step's clip factor must be the
     # global gradient's, as the DDP weight step's is, not each rank's own. Each regularizer changes the
@@ -120,6 +121,7 @@ def test_protocol_commands_refuse_torchrun(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_torchrun_train_cnn_writes_model_and_resumes(tmp_path):
     flags = ["-m", "dartsnas", "train", "cnn", "--dataset", "digits", "--genotype", "DARTS_V2", "--init-channels", "4",
              "--layers", "3", "--batch-size", "16", "--steps-per-epoch", "3", "--auxiliary-weight", "0.4",
@@ -153,6 +155,7 @@ def test_rank_rows_of_a_stream_evaluate_to_the_whole_stream():
     assert combined == pytest.approx(whole, rel=1e-6)
 
 
+@pytest.mark.slow
 @needs_ptb
 def test_torchrun_recurrent_search_and_training(tmp_path):
     data = ["--data-dir", str(PTB), "--train-split", "valid", "--val-split", "test", "--emsize", "16", "--nhid", "16",
@@ -174,6 +177,7 @@ def test_torchrun_recurrent_search_and_training(tmp_path):
     assert len(records) == 2
 
 
+@pytest.mark.slow
 def test_torchrun_search_writes_one_run_directory_and_sigterm_mid_epoch_resumes_bit_identical(tmp_path):
     """An uninterrupted 2-process search, then the same search stopped by SIGTERM to torchrun mid-epoch
     (every rank checkpoints at one agreed step) and resumed: the same weights, metrics and genotype."""

@@ -115,8 +115,8 @@ def assert_same_run(a, b):
     ("search-cnn", "mid-checkpoint", 3),  # the end-of-epoch-1 checkpoint torn; metrics line already written
     ("search-cnn", "between-epochs", 1),  # epoch 1's metrics line written, its checkpoint not
     ("train-cnn", "mid-step", 6),
-    ("search-rnn", "mid-step", 3),
-    ("train-rnn", "mid-checkpoint", 4),
+    pytest.param("search-rnn", "mid-step", 3, marks=pytest.mark.slow),
+    pytest.param("train-rnn", "mid-checkpoint", 4, marks=pytest.mark.slow),
 ])
 def test_sigkill_then_resume_ends_bit_identical(command, point, n, tmp_path, tmp_path_factory):
     needs(command)

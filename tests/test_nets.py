@@ -113,6 +113,7 @@ def test_imagenet_stem_reduces_224_to_28():
     assert s0.shape[-1] == 56 and s1.shape[-1] == 28
 
 
+@pytest.mark.slow
 def test_compiled_cells_compute_what_eager_cells_do_and_keep_parameter_names():
     torch.manual_seed(0)
     config = NetworkConfig(load_genotype("DARTS_V2"), init_channels=4, layers=3)

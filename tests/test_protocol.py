@@ -94,6 +94,7 @@ def test_a_failed_job_is_recorded_and_the_others_go_on(tmp_path):
     assert again["good"] == results["good"] and again["bad"]["status"] == "failed"
 
 
+@pytest.mark.slow
 def test_tiny_protocol_two_seeds_two_random_samples_selection_and_winner(tmp_path, capsys):
     search = ["search", "cnn", "--dataset", "digits", "--init-channels", "4", "--layers", "3", "--batch-size", "32",
               "--epochs", "1", "--steps-per-epoch", "2", "--quiet", "--seeds", "0", "1", "--out", str(tmp_path / "s")]
@@ -152,6 +153,7 @@ def test_select_resumes_after_being_killed_mid_candidate(tmp_path):
     assert "resumed from" in (out / "runs" / "DARTS_V2.log").read_text()
 
 
+@pytest.mark.slow
 def test_random_search_rnn_selects_by_validation_perplexity(tmp_path):
     from test_recurrent import PTB
     if not (PTB / "valid.txt").is_file():

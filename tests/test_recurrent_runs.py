@@ -45,6 +45,7 @@ def test_second_order_recurrent_search_runs(tmp_path):
     assert records[0]["steps"] == 2
 
 
+@pytest.mark.slow
 @needs_ptb
 def test_short_real_training_beats_the_unigram_perplexity_by_30_percent(tmp_path, capsys):
     corpus = Corpus(PTB, splits=("valid", "test"))

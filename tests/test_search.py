@@ -72,6 +72,7 @@ def test_higher_order_search_runs(tmp_path, order):
     assert result.metrics[0]["train_loss"] > 0
 
 
+@pytest.mark.slow
 def test_search_learns_on_real_digits(tmp_path):
     cfg = SearchConfig(dataset="digits", init_channels=8, layers=3, batch_size=64, epochs=3, lr=0.05)
     result = search(cfg, tmp_path, quiet=True)
