@@ -3,7 +3,7 @@
     python tests/dist_worker.py OUT.pt --batch 16
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/dist_worker.py OUT.pt --batch 8 --sync-bn
 
-For every regularizer and order: the α gradient of the first batch pair, then the model's whole state (w, α,
+For every order (each regularizer: second order): the α gradient of the first batch pair, then the model's whole state (w, α,
 BatchNorm statistics) after one search step (α step, then w step) on it, and the step's gradient norm; with
 --grad-clip the weight step and the virtual step clip. One process start serves every case (most of a case's
 time is the start). Used by tests/test_distributed.py.
@@ -57,8 +57,11 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     dist = Distributed.from_env()
+    # the regularizers change the weight step, so they are checked at second order, whose α step clips
+    # and takes finite differences; every order is checked without them
     result = {regularizer: {order: one_step(dist, order, args.batch, args.sync_bn, args.grad_clip, regularizer)
-                            for order in args.orders} for regularizer in args.regularizers}
+                            for order in (args.orders if regularizer == "none" else ["second"])}
+              for regularizer in args.regularizers}
     if dist.is_main:
         torch.save(result, args.out)
     dist.close()
