@@ -28,7 +28,7 @@ def measure(args: argparse.Namespace) -> dict:
 
     from dartsnas.architect import Architect, requires_grad_off
     from dartsnas.spaces import RecurrentSearchModel, RecurrentSearchSpaceConfig
-    from dartsnas.train.search_rnn import lm_weight_loss
+    from dartsnas.train.lm import lm_weight_loss
 
     torch.set_num_threads(args.threads)
     size, B = (int(v) for v in args.config.split(","))

@@ -52,7 +52,7 @@ def load_trained(path: str | os.PathLike) -> tuple[Deployable, dict[str, Any]]:
     from .genotype import Genotype
     from .nets import build_network
     from .train.checkpoint import load_checkpoint, model_file
-    from .train.final import KIND, TrainConfig, _network_config
+    from .train.final import KIND, TrainConfig, network_config
     path = model_file(path)
     state = load_checkpoint(path)
     if state.get("kind") not in (KIND, "model-cnn"):
@@ -63,7 +63,7 @@ def load_trained(path: str | os.PathLike) -> tuple[Deployable, dict[str, Any]]:
                               "normalisation; retrain it to export or predict")
     config = TrainConfig.from_dict(state["config"])
     genotype = Genotype.from_dict(state["genotype"], source=str(path))
-    model = build_network(config.network, _network_config(config, genotype, len(info["classes"]), info["in_channels"]))
+    model = build_network(config.network, network_config(config, genotype, len(info["classes"]), info["in_channels"]))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:

@@ -143,7 +143,7 @@ def test_rank_rows_of_a_stream_evaluate_to_the_whole_stream():
     from dartsnas.data.text import batchify, rank_rows
     from dartsnas.genotype import load_genotype
     from dartsnas.nets.recurrent import RNNConfig, build_rnn_model
-    from dartsnas.train.search_rnn import evaluate_lm
+    from dartsnas.train.lm import evaluate_lm
     torch.manual_seed(0)
     model = build_rnn_model(load_genotype("DARTS_V2", "rnn"), RNNConfig(vocab_size=50, emsize=8, nhid=8))
     data = batchify(torch.randint(0, 50, (2000,)), 6)

@@ -13,7 +13,7 @@ from torch.func import functional_call, grad
 
 from dartsnas.architect import Architect, _loss_at, clip_factor, exact_alpha_grad, frozen_batchnorm_stats
 from dartsnas.spaces import RecurrentSearchModel, RecurrentSearchSpaceConfig
-from dartsnas.train.search_rnn import lm_weight_loss
+from dartsnas.train.lm import lm_weight_loss
 from conftest import stepped_search_net
 
 TAR = 0.5  # large, so that leaving it out of the virtual step would show

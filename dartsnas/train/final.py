@@ -208,7 +208,8 @@ def _own_splits(config: TrainConfig, train_split: bool, train_data: Any, test_da
     return train, from_torch_dataset(test_data, options, classes=classes, stats=stats, what="test_data")
 
 
-def _network_config(config: TrainConfig, genotype: Genotype, num_classes: int, in_channels: int) -> NetworkConfig:
+def network_config(config: TrainConfig, genotype: Genotype, num_classes: int, in_channels: int) -> NetworkConfig:
+    """The final network a training config builds, for ``num_classes`` classes of ``in_channels`` channels."""
     return NetworkConfig(genotype, init_channels=config.init_channels, layers=config.layers,
                          num_classes=num_classes, in_channels=in_channels,
                          auxiliary=config.auxiliary_weight > 0)
@@ -253,7 +254,7 @@ class Training(Run):
         check_input_size(f"--network {config.network}", NETWORKS.get(config.network).downsampling, H, W,
                          RESIZE_HINT if config.dataset == "imagefolder" else "")
         seed_everything(config.seed)
-        self.net_config = _network_config(config, self.genotype, data["num_classes"], data["in_channels"])
+        self.net_config = network_config(config, self.genotype, data["num_classes"], data["in_channels"])
         self.model = self.place_model(build_network(config.network, self.net_config), config.channels_last)
         if config.compile:
             self.model.compile_cells()
@@ -389,7 +390,7 @@ def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, data_di
     same_data = config.dataset == state["config"]["dataset"] or test_data is not None
     data = build_loaders(config, dev, train_split=False, test_data=test_data,
                          info=state.get("data") if same_data else None)
-    model = build_network(config.network, _network_config(config, genotype, data["num_classes"], data["in_channels"]))
+    model = build_network(config.network, network_config(config, genotype, data["num_classes"], data["in_channels"]))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:

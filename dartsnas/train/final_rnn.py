@@ -23,7 +23,7 @@ from ..genotype import RecurrentGenotype, load_genotype
 from ..nets.recurrent import RNNConfig, build_rnn_model
 from .checkpoint import CHECKPOINT, METRICS, MetricsLog, load_checkpoint, model_file, save_checkpoint
 from .common import RunOptions, Run, config_from_dict, resolve_device, rng_state, seed_everything
-from .search_rnn import evaluate_lm, train_lm_epoch
+from .lm import evaluate_lm, train_lm_epoch
 
 KIND = "train-rnn"
 MODEL = "model.pt"

@@ -1,0 +1,136 @@
+"""Language-model maths shared by the recurrent search and the final recurrent training: AWD-LSTM's
+random window lengths, the weight step's objective (NLL + TAR, + AR), one training pass over a stream
+and the evaluation of a stream. Neither loop imports the other.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..architect import requires_grad_off
+from ..data.text import get_window
+from ..distributed import Distributed
+from .common import ClipMeter, Run
+from .progress import Progress
+
+
+def window_length(bptt: int, max_delta: int, generator: torch.Generator) -> int:
+    """AWD-LSTM's random BPTT length: around bptt (bptt/2 with probability 0.05), at least 5."""
+    base = bptt if torch.rand((), generator=generator).item() < 0.95 else bptt / 2
+    length = int(base + 5 * torch.randn((), generator=generator).item())
+    return min(max(5, length), bptt + max_delta)
+
+
+@torch.no_grad()
+def evaluate_lm(model: torch.nn.Module, data: torch.Tensor, bptt: int, dist: Distributed | None = None) -> float:
+    """Mean next-token NLL over a batchified stream [B, N], the state carried across windows
+    (data parallel: over every rank's rows, ``data`` being this rank's)."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(2, dtype=torch.float64, device=data.device)  # NLL, tokens
+    if data.shape[0] > 0:
+        hidden = model.init_hidden(data.shape[0])
+        for start in range(0, data.shape[1] - 1, bptt):
+            x, y = get_window(data, start, bptt)
+            log_prob, hidden, _ = model(x, hidden)
+            sums[0] += F.nll_loss(log_prob, y, reduction="sum").double()
+            sums[1] += y.numel()
+    model.train(was_training)
+    if dist is not None:
+        sums = dist.sum(sums)
+    return (sums[0] / sums[1]).item()
+
+
+def tar_ar_penalty(raw: torch.Tensor, dropped: torch.Tensor | None, tar: float, ar: float) -> torch.Tensor:
+    """β·mean((h_t - h_{t-1})²) + α·mean(dropped h²) (Merity et al., 2017)."""
+    penalty = tar * (raw[1:] - raw[:-1]).pow(2).mean() if tar else raw.new_zeros(())
+    if ar and dropped is not None:
+        penalty = penalty + ar * dropped.pow(2).mean()
+    return penalty
+
+
+def lm_weight_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, hidden: torch.Tensor,
+                   tar: float, ar: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The weight step's objective NLL + TAR (+ AR) on a window; returns it, the NLL and the new state.
+
+    One function for the weight step and the architect's virtual step, so that the second-order
+    hypergradient differentiates the objective the weights really follow.
+    """
+    log_prob, new_hidden, raw = model(inputs, hidden)
+    nll = F.nll_loss(log_prob, targets)
+    return nll + tar_ar_penalty(raw, None, tar, ar), nll, new_hidden
+
+
+def train_lm_epoch(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   params: list[torch.Tensor], data: torch.Tensor, cfg: Any, lengths: torch.Generator,
+                   before_step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, float], None] | None = None,
+                   frozen: list[torch.Tensor] | None = None,
+                   carried: dict[str, torch.Tensor] | None = None,
+                   net: torch.nn.Module | None = None) -> dict[str, float]:
+    """One pass over a batchified stream in random-length windows: SGD on NLL + TAR (+ AR).
+
+    The learning rate of each step is scaled by its window length (AWD-LSTM). ``before_step``
+    (the architecture step of a search) runs first on each window; ``frozen`` tensors (α) get no
+    gradient from the weight step; ``carried`` holds the caller's tensors that mid-epoch
+    checkpoints must keep (the search's validation-stream state). ``net`` runs the weight step's
+    forward (the model in DistributedDataParallel; ``data`` is then this rank's rows).
+    """
+    model.train()
+    hidden = model.init_hidden(data.shape[0])
+    n = data.shape[1]
+    approx = max(1, (n - 2) // cfg.bptt)
+    cap = cfg.steps_per_epoch or approx
+    bar = Progress(min(cap, approx), f"epoch {run.epoch + 1}/{cfg.epochs}", unit="tok", enabled=not run.quiet)
+    group = optimizer.param_groups[0]
+    # The NLL sum stays on the device: reading it back each step would stall a GPU.
+    total = torch.zeros((), dtype=torch.float64, device=data.device)
+    tokens, step, pos = 0, 0, 0
+    carried = carried if carried is not None else {}
+    check = run.checks_every_step
+    clips = ClipMeter(cfg.grad_clip, data.device)
+    start = run.take_in_epoch()
+    if start is not None:
+        step, pos, tokens = int(start["step"]), int(start["pos"]), int(start["tokens"])
+        total.fill_(float(start["total"]))
+        clips.load_state_dict(start.get("clip"))
+        hidden = start["hidden"].to(hidden.device)
+        carried.update({k: v.to(hidden.device) for k, v in start["carried"].items()})
+    while pos < n - 2 and step < cap:
+        seq_len = window_length(cfg.bptt, cfg.max_seq_len_delta, lengths)
+        group["lr"] = cfg.lr * seq_len / cfg.bptt
+        x, y = get_window(data, pos, seq_len)
+        hidden = hidden.detach()
+        if before_step is not None:
+            before_step(x, y, hidden, pos, group["lr"])
+            if check:
+                run.check_arch_finite(step + 1, frozen or [])
+        with requires_grad_off(frozen or []):
+            loss, nll, new_hidden = lm_weight_loss(net or model, x, y, hidden, cfg.tar, cfg.ar)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        if not check or run.all_finite(loss, grad_norm):
+            optimizer.step()
+            clips.update(grad_norm)
+            hidden = new_hidden
+            total += nll.detach().double() * y.numel()
+            tokens += y.numel()
+        else:
+            run.bad_step(step + 1)  # raises unless --skip-nonfinite allows one more; the state is not carried on
+        group["lr"] = cfg.lr
+        step += 1
+        pos += seq_len
+        bar.update(y.numel(), loss=nll.detach())
+        run.step_done(step, lambda: {"pos": pos, "total": float(total), "tokens": tokens, "hidden": hidden.detach().cpu(),
+                                     "carried": {k: v.detach().cpu() for k, v in carried.items()},
+                                     "clip": clips.state_dict()})
+    bar.close()
+    sums = run.dist.sum(torch.stack([total, total.new_tensor(float(tokens))])).tolist()
+    train_loss = run.check_epoch_loss(sums[0] / max(sums[1], 1.0), step)
+    tokens = int(sums[1])
+    return {"train_loss": train_loss, "train_ppl": math.exp(min(train_loss, 50)), "steps": step,
+            **clips.summary(), "tokens_per_s": tokens / max(time.perf_counter() - bar.start, 1e-9)}
