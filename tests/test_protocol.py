@@ -129,6 +129,7 @@ def test_select_refuses_bad_candidates_before_training(tmp_path, capsys):
     assert "held-out validation" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_select_resumes_after_being_killed_mid_candidate(tmp_path):
     out = tmp_path / "sel"
     budget = [*BUDGET[:BUDGET.index("--epochs")], "--epochs", "3", "--steps-per-epoch", "3", "--batch-size", "32",
@@ -169,6 +170,7 @@ def test_random_search_rnn_selects_by_validation_perplexity(tmp_path):
     assert load_genotype(str(out / "genotype.json"), "rnn").nodes == 3
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_selection_reaches_the_running_candidate_which_checkpoints(tmp_path):
     out = tmp_path / "sel"
     budget = [*BUDGET[:BUDGET.index("--epochs")], "--epochs", "3", "--steps-per-epoch", "3", "--batch-size", "32",

@@ -19,6 +19,7 @@ TINY = dict(data_dir=str(PTB), train_split="valid", val_split="test", emsize=16,
             eval_batch_size=128, steps_per_epoch=3)
 
 
+@pytest.mark.slow
 @needs_ptb
 def test_search_rnn_writes_genotype_metrics_checkpoint_and_resumes_bit_identically(tmp_path, capsys):
     flags = ["--data-dir", str(PTB), "--train-split", "valid", "--val-split", "test", "--emsize", "16", "--nhid", "16",
@@ -111,6 +112,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     assert torch.equal(kept["model"]["cell.W0"], good["model"]["cell.W0"])
 
 
+@pytest.mark.slow
 @needs_ptb
 def test_compile_flag_reaches_the_cell_of_both_recurrent_commands(tmp_path, monkeypatch):
     from dartsnas.nets.recurrent import HighwayCell
