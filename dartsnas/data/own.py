@@ -471,9 +471,10 @@ def _images(x: np.ndarray, path: Path, key: str, n: int) -> torch.Tensor:
     if x.dtype == np.uint8:
         return torch.from_numpy(x)
     if np.issubdtype(x.dtype, np.floating):
-        bad = int(np.count_nonzero(~np.isfinite(x)))
+        finite = np.isfinite(x)
+        bad = int(finite.size - np.count_nonzero(finite))
         if bad:
-            first = int(np.argwhere(~np.isfinite(x).reshape(len(x), -1).all(axis=1))[0, 0])
+            first = int(np.argwhere(~finite.reshape(len(x), -1).all(axis=1))[0, 0])
             raise DataError(f"{path}: {key} holds {bad} NaN or infinite values (the first in image {first}); "
                             "images must be finite, uint8 0..255 or float in [0, 1]")
         if x.size and (x.min() < 0 or x.max() > 1):

@@ -82,6 +82,13 @@ class SearchConfig(RunOptions, ImageDataFields, CurvatureOptions):
     def __post_init__(self) -> None:
         self.ops = resolve_op_set(self.ops)  # a named op set: --ops s2 (or S2)
 
+    def space(self, num_classes: int = 10, in_channels: int = 3) -> ConvSearchSpaceConfig:
+        """The search network this config builds, for the data's classes and channels."""
+        return ConvSearchSpaceConfig(init_channels=self.init_channels, layers=self.layers, nodes=self.nodes,
+                                     num_classes=num_classes, in_channels=in_channels, ops=tuple(self.ops),
+                                     partial_channels=self.partial_channels,
+                                     auxiliary_skip=self.regularizer == "darts-minus")
+
     # Fields that may differ between a checkpoint and the run resuming it.
     RESUMABLE_CHANGES = ("epochs", "device", "download", "verify", "channels_last", "amp", *DATA_RESUMABLE)
 
@@ -106,9 +113,7 @@ class SearchConfig(RunOptions, ImageDataFields, CurvatureOptions):
             raise ConfigError(f"--dataset must be one of {', '.join(SEARCH_DATASETS[:-1])}, got {self.dataset!r}")
         self.validate_image_data()
         self.validate_curvature()
-        ConvSearchSpaceConfig(init_channels=self.init_channels, layers=self.layers, nodes=self.nodes,
-                              ops=self.ops, partial_channels=self.partial_channels,
-                              auxiliary_skip=self.regularizer == "darts-minus").validate()  # before any data is read
+        self.space().validate()  # before any data is read
         if self.lr_min > self.lr:
             raise ConfigError(f"--lr-min {self.lr_min} is above --lr {self.lr}")
         validate_bilevel(self)
@@ -217,11 +222,7 @@ class Search(Run):
             self.watch_curvature(list(itertools.islice(fixed, config.hessian_batches)))
 
         seed_everything(seed)
-        space = ConvSearchSpaceConfig(init_channels=config.init_channels, layers=config.layers,
-                                      nodes=config.nodes, num_classes=data.num_classes,
-                                      in_channels=data.in_channels, ops=tuple(config.ops),
-                                      partial_channels=config.partial_channels,
-                                      auxiliary_skip=config.regularizer == "darts-minus")
+        space = config.space(num_classes=data.num_classes, in_channels=data.in_channels)
         self.model = self.place_model(SearchNetwork(space), config.channels_last)
         self.w_optimizer = torch.optim.SGD(self.model.weight_parameters(), lr=config.lr,
                                            momentum=config.momentum,
