@@ -23,7 +23,25 @@ class CheckpointError(DartsError):
 
 
 class ConfigError(DartsError, ValueError):
-    """An option is out of range or conflicts with another."""
+    """An option is out of range or conflicts with another.
+
+    ``names`` are the config fields the message speaks of, written ``{name}`` in it: the message
+    names them as fields (``batch_size``) and :meth:`at_command_line` as flags (``--batch-size``).
+    """
+
+    def __init__(self, message: str, *, names: tuple[str, ...] = ()) -> None:
+        self.template, self.names = message, tuple(names)
+        super().__init__(self._render(lambda name: name))
+
+    def _render(self, spell) -> str:
+        text = self.template
+        for name in self.names:
+            text = text.replace("{%s}" % name, spell(name))
+        return text
+
+    def at_command_line(self) -> str:
+        """The message with flags for fields (``--no-verify`` style for switches that default on)."""
+        return self._render(lambda name: "--" + name.replace("_", "-"))
 
 
 class Interrupted(DartsError):

@@ -178,7 +178,8 @@ def test_search_model_writes_the_run_directory_and_plots(tmp_path):
     result = search_model(Net(), _dataset(), out_dir=tmp_path / "run", epochs=2, batch_size=16, order="second",
                           quiet=True)
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "choices.json", "metrics.jsonl", "run.json"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "choices.json", "config.json", "metrics.jsonl",
+                                                    "run.json"]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2] and records[0]["steps"] == 3
     assert set(records[-1]["choice_alphas"]) == {"conv", "shared", "which"}
@@ -204,7 +205,7 @@ def test_search_model_resumes_bit_identical_mid_epoch(tmp_path):
 
     run(tmp_path / "whole").execute()
     interrupted = run(tmp_path / "cut")
-    interrupted._stop_signal = signal.SIGTERM  # as if preempted: checkpoint after the next step
+    interrupted.stop_signal = signal.SIGTERM  # as if preempted: checkpoint after the next step
     with pytest.raises(Interrupted):
         interrupted.execute()
     assert load_checkpoint(tmp_path / "cut")["in_epoch"]["step"] == 1
@@ -215,6 +216,15 @@ def test_search_model_resumes_bit_identical_mid_epoch(tmp_path):
     strip = lambda path: [{k: v for k, v in json.loads(line).items() if k not in ("seconds", "examples_per_s")}  # noqa: E731
                           for line in (path / "metrics.jsonl").read_text().splitlines()]
     assert strip(tmp_path / "whole") == strip(tmp_path / "cut")
+
+
+def test_steps_per_epoch_shorter_than_a_pass_continues_the_pass_then_starts_the_next(tmp_path):
+    # 48 training examples in batches of 16 make a pass of 3 batches; 2 steps per epoch over 3 epochs
+    # cross a pass boundary inside epoch 2 (this stopped with StopIteration before)
+    torch.manual_seed(0)
+    result = search_model(Net(), _dataset(), out_dir=tmp_path / "run", epochs=3, batch_size=16, steps_per_epoch=2,
+                          quiet=True)
+    assert [r["steps"] for r in result.metrics] == [2, 2, 2]
 
 
 def test_python_api_names():

@@ -101,7 +101,7 @@ def test_a_mid_epoch_checkpoint_resumes_on_the_other_device(tmp_path, first, the
     config = SearchConfig(dataset="digits", init_channels=4, layers=3, batch_size=16, epochs=1, steps_per_epoch=4,
                           device=first, checkpoint_every=100)
     run = Search(config, tmp_path, quiet=True)
-    run._stop_signal = signal.SIGTERM  # as if preempted: checkpoint after the next step, then stop
+    run.stop_signal = signal.SIGTERM  # as if preempted: checkpoint after the next step, then stop
     with pytest.raises(Interrupted):
         run.execute()
     saved = load_checkpoint(tmp_path)

@@ -160,14 +160,13 @@ def test_search_records_the_eigenvalue_stops_early_and_resumes_with_the_rule_sta
     from dartsnas.train.search import Search
     batches_seen.clear()
     run = Search(config, tmp_path / "cut", quiet=True)
-    record = run.record_curvature
+    record = run.curvature.epoch_end
 
-    def preempt_after_five(*args):
-        stopped = record(*args)
+    def preempt_after_five(run, epoch_record):
+        record(run, epoch_record)
         if run.epoch == 5:
-            run._stop_signal = signal.SIGTERM
-        return stopped
-    run.record_curvature = preempt_after_five
+            run.stop_signal = signal.SIGTERM
+    run.curvature.epoch_end = preempt_after_five
     with pytest.raises(Interrupted):
         run.execute()
     resumed = search(config, tmp_path / "cut", resume=True, quiet=True)

@@ -130,8 +130,8 @@ def test_torchrun_train_cnn_writes_model_and_resumes(tmp_path):
     assert "x 2 processes (data parallel)" in first.stdout
     torchrun(*flags, "--epochs", "2", "--resume", cwd=tmp_path)
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "classes.json", "data.json", "metrics.jsonl",
-                                                     "model.pt", "run.json"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "classes.json", "config.json", "data.json",
+                                                     "metrics.jsonl", "model.pt", "run.json"]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
     assert all(0 <= r["test_top1"] <= 1 for r in records)
@@ -164,7 +164,8 @@ def test_torchrun_recurrent_search_and_training(tmp_path):
     out = torchrun(*search, "--epochs", "2", cwd=tmp_path).stdout
     assert out.count("search rnn: first order") == 1 and "x 2 processes (data parallel)" in out
     run = tmp_path / "search"
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "genotype.json", "metrics.jsonl", "run.json"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "config.json", "genotype.json", "metrics.jsonl",
+                                                     "run.json"]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
     assert json.loads((run / "genotype.json").read_text()) == records[-1]["genotype"]
@@ -189,7 +190,8 @@ def test_torchrun_search_writes_one_run_directory_and_sigterm_mid_epoch_resumes_
     first = torchrun(*flags, "--out", "whole", cwd=tmp_path)
     assert first.stdout.count("search cnn: first order") == 1  # rank 0 alone logs
     assert "x 2 processes (data parallel)" in first.stdout
-    search_files = ["checkpoint.pt", "classes.json", "data.json", "genotype.json", "metrics.jsonl", "run.json"]
+    search_files = ["checkpoint.pt", "classes.json", "config.json", "data.json", "genotype.json", "metrics.jsonl",
+                    "run.json"]
     assert sorted(p.name for p in (tmp_path / "whole").iterdir()) == search_files
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

@@ -109,7 +109,7 @@ def test_resume_mid_epoch_is_bit_identical(tmp_path, regularizer, order, partial
                           partial_channels=partial)
     Search(config, tmp_path / "whole", quiet=True).execute()
     run = Search(config, tmp_path / "cut", quiet=True)
-    run._stop_signal = signal.SIGTERM  # preempted: checkpoint after the first step
+    run.stop_signal = signal.SIGTERM  # preempted: checkpoint after the first step
     with pytest.raises(Interrupted):
         run.execute()
     Search(dataclasses.replace(config), tmp_path / "cut", resume=True, quiet=True).execute()

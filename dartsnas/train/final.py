@@ -10,7 +10,6 @@ at the end, ``model.pt`` (weights, genotype and network config, for ``dartsnas e
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -24,10 +23,11 @@ from ..data.folder import IMAGENET_MEAN, IMAGENET_STD, FolderLoader, folder_data
 from ..errors import CheckpointError, ConfigError
 from ..genotype import Genotype, load_genotype
 from ..nets import NETWORKS, RESIZE_HINT, NetworkConfig, build_network, check_input_size
-from .checkpoint import CHECKPOINT, METRICS, MetricsLog, load_checkpoint, model_file, save_checkpoint
-from .common import (DATA_RESUMABLE, EpochMeter, ImageDataFields, RunOptions, Run, autocast, config_from_dict,
-                     cosine_lr, evaluate, resolve_device, rng_state, seed_everything)
-from .progress import Progress
+from .checkpoint import CHECKPOINT, load_checkpoint, model_file, save_checkpoint
+from .common import DATA_RESUMABLE, ImageDataFields, RunOptions, autocast, config_from_dict, cosine_lr, resolve_device
+from .loop import Run, batch_source, set_lr
+from .meters import ClassifierEpoch, EpochMeter, evaluate
+from .rng import seed_everything
 
 KIND = "train-cnn"
 MODEL = "model.pt"
@@ -230,12 +230,14 @@ class WithAuxiliary(torch.nn.Module):
 class Training(Run):
     """A resumable training run of a final network writing into ``out_dir``."""
 
+    kind, what = KIND, "training"
+
     def __init__(self, config: TrainConfig, out_dir: str | Path, *, resume: bool = False,
                  overwrite: bool = False, quiet: bool = False, log: Callable[[str], None] = print,
                  tensorboard: bool = False, train_data: Any = None, test_data: Any = None) -> None:
         from .search import python_data_config
         config = python_data_config(config, train_data, test_data, "test_data")
-        saved = self.open(config, out_dir, KIND, resume=resume, overwrite=overwrite, quiet=quiet, log=log,
+        saved = self.open(config, out_dir, resume=resume, overwrite=overwrite, quiet=quiet, log=log,
                           tensorboard=tensorboard)
         if saved is not None:
             self.genotype = Genotype.from_dict(saved["genotype"], source=str(self.out / CHECKPOINT))
@@ -261,42 +263,26 @@ class Training(Run):
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
         self.net = self.dist.wrap(WithAuxiliary(self.model), broadcast_buffers=not config.sync_bn)
-        self.epoch = 0
-        self.metrics = MetricsLog(self.out / METRICS)
-        if saved is not None:
-            try:
-                self.model.load_state_dict(saved["model"])
-                self.optimizer.load_state_dict(saved["optimizer"])
-                self.train_loader.load_state_dict(saved["loader"])
-                self.epoch = int(saved["epoch"])
-                self.restore_rng(saved)
-            except (KeyError, RuntimeError, ValueError, TypeError) as e:
-                raise CheckpointError(f"{self.out / CHECKPOINT}: does not match this training ({e})") from None
-            self.resumed()
-        else:
-            self.start()
-        self.write_data_info(self.data_info)
-        if tensorboard:
-            self.use_tensorboard()
+        self.begin(saved, self.data_info)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"kind": KIND, "config": self.config.to_dict(), "genotype": self.genotype.to_dict(), "data": self.data_info,
-                "epoch": self.epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "loader": self.train_loader.state_dict(), "rng": rng_state()}
+        return {"genotype": self.genotype.to_dict(), "data": self.data_info, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "loader": self.train_loader.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.train_loader.load_state_dict(state["loader"])
 
     def train_epoch(self) -> dict[str, float]:
         cfg, model = self.config, self.model
         model.train()
-        steps = self.epoch_steps(self.train_loader, cfg.steps_per_epoch)
-        meter = EpochMeter(self.device, self.dist)
-        start = self.take_in_epoch()
-        if start is not None:
-            meter.load_state_dict(start["meter"])
+        state = ClassifierEpoch(EpochMeter(self.device, self.dist))
         check = self.checks_every_step
-        bar = Progress(steps, f"epoch {self.epoch + 1}/{cfg.epochs}", enabled=not self.quiet)
-        batches = iter(self.train_loader)
-        for step in range(start["step"] if start is not None else 0, steps):
-            x, y = next(batches)
+        batches = batch_source(self.train_loader)
+
+        def step(i: int) -> tuple[int, bool, dict[str, Any]]:
+            x, y = batches()
             with self.autocast:
                 logits, aux = self.net(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
@@ -306,41 +292,40 @@ class Training(Run):
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            if check and not self.all_finite(loss, grad_norm):
-                self.bad_step(step + 1)  # raises unless --skip-nonfinite allows one more
-            else:
+            ok = not check or self.all_finite(loss, grad_norm)
+            if ok:
                 self.optimizer.step()
-                meter.update(loss, logits, y)
-            bar.update(y.shape[0], loss=loss, acc=lambda: meter.accuracy)
-            self.step_done(step + 1, lambda: {"meter": meter.state_dict()})
-        bar.close()
-        meter.reduce()
-        return {"train_loss": self.check_epoch_loss(meter.loss, steps), "train_acc": meter.accuracy, "steps": steps,
-                "images_per_s": meter.seen / max(time.perf_counter() - bar.start, 1e-9)}
+                state.update(loss, logits, y)
+            return y.shape[0], ok, {"loss": loss, "acc": lambda: state.meter.accuracy}
 
-    def run(self) -> list[dict[str, Any]]:
+        steps, seconds = self.run_steps(state, step, self.epoch_steps(self.train_loader, cfg.steps_per_epoch))
+        return state.summary(self, steps, seconds)
+
+    def epoch_start(self) -> dict[str, Any]:
+        lr = learning_rate(self.config, self.epoch)
+        set_lr(self.optimizer, lr)
+        self.model.drop_path_prob = self.config.drop_path * self.epoch / self.config.epochs
+        return {"lr": lr, "drop_path_prob": self.model.drop_path_prob}
+
+    def evaluate(self) -> dict[str, float]:
+        """Top-1/top-5 on the held-out validation split when there is one (selection), else the test split."""
+        split, loader = ("val", self.val_loader) if self.val_loader is not None else ("test", self.test_loader)
+        return {f"{split}_{k}": v for k, v in evaluate(self.model, loader, self.dist).items()}
+
+    def describe(self) -> str:
         cfg = self.config
         params = sum(p.numel() for p in self.model.parameters())
-        self.log(f"train cnn: {cfg.network} network C={cfg.init_channels} L={cfg.layers}, {params:,} "
-                 f"parameters, device {self.device}{self.dist.describe()}, out {self.out}")
-        while self.epoch < cfg.epochs:
-            start = time.perf_counter()
-            lr = learning_rate(cfg, self.epoch)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            self.model.drop_path_prob = cfg.drop_path * self.epoch / cfg.epochs
-            record: dict[str, Any] = {"epoch": self.epoch + 1, "lr": lr, "drop_path_prob": self.model.drop_path_prob}
-            record.update(self.train_epoch())
-            # With a held-out validation split (selection), the test split is not looked at.
-            split, loader = ("val", self.val_loader) if self.val_loader is not None else ("test", self.test_loader)
-            record.update({f"{split}_{k}": v for k, v in evaluate(self.model, loader, self.dist).items()})
-            self.epoch += 1
-            record["seconds"] = round(time.perf_counter() - start, 3)
-            self.end_epoch(record, f"epoch {record['epoch']}/{cfg.epochs} lr {lr:.5f} drop-path "
-                           f"{record['drop_path_prob']:.3f} train loss {record['train_loss']:.4f} acc "
-                           f"{record['train_acc']:.4f} | {split} loss {record[f'{split}_loss']:.4f} top1 "
-                           f"{record[f'{split}_top1']:.4f} top5 {record[f'{split}_top5']:.4f} | "
-                           f"{record['seconds']:.1f}s")
+        return (f"train cnn: {cfg.network} network C={cfg.init_channels} L={cfg.layers}, {params:,} "
+                f"parameters, device {self.device}{self.dist.describe()}, out {self.out}")
+
+    def epoch_summary(self, record: dict[str, Any]) -> Callable[[dict[str, Any]], str]:
+        split = "val" if self.val_loader is not None else "test"
+        return lambda r: (f"epoch {r['epoch']}/{self.config.epochs} lr {r['lr']:.5f} drop-path "
+                          f"{r['drop_path_prob']:.3f} train loss {r['train_loss']:.4f} acc "
+                          f"{r['train_acc']:.4f} | {split} loss {r[f'{split}_loss']:.4f} top1 "
+                          f"{r[f'{split}_top1']:.4f} top5 {r[f'{split}_top5']:.4f} | {r['seconds']:.1f}s")
+
+    def finish(self) -> list[dict[str, Any]]:
         if self.dist.is_main:
             save_checkpoint(self.out / MODEL, {"kind": "model-cnn", "config": self.config.to_dict(),
                                                "genotype": self.genotype.to_dict(), "data": self.data_info,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -21,8 +20,10 @@ from ..data.text import Corpus, batchify
 from ..errors import CheckpointError, ConfigError
 from ..genotype import RecurrentGenotype, load_genotype
 from ..nets.recurrent import RNNConfig, build_rnn_model
-from .checkpoint import CHECKPOINT, METRICS, MetricsLog, load_checkpoint, model_file, save_checkpoint
-from .common import RunOptions, Run, config_from_dict, resolve_device, rng_state, seed_everything
+from .checkpoint import CHECKPOINT, load_checkpoint, model_file, save_checkpoint
+from .common import RunOptions, config_from_dict, resolve_device
+from .loop import Run
+from .rng import seed_everything
 from .lm import evaluate_lm, train_lm_epoch
 
 KIND = "train-rnn"
@@ -114,10 +115,12 @@ class averaged_weights:
 class RNNTraining(Run):
     """A resumable final training of a recurrent genotype writing into ``out_dir``."""
 
+    kind, what = KIND, "training"
+
     def __init__(self, config: RNNTrainConfig, out_dir: str | Path, *, resume: bool = False,
                  overwrite: bool = False, quiet: bool = False, log: Callable[[str], None] = print,
                  tensorboard: bool = False) -> None:
-        saved = self.open(config, out_dir, KIND, resume=resume, overwrite=overwrite, quiet=quiet, log=log,
+        saved = self.open(config, out_dir, resume=resume, overwrite=overwrite, quiet=quiet, log=log,
                           tensorboard=tensorboard)
         if saved is not None:
             self.genotype = RecurrentGenotype.from_dict(saved["genotype"], source=str(self.out / CHECKPOINT))
@@ -141,26 +144,7 @@ class RNNTraining(Run):
         self.lengths = torch.Generator().manual_seed(config.seed)
         self.val_history: list[float] = []
         self.best_val = math.inf
-        self.epoch = 0
-        self.metrics = MetricsLog(self.out / METRICS)
-        if saved is not None:
-            try:
-                if saved["asgd"]:
-                    self._switch_to_asgd()
-                self.model.load_state_dict(saved["model"])
-                self.optimizer.load_state_dict(saved["optimizer"])
-                self.lengths.set_state(saved["lengths"])
-                self.val_history = list(saved["val_history"])
-                self.best_val = float(saved["best_val"])
-                self.epoch = int(saved["epoch"])
-                self.restore_rng(saved)
-            except (KeyError, RuntimeError, ValueError, TypeError) as e:
-                raise CheckpointError(f"{self.out / CHECKPOINT}: does not match this training ({e})") from None
-            self.resumed()
-        else:
-            self.start()
-        if tensorboard:
-            self.use_tensorboard()
+        self.begin(saved)
 
     @property
     def asgd(self) -> bool:
@@ -171,42 +155,55 @@ class RNNTraining(Run):
                                           weight_decay=self.config.weight_decay)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"kind": KIND, "config": self.config.to_dict(), "genotype": self.genotype.to_dict(),
-                "epoch": self.epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "asgd": self.asgd, "lengths": self.lengths.get_state(), "rng": rng_state(),
-                "val_history": list(self.val_history), "best_val": self.best_val,
-                "vocab_size": self.vocab_size}
+        return {"genotype": self.genotype.to_dict(), "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "asgd": self.asgd, "lengths": self.lengths.get_state(),
+                "val_history": list(self.val_history), "best_val": self.best_val, "vocab_size": self.vocab_size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["asgd"]:
+            self._switch_to_asgd()
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lengths.set_state(state["lengths"])
+        self.val_history = list(state["val_history"])
+        self.best_val = float(state["best_val"])
 
     def train_epoch(self) -> dict[str, float]:
         return train_lm_epoch(self, self.model, self.optimizer, list(self.model.parameters()), self.train_data,
                               self.config, self.lengths, net=self.net)
 
-    def run(self) -> list[dict[str, Any]]:
+    def epoch_start(self) -> dict[str, Any]:
+        return {"optimizer": "asgd" if self.asgd else "sgd"}
+
+    def evaluate(self) -> dict[str, Any]:
+        """Validation with the averaged weights under ASGD; the best model is saved, and ASGD starts
+        once the loss has not improved on the best of all but the last ``nonmono`` epochs."""
+        cfg = self.config
+        with averaged_weights(self.model, self.optimizer):
+            val_loss = evaluate_lm(self.model, self.val_data, cfg.bptt, dist=self.dist)
+            if val_loss < self.best_val:
+                self.best_val = val_loss
+                self._save_model()
+        switched = {}
+        if not self.asgd and len(self.val_history) > cfg.nonmono and val_loss > min(self.val_history[:-cfg.nonmono]):
+            self._switch_to_asgd()
+            self.log(f"switching to averaged SGD after epoch {self.epoch + 1}")
+            switched = {"switched_to_asgd": True}
+        self.val_history.append(val_loss)
+        return {**switched, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))}
+
+    def describe(self) -> str:
         cfg = self.config
         params = sum(p.numel() for p in self.model.parameters())
-        self.log(f"train rnn: {cfg.emsize}/{cfg.nhid}, {params:,} parameters, device {self.device}"
-                 f"{self.dist.describe()}, out {self.out}")
-        while self.epoch < cfg.epochs:
-            start = time.perf_counter()
-            record: dict[str, Any] = {"epoch": self.epoch + 1, "optimizer": "asgd" if self.asgd else "sgd"}
-            record.update(self.train_epoch())
-            with averaged_weights(self.model, self.optimizer):
-                val_loss = evaluate_lm(self.model, self.val_data, cfg.bptt, dist=self.dist)
-                if val_loss < self.best_val:
-                    self.best_val = val_loss
-                    self._save_model()
-            if (not self.asgd and len(self.val_history) > cfg.nonmono
-                    and val_loss > min(self.val_history[:-cfg.nonmono])):
-                self._switch_to_asgd()
-                self.log(f"switching to averaged SGD after epoch {self.epoch + 1}")
-                record["switched_to_asgd"] = True
-            self.val_history.append(val_loss)
-            self.epoch += 1
-            record.update({"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50)),
-                           "seconds": round(time.perf_counter() - start, 3)})
-            self.end_epoch(record, f"epoch {record['epoch']}/{cfg.epochs} ({record['optimizer']}) train ppl "
-                                   f"{record['train_ppl']:.2f} | val ppl {record['val_ppl']:.2f} | "
-                                   f"{record['seconds']:.1f}s")
+        return (f"train rnn: {cfg.emsize}/{cfg.nhid}, {params:,} parameters, device {self.device}"
+                f"{self.dist.describe()}, out {self.out}")
+
+    def epoch_summary(self, record: dict[str, Any]) -> Callable[[dict[str, Any]], str]:
+        return lambda r: (f"epoch {r['epoch']}/{self.config.epochs} ({r['optimizer']}) train ppl "
+                          f"{r['train_ppl']:.2f} | val ppl {r['val_ppl']:.2f} | {r['seconds']:.1f}s")
+
+    def finish(self) -> list[dict[str, Any]]:
+        cfg = self.config
         if self.dist.is_main:  # the best model, on the test split (one process is enough)
             result = evaluate_perplexity(self.out / MODEL, split=cfg.test_split, device=str(self.device))
             self.log(f"test ppl {result['ppl']:.2f} (best model, batch size {cfg.test_batch_size})")

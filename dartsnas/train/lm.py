@@ -5,7 +5,6 @@ and the evaluation of a stream. Neither loop imports the other.
 from __future__ import annotations
 
 import math
-import time
 from typing import Any, Callable
 
 import torch
@@ -14,8 +13,7 @@ import torch.nn.functional as F
 from ..architect import requires_grad_off
 from ..data.text import get_window
 from ..distributed import Distributed
-from .common import ClipMeter, Run
-from .progress import Progress
+from .meters import ClipMeter
 
 
 def window_length(bptt: int, max_delta: int, generator: torch.Generator) -> int:
@@ -65,13 +63,36 @@ def lm_weight_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.
     return nll + tar_ar_penalty(raw, None, tar, ar), nll, new_hidden
 
 
-def train_lm_epoch(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+class LMEpoch:
+    """Where a pass over a stream is (position, hidden state, the caller's carried tensors) and what
+    it has counted (NLL x tokens, tokens, clipping): a mid-epoch checkpoint keeps all of it."""
+
+    def __init__(self, hidden: torch.Tensor, clips: ClipMeter, carried: dict[str, torch.Tensor]) -> None:
+        self.hidden, self.clips, self.carried = hidden, clips, carried
+        self.pos, self.tokens = 0, 0
+        # The NLL sum stays on the device: reading it back each step would stall a GPU.
+        self.total = torch.zeros((), dtype=torch.float64, device=hidden.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pos": self.pos, "total": float(self.total), "tokens": self.tokens, "hidden": self.hidden.detach().cpu(),
+                "carried": {k: v.detach().cpu() for k, v in self.carried.items()}, "clip": self.clips.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.pos, self.tokens = int(state["pos"]), int(state["tokens"])
+        self.total.fill_(float(state["total"]))
+        self.clips.load_state_dict(state.get("clip"))
+        self.hidden = state["hidden"].to(self.hidden.device)
+        self.carried.update({k: v.to(self.hidden.device) for k, v in state["carried"].items()})
+
+
+def train_lm_epoch(run: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                    params: list[torch.Tensor], data: torch.Tensor, cfg: Any, lengths: torch.Generator,
                    before_step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, float], None] | None = None,
                    frozen: list[torch.Tensor] | None = None,
                    carried: dict[str, torch.Tensor] | None = None,
                    net: torch.nn.Module | None = None) -> dict[str, float]:
-    """One pass over a batchified stream in random-length windows: SGD on NLL + TAR (+ AR).
+    """One pass over a batchified stream in random-length windows: SGD on NLL + TAR (+ AR), through
+    ``run``'s loop (:meth:`~dartsnas.train.loop.Run.run_steps`).
 
     The learning rate of each step is scaled by its window length (AWD-LSTM). ``before_step``
     (the architecture step of a search) runs first on each window; ``frozen`` tensors (α) get no
@@ -80,57 +101,43 @@ def train_lm_epoch(run: Run, model: torch.nn.Module, optimizer: torch.optim.Opti
     forward (the model in DistributedDataParallel; ``data`` is then this rank's rows).
     """
     model.train()
-    hidden = model.init_hidden(data.shape[0])
     n = data.shape[1]
     approx = max(1, (n - 2) // cfg.bptt)
     cap = cfg.steps_per_epoch or approx
-    bar = Progress(min(cap, approx), f"epoch {run.epoch + 1}/{cfg.epochs}", unit="tok", enabled=not run.quiet)
     group = optimizer.param_groups[0]
-    # The NLL sum stays on the device: reading it back each step would stall a GPU.
-    total = torch.zeros((), dtype=torch.float64, device=data.device)
-    tokens, step, pos = 0, 0, 0
-    carried = carried if carried is not None else {}
     check = run.checks_every_step
-    clips = ClipMeter(cfg.grad_clip, data.device)
-    start = run.take_in_epoch()
-    if start is not None:
-        step, pos, tokens = int(start["step"]), int(start["pos"]), int(start["tokens"])
-        total.fill_(float(start["total"]))
-        clips.load_state_dict(start.get("clip"))
-        hidden = start["hidden"].to(hidden.device)
-        carried.update({k: v.to(hidden.device) for k, v in start["carried"].items()})
-    while pos < n - 2 and step < cap:
+    state = LMEpoch(model.init_hidden(data.shape[0]), ClipMeter(cfg.grad_clip, data.device),
+                    carried if carried is not None else {})
+
+    def step(i: int) -> tuple[int, bool, dict[str, Any]]:
         seq_len = window_length(cfg.bptt, cfg.max_seq_len_delta, lengths)
         group["lr"] = cfg.lr * seq_len / cfg.bptt
-        x, y = get_window(data, pos, seq_len)
-        hidden = hidden.detach()
+        x, y = get_window(data, state.pos, seq_len)
+        hidden = state.hidden.detach()
         if before_step is not None:
-            before_step(x, y, hidden, pos, group["lr"])
+            before_step(x, y, hidden, state.pos, group["lr"])
             if check:
-                run.check_arch_finite(step + 1, frozen or [])
+                run.check_arch_finite(i + 1, frozen or [])
         with requires_grad_off(frozen or []):
             loss, nll, new_hidden = lm_weight_loss(net or model, x, y, hidden, cfg.tar, cfg.ar)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        if not check or run.all_finite(loss, grad_norm):
+        ok = not check or run.all_finite(loss, grad_norm)
+        state.hidden = hidden  # a skipped step's state is not carried on
+        if ok:
             optimizer.step()
-            clips.update(grad_norm)
-            hidden = new_hidden
-            total += nll.detach().double() * y.numel()
-            tokens += y.numel()
-        else:
-            run.bad_step(step + 1)  # raises unless --skip-nonfinite allows one more; the state is not carried on
+            state.clips.update(grad_norm)
+            state.hidden = new_hidden
+            state.total += nll.detach().double() * y.numel()
+            state.tokens += y.numel()
         group["lr"] = cfg.lr
-        step += 1
-        pos += seq_len
-        bar.update(y.numel(), loss=nll.detach())
-        run.step_done(step, lambda: {"pos": pos, "total": float(total), "tokens": tokens, "hidden": hidden.detach().cpu(),
-                                     "carried": {k: v.detach().cpu() for k, v in carried.items()},
-                                     "clip": clips.state_dict()})
-    bar.close()
-    sums = run.dist.sum(torch.stack([total, total.new_tensor(float(tokens))])).tolist()
-    train_loss = run.check_epoch_loss(sums[0] / max(sums[1], 1.0), step)
-    tokens = int(sums[1])
-    return {"train_loss": train_loss, "train_ppl": math.exp(min(train_loss, 50)), "steps": step,
-            **clips.summary(), "tokens_per_s": tokens / max(time.perf_counter() - bar.start, 1e-9)}
+        state.pos += seq_len
+        return y.numel(), ok, {"loss": nll.detach()}
+
+    steps, seconds = run.run_steps(state, step, cap, unit="tok", shown_total=min(cap, approx),
+                                   more=lambda: state.pos < n - 2)
+    sums = run.dist.sum(torch.stack([state.total, state.total.new_tensor(float(state.tokens))])).tolist()
+    train_loss = run.check_epoch_loss(sums[0] / max(sums[1], 1.0), steps)
+    return {"train_loss": train_loss, "train_ppl": math.exp(min(train_loss, 50)), "steps": steps,
+            **state.clips.summary(), "tokens_per_s": sums[1] / max(seconds, 1e-9)}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -26,14 +25,16 @@ from ..errors import CheckpointError, ConfigError
 from ..genotype import SKIP_OP, Genotype, derive_genotype
 from ..nets import RESIZE_HINT, check_input_size
 from ..ops import DARTS_OPS, edge_ops, resolve_op_set
-from ..regularizers import REGULARIZERS, darts_minus_beta, perturb_mixing_weights, sdarts_epsilon
+from ..regularizers import REGULARIZERS, perturb_mixing_weights, sdarts_epsilon
 from ..spaces import ConvSearchSpaceConfig, SearchNetwork
 from ..spaces.base import mixing_weights
-from .checkpoint import CHECKPOINT, GENOTYPE, METRICS, MetricsLog, load_checkpoint, tensors_to_lists
-from .common import (DATA_RESUMABLE, ClipMeter, CurvatureOptions, EpochMeter, ImageDataFields, RunOptions, Run,
-                     autocast, config_from_dict, cosine_lr, evaluate, rng_state, seed_everything,
-                     validate_bilevel)
-from .progress import Progress
+from .checkpoint import GENOTYPE, load_checkpoint, tensors_to_lists
+from .common import (DATA_RESUMABLE, CurvatureOptions, ImageDataFields, RunOptions, autocast, config_from_dict,
+                     cosine_lr, validate_bilevel)
+from .hooks import RegularizerSchedule, curvature_text, watch_curvature
+from .loop import Run, batch_source, set_lr
+from .meters import ClassifierEpoch, ClipMeter, EpochMeter, evaluate
+from .rng import seed_everything
 
 KIND = "search-cnn"
 SEARCH_DATASETS = ("cifar10", "digits", "imagefolder", "arrays", PYTHON_DATASET)
@@ -187,12 +188,14 @@ def search_step(model: torch.nn.Module, architect: Architect, w_optimizer: torch
 class Search(Run):
     """A resumable DARTS search run writing into ``out_dir`` (see the module docstring)."""
 
+    kind, what = KIND, "search"
+
     def __init__(self, config: SearchConfig, out_dir: str | Path, *, resume: bool = False,
                  overwrite: bool = False, quiet: bool = False,
                  log: Callable[[str], None] = print,
                  tensorboard: bool = False, train_data: Any = None, val_data: Any = None) -> None:
         config = python_data_config(config, train_data, val_data)
-        saved = self.open(config, out_dir, KIND, resume=resume, overwrite=overwrite, quiet=quiet, log=log,
+        saved = self.open(config, out_dir, resume=resume, overwrite=overwrite, quiet=quiet, log=log,
                           tensorboard=tensorboard)
         dist = self.dist
 
@@ -216,10 +219,10 @@ class Search(Run):
         self.data_info = data.info()
         check_input_size("the search network", SearchNetwork.downsampling, *data.image_size,
                          RESIZE_HINT if config.dataset == "imagefolder" else "")
+        fixed = []
         if config.hessian_every:  # the eigenvalue's fixed validation batches
-            fixed = BatchLoader(alpha_data, val_idx, batch_size=config.batch_size, shuffle=False, augment=False,
-                                **common)
-            self.watch_curvature(list(itertools.islice(fixed, config.hessian_batches)))
+            fixed = list(itertools.islice(BatchLoader(alpha_data, val_idx, batch_size=config.batch_size, shuffle=False,
+                                                      augment=False, **common), config.hessian_batches))
 
         seed_everything(seed)
         space = config.space(num_classes=data.num_classes, in_channels=data.in_channels)
@@ -236,49 +239,31 @@ class Search(Run):
         self.net = dist.wrap(self.model, ignore=self.model.arch_parameters(), broadcast_buffers=not config.sync_bn)
         self.autocast = autocast(self.device, config.amp)
         self.smoothing = torch.Generator().manual_seed(seed + 7)  # SDARTS-RS's noise, the same on every rank
-        self.epoch = 0
-        self.metrics = MetricsLog(self.out / METRICS)
-        if saved is not None:
-            self._restore(saved)
-        else:
-            self.start()
-        self.write_data_info(self.data_info)
-        if tensorboard:
-            self.use_tensorboard()
+        self.curvature = watch_curvature(config, self.model, fixed, lambda: self.model.genotype(config.max_skip).to_dict(),
+                                         dist)
+        self.hooks += [RegularizerSchedule(config, self.model), self.curvature]
+        self.begin(saved, self.data_info)
 
     # -- state ---------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "kind": KIND,
-            "config": self.config.to_dict(),
-            "epoch": self.epoch,
             "model": self.model.state_dict(),
             "w_optimizer": self.w_optimizer.state_dict(),
             "architect": self.architect.state_dict(),
             "loaders": {"train": self.train_loader.state_dict(), "val": self.val_loader.state_dict()},
             "smoothing": self.smoothing.get_state(),
-            "rng": rng_state(),
             "genotype": self.model.genotype(self.config.max_skip).to_dict(),
-            **({"early_stop": self.early_stopper.state_dict()} if self.early_stopper is not None else {}),
         }
 
-    def _restore(self, state: dict[str, Any]) -> None:
-        try:
-            self.model.load_state_dict(state["model"])
-            self.w_optimizer.load_state_dict(state["w_optimizer"])
-            self.architect.load_state_dict(state["architect"])
-            self.train_loader.load_state_dict(state["loaders"]["train"])
-            self.val_loader.load_state_dict(state["loaders"]["val"])
-            self.epoch = int(state["epoch"])
-            if "smoothing" in state:
-                self.smoothing.set_state(state["smoothing"])
-            if self.early_stopper is not None and "early_stop" in state:
-                self.early_stopper.load_state_dict(state["early_stop"])
-            self.restore_rng(state)
-        except (KeyError, RuntimeError, ValueError, TypeError) as e:
-            raise CheckpointError(f"{self.out / CHECKPOINT}: does not match this search ({e})") from None
-        self.resumed()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.w_optimizer.load_state_dict(state["w_optimizer"])
+        self.architect.load_state_dict(state["architect"])
+        self.train_loader.load_state_dict(state["loaders"]["train"])
+        self.val_loader.load_state_dict(state["loaders"]["val"])
+        if "smoothing" in state:
+            self.smoothing.set_state(state["smoothing"])
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -286,25 +271,18 @@ class Search(Run):
         """One epoch of alternating α and w steps; returns mean train loss and accuracy."""
         model, cfg = self.model, self.config
         model.train()
-        steps = self.epoch_steps(self.train_loader, cfg.steps_per_epoch)
         xi = self.w_optimizer.param_groups[0]["lr"]
-        meter = EpochMeter(self.device, self.dist)
-        start = self.take_in_epoch()
-        clips = ClipMeter(cfg.grad_clip, self.device)
-        if start is not None:
-            meter.load_state_dict(start["meter"])
-            clips.load_state_dict(start.get("clip"))
-        first = start["step"] if start is not None else 0
+        state = ClassifierEpoch(EpochMeter(self.device, self.dist), ClipMeter(cfg.grad_clip, self.device))
         check = self.checks_every_step
-        bar = Progress(steps, f"epoch {self.epoch + 1}/{cfg.epochs}", enabled=not self.quiet)
-        batches = iter(self.train_loader)
+        batches = batch_source(self.train_loader)
         perturb = None
         if cfg.regularizer == "sdarts-rs":
             epsilon = sdarts_epsilon(self.epoch, cfg.epochs, cfg.sdarts_epsilon)
             perturb = lambda: tuple(perturb_mixing_weights(w, epsilon, self.smoothing)  # noqa: E731
                                     for w in model.arch_weights())
-        for step in range(first, steps):
-            x, y = next(batches)
+
+        def step(i: int) -> tuple[int, bool, dict[str, Any]]:
+            x, y = batches()
             val_batch = self.val_loader.next_batch()
             with self.autocast:
                 loss, logits, grad_norm, ok = search_step(
@@ -312,69 +290,58 @@ class Search(Run):
                     finite=self.all_finite if check else None, update_alpha=self.epoch >= cfg.arch_start_epoch,
                     net=self.net, perturb=perturb)
             if check:
-                self.check_arch_finite(step + 1, model.arch_parameters())
-            if not ok:
-                self.bad_step(step + 1)  # raises unless --skip-nonfinite allows one more
-            else:
-                meter.update(loss, logits, y)
-                clips.update(grad_norm)
-            bar.update(y.shape[0], loss=loss, acc=lambda: meter.accuracy)
-            self.step_done(step + 1, lambda: {"meter": meter.state_dict(), "clip": clips.state_dict()})
-        bar.close()
-        meter.reduce()
-        train_loss = self.check_epoch_loss(meter.loss, steps)
-        return {"train_loss": train_loss, "train_acc": meter.accuracy, "steps": steps, **clips.summary(),
-                "images_per_s": meter.seen / max(time.perf_counter() - bar.start, 1e-9)}
+                self.check_arch_finite(i + 1, model.arch_parameters())
+            if ok:
+                state.update(loss, logits, y, grad_norm)
+            return y.shape[0], ok, {"loss": loss, "acc": lambda: state.meter.accuracy}
+
+        steps, seconds = self.run_steps(state, step, self.epoch_steps(self.train_loader, cfg.steps_per_epoch))
+        return state.summary(self, steps, seconds)
+
+    def epoch_start(self) -> dict[str, Any]:
+        lr = cosine_lr(self.epoch, self.config.epochs, self.config.lr, self.config.lr_min)
+        set_lr(self.w_optimizer, lr)
+        return {"lr": lr}
 
     def evaluate(self) -> dict[str, float]:
         """Loss and accuracy of the search network on the validation split (no augmentation)."""
         result = evaluate(self.model, self.eval_loader, self.dist)
         return {"val_loss": result["loss"], "val_acc": result["top1"]}
 
-    def run(self) -> SearchResult:
+    def describe(self) -> str:
         cfg = self.config
-        self.log(f"search cnn: {cfg.order} order, C={cfg.init_channels} L={cfg.layers} "
-                 f"N={cfg.nodes}, {len(self.train_loader.indices)} train / "
-                 f"{len(self.val_loader.indices)} val images, device {self.device}{self.dist.describe()}, "
-                 f"out {self.out}")
-        while self.epoch < cfg.epochs and not self.stopped_early():
-            start = time.perf_counter()
-            lr = cosine_lr(self.epoch, cfg.epochs, cfg.lr, cfg.lr_min)
-            record = self.begin_epoch(self.w_optimizer, lr)
-            if cfg.regularizer == "darts-minus":
-                self.model.aux_beta = record["aux_skip_beta"] = darts_minus_beta(self.epoch, cfg.epochs)
-            elif cfg.regularizer == "sdarts-rs":
-                record["sdarts_epsilon"] = sdarts_epsilon(self.epoch, cfg.epochs, cfg.sdarts_epsilon)
-            record.update(self.train_epoch())
-            record.update(self.evaluate())
-            self.epoch += 1
-            genotype = self.model.genotype(cfg.max_skip)
-            self.record_curvature(record, genotype.to_dict())
-            w_normal, w_reduce = self.model.arch_weights()
-            skips = sum(op == SKIP_OP for op, _ in genotype.normal)
-            record.update({
-                "skip_connect_normal": skips,
-                "genotype": genotype.to_dict(),
-                "alphas": {"normal": tensors_to_lists(w_normal), "reduce": tensors_to_lists(w_reduce)},
-                "seconds": round(time.perf_counter() - start, 3),
-            })
-            if self.model.partial:
-                e_normal, e_reduce = self.model.edge_weights()
-                record["edge_weights"] = {"normal": [round(v, 6) for v in e_normal.tolist()],
-                                          "reduce": [round(v, 6) for v in e_reduce.tolist()]}
-            curvature = f" | λmax {record['hessian_eigenvalue']:.4g}" if "hessian_eigenvalue" in record else ""
-            self.end_epoch(record, f"epoch {record['epoch']}/{cfg.epochs} lr {lr:.5f} "
-                                   f"train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f} | "
-                                   f"val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f} | "
-                                   f"skip(normal) {skips}{curvature} | {record['seconds']:.1f}s")
-            self.log(f"  genotype {genotype.to_json()}")
+        return (f"search cnn: {cfg.order} order, C={cfg.init_channels} L={cfg.layers} "
+                f"N={cfg.nodes}, {len(self.train_loader.indices)} train / "
+                f"{len(self.val_loader.indices)} val images, device {self.device}{self.dist.describe()}, "
+                f"out {self.out}")
+
+    def epoch_summary(self, record: dict[str, Any]) -> Callable[[dict[str, Any]], str]:
+        cfg = self.config
         genotype = self.model.genotype(cfg.max_skip)
-        if self.stopped_early():
-            self.log(self.early_stopper.reason())
-            genotype = Genotype.from_dict(self.early_stopper.genotypes[self.early_stopper.stopped["epoch"]])
+        w_normal, w_reduce = self.model.arch_weights()
+        skips = sum(op == SKIP_OP for op, _ in genotype.normal)
+        record.update({
+            "skip_connect_normal": skips,
+            "genotype": genotype.to_dict(),
+            "alphas": {"normal": tensors_to_lists(w_normal), "reduce": tensors_to_lists(w_reduce)},
+        })
+        if self.model.partial:
+            e_normal, e_reduce = self.model.edge_weights()
+            record["edge_weights"] = {"normal": [round(v, 6) for v in e_normal.tolist()],
+                                      "reduce": [round(v, 6) for v in e_reduce.tolist()]}
+        return lambda r: (f"epoch {r['epoch']}/{cfg.epochs} lr {r['lr']:.5f} "
+                          f"train loss {r['train_loss']:.4f} acc {r['train_acc']:.4f} | "
+                          f"val loss {r['val_loss']:.4f} acc {r['val_acc']:.4f} | "
+                          f"skip(normal) {skips}{curvature_text(r)} | {r['seconds']:.1f}s\n"
+                          f"  genotype {genotype.to_json()}")
+
+    def finish(self) -> SearchResult:
+        genotype = self.model.genotype(self.config.max_skip)
+        if self.curvature.stops():
+            self.log(self.curvature.reason())
+            genotype = Genotype.from_dict(self.curvature.kept_genotype())
         self.write_text(GENOTYPE, genotype.to_json(indent=None) + "\n")
-        stopped = self.early_stopper.stopped if self.early_stopper is not None else None
-        return SearchResult(genotype, self.metrics.read(), self.out, stopped)
+        return SearchResult(genotype, self.metrics.read(), self.out, self.curvature.stopped)
 
 
 def search(config: SearchConfig, out_dir: str | Path, **kwargs: Any) -> SearchResult:

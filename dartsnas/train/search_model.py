@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -24,12 +23,12 @@ from torch.utils.data import default_collate
 
 from ..architect import Architect
 from ..data import DatasetBatches
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError
 from ..nn import SearchableModel, fix
-from .checkpoint import METRICS, MetricsLog
-from .common import (ClipMeter, Run, RunOptions, config_from_dict, cosine_lr, rng_state, seed_everything,
-                     validate_bilevel)
-from .progress import Progress
+from .common import RunOptions, config_from_dict, cosine_lr, validate_bilevel
+from .loop import Run, batch_source, set_lr
+from .meters import ClipMeter
+from .rng import seed_everything
 from .search import search_step
 
 KIND = "search-model"
@@ -105,11 +104,13 @@ def _classification(outputs: Any, targets: Any) -> bool:
 class ModelSearch(Run):
     """A resumable search of a user model's choices writing into ``out_dir``."""
 
+    kind, what = KIND, "model"
+
     def __init__(self, model: torch.nn.Module, config: ModelSearchConfig, out_dir: str | Path, *, train_data: Any,
                  val_data: Any = None, loss_fn: Callable[[Any, Any], torch.Tensor] = F.cross_entropy,
                  resume: bool = False, overwrite: bool = False, quiet: bool = False,
                  log: Callable[[str], None] = print) -> None:
-        saved = self.open(config, out_dir, KIND, resume=resume, overwrite=overwrite, quiet=quiet, log=log)
+        saved = self.open(config, out_dir, resume=resume, overwrite=overwrite, quiet=quiet, log=log)
         space = model if isinstance(model, SearchableModel) else SearchableModel(model, loss_fn)
         dist = self.dist
         if val_data is None:
@@ -137,71 +138,54 @@ class ModelSearch(Run):
                                    fd_step=config.fd_step, fd_scheme=config.fd_scheme, grad_clip=config.grad_clip,
                                    sync=dist.average)
         self.net = dist.wrap(self.model, ignore=self.model.arch_parameters(), broadcast_buffers=not config.sync_bn)
-        self.epoch = 0
-        self.metrics = MetricsLog(self.out / METRICS)
-        if saved is not None:
-            try:
-                self.model.load_state_dict(saved["model"])
-                self.w_optimizer.load_state_dict(saved["w_optimizer"])
-                self.architect.load_state_dict(saved["architect"])
-                self.train_loader.load_state_dict(saved["loaders"]["train"])
-                self.val_loader.load_state_dict(saved["loaders"]["val"])
-                self.epoch = int(saved["epoch"])
-                self.restore_rng(saved)
-            except (KeyError, RuntimeError, ValueError, TypeError) as e:
-                raise CheckpointError(f"{self.out}: checkpoint does not match this model ({str(e).splitlines()[0]})") from None
-            self.resumed()
-        else:
-            self.start()
+        self.begin(saved)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"kind": KIND, "config": self.config.to_dict(), "epoch": self.epoch, "model": self.model.state_dict(),
-                "w_optimizer": self.w_optimizer.state_dict(), "architect": self.architect.state_dict(),
+        return {"model": self.model.state_dict(), "w_optimizer": self.w_optimizer.state_dict(),
+                "architect": self.architect.state_dict(),
                 "loaders": {"train": self.train_loader.state_dict(), "val": self.val_loader.state_dict()},
-                "rng": rng_state(), "choices": self.model.picks()}
+                "choices": self.model.picks()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.w_optimizer.load_state_dict(state["w_optimizer"])
+        self.architect.load_state_dict(state["architect"])
+        self.train_loader.load_state_dict(state["loaders"]["train"])
+        self.val_loader.load_state_dict(state["loaders"]["val"])
 
     def train_epoch(self) -> dict[str, Any]:
         cfg, model = self.config, self.model
         model.train()
-        steps = self.epoch_steps(self.train_loader, cfg.steps_per_epoch)
-        start = self.take_in_epoch()
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss x examples, correct, examples
-        clips = ClipMeter(cfg.grad_clip, self.device)
-        if start is not None:
-            sums.copy_(start["sums"])
-            clips.load_state_dict(start.get("clip"))
+        state = ModelEpoch(self.device, ClipMeter(cfg.grad_clip, self.device))
         xi = self.w_optimizer.param_groups[0]["lr"]
         check = self.checks_every_step
-        bar = Progress(steps, f"epoch {self.epoch + 1}/{cfg.epochs}", unit="ex", enabled=not self.quiet)
-        batches = iter(self.train_loader)
-        classification = False
-        for step in range(start["step"] if start is not None else 0, steps):
-            x, y = next(batches)
+        batches = batch_source(self.train_loader)
+
+        def step(i: int) -> tuple[int, bool, dict[str, Any]]:
+            x, y = batches()
             val_batch = self.val_loader.next_batch()
             loss, out, grad_norm, ok = search_step(model, self.architect, self.w_optimizer, (x, y), val_batch, xi,
                                                    cfg.grad_clip, finite=self.all_finite if check else None,
                                                    update_alpha=self.epoch >= cfg.arch_start_epoch, net=self.net,
                                                    loss_fn=model.loss_fn)
             if check:
-                self.check_arch_finite(step + 1, model.arch_parameters())
-            if not ok:
-                self.bad_step(step + 1)
-            else:
-                n = len(y)
-                classification = _classification(out, y)
-                correct = (out.argmax(1) == y).sum() if classification else torch.zeros((), device=self.device)
-                sums += torch.stack([loss.double() * n, correct.double(), torch.tensor(float(n), device=self.device,
-                                                                                      dtype=torch.float64)])
-                clips.update(grad_norm)
-            bar.update(len(y), loss=loss)
-            self.step_done(step + 1, lambda: {"sums": sums.cpu(), "clip": clips.state_dict()})
-        bar.close()
-        loss_sum, correct, seen = self.dist.sum(sums).tolist()
-        record = {"train_loss": self.check_epoch_loss(loss_sum / max(seen, 1), steps), "steps": steps, **clips.summary(),
-                  "examples_per_s": seen / max(time.perf_counter() - bar.start, 1e-9)}
-        if classification:
+                self.check_arch_finite(i + 1, model.arch_parameters())
+            if ok:
+                state.update(loss, out, y, grad_norm)
+            return len(y), ok, {"loss": loss}
+
+        steps, seconds = self.run_steps(state, step, self.epoch_steps(self.train_loader, cfg.steps_per_epoch), unit="ex")
+        loss_sum, correct, seen = self.dist.sum(state.sums).tolist()
+        record = {"train_loss": self.check_epoch_loss(loss_sum / max(seen, 1), steps), "steps": steps,
+                  **state.clips.summary(), "examples_per_s": seen / max(seconds, 1e-9)}
+        if state.classification:
             record["train_acc"] = correct / max(seen, 1)
         return record
+
+    def epoch_start(self) -> dict[str, Any]:
+        lr = cosine_lr(self.epoch, self.config.epochs, self.config.lr, self.config.lr_min)
+        set_lr(self.w_optimizer, lr)
+        return {"lr": lr}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -209,43 +193,62 @@ class ModelSearch(Run):
         model = self.model
         was = model.training
         model.eval()
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
-        classification = False
+        sums = ModelEpoch(self.device)
         for x, y in self.eval_loader:
             if len(y) == 0:
                 continue
             out = model(x)
-            classification = _classification(out, y)
-            correct = (out.argmax(1) == y).sum() if classification else torch.zeros((), device=self.device)
-            sums += torch.stack([model.loss_fn(out, y).double() * len(y), correct.double(),
-                                 torch.tensor(float(len(y)), device=self.device, dtype=torch.float64)])
+            sums.update(model.loss_fn(out, y), out, y)
         model.train(was)
-        loss_sum, correct, seen = self.dist.sum(sums).tolist()
-        return {"val_loss": loss_sum / max(seen, 1), **({"val_acc": correct / max(seen, 1)} if classification else {})}
+        loss_sum, correct, seen = self.dist.sum(sums.sums).tolist()
+        return {"val_loss": loss_sum / max(seen, 1),
+                **({"val_acc": correct / max(seen, 1)} if sums.classification else {})}
 
-    def run(self) -> ModelSearchResult:
+    def describe(self) -> str:
         cfg = self.config
-        self.log(f"search model: {cfg.order} order, {len(self.model.groups)} choices, "
-                 f"{sum(p.numel() for p in self.model.weight_parameters()):,} weights, "
-                 f"{len(self.train_loader.indices)} train / {len(self.val_loader.indices)} val examples, "
-                 f"device {self.device}{self.dist.describe()}, out {self.out}")
-        while self.epoch < cfg.epochs:
-            t0 = time.perf_counter()
-            lr = cosine_lr(self.epoch, cfg.epochs, cfg.lr, cfg.lr_min)
-            record = self.begin_epoch(self.w_optimizer, lr)
-            record.update(self.train_epoch())
-            record.update(self.evaluate())
-            self.epoch += 1
-            picks = self.model.picks()
-            record.update({"choice_alphas": self.model.weights(), "choices": picks,
-                           "seconds": round(time.perf_counter() - t0, 3)})
-            acc = f" acc {record['val_acc']:.4f}" if "val_acc" in record else ""
-            self.end_epoch(record, f"epoch {record['epoch']}/{cfg.epochs} lr {lr:.5f} train loss "
-                                   f"{record['train_loss']:.4f} | val loss {record['val_loss']:.4f}{acc} | "
-                                   f"{record['seconds']:.1f}s\n  choices {json.dumps(picks)}")
+        return (f"search model: {cfg.order} order, {len(self.model.groups)} choices, "
+                f"{sum(p.numel() for p in self.model.weight_parameters()):,} weights, "
+                f"{len(self.train_loader.indices)} train / {len(self.val_loader.indices)} val examples, "
+                f"device {self.device}{self.dist.describe()}, out {self.out}")
+
+    def epoch_summary(self, record: dict[str, Any]) -> Callable[[dict[str, Any]], str]:
+        picks = self.model.picks()
+        record.update({"choice_alphas": self.model.weights(), "choices": picks})
+        def line(r: dict[str, Any]) -> str:
+            acc = f" acc {r['val_acc']:.4f}" if "val_acc" in r else ""
+            return (f"epoch {r['epoch']}/{self.config.epochs} lr {r['lr']:.5f} train loss {r['train_loss']:.4f} | "
+                    f"val loss {r['val_loss']:.4f}{acc} | {r['seconds']:.1f}s\n  choices {json.dumps(picks)}")
+        return line
+
+    def finish(self) -> ModelSearchResult:
         picks = self.model.picks()
         self.write_text(CHOICES, json.dumps(picks, indent=1) + "\n")
         return ModelSearchResult(picks, self.metrics.read(), self.out, self.model)
+
+
+class ModelEpoch:
+    """Loss x examples, correct predictions and examples of a model search's epoch (accuracy only
+    when the outputs are class scores), and the clipping of its weight steps."""
+
+    def __init__(self, device: torch.device, clips: ClipMeter | None = None) -> None:
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
+        self.clips, self.classification = clips, False
+
+    def update(self, loss: torch.Tensor, out: Any, y: Any, grad_norm: torch.Tensor | None = None) -> None:
+        n = len(y)
+        self.classification = _classification(out, y)
+        correct = (out.argmax(1) == y).sum() if self.classification else torch.zeros((), device=self.sums.device)
+        self.sums += torch.stack([loss.double() * n, correct.double(),
+                                  torch.tensor(float(n), device=self.sums.device, dtype=torch.float64)])
+        if self.clips is not None:
+            self.clips.update(grad_norm)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": self.sums.cpu(), "clip": self.clips.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sums.copy_(state["sums"])
+        self.clips.load_state_dict(state.get("clip"))
 
 
 def search_model(model: torch.nn.Module, train_data: Any, val_data: Any = None, *, out_dir: str | Path,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -23,9 +22,11 @@ from ..errors import ConfigError
 from ..genotype import RecurrentGenotype
 from ..ops import RNN_DARTS_OPS
 from ..spaces import RecurrentSearchModel, RecurrentSearchSpaceConfig
-from .checkpoint import GENOTYPE, METRICS, MetricsLog, tensors_to_lists
-from .common import (CurvatureOptions, RunOptions, Run, config_from_dict, rng_state, seed_everything,
-                     validate_bilevel)
+from .checkpoint import GENOTYPE, tensors_to_lists
+from .common import CurvatureOptions, RunOptions, config_from_dict, validate_bilevel
+from .hooks import curvature_text, watch_curvature
+from .loop import Run
+from .rng import seed_everything
 from .lm import evaluate_lm, lm_weight_loss, train_lm_epoch
 
 KIND = "search-rnn"
@@ -95,10 +96,12 @@ class RNNSearchConfig(RunOptions, CurvatureOptions):
 class RNNSearch(Run):
     """A resumable recurrent DARTS search writing into ``out_dir``."""
 
+    kind, what = KIND, "search"
+
     def __init__(self, config: RNNSearchConfig, out_dir: str | Path, *, resume: bool = False,
                  overwrite: bool = False, quiet: bool = False, log: Callable[[str], None] = print,
                  tensorboard: bool = False) -> None:
-        saved = self.open(config, out_dir, KIND, resume=resume, overwrite=overwrite, quiet=quiet, log=log,
+        saved = self.open(config, out_dir, resume=resume, overwrite=overwrite, quiet=quiet, log=log,
                           tensorboard=tensorboard)
         if config.data_dir is None:
             raise ConfigError("--data-dir is required: a folder with train/valid/test text files")
@@ -130,34 +133,26 @@ class RNNSearch(Run):
         self.net = self.dist.wrap(self.model, ignore=self.model.arch_parameters(),
                                   broadcast_buffers=not config.sync_bn)
         self.lengths = torch.Generator().manual_seed(config.seed)
+        fixed = []
         if config.hessian_every:  # the eigenvalue's fixed validation windows, each from a zero state
             rows = self.val_data.shape[0]
             windows = [get_window(self.val_data, k * config.bptt, config.bptt)
                        for k in range(min(config.hessian_batches, max(1, (self.val_data.shape[1] - 1) // config.bptt)))]
-            self.watch_curvature([(x, y, self.model.init_hidden(rows)) for x, y in windows])
-        self.epoch = 0
-        self.metrics = MetricsLog(self.out / METRICS)
-        if saved is not None:
-            self.model.load_state_dict(saved["model"])
-            self.w_optimizer.load_state_dict(saved["w_optimizer"])
-            self.architect.load_state_dict(saved["architect"])
-            self.lengths.set_state(saved["lengths"])
-            self.epoch = int(saved["epoch"])
-            if self.early_stopper is not None and "early_stop" in saved:
-                self.early_stopper.load_state_dict(saved["early_stop"])
-            self.restore_rng(saved)
-            self.resumed()
-        else:
-            self.start()
-        if tensorboard:
-            self.use_tensorboard()
+            fixed = [(x, y, self.model.init_hidden(rows)) for x, y in windows]
+        self.curvature = watch_curvature(config, self.model, fixed, lambda: self.model.genotype().to_dict(), self.dist)
+        self.hooks.append(self.curvature)
+        self.begin(saved)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"kind": KIND, "config": self.config.to_dict(), "epoch": self.epoch,
-                "model": self.model.state_dict(), "w_optimizer": self.w_optimizer.state_dict(),
+        return {"model": self.model.state_dict(), "w_optimizer": self.w_optimizer.state_dict(),
                 "architect": self.architect.state_dict(), "lengths": self.lengths.get_state(),
-                "rng": rng_state(), "genotype": self.model.genotype().to_dict(),
-                **({"early_stop": self.early_stopper.state_dict()} if self.early_stopper is not None else {})}
+                "genotype": self.model.genotype().to_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.w_optimizer.load_state_dict(state["w_optimizer"])
+        self.architect.load_state_dict(state["architect"])
+        self.lengths.set_state(state["lengths"])
 
     def train_epoch(self) -> dict[str, float]:
         """Alternate α steps on the validation stream (its state carried) and weight steps."""
@@ -173,30 +168,31 @@ class RNNSearch(Run):
                               cfg, self.lengths, before_step=alpha_step, frozen=self.model.arch_parameters(),
                               carried=state, net=self.net)
 
-    def run(self) -> tuple[RecurrentGenotype, list[dict[str, Any]]]:
+    def epoch_start(self) -> dict[str, Any]:
+        return {"lr": self.config.lr}
+
+    def evaluate(self) -> dict[str, float]:
+        val_loss = evaluate_lm(self.model, self.eval_data, self.config.bptt, self.dist)
+        return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))}
+
+    def describe(self) -> str:
         cfg = self.config
-        self.log(f"search rnn: {cfg.order} order, {cfg.emsize}/{cfg.nhid}, N={cfg.nodes}, batch {cfg.batch_size}, "
-                 f"device {self.device}{self.dist.describe()}, out {self.out}")
-        while self.epoch < cfg.epochs and not self.stopped_early():
-            start = time.perf_counter()
-            record: dict[str, Any] = {"epoch": self.epoch + 1, "lr": cfg.lr}
-            record.update(self.train_epoch())
-            val_loss = evaluate_lm(self.model, self.eval_data, cfg.bptt, self.dist)
-            record.update({"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))})
-            self.epoch += 1
-            genotype = self.model.genotype()
-            self.record_curvature(record, genotype.to_dict())
-            record.update({"genotype": genotype.to_dict(),
-                           "alphas": {"recurrent": tensors_to_lists(self.model.arch_weights())},
-                           "seconds": round(time.perf_counter() - start, 3)})
-            curvature = f" | λmax {record['hessian_eigenvalue']:.4g}" if "hessian_eigenvalue" in record else ""
-            self.end_epoch(record, f"epoch {record['epoch']}/{cfg.epochs} train ppl {record['train_ppl']:.2f} | "
-                                   f"val ppl {record['val_ppl']:.2f}{curvature} | {record['seconds']:.1f}s\n"
-                                   f"  genotype {genotype.to_json()}")
+        return (f"search rnn: {cfg.order} order, {cfg.emsize}/{cfg.nhid}, N={cfg.nodes}, batch {cfg.batch_size}, "
+                f"device {self.device}{self.dist.describe()}, out {self.out}")
+
+    def epoch_summary(self, record: dict[str, Any]) -> Callable[[dict[str, Any]], str]:
         genotype = self.model.genotype()
-        if self.stopped_early():
-            self.log(self.early_stopper.reason())
-            genotype = RecurrentGenotype.from_dict(self.early_stopper.genotypes[self.early_stopper.stopped["epoch"]])
+        record.update({"genotype": genotype.to_dict(),
+                       "alphas": {"recurrent": tensors_to_lists(self.model.arch_weights())}})
+        return lambda r: (f"epoch {r['epoch']}/{self.config.epochs} train ppl {r['train_ppl']:.2f} | "
+                          f"val ppl {r['val_ppl']:.2f}{curvature_text(r)} | {r['seconds']:.1f}s\n"
+                          f"  genotype {genotype.to_json()}")
+
+    def finish(self) -> tuple[RecurrentGenotype, list[dict[str, Any]]]:
+        genotype = self.model.genotype()
+        if self.curvature.stops():
+            self.log(self.curvature.reason())
+            genotype = RecurrentGenotype.from_dict(self.curvature.kept_genotype())
         self.write_text(GENOTYPE, genotype.to_json() + "\n")
         return genotype, self.metrics.read()
 
