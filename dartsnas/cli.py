@@ -20,188 +20,35 @@ from .errors import ConfigError, DartsError, Interrupted
 from .genotype import CONV_GENOTYPES, load_genotype
 
 
-S = argparse.SUPPRESS  # only flags given on the command line reach a config
-
-
-def _data_flags(p: argparse.ArgumentParser, d: Any, datasets: str) -> argparse._ArgumentGroup:
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default=S, help=f"{datasets} [{d.dataset}]")
-    g.add_argument("--data-dir", default=S,
-                   help="folder holding the dataset, or imagefolder's root (train/<class>/, optional val/<class>/), "
-                        "or arrays' .npz file (x_train, y_train[, x_test, y_test]); $DARTSNAS_DATA when absent [data]")
-    g.add_argument("--download", action="store_true", default=S,
-                   help="fetch the official dataset archive (md5-checked) if missing")
-    g.add_argument("--no-verify", dest="verify", action="store_false", default=S,
-                   help="skip the official md5 check (for your own files in the CIFAR format)")
-    g.add_argument("--image-size", type=int, default=S,
-                   help="imagefolder: resize the shorter side to S and centre-crop S x S (images of mixed sizes "
-                        "need it) [as they are]" + ("; imagenet: crop size [224]" if hasattr(d, "network") else ""))
-    g.add_argument("--skip-bad-images", action="store_true", default=S,
-                   help="skip unreadable image files (the count is reported) instead of stopping")
-    g.add_argument("--no-flip", dest="flip", action="store_false", default=S,
-                   help="no random horizontal flips for your own images (text, digits, anything with a direction)")
-    g.add_argument("--memory-gb", type=float, default=S,
-                   help=f"your own images are held in memory up to this decoded size, streamed above it [{d.memory_gb}]")
-    g.add_argument("--workers", type=int, default=S, help=f"decoding processes for streamed images [{d.workers}]")
-    return g
-
-
-def _shape_flags(g: argparse._ArgumentGroup, d: Any) -> None:
-    g.add_argument("--init-channels", type=int, default=S, help=f"C [{d.init_channels}]")
-    g.add_argument("--layers", type=int, default=S, help=f"cells L [{d.layers}]")
-
-
-def _sgd_flags(g: argparse._ArgumentGroup, d: Any) -> None:
-    g.add_argument("--epochs", type=int, default=S, help=f"[{d.epochs}]")
-    g.add_argument("--batch-size", type=int, default=S, help=f"[{d.batch_size}]")
-    g.add_argument("--lr", type=float, default=S, help=f"weight learning rate [{d.lr}]")
-    g.add_argument("--lr-min", type=float, default=S, help=f"end of the cosine schedule [{d.lr_min}]")
-    g.add_argument("--momentum", type=float, default=S, help=f"[{d.momentum}]")
-    g.add_argument("--weight-decay", type=float, default=S, help=f"[{d.weight_decay}]")
-    g.add_argument("--grad-clip", type=float, default=S, help=f"[{d.grad_clip}]")
-    g.add_argument("--steps-per-epoch", type=int, default=S, help="cap the steps of an epoch (smoke runs)")
-
-
-def _run_flags(p: argparse.ArgumentParser, d: Any) -> argparse._ArgumentGroup:
-    g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=S, help=f"[{d.seed}]")
-    g.add_argument("--device", default=S, help=f"auto, cpu or cuda[:N] [{d.device}]")
-    g.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=S,
-                   help="keep NCHW activations (channels_last is faster on CPU and GPU)")
-    g.add_argument("--no-amp", dest="amp", action="store_false", default=S,
-                   help="float32 on CUDA too (default there: bf16 autocast; CPU is always float32)")
-    _reliability_flags(g)
-    _out_flags(g)
-    return g
+def _config_flags(p: argparse.ArgumentParser, cls: type, exclude: Sequence[str] = ()) -> None:
+    """The flags of a command's config (one per field, see :mod:`dartsnas.config`), --config FILE and
+    the run-directory flags."""
+    from .config import add_flags
+    run = add_flags(p, cls, exclude=exclude)["run"]
+    run.add_argument("--config", type=Path, default=None, metavar="FILE",
+                     help="options from a JSON or TOML file (keys as in a run's config.json, or spelt as flags); "
+                          "flags given override it")
+    _out_flags(run)
 
 
 def _search_flags(p: argparse.ArgumentParser) -> None:
     from .train.search import SearchConfig
-    d = SearchConfig()
-    _data_flags(p, d, "cifar10, digits (bundled, offline), imagefolder or arrays (your own images)")
-    p.add_argument("--train-portion", type=float, default=S,
-                   help=f"part of the training split that trains w; the rest trains α [{d.train_portion}]")
-    g = p.add_argument_group("search space")
-    _shape_flags(g, d)
-    g.add_argument("--nodes", type=int, default=S, help=f"intermediate nodes N per cell [{d.nodes}]")
-    g.add_argument("--ops", nargs="+", default=S, metavar="OP",
-                   help="candidate op set, or a named one (any case): darts, or RobustDARTS's reduced spaces s2 (skip_connect, "
-                        "sep_conv_3x3), s3 (none too), s4 (noise, sep_conv_3x3), s1 (two ops per edge, chosen per "
-                        "edge; 4 nodes) "
-                        f"[{' '.join(d.ops)}]")
-    g.add_argument("--partial-channels", type=int, default=S, metavar="K",
-                   help="PC-DARTS: mixed ops see 1/K of the channels, edges weighted by β [1: plain DARTS]")
-    g = p.add_argument_group("optimisation")
-    _sgd_flags(g, d)
-    g.add_argument("--arch-lr", type=float, default=S, help=f"Adam learning rate of α [{d.arch_lr}]")
-    g.add_argument("--arch-weight-decay", type=float, default=S, help=f"[{d.arch_weight_decay}]")
-    g.add_argument("--arch-start-epoch", type=int, default=S,
-                   help=f"first epoch (0-based) with α steps; before it only w trains (PC-DARTS: 15) "
-                        f"[{d.arch_start_epoch}]")
-    g.add_argument("--order", choices=("first", "second", "exact"), default=S,
-                   help=f"architecture gradient [{d.order}]")
-    g.add_argument("--fd-step", type=float, default=S,
-                   help=f"finite-difference step of --order second, divided by the gradient norm [{d.fd_step}]")
-    _fd_scheme_flag(g, d)
-    g.add_argument("--max-skip", type=int, default=S,
-                   help="cap on skip_connects in the derived normal cell [none]")
-    g.add_argument("--regularizer", choices=("none", "sdarts-rs", "darts-minus"), default=S,
-                   help="sdarts-rs: weight steps see softmax(α) + U(-ε, ε) (SDARTS-RS); darts-minus: an auxiliary "
-                        f"skip on every edge, its weight decaying from 1 to 0 (DARTS-) [{d.regularizer}]")
-    g.add_argument("--sdarts-epsilon", type=float, default=S,
-                   help=f"SDARTS-RS: the perturbation grows linearly from 0.03 to this [{d.sdarts_epsilon}]")
-    _curvature_flags(p, d)
-    _run_flags(p, d)
-
-
-def _rnn_flags(p: argparse.ArgumentParser, d: Any) -> argparse._ArgumentGroup:
-    """Corpus, model-size and BPTT flags shared by the recurrent commands."""
-    g = p.add_argument_group("corpus and model")
-    g.add_argument("--data-dir", default=S, help="corpus folder: train/valid/test .txt, ptb.*.txt or wiki.*.tokens")
-    g.add_argument("--train-split", default=S, help=f"split that trains w [{d.train_split}]")
-    g.add_argument("--val-split", default=S, help=f"split for α / model selection [{d.val_split}]")
-    g.add_argument("--emsize", type=int, default=S, help=f"[{d.emsize}]")
-    g.add_argument("--nhid", type=int, default=S, help=f"[{d.nhid}]")
-    g.add_argument("--bptt", type=int, default=S, help=f"[{d.bptt}]")
-    g.add_argument("--epochs", type=int, default=S, help=f"[{d.epochs}]")
-    g.add_argument("--batch-size", type=int, default=S, help=f"[{d.batch_size}]")
-    g.add_argument("--eval-batch-size", type=int, default=S, help=f"[{d.eval_batch_size}]")
-    g.add_argument("--lr", type=float, default=S, help=f"[{d.lr}]")
-    g.add_argument("--weight-decay", type=float, default=S, help=f"[{d.weight_decay}]")
-    g.add_argument("--grad-clip", type=float, default=S, help=f"[{d.grad_clip}]")
-    g.add_argument("--steps-per-epoch", type=int, default=S, help="cap the steps of an epoch (smoke runs)")
-    return g
-
-
-def _curvature_flags(p: argparse.ArgumentParser, d: Any) -> None:
-    g = p.add_argument_group("collapse (Zela et al., 2020)")
-    g.add_argument("--hessian-every", type=int, default=S, metavar="N",
-                   help="every N epochs (and the last), the dominant eigenvalue of the α-Hessian of the validation "
-                        "loss into metrics.jsonl [0: never]")
-    g.add_argument("--hessian-batches", type=int, default=S,
-                   help=f"fixed validation batches the eigenvalue is computed over [{d.hessian_batches}]")
-    g.add_argument("--hessian-steps", type=int, default=S,
-                   help=f"Lanczos iterations (Hessian-vector products) per eigenvalue [{d.hessian_steps}]")
-    g.add_argument("--early-stop", choices=("hessian",), default=S,
-                   help="DARTS-ES: stop when the eigenvalue's local average grows 1.3x over 4 evaluations, and keep "
-                        "the genotype of the earlier epoch (needs --hessian-every)")
-    g.add_argument("--es-start", type=int, default=S, help=f"first epoch DARTS-ES may name [{d.es_start}]")
+    _config_flags(p, SearchConfig)
 
 
 def _search_rnn_flags(p: argparse.ArgumentParser) -> None:
     from .train.search_rnn import RNNSearchConfig
-    d = RNNSearchConfig()
-    g = _rnn_flags(p, d)
-    g.add_argument("--nodes", type=int, default=S, help=f"[{d.nodes}]")
-    g.add_argument("--arch-lr", type=float, default=S, help=f"[{d.arch_lr}]")
-    g.add_argument("--arch-weight-decay", type=float, default=S, help=f"[{d.arch_weight_decay}]")
-    g.add_argument("--order", choices=("first", "second", "exact"), default=S, help=f"[{d.order}]")
-    g.add_argument("--fd-step", type=float, default=S, help=f"[{d.fd_step}]")
-    _fd_scheme_flag(g, d)
-    _curvature_flags(p, d)
-    _rnn_run_flags(p, d)
+    _config_flags(p, RNNSearchConfig)
+
+
+def _train_flags(p: argparse.ArgumentParser, genotype: bool = True) -> None:
+    from .train.final import TrainConfig
+    _config_flags(p, TrainConfig, () if genotype else ("genotype",))
 
 
 def _train_rnn_flags(p: argparse.ArgumentParser, genotype: bool = True) -> None:
     from .train.final_rnn import RNNTrainConfig
-    d = RNNTrainConfig()
-    if genotype:
-        p.add_argument("--genotype", default=S, help=f"built-in name, genotype.json or search run directory [{d.genotype}]")
-    g = _rnn_flags(p, d)
-    g.add_argument("--test-split", default=S, help=f"[{d.test_split}]")
-    g.add_argument("--test-batch-size", type=int, default=S, help=f"[{d.test_batch_size}]")
-    g.add_argument("--nonmono", type=int, default=S, help=f"epochs without improvement before ASGD [{d.nonmono}]")
-    for name in ("dropout", "dropout_h", "dropout_x", "dropout_i", "dropout_e"):
-        g.add_argument(f"--{name.replace('_', '-')}", type=float, default=S, help=f"[{getattr(d, name)}]")
-    _rnn_run_flags(p, d)
-
-
-def _rnn_run_flags(p: argparse.ArgumentParser, d: Any) -> None:
-    g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=S, help=f"[{d.seed}]")
-    g.add_argument("--device", default=S, help=f"auto, cpu or cuda[:N] [{d.device}]")
-    g.add_argument("--compile", action="store_true", default=S,
-                   help="fuse the cell's time step with torch.compile (about 1.7x faster on CPU after a "
-                        "one-off compilation of a minute or two)")
-    _reliability_flags(g)
-    _out_flags(g)
-
-
-def _fd_scheme_flag(g: argparse._ArgumentGroup, d: Any) -> None:
-    g.add_argument("--fd-scheme", choices=("central", "forward"), default=S,
-                   help="finite difference of --order second: the paper's central one, or one-sided "
-                        f"(one pass fewer per step) [{d.fd_scheme}]")
-
-
-def _reliability_flags(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--checkpoint-every", type=int, default=S, metavar="STEPS",
-                   help="also checkpoint every STEPS steps inside an epoch [every 5 minutes of work]")
-    g.add_argument("--skip-nonfinite", type=int, default=S, metavar="N",
-                   help="skip up to N batches with a non-finite loss or gradient, logged, before stopping [0]")
-    g.add_argument("--deterministic", action="store_true", default=S,
-                   help="deterministic kernels (torch.use_deterministic_algorithms; slower on CUDA)")
-    g.add_argument("--sync-bn", action="store_true", default=S,
-                   help="launched with torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)")
+    _config_flags(p, RNNTrainConfig, () if genotype else ("genotype",))
 
 
 def _devices_flag(p: argparse.ArgumentParser) -> None:
@@ -223,32 +70,6 @@ def _out_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--quiet", action="store_true", help="no progress or per-epoch output")
     g.add_argument("--tensorboard", action="store_true",
                    help="also write TensorBoard events to RUN_DIR/tensorboard (needs the tensorboard package)")
-
-
-def _train_flags(p: argparse.ArgumentParser, genotype: bool = True) -> None:
-    from .train.final import TrainConfig
-    d = TrainConfig()
-    if genotype:
-        p.add_argument("--genotype", default=S, help=f"built-in name, genotype.json or search run directory [{d.genotype}]")
-    _data_flags(p, d, "cifar10, digits, imagenet, imagefolder or arrays; each has its recipe's defaults")
-    p.add_argument("--train-portion", type=float, default=S,
-                   help="train on this part of the training split and report val_* on the held-out rest "
-                        f"instead of the test split (the paper's selection) [{d.train_portion}]")
-    g = p.add_argument_group("network")
-    g.add_argument("--network", choices=("cifar", "imagenet"), default=S, help=f"[{d.network}]")
-    _shape_flags(g, d)
-    g = p.add_argument_group("optimisation (defaults: the paper's CIFAR-10 recipe)")
-    _sgd_flags(g, d)
-    g.add_argument("--lr-schedule", choices=("cosine", "exponential"), default=S, help=f"[{d.lr_schedule}]")
-    g.add_argument("--lr-gamma", type=float, default=S, help=f"decay per epoch of --lr-schedule exponential [{d.lr_gamma}]")
-    g.add_argument("--label-smoothing", type=float, default=S, help=f"[{d.label_smoothing}]")
-    g.add_argument("--auxiliary-weight", type=float, default=S, help=f"0 disables the auxiliary head [{d.auxiliary_weight}]")
-    g.add_argument("--drop-path", type=float, default=S, help=f"final drop-path probability [{d.drop_path}]")
-    g.add_argument("--cutout", type=int, default=S, help=f"cutout square size, 0 disables [{d.cutout}]")
-    _run_flags(p, d).add_argument(
-        "--compile", action="store_true", default=S,
-        help="run every cell through torch.compile (minutes of one-off compilation; no faster on CPU, "
-             "measure on your GPU with benchmarks/train_step.py --compile)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -343,16 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _given(cls: type, args: argparse.Namespace) -> dict[str, Any]:
-    """The fields of config class ``cls`` that flags set (flags default to SUPPRESS: absent if not given)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    given = {k: v for k, v in vars(args).items() if k in names}
-    if "ops" in given:
-        given["ops"] = tuple(given["ops"])
-    return given
+    """The fields of config class ``cls`` that --config FILE and then the flags given set."""
+    from .config import given_fields, load_config_file
+    from_file = load_config_file(args.config, cls) if getattr(args, "config", None) is not None else {}
+    return {**from_file, **given_fields(cls, args)}
 
 
 def _config(cls: type, kind: str, args: argparse.Namespace, make: Any = None) -> Any:
-    """The run's config: the checkpoint's on --resume, else defaults; flags given override both."""
+    """The run's config: the checkpoint's on --resume, else defaults; --config FILE and the flags
+    given override both."""
     from .train.checkpoint import CHECKPOINT, load_checkpoint
     given = _given(cls, args)
     if args.resume and (args.out / CHECKPOINT).is_file():  # without one yet, the run starts afresh
@@ -583,6 +403,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Interrupted as e:  # SIGTERM / SIGINT: checkpoint written at a step boundary
         print(f"dartsnas: {e}", file=sys.stderr)
         return e.exit_code
+    except ConfigError as e:  # fields named as flags
+        print(f"dartsnas: error: {e.at_command_line()}", file=sys.stderr)
+        return 1
     except DartsError as e:
         print(f"dartsnas: error: {e}", file=sys.stderr)
         return 1

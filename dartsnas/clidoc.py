@@ -17,6 +17,20 @@ HEADER = """# Command-line reference
 Generated from the parser (`python -m dartsnas.clidoc > docs/cli.md`; a test checks that this file is
 current). Defaults are in brackets. Every command that trains uses the same spelling for the same
 flag; `dartsnas COMMAND --help` prints the same text in the terminal.
+
+Each training flag is a field of the command's config (`dartsnas/config.py`: declared once, with its
+help and bounds; the flag is generated from it). `--config FILE` reads fields from a JSON or TOML file,
+keys spelt as fields (`batch_size`) or as flags (`batch-size`); a run's own `config.json` is such a
+file. Flags given on the command line override the file, which overrides the defaults (and, with
+`--resume`, the checkpoint's config):
+
+```
+dartsnas search cnn --config search.toml --epochs 10 --out runs/a
+dartsnas train cnn --config runs/old/config.json --seed 1 --out runs/b
+```
+
+An error names the flag at the command line (`--batch-size must be >= 1, got 0`) and the field in
+Python (`batch_size must be >= 1, got 0`).
 """
 
 

@@ -56,10 +56,12 @@ EDGE_OP_SETS: dict[str, dict[str, tuple[tuple[str, ...], ...]]] = {
 }
 
 
-def resolve_op_set(ops: Sequence[str]) -> tuple[str, ...]:
+def resolve_op_set(ops: Sequence[str] | str) -> tuple[str, ...]:
     """An op set as a user gives it: a named set alone (``darts``, ``s1``-``s4``, in any case, so
-    RobustDARTS's ``S3`` too) becomes its ops (``s1``, whose ops differ per edge, stays a name);
-    anything else is a list of op names, kept as given."""
+    RobustDARTS's ``S3`` too; in Python also as a plain string) becomes its ops (``s1``, whose ops
+    differ per edge, stays a name); anything else is a list of op names, kept as given."""
+    if isinstance(ops, str):
+        ops = (ops,)
     if len(ops) == 1 and isinstance(ops[0], str):
         name = ops[0].lower()
         if name in OP_SETS:

@@ -180,5 +180,5 @@ def test_search_records_the_eigenvalue_stops_early_and_resumes_with_the_rule_sta
 def test_early_stop_needs_the_eigenvalue(tmp_path):
     from dartsnas.errors import ConfigError
     from dartsnas.train.search import SearchConfig, search
-    with pytest.raises(ConfigError, match="--early-stop hessian watches the dominant eigenvalue: give --hessian-every"):
+    with pytest.raises(ConfigError, match="early_stop hessian watches the dominant eigenvalue: give hessian_every N"):
         search(SearchConfig(dataset="digits", early_stop="hessian"), tmp_path / "r", quiet=True)

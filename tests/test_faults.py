@@ -225,6 +225,7 @@ def test_truncated_checkpoint_is_refused_and_a_torn_metrics_line_tolerated(tmp_p
     (["train", "cnn", "--dataset", "digits", "--skip-nonfinite", "-1"], "--skip-nonfinite must be >= 0, got -1"),
     (["search", "cnn", "--dataset", "digits", "--seed", "1", "--seeds", "1", "2"], "either --seed or --seeds"),
     (["train", "cnn", "--dataset", "digits", "--train-portion", "1.5"], "--train-portion must lie in (0, 1]"),
+    (["train", "cnn", "--config", "/nonexistent/c.toml"], "--config /nonexistent/c.toml: cannot be read"),
 ])
 def test_bad_input_is_one_line_exit_1_and_nothing_written(args, message, tmp_path, capsys):
     out = tmp_path / "run"

@@ -85,7 +85,7 @@ def test_darts_minus_adds_beta_times_the_auxiliary_skip_outside_alpha(tiny_net):
     plain.alpha_normal.data.copy_(with_aux.alpha_normal.data)
     plain.alpha_reduce.data.copy_(with_aux.alpha_reduce.data)
     assert plain.genotype() == with_aux.genotype()
-    with pytest.raises(ConfigError, match="darts-minus and --partial-channels do not combine"):
+    with pytest.raises(ConfigError, match="regularizer darts-minus and partial_channels do not combine"):
         SearchNetwork(ConvSearchSpaceConfig(init_channels=4, layers=3, partial_channels=2, auxiliary_skip=True))
 
 
@@ -97,7 +97,7 @@ def test_named_op_sets_and_the_noise_op():
     assert out.shape == (3, 4, 4, 4) and 0.5 < float(out.std()) < 1.5
     net = SearchNetwork(ConvSearchSpaceConfig(init_channels=4, layers=3, ops=OP_SETS["s4"]))
     assert net(torch.randn(2, 3, 8, 8)).shape == (2, 10)
-    with pytest.raises(ConfigError, match="--regularizer must be one of"):
+    with pytest.raises(ConfigError, match="regularizer must be one of"):
         SearchConfig(regularizer="sdarts-adv").validate()
 
 

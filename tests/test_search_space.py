@@ -93,7 +93,7 @@ def test_partial_channels_shapes_memory_and_alpha_beta_derivation():
     assert sorted(j for _, j in node1) == [1, 2]
     e_normal, _ = pc.edge_weights()
     torch.testing.assert_close(e_normal[:2].sum(), torch.tensor(1.0))  # a softmax per node
-    with pytest.raises(ConfigError, match="--partial-channels 3 must divide --init-channels 8"):
+    with pytest.raises(ConfigError, match="partial_channels 3 must divide init_channels 8"):
         SearchNetwork(ConvSearchSpaceConfig(init_channels=8, layers=5, partial_channels=3))
 
 

@@ -63,7 +63,7 @@ def test_training_on_cifar_files_in_the_original_format(tmp_path, cifar_dir):
 def test_errors_before_training(tmp_path):
     with pytest.raises(GenotypeError, match="unknown genotype 'NOPE'"):
         train(recipe("digits", genotype="NOPE", **TINY), tmp_path / "a", quiet=True)
-    with pytest.raises(ConfigError, match="--drop-path must lie in"):
+    with pytest.raises(ConfigError, match="drop_path must lie in"):
         train(recipe("digits", drop_path=1.5), tmp_path / "b", quiet=True)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     search_run = tmp_path / "s"

@@ -70,7 +70,8 @@ def split_portion(n: int, portion: float) -> tuple[torch.Tensor, torch.Tensor]:
     split of a training set into the part that trains and the held-out part."""
     n_train = int(math.floor(portion * n))
     if n_train < 1 or n_train >= n:
-        raise ConfigError(f"--train-portion {portion} leaves an empty split of the {n} training images")
+        raise ConfigError(f"{{train_portion}} {portion} leaves an empty split of the {n} training images",
+                          names=("train_portion",))
     order = torch.arange(n)
     return order[:n_train], order[n_train:]
 

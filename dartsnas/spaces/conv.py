@@ -64,13 +64,14 @@ class ConvSearchSpaceConfig:
             if all(op == "none" for op in self.ops):
                 raise ConfigError("the op set needs at least one op other than 'none'")
         if self.partial_channels < 1:
-            raise ConfigError(f"--partial-channels must be >= 1, got {self.partial_channels}")
+            raise ConfigError(f"{{partial_channels}} must be >= 1, got {self.partial_channels}", names=("partial_channels",))
         if self.init_channels % self.partial_channels:
-            raise ConfigError(f"--partial-channels {self.partial_channels} must divide --init-channels "
-                              f"{self.init_channels}")
+            raise ConfigError(f"{{partial_channels}} {self.partial_channels} must divide {{init_channels}} "
+                              f"{self.init_channels}", names=("partial_channels", "init_channels"))
         if self.auxiliary_skip and self.partial_channels > 1:
-            raise ConfigError("--regularizer darts-minus and --partial-channels do not combine: the auxiliary skip "
-                              "of DARTS- spans every channel, PC-DARTS mixes a part of them")
+            raise ConfigError("{regularizer} darts-minus and {partial_channels} do not combine: the auxiliary skip "
+                              "of DARTS- spans every channel, PC-DARTS mixes a part of them",
+                              names=("regularizer", "partial_channels"))
 
     def edge_ops(self, cell: str) -> tuple[tuple[str, ...], ...]:
         """The candidate ops of every edge of the ``cell`` ("normal" or "reduce") cells, node-major."""

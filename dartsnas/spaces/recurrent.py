@@ -40,7 +40,8 @@ class RecurrentSearchSpaceConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.emsize != self.nhid:
-            raise ConfigError(f"tied weights need --emsize == --nhid, got {self.emsize} and {self.nhid}")
+            raise ConfigError(f"tied weights need {{emsize}} == {{nhid}}, got {self.emsize} and {self.nhid}",
+                              names=("emsize", "nhid"))
         for op in self.ops:
             RNN_OPS.get(op)
         if all(op == "none" for op in self.ops):

@@ -24,7 +24,9 @@ from ..errors import CheckpointError, ConfigError
 from ..genotype import Genotype, load_genotype
 from ..nets import NETWORKS, RESIZE_HINT, NetworkConfig, build_network, check_input_size
 from .checkpoint import CHECKPOINT, load_checkpoint, model_file, save_checkpoint
-from .common import DATA_RESUMABLE, ImageDataFields, RunOptions, autocast, config_from_dict, cosine_lr, resolve_device
+from ..config import Compile, Epochs, FastConv, ImageData, Momentum, RunOptions, Seed, configclass, option
+from ..data.table import DATASET_TABLE
+from .common import autocast, cosine_lr, resolve_device
 from .loop import Run, batch_source, set_lr
 from .meters import ClassifierEpoch, EpochMeter, evaluate
 from .rng import seed_everything
@@ -33,83 +35,39 @@ KIND = "train-cnn"
 MODEL = "model.pt"
 
 
-@dataclass
-class TrainConfig(RunOptions, ImageDataFields):
+@configclass(epochs=600, batch_size=96, lr_min=0.0)
+class TrainConfig(RunOptions, Compile, FastConv, Seed, Momentum, Epochs, ImageData):
     """A final-network training run; defaults are the paper's CIFAR-10 recipe (600 epochs)."""
 
-    genotype: str = "DARTS_V2"
-    dataset: str = "cifar10"
-    data_dir: str | None = None
-    download: bool = False
-    verify: bool = True
-    network: str = "cifar"
-    init_channels: int = 36
-    layers: int = 20
-    epochs: int = 600
-    batch_size: int = 96
-    lr: float = 0.025
-    lr_schedule: str = "cosine"          # cosine (to lr_min) or exponential (lr * gamma**epoch)
-    lr_min: float = 0.0
-    lr_gamma: float = 0.97
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    grad_clip: float = 5.0
-    label_smoothing: float = 0.0
-    auxiliary_weight: float = 0.4        # 0 trains without the auxiliary head
-    drop_path: float = 0.2               # scheduled: drop_path * epoch / epochs
-    cutout: int = 16
-    seed: int = 0
-    device: str = "auto"
-    steps_per_epoch: int | None = None
-    channels_last: bool = True
-    amp: bool = True                     # bf16 autocast on CUDA; the CPU path always stays float32
-    compile: bool = False                # torch.compile of every cell
-    train_portion: float = 1.0           # < 1: train on that part of the training split, report val_* on the rest
+    genotype: str = option("DARTS_V2", "built-in name, genotype.json or search run directory")
+    train_portion: float = option(1.0, "train on this part of the training split and report val_* on the held-out "
+                                  "rest instead of the test split (the paper's selection)", above=0, max=1)
+    network: str = option("cifar", group="network", choices=("cifar", "imagenet"))
+    init_channels: int = option(36, "C", group="network", min=1)
+    layers: int = option(20, "cells L", group="network", min=1)
+    lr_schedule: str = option("cosine", "cosine (to --lr-min) or exponential (lr x gamma^epoch)", group="optimisation",
+                              choices=("cosine", "exponential"))
+    lr_gamma: float = option(0.97, "decay per epoch of --lr-schedule exponential", group="optimisation", above=0)
+    label_smoothing: float = option(0.0, group="optimisation", min=0, below=1)
+    auxiliary_weight: float = option(0.4, "0 disables the auxiliary head", group="optimisation", min=0)
+    drop_path: float = option(0.2, "final drop-path probability (scheduled: drop_path x epoch / epochs)",
+                              group="optimisation", min=0, below=1)
+    cutout: int = option(16, "cutout square size, 0 disables", group="optimisation", min=0)
 
-    RESUMABLE_CHANGES = ("epochs", "device", "download", "verify", "channels_last", "amp", "compile",
-                         *DATA_RESUMABLE)
+    DATASET_COMMAND = "train"
+    TITLES = {"optimisation": "optimisation (defaults: the paper's CIFAR-10 recipe)"}
+    FLAG_HELP = {"compile": "run every cell through torch.compile (minutes of one-off compilation; no faster on CPU, "
+                            "measure on your GPU with benchmarks/train_step.py --compile)"}
 
-    def validate(self) -> None:
-        for name in ("epochs", "batch_size", "init_channels", "layers"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ConfigError(f"--lr must be > 0, got {self.lr}")
-        for name in ("lr_min", "momentum", "weight_decay", "auxiliary_weight", "cutout"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if not self.grad_clip > 0:
-            raise ConfigError(f"--grad-clip must be > 0 (inf: no clipping), got {self.grad_clip}")
-        self.validate_image_data()
-        if not 0.0 <= self.drop_path < 1.0:
-            raise ConfigError(f"--drop-path must lie in [0, 1), got {self.drop_path}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"--label-smoothing must lie in [0, 1), got {self.label_smoothing}")
-        if self.lr_schedule not in ("cosine", "exponential"):
-            raise ConfigError(f"--lr-schedule must be cosine or exponential, got {self.lr_schedule!r}")
-        if self.dataset not in DATASET_KINDS:
-            raise ConfigError(f"--dataset must be one of {', '.join(DATASET_KINDS)}, got {self.dataset!r}")
-        if self.network not in ("cifar", "imagenet"):
-            raise ConfigError(f"--network must be cifar or imagenet, got {self.network!r}")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise ConfigError(f"--steps-per-epoch must be >= 1, got {self.steps_per_epoch}")
-        if not 0.0 < self.train_portion <= 1.0:
-            raise ConfigError(f"--train-portion must lie in (0, 1], got {self.train_portion}")
+    def check(self) -> None:
+        super().check()
         if self.train_portion < 1.0 and DATASET_KINDS.get(self.dataset) == "folder":
-            raise ConfigError(f"--train-portion below 1 is not available for {self.dataset}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        return config_from_dict(cls, data)
+            raise ConfigError(f"{{train_portion}} below 1 is not available for {self.dataset}", names=("train_portion",))
 
 
 #: Named datasets held in memory, ImageNet's class folders (the ImageNet recipe's per-image augmentation
 #: in DataLoader workers), and a user's own images (imagefolder, arrays, torch Datasets from Python).
-DATASET_KINDS = {"cifar10": "memory", "digits": "memory", "imagenet": "folder", "imagefolder": "own",
-                 "arrays": "own", PYTHON_DATASET: "own"}
+DATASET_KINDS = {entry.name: "own" if entry.kind == "python" else entry.kind for entry in DATASET_TABLE}
 #: A user's data without a test split: this share of the training images is held out to test on.
 HELD_OUT = 0.1
 _OWN = dict(cutout=0)
@@ -251,7 +209,7 @@ class Training(Run):
         self.train_loader, self.test_loader = data["train"], data["test"]
         self.val_loader = data.get("val")
         if len(self.train_loader) == 0:
-            raise ConfigError(f"--batch-size {config.batch_size} is larger than the training set")
+            raise ConfigError(f"{{batch_size}} {config.batch_size} is larger than the training set", names=("batch_size",))
         H, W = self.data_info["image_size"]
         check_input_size(f"--network {config.network}", NETWORKS.get(config.network).downsampling, H, W,
                          RESIZE_HINT if config.dataset == "imagefolder" else "")

@@ -114,10 +114,10 @@ class Run:
              log: Callable[[str], None], tensorboard: bool = False) -> dict[str, Any] | None:
         """Validate the config, the run directory and the options before anything is written; on
         ``resume``, load the checkpoint and check that it fits. Returns it (None for a fresh run)."""
-        from .common import check_resumable, resolve_device
+        from ..config import check_resumable
+        from .common import resolve_device
         config.validate()
         self.hooks: list[Any] = [TensorBoardLog()] if tensorboard else []
-        config.validate_run_options()
         device = resolve_device(config.device)
         self.dist = Distributed.from_env(device)
         self.device = self.dist.local(device)

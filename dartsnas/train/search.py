@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,56 +29,39 @@ from ..regularizers import REGULARIZERS, perturb_mixing_weights, sdarts_epsilon
 from ..spaces import ConvSearchSpaceConfig, SearchNetwork
 from ..spaces.base import mixing_weights
 from .checkpoint import GENOTYPE, load_checkpoint, tensors_to_lists
-from .common import (DATA_RESUMABLE, CurvatureOptions, ImageDataFields, RunOptions, autocast, config_from_dict,
-                     cosine_lr, validate_bilevel)
+from ..config import (ArchStep, ArchWarmup, Curvature, Epochs, FastConv, ImageData, Momentum, RunOptions, Seed,
+                      configclass, option)
+from .common import autocast, cosine_lr
 from .hooks import RegularizerSchedule, curvature_text, watch_curvature
 from .loop import Run, batch_source, set_lr
 from .meters import ClassifierEpoch, ClipMeter, EpochMeter, evaluate
 from .rng import seed_everything
 
 KIND = "search-cnn"
-SEARCH_DATASETS = ("cifar10", "digits", "imagefolder", "arrays", PYTHON_DATASET)
-
-
-@dataclass
-class SearchConfig(RunOptions, ImageDataFields, CurvatureOptions):
+@configclass()
+class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, ArchStep, Momentum, Epochs, ImageData):
     """Everything that defines a conv search; defaults are the paper's CIFAR-10 settings."""
 
-    dataset: str = "cifar10"     # cifar10, digits, imagefolder, arrays (python: torch Datasets from the API)
-    data_dir: str | None = None
-    download: bool = False
-    verify: bool = True
-    epochs: int = 50
-    batch_size: int = 64
-    lr: float = 0.025
-    lr_min: float = 0.001
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    grad_clip: float = 5.0
-    arch_lr: float = 3e-4
-    arch_weight_decay: float = 1e-3
-    arch_start_epoch: int = 0    # α steps from this epoch on (PC-DARTS warms the weights up for 15)
-    arch_betas: tuple[float, float] = (0.5, 0.999)
-    order: str = "first"
-    fd_step: float = 0.01
-    fd_scheme: str = "central"   # central (the paper's) or forward: one pass fewer
-    init_channels: int = 16
-    partial_channels: int = 1    # PC-DARTS's K: mixed ops see 1/K of the channels (1: plain DARTS)
-    layers: int = 8
-    nodes: int = 4
-    ops: tuple[str, ...] = field(default_factory=lambda: DARTS_OPS)
-    train_portion: float = 0.5
-    max_skip: int | None = None
-    seed: int = 0
-    device: str = "auto"
-    steps_per_epoch: int | None = None
-    # NHWC activations: faster convolutions on CPU (oneDNN) and GPU (measured in benchmarks/).
-    channels_last: bool = True
-    # bf16 autocast of the search's forward/backward passes on CUDA (softmax(α), the losses and the
-    # finite-difference arithmetic stay float32); CPU is always float32.
-    amp: bool = True
-    regularizer: str = "none"    # none, sdarts-rs (random smoothing of α) or darts-minus (decaying auxiliary skip)
-    sdarts_epsilon: float = 0.3  # SDARTS-RS: the perturbation grows linearly from 0.03 to this
+    train_portion: float = option(0.5, "part of the training split that trains w; the rest trains α", above=0, below=1)
+    init_channels: int = option(16, "C", group="search space", min=1)
+    layers: int = option(8, "cells L", group="search space", min=1)
+    nodes: int = option(4, "intermediate nodes N per cell", group="search space", min=1)
+    ops: tuple[str, ...] = option(
+        help="candidate op set, or a named one (any case): darts, or RobustDARTS's reduced spaces s2 (skip_connect, "
+             "sep_conv_3x3), s3 (none too), s4 (noise, sep_conv_3x3), s1 (two ops per edge, chosen per edge; 4 nodes)",
+        factory=lambda: DARTS_OPS, group="search space", metavar="OP")
+    partial_channels: int = option(1, "PC-DARTS: mixed ops see 1/K of the channels, edges weighted by β",
+                                   group="search space", min=1, metavar="K", default_text="1: plain DARTS")
+    max_skip: int | None = option(None, "cap on skip_connects in the derived normal cell", group="optimisation", min=0,
+                                  default_text="none")
+    regularizer: str = option("none", "sdarts-rs: weight steps see softmax(α) + U(-ε, ε) (SDARTS-RS); darts-minus: an "
+                              "auxiliary skip on every edge, its weight decaying from 1 to 0 (DARTS-)",
+                              group="optimisation", choices=REGULARIZERS)
+    sdarts_epsilon: float = option(0.3, "SDARTS-RS: the perturbation grows linearly from 0.03 to this",
+                                   group="optimisation", above=0, max=1)
+
+    DATASET_COMMAND = "search"
+    TITLES = {"collapse": "collapse (Zela et al., 2020)"}
 
     def __post_init__(self) -> None:
         self.ops = resolve_op_set(self.ops)  # a named op set: --ops s2 (or S2)
@@ -90,53 +73,9 @@ class SearchConfig(RunOptions, ImageDataFields, CurvatureOptions):
                                      partial_channels=self.partial_channels,
                                      auxiliary_skip=self.regularizer == "darts-minus")
 
-    # Fields that may differ between a checkpoint and the run resuming it.
-    RESUMABLE_CHANGES = ("epochs", "device", "download", "verify", "channels_last", "amp", *DATA_RESUMABLE)
-
-    def validate(self) -> None:
-        positive = ("epochs", "batch_size", "init_channels", "layers", "nodes", "partial_channels")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "arch_lr", "fd_step"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
-        for name in ("lr_min", "momentum", "weight_decay", "arch_weight_decay", "arch_start_epoch"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if not self.grad_clip > 0:
-            raise ConfigError(f"--grad-clip must be > 0 (inf: no clipping), got {self.grad_clip}")
-        if self.regularizer not in REGULARIZERS:
-            raise ConfigError(f"--regularizer must be one of {', '.join(REGULARIZERS)}, got {self.regularizer!r}")
-        if not 0 < self.sdarts_epsilon <= 1:
-            raise ConfigError(f"--sdarts-epsilon must lie in (0, 1], got {self.sdarts_epsilon}")
-        if self.dataset not in SEARCH_DATASETS:
-            raise ConfigError(f"--dataset must be one of {', '.join(SEARCH_DATASETS[:-1])}, got {self.dataset!r}")
-        self.validate_image_data()
-        self.validate_curvature()
+    def check(self) -> None:
+        super().check()
         self.space().validate()  # before any data is read
-        if self.lr_min > self.lr:
-            raise ConfigError(f"--lr-min {self.lr_min} is above --lr {self.lr}")
-        validate_bilevel(self)
-        if self.max_skip is not None and self.max_skip < 0:
-            raise ConfigError(f"--max-skip must be >= 0, got {self.max_skip}")
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise ConfigError(f"--device must be auto, cpu or cuda[:N], got {self.device!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["ops"] = list(self.ops)
-        d["arch_betas"] = list(self.arch_betas)
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SearchConfig":
-        data = dict(data)
-        if "ops" in data:
-            data["ops"] = tuple(data["ops"])
-        if "arch_betas" in data:
-            data["arch_betas"] = tuple(data["arch_betas"])
-        return config_from_dict(cls, data)
 
 
 @dataclass

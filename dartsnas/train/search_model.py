@@ -25,7 +25,8 @@ from ..architect import Architect
 from ..data import DatasetBatches
 from ..errors import ConfigError
 from ..nn import SearchableModel, fix
-from .common import RunOptions, config_from_dict, cosine_lr, validate_bilevel
+from ..config import ArchStep, ArchWarmup, Epochs, Momentum, RunOptions, Seed, configclass, option
+from .common import cosine_lr
 from .loop import Run, batch_source, set_lr
 from .meters import ClipMeter
 from .rng import seed_everything
@@ -35,51 +36,12 @@ KIND = "search-model"
 CHOICES = "choices.json"
 
 
-@dataclass
-class ModelSearchConfig(RunOptions):
+@configclass(epochs=10)
+class ModelSearchConfig(RunOptions, Seed, ArchWarmup, ArchStep, Momentum, Epochs):
     """The bilevel optimisation of a model search; defaults are the paper's CIFAR-10 search settings."""
 
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 0.025
-    lr_min: float = 0.001
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    grad_clip: float = 5.0
-    arch_lr: float = 3e-4
-    arch_betas: tuple[float, float] = (0.5, 0.999)
-    arch_weight_decay: float = 1e-3
-    arch_start_epoch: int = 0
-    order: str = "first"
-    fd_step: float = 0.01
-    fd_scheme: str = "central"
-    train_portion: float = 0.5
-    seed: int = 0
-    device: str = "auto"
-    steps_per_epoch: int | None = None
-
-    RESUMABLE_CHANGES = ("epochs", "device")
-
-    def validate(self) -> None:
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "arch_lr", "fd_step", "grad_clip"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        validate_bilevel(self, cli=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["arch_betas"] = list(self.arch_betas)
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelSearchConfig":
-        data = dict(data)
-        if "arch_betas" in data:
-            data["arch_betas"] = tuple(data["arch_betas"])
-        return config_from_dict(cls, data)
+    train_portion: float = option(0.5, "without val_data: the part of train_data that trains w; the rest trains α",
+                                  above=0, below=1)
 
 
 @dataclass
