@@ -25,8 +25,8 @@ file. Flags given on the command line override the file, which overrides the def
 `--resume`, the checkpoint's config):
 
 ```
-dartsnas search cnn --config search.toml --epochs 10 --out runs/a
-dartsnas train cnn --config runs/old/config.json --seed 1 --out runs/b
+dartsnas search cnn --config search.toml --epochs 10 --out runs/from-toml
+dartsnas train cnn --config runs/mine/config.json --seed 1 --out runs/mine-seed1
 ```
 
 An error names the flag at the command line (`--batch-size must be >= 1, got 0`) and the field in

@@ -1,17 +1,24 @@
 """Datasets by name: ``load_dataset("cifar10" | "digits", split, ...)``; a user's own images
-(``imagefolder``, ``arrays``, torch Datasets) through :func:`load_splits` and :mod:`.own`."""
+(``imagefolder``, ``arrays``, torch Datasets) through :func:`load_splits` and :mod:`.own`.
+
+The package by responsibility: :mod:`.table` (every dataset name, its kind, the commands that take
+it), :mod:`.images` (the dataset type and the batch loaders), :mod:`.decoding` (image files),
+:mod:`.streaming` (images decoded on demand in workers), :mod:`.classfolders`, :mod:`.arrays` and
+:mod:`.torchdata` (a user's three sources, assembled by :mod:`.build`), :mod:`.splits`, :mod:`.cifar`,
+:mod:`.bundled` (digits), :mod:`.folder` (ImageNet), :mod:`.text` (corpora), :mod:`.augment`.
+"""
 from __future__ import annotations
 
 import os
 from typing import Callable
 
-import torch
-
 from ..registry import Registry
 from .bundled import load_digits
 from .cifar import load_cifar10
-from .images import BatchLoader, DatasetBatches, ImageDataset, split_portion
-from .own import OwnDataOptions, from_torch_dataset, load_own_data, stratified_split
+from .images import BatchLoader, DatasetBatches, ImageDataset
+from .own import OwnDataOptions, from_torch_dataset, load_own_data
+from .splits import random_split, search_split, split_by_dataset, split_portion, stratified_split
+from .table import DATASET_TABLE, OWN_DATASETS, PAPER_SPLIT, PYTHON_DATASET, dataset_entry, datasets_for
 
 DATASETS: Registry[Callable[..., ImageDataset]] = Registry("dataset")
 
@@ -37,14 +44,6 @@ def load_dataset(name: str, split: str = "train", *, data_dir: str | os.PathLike
     return DATASETS.get(name)(split, data_dir, download, verify)
 
 
-#: Datasets of a user's own images: read from --data-dir, statistics computed from the training images.
-OWN_DATASETS = ("imagefolder", "arrays")
-#: The data passed to the Python API as torch Datasets.
-PYTHON_DATASET = "python"
-#: Datasets whose search split is the paper's (first part / rest, their files being in random order).
-PAPER_SPLIT = ("cifar10", "digits")
-
-
 def load_splits(name: str, data_dir: str | os.PathLike | None, *, download: bool = False, verify: bool = True,
                 options: OwnDataOptions | None = None, train: bool = True,
                 test: bool = True) -> tuple[ImageDataset | None, ImageDataset | None]:
@@ -57,14 +56,7 @@ def load_splits(name: str, data_dir: str | os.PathLike | None, *, download: bool
             load_dataset(name, "test", **common) if test else None)
 
 
-def search_split(data: ImageDataset, portion: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The w / α split of a search's training images: the paper's (first ``portion``, rest) for CIFAR-10
-    and digits, a seeded split stratified by class for any other data (class folders are read in
-    class order: cutting the list would give α only the last classes)."""
-    if data.name in PAPER_SPLIT:
-        return split_portion(len(data), portion)
-    return stratified_split(data.labels, portion, seed)
-
-
-__all__ = ["OWN_DATASETS", "OwnDataOptions", "from_torch_dataset", "load_splits", "search_split", "stratified_split",
-           "BatchLoader", "DATASETS", "DatasetBatches", "ImageDataset", "load_cifar10", "load_dataset", "load_digits", "split_portion"]
+__all__ = ["DATASET_TABLE", "OWN_DATASETS", "PAPER_SPLIT", "PYTHON_DATASET", "OwnDataOptions", "dataset_entry",
+           "datasets_for", "from_torch_dataset", "load_splits", "random_split", "search_split", "split_by_dataset",
+           "stratified_split", "BatchLoader", "DATASETS", "DatasetBatches", "ImageDataset", "load_cifar10",
+           "load_dataset", "load_digits", "split_portion"]

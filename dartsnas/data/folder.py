@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import DataError
 from .augment import normalize
-from .own import SPLIT_DIRS, class_folders
+from .classfolders import SPLIT_DIRS, class_folders
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -1,14 +1,16 @@
-"""In-memory image datasets and a batch loader that augments on the device."""
+"""The image dataset type every source becomes, and the resumable batch loaders (augmentation on
+the device, streamed images decoded by worker processes)."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from .augment import cutout, normalize, random_crop, random_flip
+from .splits import split_portion  # noqa: F401 (its home before the data package was split)
+from .streaming import stream_batches
 
 
 @dataclass
@@ -36,12 +38,13 @@ class ImageDataset:
     def __post_init__(self) -> None:
         shape = tuple(self.images.shape)
         if len(shape) != 4:
-            raise ValueError("images must be [N, C, H, W]")
+            raise DataError(f"{self.name}: images must be [N, C, H, W], got shape {shape}")
         if isinstance(self.images, torch.Tensor) and not (self.images.dtype == torch.uint8
                                                            or self.images.is_floating_point()):
-            raise ValueError("images must be uint8 or float")
+            raise DataError(f"{self.name}: images must be uint8 or float, got {self.images.dtype}")
         if self.labels.shape != (shape[0],):
-            raise ValueError("labels must be a tensor [N] matching the images")
+            raise DataError(f"{self.name}: labels must be a tensor [{shape[0]}] matching the images, "
+                            f"got shape {tuple(self.labels.shape)}")
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -65,17 +68,6 @@ class ImageDataset:
                 "mean": list(self.mean), "std": list(self.std)}
 
 
-def split_portion(n: int, portion: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices of the first ``portion`` of ``n`` examples and of the rest (both non-empty): the
-    split of a training set into the part that trains and the held-out part."""
-    n_train = int(math.floor(portion * n))
-    if n_train < 1 or n_train >= n:
-        raise ConfigError(f"{{train_portion}} {portion} leaves an empty split of the {n} training images",
-                          names=("train_portion",))
-    order = torch.arange(n)
-    return order[:n_train], order[n_train:]
-
-
 class BatchOrder:
     """The order batches are taken in: a subset of example indices shuffled by an explicit generator
     each pass, and the position in the pass, both part of :meth:`state_dict` so that a resumed run
@@ -90,12 +82,12 @@ class BatchOrder:
     def __init__(self, n: int, indices: torch.Tensor | None = None, *, batch_size: int, shuffle: bool = True,
                  drop_last: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"{{batch_size}} must be >= 1, got {batch_size}", names=("batch_size",))
         if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} outside a world of {world_size}")
+            raise ConfigError(f"rank {rank} outside a world of {world_size}")
         self.indices = torch.arange(n) if indices is None else indices.clone()
         if len(self.indices) == 0:
-            raise ValueError("a loader needs at least one example")
+            raise DataError("a loader needs at least one example (the split or the dataset is empty)")
         self.batch_size = batch_size
         self.rank, self.world_size = rank, world_size
         self.global_batch = batch_size * world_size
@@ -196,7 +188,6 @@ class BatchLoader(BatchOrder):
         if isinstance(self.images, torch.Tensor):
             return self.images.index_select(0, rows.to(self.device, non_blocking=True))
         if self._stream is None or self._stream_pos != pos:  # (re)start the workers at this batch
-            from .own import stream_batches
             limit = min(len(self) * self.global_batch, len(self.indices))
             batches = [self._rows(self._order[p:p + self.global_batch]).tolist()
                        for p in range(pos, limit, self.global_batch)]

@@ -1,4 +1,6 @@
-"""Search spaces, registered by name ("cnn", later "rnn")."""
+"""Search spaces, registered by name: ``SEARCH_SPACES.get("cnn")`` (the conv cells' network) and
+``"rnn"`` (the recurrent cell's language model); each is built from its space config. The search
+commands look their network up here, so a space registered by a user joins the same loop."""
 from ..registry import Registry
 
 SEARCH_SPACES: Registry = Registry("search space")

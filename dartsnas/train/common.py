@@ -4,10 +4,13 @@ them from here."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
+from typing import Any
 
 import torch
 
+from ..data.table import PYTHON_DATASET
 from ..errors import ConfigError
 
 
@@ -34,6 +37,17 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{{device}} {name}: CUDA is not available on this machine", names=("device",))
     return device
+
+
+def python_data_config(config: Any, data: Any, second: Any, second_name: str = "val_data") -> Any:
+    """``config`` marked as running on torch Datasets passed from Python (or refused without them)."""
+    if data is not None:
+        return dataclasses.replace(config, dataset=PYTHON_DATASET)
+    if second is not None:
+        raise ConfigError(f"{second_name} needs train_data")
+    if config.dataset == PYTHON_DATASET:
+        raise ConfigError("dataset 'python' stands for torch Datasets passed from Python: give train_data")
+    return config
 
 
 # Moved in the redesign (one loop, one config system); the old names keep working.

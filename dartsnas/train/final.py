@@ -17,8 +17,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from ..data import (PAPER_SPLIT, PYTHON_DATASET, BatchLoader, ImageDataset, data_root, from_torch_dataset, load_splits,
-                    split_portion, stratified_split)
+from ..data import (PYTHON_DATASET, BatchLoader, ImageDataset, data_root, from_torch_dataset, load_splits,
+                    split_by_dataset, stratified_split)
 from ..data.folder import IMAGENET_MEAN, IMAGENET_STD, FolderLoader, folder_datasets
 from ..errors import CheckpointError, ConfigError
 from ..genotype import Genotype, load_genotype
@@ -26,7 +26,7 @@ from ..nets import NETWORKS, RESIZE_HINT, NetworkConfig, build_network, check_in
 from .checkpoint import CHECKPOINT, load_checkpoint, model_file, save_checkpoint
 from ..config import Compile, Epochs, FastConv, ImageData, Momentum, RunOptions, Seed, configclass, option
 from ..data.table import DATASET_TABLE
-from .common import autocast, cosine_lr, resolve_device
+from .common import autocast, cosine_lr, python_data_config, resolve_device
 from .loop import Run, batch_source, set_lr
 from .meters import ClassifierEpoch, EpochMeter, evaluate
 from .rng import seed_everything
@@ -136,10 +136,7 @@ def build_loaders(config: TrainConfig, device: torch.device, *, train_split: boo
     if train_split:
         if config.train_portion < 1.0:  # the paper's selection: train on part, rank on the held-out rest
             pool = indices if indices is not None else torch.arange(len(train))
-            if train.name in PAPER_SPLIT:
-                part, rest = split_portion(len(pool), config.train_portion)
-            else:
-                part, rest = stratified_split(train.labels[pool], config.train_portion, config.seed)
+            part, rest = split_by_dataset(train.name, train.labels[pool], config.train_portion, config.seed)
             indices, val_idx = pool[part], pool[rest]
             out["val"] = BatchLoader(train, val_idx, batch_size=max(config.batch_size, 256),
                                      shuffle=False, augment=False, **common)
@@ -193,7 +190,6 @@ class Training(Run):
     def __init__(self, config: TrainConfig, out_dir: str | Path, *, resume: bool = False,
                  overwrite: bool = False, quiet: bool = False, log: Callable[[str], None] = print,
                  tensorboard: bool = False, train_data: Any = None, test_data: Any = None) -> None:
-        from .search import python_data_config
         config = python_data_config(config, train_data, test_data, "test_data")
         saved = self.open(config, out_dir, resume=resume, overwrite=overwrite, quiet=quiet, log=log,
                           tensorboard=tensorboard)

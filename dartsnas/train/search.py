@@ -9,7 +9,6 @@ genotype), ``checkpoint.pt`` (everything needed to resume) and, at the end, ``ge
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,17 +20,17 @@ import torch.nn.functional as F
 from ..architect import Architect, requires_grad_off
 from ..data import (OWN_DATASETS, PYTHON_DATASET, BatchLoader, ImageDataset, from_torch_dataset, load_dataset,
                     load_splits, search_split)
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError
 from ..genotype import SKIP_OP, Genotype, derive_genotype
 from ..nets import RESIZE_HINT, check_input_size
 from ..ops import DARTS_OPS, edge_ops, resolve_op_set
 from ..regularizers import REGULARIZERS, perturb_mixing_weights, sdarts_epsilon
-from ..spaces import ConvSearchSpaceConfig, SearchNetwork
+from ..spaces import SEARCH_SPACES, ConvSearchSpaceConfig
 from ..spaces.base import mixing_weights
 from .checkpoint import GENOTYPE, load_checkpoint, tensors_to_lists
 from ..config import (ArchStep, ArchWarmup, Curvature, Epochs, FastConv, ImageData, Momentum, RunOptions, Seed,
                       configclass, option)
-from .common import autocast, cosine_lr
+from .common import autocast, cosine_lr, python_data_config
 from .hooks import RegularizerSchedule, curvature_text, watch_curvature
 from .loop import Run, batch_source, set_lr
 from .meters import ClassifierEpoch, ClipMeter, EpochMeter, evaluate
@@ -156,7 +155,8 @@ class Search(Run):
         self.eval_loader = BatchLoader(alpha_data, val_idx, batch_size=max(config.batch_size, 256),
                                        shuffle=False, augment=False, **common)
         self.data_info = data.info()
-        check_input_size("the search network", SearchNetwork.downsampling, *data.image_size,
+        network = SEARCH_SPACES.get("cnn")
+        check_input_size("the search network", network.downsampling, *data.image_size,
                          RESIZE_HINT if config.dataset == "imagefolder" else "")
         fixed = []
         if config.hessian_every:  # the eigenvalue's fixed validation batches
@@ -165,7 +165,7 @@ class Search(Run):
 
         seed_everything(seed)
         space = config.space(num_classes=data.num_classes, in_channels=data.in_channels)
-        self.model = self.place_model(SearchNetwork(space), config.channels_last)
+        self.model = self.place_model(network(space), config.channels_last)
         self.w_optimizer = torch.optim.SGD(self.model.weight_parameters(), lr=config.lr,
                                            momentum=config.momentum,
                                            weight_decay=config.weight_decay)
@@ -291,17 +291,6 @@ def search(config: SearchConfig, out_dir: str | Path, **kwargs: Any) -> SearchRe
     ``config.dataset`` (recorded as ``python``; a resumed run needs them again).
     """
     return Search(config, out_dir, **kwargs).execute()
-
-
-def python_data_config(config: Any, data: Any, second: Any, second_name: str = "val_data") -> Any:
-    """``config`` marked as running on torch Datasets passed from Python (or refused without them)."""
-    if data is not None:
-        return dataclasses.replace(config, dataset=PYTHON_DATASET)
-    if second is not None:
-        raise ConfigError(f"{second_name} needs train_data")
-    if config.dataset == PYTHON_DATASET:
-        raise ConfigError("dataset 'python' stands for torch Datasets passed from Python: give train_data")
-    return config
 
 
 def load_search_data(config: SearchConfig, train_data: Any,

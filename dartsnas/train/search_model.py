@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.utils.data import default_collate
 
 from ..architect import Architect
-from ..data import DatasetBatches
+from ..data import DatasetBatches, random_split
 from ..errors import ConfigError
 from ..nn import SearchableModel, fix
 from ..config import ArchStep, ArchWarmup, Epochs, Momentum, RunOptions, Seed, configclass, option
@@ -76,12 +76,8 @@ class ModelSearch(Run):
         space = model if isinstance(model, SearchableModel) else SearchableModel(model, loss_fn)
         dist = self.dist
         if val_data is None:
-            n = len(train_data)
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))
-            cut = int(config.train_portion * n)
-            if not 0 < cut < n:
-                raise ConfigError(f"train_portion {config.train_portion} leaves an empty split of {n} examples")
-            train_idx, val_idx, val_data = order[:cut].sort().values, order[cut:].sort().values, train_data
+            train_idx, val_idx = random_split(len(train_data), config.train_portion, config.seed)
+            val_data = train_data
         else:
             train_idx = val_idx = None
         common = dict(device=self.device, rank=dist.rank, world_size=dist.world_size, drop_last=dist.enabled)

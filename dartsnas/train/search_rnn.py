@@ -19,7 +19,7 @@ from ..config import ArchStep, Compile, CorpusData, Curvature, Epochs, RunOption
 from ..data.text import Corpus, get_window
 from ..genotype import RecurrentGenotype
 from ..ops import RNN_DARTS_OPS
-from ..spaces import RecurrentSearchModel, RecurrentSearchSpaceConfig
+from ..spaces import SEARCH_SPACES, RecurrentSearchSpaceConfig
 from .checkpoint import GENOTYPE, tensors_to_lists
 from .hooks import curvature_text, watch_curvature
 from .lm import evaluate_lm, lm_weight_loss, train_lm_epoch
@@ -65,7 +65,7 @@ class RNNSearch(Run):
             vocab_size=corpus.vocab_size, emsize=config.emsize, nhid=config.nhid, nodes=config.nodes,
             dropout=config.dropout, dropout_h=config.dropout_h, dropout_x=config.dropout_x,
             dropout_i=config.dropout_i, dropout_e=config.dropout_e, ops=tuple(config.ops))
-        self.model = self.place_model(RecurrentSearchModel(space))
+        self.model = self.place_model(SEARCH_SPACES.get("rnn")(space))
         if config.compile:
             self.model.cell.compile_step()
         self.w_optimizer = torch.optim.SGD(self.model.weight_parameters(), lr=config.lr,
