@@ -7,7 +7,7 @@ that they parse) runs as written in one scratch directory, in page order, so tha
 the run directories the earlier ones wrote, with tiny settings appended (the last flag wins):
 one epoch of one step, narrow networks, small batches. The data the docs name is stood in for
 offline: ``my_images`` by the bundled digits as class folders, ``~/data`` (and $DARTSNAS_DATA) by
-generated files in CIFAR-10's original format (checked with --no-verify), ``~/data/penn`` by the
+generated files in CIFAR-10's original format (read with --no-verify), ``~/data/penn`` by the
 Penn Treebank splits in ../shared/data/ptb (valid also as train). A torchrun launch runs as one
 process. Prints one JSON line per command and a summary; exits 1 if any command failed.
 """
@@ -77,7 +77,19 @@ def tiny(argv: list[str]) -> list[str]:
         extra.append("--no-verify")
     if argv[:1] in (["search"], ["train"], ["select"], ["random-search"]):
         extra += ["--quiet", "--overwrite"]
+    if argv[:1] == ["eval"]:
+        extra.append("--no-verify")  # the stand-in CIFAR-10 files are not the official ones
     return argv + extra
+
+
+def expand(argv: list[str], cwd: Path) -> list[str]:
+    """Shell globs (runs/seeds/seed_*) expanded as the shell would, in ``cwd``."""
+    out = []
+    for word in argv:
+        matches = sorted(str(p.relative_to(cwd)) for p in cwd.glob(word.rstrip("/"))
+                         if p.is_dir() or not word.endswith("/")) if "*" in word else []
+        out += matches or [word]
+    return out
 
 
 def main() -> int:
@@ -92,7 +104,7 @@ def main() -> int:
     for page, argv in documented_commands():
         argv = [replace.get(a, a) if not a.startswith("~/data") else a.replace("~/data", replace["~/data"])
                 for a in argv]
-        command = tiny(argv)
+        command = tiny(expand(argv, work))
         t0 = time.perf_counter()
         p = subprocess.run([sys.executable, "-m", "dartsnas", *command], cwd=work, env=env, capture_output=True,
                            text=True)

@@ -270,7 +270,7 @@ class Training(Run):
         cfg = self.config
         params = sum(p.numel() for p in self.model.parameters())
         return (f"train cnn: {cfg.network} network C={cfg.init_channels} L={cfg.layers}, {params:,} "
-                f"parameters, device {self.device}{self.dist.describe()}, out {self.out}")
+                f"parameters, {self.where()}")
 
     def epoch_summary(self, record: dict[str, Any]) -> Callable[[dict[str, Any]], str]:
         split = "val" if self.val_loader is not None else "test"

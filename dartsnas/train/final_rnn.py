@@ -158,8 +158,7 @@ class RNNTraining(Run):
     def describe(self) -> str:
         cfg = self.config
         params = sum(p.numel() for p in self.model.parameters())
-        return (f"train rnn: {cfg.emsize}/{cfg.nhid}, {params:,} parameters, device {self.device}"
-                f"{self.dist.describe()}, out {self.out}")
+        return f"train rnn: {cfg.emsize}/{cfg.nhid}, {params:,} parameters, {self.where()}"
 
     def epoch_summary(self, record: dict[str, Any]) -> Callable[[dict[str, Any]], str]:
         return lambda r: (f"epoch {r['epoch']}/{self.config.epochs} ({r['optimizer']}) train ppl "

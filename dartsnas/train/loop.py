@@ -221,7 +221,11 @@ class Run:
         raise NotImplementedError
 
     def describe(self) -> str:
+        """The run's first line: the command, its model and data (a command's own), then :meth:`where`."""
         raise NotImplementedError
+
+    def where(self) -> str:
+        return f"device {self.device}{self.dist.describe()}, out {self.out}"
 
     # -- the loop ------------------------------------------------------------------------------------
 

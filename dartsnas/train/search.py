@@ -123,6 +123,21 @@ def search_step(model: torch.nn.Module, architect: Architect, w_optimizer: torch
     return loss.detach(), logits.detach(), grad_norm, ok
 
 
+def bilevel_state(run: Any) -> dict[str, Any]:
+    """What a bilevel search over image batches keeps: model and α, both optimisers, both loaders."""
+    return {"model": run.model.state_dict(), "w_optimizer": run.w_optimizer.state_dict(),
+            "architect": run.architect.state_dict(),
+            "loaders": {"train": run.train_loader.state_dict(), "val": run.val_loader.state_dict()}}
+
+
+def load_bilevel_state(run: Any, state: dict[str, Any]) -> None:
+    run.model.load_state_dict(state["model"])
+    run.w_optimizer.load_state_dict(state["w_optimizer"])
+    run.architect.load_state_dict(state["architect"])
+    run.train_loader.load_state_dict(state["loaders"]["train"])
+    run.val_loader.load_state_dict(state["loaders"]["val"])
+
+
 class Search(Run):
     """A resumable DARTS search run writing into ``out_dir`` (see the module docstring)."""
 
@@ -186,21 +201,11 @@ class Search(Run):
     # -- state ---------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "w_optimizer": self.w_optimizer.state_dict(),
-            "architect": self.architect.state_dict(),
-            "loaders": {"train": self.train_loader.state_dict(), "val": self.val_loader.state_dict()},
-            "smoothing": self.smoothing.get_state(),
-            "genotype": self.model.genotype(self.config.max_skip).to_dict(),
-        }
+        return {**bilevel_state(self), "smoothing": self.smoothing.get_state(),
+                "genotype": self.model.genotype(self.config.max_skip).to_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.w_optimizer.load_state_dict(state["w_optimizer"])
-        self.architect.load_state_dict(state["architect"])
-        self.train_loader.load_state_dict(state["loaders"]["train"])
-        self.val_loader.load_state_dict(state["loaders"]["val"])
+        load_bilevel_state(self, state)
         if "smoothing" in state:
             self.smoothing.set_state(state["smoothing"])
 
@@ -251,8 +256,7 @@ class Search(Run):
         cfg = self.config
         return (f"search cnn: {cfg.order} order, C={cfg.init_channels} L={cfg.layers} "
                 f"N={cfg.nodes}, {len(self.train_loader.indices)} train / "
-                f"{len(self.val_loader.indices)} val images, device {self.device}{self.dist.describe()}, "
-                f"out {self.out}")
+                f"{len(self.val_loader.indices)} val images, {self.where()}")
 
     def epoch_summary(self, record: dict[str, Any]) -> Callable[[dict[str, Any]], str]:
         cfg = self.config

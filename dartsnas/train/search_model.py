@@ -30,7 +30,7 @@ from .common import cosine_lr
 from .loop import Run, batch_source, set_lr
 from .meters import ClipMeter
 from .rng import seed_everything
-from .search import search_step
+from .search import bilevel_state, load_bilevel_state, search_step
 
 KIND = "search-model"
 CHOICES = "choices.json"
@@ -99,17 +99,10 @@ class ModelSearch(Run):
         self.begin(saved)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "w_optimizer": self.w_optimizer.state_dict(),
-                "architect": self.architect.state_dict(),
-                "loaders": {"train": self.train_loader.state_dict(), "val": self.val_loader.state_dict()},
-                "choices": self.model.picks()}
+        return {**bilevel_state(self), "choices": self.model.picks()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.w_optimizer.load_state_dict(state["w_optimizer"])
-        self.architect.load_state_dict(state["architect"])
-        self.train_loader.load_state_dict(state["loaders"]["train"])
-        self.val_loader.load_state_dict(state["loaders"]["val"])
+        load_bilevel_state(self, state)
 
     def train_epoch(self) -> dict[str, Any]:
         cfg, model = self.config, self.model
@@ -167,7 +160,7 @@ class ModelSearch(Run):
         return (f"search model: {cfg.order} order, {len(self.model.groups)} choices, "
                 f"{sum(p.numel() for p in self.model.weight_parameters()):,} weights, "
                 f"{len(self.train_loader.indices)} train / {len(self.val_loader.indices)} val examples, "
-                f"device {self.device}{self.dist.describe()}, out {self.out}")
+                f"{self.where()}")
 
     def epoch_summary(self, record: dict[str, Any]) -> Callable[[dict[str, Any]], str]:
         picks = self.model.picks()

@@ -125,7 +125,7 @@ class RNNSearch(Run):
     def describe(self) -> str:
         cfg = self.config
         return (f"search rnn: {cfg.order} order, {cfg.emsize}/{cfg.nhid}, N={cfg.nodes}, batch {cfg.batch_size}, "
-                f"device {self.device}{self.dist.describe()}, out {self.out}")
+                f"{self.where()}")
 
     def epoch_summary(self, record: dict[str, Any]) -> Callable[[dict[str, Any]], str]:
         genotype = self.model.genotype()
