@@ -3,9 +3,12 @@ early-stopping rule built on it (Zela et al., ICLR 2020, "Understanding and Robu
 Differentiable Architecture Search": DARTS-ES).
 
 The eigenvalue is computed by Lanczos iteration (full reorthogonalisation) on Hessian-vector products
-∇α(∇α L_val · v), double backward through the search model with its weights held fixed, over a fixed
-set of validation batches: the largest Ritz value of a few dozen products, exact to rounding once
-the iteration spans the α space. BatchNorm uses batch statistics without updating the running ones,
+over a fixed set of validation batches, with the model's weights held fixed: the largest Ritz value of
+a few dozen products, exact to rounding once the iteration spans the α space. A product is either
+∇α(∇α L_val · v) by double backward (``hvp="autograd"``, exact; it keeps the graph of the gradient,
+several times a search step's memory) or the central difference (∇α L(α + εv) - ∇α L(α - εv)) / 2ε
+(``hvp="fd"``, the second-order architect's approximation: two plain backward passes, the memory of
+one search step; its error is O(ε²) times the third derivative). BatchNorm uses batch statistics without updating the running ones,
 and every product sees the same dropout masks, so the operator is the same from product to product.
 """
 from __future__ import annotations
@@ -23,49 +26,85 @@ def _flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in tensors])
 
 
+#: The methods of a Hessian-vector product (see the module docstring).
+HVP_METHODS = ("autograd", "fd")
+
+
 def hessian_vector_product(model: Any, batches: Sequence[Sequence[Any]], vector: torch.Tensor,
-                           rng: dict[str, Any] | None = None, sync: Any = None) -> torch.Tensor:
+                           rng: dict[str, Any] | None = None, sync: Any = None, method: str = "autograd",
+                           fd_step: float = 0.01) -> torch.Tensor:
     """H v with H = ∇²α of the mean of ``model.loss(*batch)`` over ``batches`` (weights fixed);
-    ``vector`` and the result are flat over ``model.arch_parameters()``. Data parallel, ``sync``
-    averages the product over the ranks' shards of the batches."""
+    ``vector`` and the result are flat over ``model.arch_parameters()``. ``method`` "fd": the central
+    difference of ∇α at α ± εv with ε = ``fd_step`` / ‖v‖. Data parallel, ``sync`` averages the
+    product over the ranks' shards of the batches."""
+    if method not in HVP_METHODS:
+        raise ValueError(f"method must be one of {', '.join(HVP_METHODS)}, got {method!r}")
     alphas = model.arch_parameters()
     weights = [p for _, p in model.named_weight_parameters()]
     chunks = list(vector.split([a.numel() for a in alphas]))
     total = torch.zeros_like(vector)
     with frozen_batchnorm_stats(model), requires_grad_off(weights):
-        for batch in batches:
-            with same_random_draws(rng):
-                loss = _split(model.loss(*batch))[0]
-            grads = torch.autograd.grad(loss, alphas, create_graph=True)
-            dot = sum((g * c.view_as(g)).sum() for g, c in zip(grads, chunks))
-            total += _flat(torch.autograd.grad(dot, alphas))
+        if method == "fd":
+            eps = fd_step / max(float(vector.norm()), 1e-12)
+            total = (_alpha_gradient(model, batches, alphas, chunks, eps, rng)
+                     - _alpha_gradient(model, batches, alphas, chunks, -eps, rng)) / (2 * eps)
+        else:
+            for batch in batches:
+                with same_random_draws(rng):
+                    loss = _split(model.loss(*batch))[0]
+                grads = torch.autograd.grad(loss, alphas, create_graph=True)
+                dot = sum((g * c.view_as(g)).sum() for g, c in zip(grads, chunks))
+                total += _flat(torch.autograd.grad(dot, alphas))
     total /= len(batches)
     return sync([total])[0] if sync is not None else total
 
 
+def _alpha_gradient(model: Any, batches: Sequence[Sequence[Any]], alphas: list[torch.Tensor],
+                    direction: list[torch.Tensor], eps: float, rng: dict[str, Any] | None) -> torch.Tensor:
+    """The summed ∇α of the batches' losses at α + eps * direction (α restored afterwards, exactly:
+    the saved values are put back rather than the step subtracted)."""
+    saved = [a.detach().clone() for a in alphas]
+    with torch.no_grad():
+        for a, d in zip(alphas, direction):
+            a.add_(d.view_as(a), alpha=eps)
+    try:
+        total = None
+        for batch in batches:
+            with same_random_draws(rng):
+                loss = _split(model.loss(*batch))[0]
+            grad = _flat(torch.autograd.grad(loss, alphas))
+            total = grad if total is None else total + grad
+        return total
+    finally:
+        with torch.no_grad():
+            for a, s in zip(alphas, saved):
+                a.copy_(s)
+
+
 def dominant_eigenvalue(model: Any, batches: Sequence[Sequence[Any]], *, steps: int = 20, seed: int = 0,
-                       sync: Any = None) -> float:
+                       sync: Any = None, hvp: str = "autograd", fd_step: float = 0.01) -> float:
     """The largest eigenvalue of ∇²α L_val (RobustDARTS's dominant eigenvalue) by ``steps`` Lanczos
-    iterations (at most the size of α) from a seeded start vector."""
+    iterations (at most the size of α) from a seeded start vector; ``hvp`` chooses how each
+    Hessian-vector product is computed (see :func:`hessian_vector_product`)."""
     alphas = model.arch_parameters()
     n = sum(a.numel() for a in alphas)
     device, dtype = alphas[0].device, alphas[0].dtype
     with same_random_draws(None) as rng:  # one set of dropout masks for every product
         pass
     try:
-        return _lanczos(model, batches, n, steps, seed, rng, device, dtype, sync)
+        product = lambda v: hessian_vector_product(model, batches, v, rng, sync, hvp, fd_step)  # noqa: E731
+        return _lanczos(product, n, steps, seed, device, dtype)
     finally:
         with same_random_draws(rng):  # leave the random stream as it was: watching must not steer the run
             pass
 
 
-def _lanczos(model: Any, batches: Sequence[Sequence[Any]], n: int, steps: int, seed: int, rng: dict[str, Any],
-             device: torch.device, dtype: torch.dtype, sync: Any) -> float:
+def _lanczos(product: Any, n: int, steps: int, seed: int, device: torch.device, dtype: torch.dtype) -> float:
     q = torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(device, dtype)
     basis = [q / q.norm()]
     diagonal, offdiagonal = [], []
     for j in range(min(steps, n)):
-        w = hessian_vector_product(model, batches, basis[-1], rng, sync)
+        w = product(basis[-1])
         a = torch.dot(w, basis[-1])
         diagonal.append(float(a))
         for _ in range(2):  # full reorthogonalisation, twice: Lanczos loses orthogonality in floating point

@@ -50,6 +50,42 @@ def test_dominant_eigenvalue_is_the_largest_eigenvalue_of_the_dense_hessian(tiny
     assert torch.equal(torch.get_rng_state(), state)  # the run's random stream is left alone
 
 
+def test_finite_difference_products_converge_to_the_dense_hessian_and_leave_the_model_alone(tiny_net):
+    # On a smooth network (softplus, log-sum-exp pooling) the central difference converges as step²;
+    # ReLU and max pooling have kinks, whose crossings a finite difference sees (docs/robust-search.md).
+    from conftest import make_smooth
+    net, batches = _setup(tiny_net)
+    make_smooth(net)
+    H = _dense_hessian(net, batches).detach()
+    v = torch.randn(80, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    exact = H @ v
+    before = {k: t.clone() for k, t in net.state_dict().items()}
+    errors = []
+    for fd_step in (1e-2, 1e-3):
+        fd = hessian_vector_product(net, batches, v, method="fd", fd_step=fd_step)
+        errors.append(float((fd - exact).norm() / exact.norm()))
+    assert errors[1] < 1e-5 and errors[1] < errors[0] / 50  # central differences: O(step²)
+    assert all(torch.equal(before[k], t) for k, t in net.state_dict().items())  # α restored, BN statistics kept
+    expected = float(torch.linalg.eigvalsh(H).max())
+    state = torch.get_rng_state()
+    got = dominant_eigenvalue(net, batches, steps=30, hvp="fd", fd_step=1e-3)
+    assert abs(got - expected) / abs(expected) < 1e-4
+    assert torch.equal(torch.get_rng_state(), state)
+    with pytest.raises(ValueError, match="method must be one of autograd, fd"):
+        hessian_vector_product(net, batches, v, method="lanczos")
+
+
+def test_the_eigenvalue_through_recomputed_cells_is_the_plain_one_and_fd_runs_in_a_search(tmp_path):
+    from dartsnas.train.search import SearchConfig, search
+    config = dict(dataset="digits", init_channels=4, layers=3, nodes=2, batch_size=16, steps_per_epoch=2, epochs=1,
+                  hessian_every=1, hessian_batches=1, hessian_steps=6)
+    runs = {name: search(SearchConfig(**config, **kw), tmp_path / name, quiet=True).metrics[0]
+            for name, kw in (("plain", {}), ("lean", dict(recompute="cell")), ("fd", dict(hessian_hvp="fd")))}
+    assert runs["plain"]["hessian_eigenvalue"] == runs["lean"]["hessian_eigenvalue"] > 0
+    assert runs["plain"]["genotype"] == runs["lean"]["genotype"] == runs["fd"]["genotype"]
+    assert runs["fd"]["hessian_eigenvalue"] > 0  # an estimate: ReLU's kinks make it larger (see the docs)
+
+
 def test_darts_es_stops_when_the_local_average_grows_by_the_factor_and_names_the_earlier_epoch():
     rule = EarlyStopHessian()  # window 5, factor 1.3, delta 4, naming epoch 11 or later
     flat = [1.0] * 14

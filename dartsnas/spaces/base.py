@@ -1,9 +1,14 @@
-"""What every search model shares: its weights are all its parameters except α."""
+"""What every search model shares: its weights are all its parameters except α; activation recomputation."""
 from __future__ import annotations
+
+import contextlib
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
+from torch.utils.checkpoint import checkpoint
 
 
 def mixing_weights(logits: torch.Tensor) -> torch.Tensor:
@@ -26,3 +31,47 @@ class ArchitectureSplit:
 
     def weight_parameters(self) -> list[nn.Parameter]:
         return [p for _, p in self.named_weight_parameters()]
+
+
+#: Activation recomputation of a search network: none, every cell, or every mixed op (edge).
+RECOMPUTE_MODES = ("none", "cell", "edge")
+
+
+class kept_running_stats:
+    """BatchNorm running statistics (and batch counts) of ``module`` as they were on entry, whatever
+    the block does: a recomputed forward pass must not update them a second time. Re-enterable: a
+    double backward (exact order) recomputes a region more than once."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.bns = [m for m in module.modules()
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        self.saved: list[list[tuple[torch.Tensor, ...]]] = []
+
+    def __enter__(self) -> None:
+        self.saved.append([(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+                           for m in self.bns])
+
+    def __exit__(self, *exc: Any) -> None:
+        with torch.no_grad():
+            for m, (mean, var, count) in zip(self.bns, self.saved.pop()):
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(count)
+
+
+def recomputed(module: nn.Module, *args: Any) -> Any:
+    """``module(*args)``, keeping none of its activations: backward recomputes them (non-reentrant
+    ``torch.utils.checkpoint``), from the same random state (dropout masks) and without touching the
+    BatchNorm running statistics twice. The module's parameters are passed as inputs of the
+    recomputation, so a pass under ``torch.func.functional_call`` (the second-order architect's
+    virtual weights) is recomputed with the weights it ran with, not the module's own."""
+    if not torch.is_grad_enabled():
+        return module(*args)
+    names, params = zip(*module.named_parameters()) if any(True for _ in module.parameters()) else ((), ())
+    n = len(params)
+
+    def run(*flat: Any) -> Any:
+        return functional_call(module, dict(zip(names, flat[:n])), flat[n:])
+
+    return checkpoint(run, *params, *args, use_reentrant=False, preserve_rng_state=True,
+                      context_fn=lambda: (contextlib.nullcontext(), kept_running_stats(module)))

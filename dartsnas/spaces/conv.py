@@ -22,7 +22,7 @@ from ..genotype import Genotype, derive_genotype, num_edges
 from ..ops import (CONV_OPS, DARTS_OPS, EDGE_OP_SETS, FactorizedReduce, ReLUConvBN, build_op, edge_ops,
                    is_preactivated, is_zero_op, resolve_op_set, unknown_op_error)
 from . import SEARCH_SPACES
-from .base import ArchitectureSplit, mixing_weights
+from .base import RECOMPUTE_MODES, ArchitectureSplit, mixing_weights, recomputed
 
 
 @dataclass
@@ -38,6 +38,7 @@ class ConvSearchSpaceConfig:
     ops: tuple[str, ...] = field(default_factory=lambda: DARTS_OPS)
     partial_channels: int = 1  # K of PC-DARTS; 1 is plain DARTS
     auxiliary_skip: bool = False  # DARTS-: a skip beside every mixed op, weighted by SearchNetwork.aux_beta
+    recompute: str = "none"  # activations recomputed in backward: none, per cell or per edge (mixed op)
 
     def __post_init__(self) -> None:
         self.ops = resolve_op_set(self.ops)
@@ -68,6 +69,9 @@ class ConvSearchSpaceConfig:
         if self.init_channels % self.partial_channels:
             raise ConfigError(f"{{partial_channels}} {self.partial_channels} must divide {{init_channels}} "
                               f"{self.init_channels}", names=("partial_channels", "init_channels"))
+        if self.recompute not in RECOMPUTE_MODES:
+            raise ConfigError(f"{{recompute}} must be one of {', '.join(RECOMPUTE_MODES)}, got {self.recompute!r}",
+                              names=("recompute",))
         if self.auxiliary_skip and self.partial_channels > 1:
             raise ConfigError("{regularizer} darts-minus and {partial_channels} do not combine: the auxiliary skip "
                               "of DARTS- spans every channel, PC-DARTS mixes a part of them",
@@ -150,9 +154,11 @@ class SearchCell(nn.Module):
 
     def __init__(self, nodes: int, C_prev_prev: int, C_prev: int, C: int, reduction: bool,
                  reduction_prev: bool, op_names: tuple[tuple[str, ...], ...], partial: int = 1,
-                 auxiliary_skip: bool = False) -> None:
-        """``op_names``: the candidate ops of each edge, node-major."""
+                 auxiliary_skip: bool = False, recompute_edges: bool = False) -> None:
+        """``op_names``: the candidate ops of each edge, node-major; ``recompute_edges``: every mixed op's
+        activations are recomputed in backward instead of kept."""
         super().__init__()
+        self.recompute_edges = recompute_edges
         self.reduction = reduction
         self.nodes = nodes
         if reduction_prev:
@@ -178,7 +184,11 @@ class SearchCell(nn.Module):
         for i in range(self.nodes):
             s = None
             for j, h in enumerate(states):
-                y = self.edges[row + j](h, weights[row + j], relus[j], aux_beta)
+                edge = self.edges[row + j]
+                if self.recompute_edges:
+                    y = recomputed(edge, h, weights[row + j], relus[j], aux_beta)
+                else:
+                    y = edge(h, weights[row + j], relus[j], aux_beta)
                 if edge_weights is not None:
                     y = edge_weights[row + j] * y
                 s = y if s is None else s + y
@@ -221,7 +231,7 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
                 C_curr *= 2
             cell = SearchCell(nodes, C_prev_prev, C_prev, C_curr, reduction, reduction_prev,
                               config.edge_ops("reduce" if reduction else "normal"), config.partial_channels,
-                              config.auxiliary_skip)
+                              config.auxiliary_skip, recompute_edges=config.recompute == "edge")
             self.cells.append(cell)
             reduction_prev = reduction
             C_prev_prev, C_prev = C_prev, nodes * C_curr
@@ -268,11 +278,11 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
         w_normal, w_reduce = self.mixing_override or self.arch_weights()
         e_normal, e_reduce = self.edge_weights()
         s0 = s1 = self.stem(x)
+        per_cell = self.config.recompute == "cell"
         for cell in self.cells:
-            if cell.reduction:
-                s0, s1 = s1, cell(s0, s1, w_reduce, e_reduce, self.aux_beta)
-            else:
-                s0, s1 = s1, cell(s0, s1, w_normal, e_normal, self.aux_beta)
+            args = (s0, s1, w_reduce, e_reduce, self.aux_beta) if cell.reduction else \
+                (s0, s1, w_normal, e_normal, self.aux_beta)
+            s0, s1 = s1, (recomputed(cell, *args) if per_cell else cell(*args))
         return self.classifier(torch.flatten(self.global_pooling(s1), 1))
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -48,9 +48,10 @@ class CurvatureWatch(Hook):
 
     def __init__(self, model: torch.nn.Module, batches: list, *, every: int, steps: int, seed: int, epochs: int,
                  genotype: Callable[[], dict[str, Any]], early_stop: str | None = None, es_start: int = 11,
-                 sync: Callable | None = None) -> None:
+                 sync: Callable | None = None, hvp: str = "autograd") -> None:
         from ..curvature import EarlyStopHessian
         self.model, self.batches, self.every, self.steps, self.seed = model, batches, every, steps, seed
+        self.hvp = hvp
         self.epochs, self.genotype, self.sync = epochs, genotype, sync
         self.stopper = EarlyStopHessian(start=es_start, last_epoch=epochs) if early_stop == "hessian" else None
 
@@ -63,7 +64,8 @@ class CurvatureWatch(Hook):
         if not self.due(run.epoch):
             return
         t0 = time.perf_counter()
-        value = dominant_eigenvalue(self.model, self.batches, steps=self.steps, seed=self.seed, sync=self.sync)
+        value = dominant_eigenvalue(self.model, self.batches, steps=self.steps, seed=self.seed, sync=self.sync,
+                                    hvp=self.hvp)
         record.update({"hessian_eigenvalue": round(value, 6), "hessian_seconds": round(time.perf_counter() - t0, 3)})
         if self.stopper is not None and self.stopper.update(run.epoch, value, self.genotype()):
             record["early_stop"] = dict(self.stopper.stopped)
@@ -122,7 +124,8 @@ def watch_curvature(config: Any, model: torch.nn.Module, batches: list, genotype
     """The curvature watch a search config asks for (inert without --hessian-every)."""
     return CurvatureWatch(model, batches, every=config.hessian_every, steps=config.hessian_steps,
                           seed=int(config.seed), epochs=config.epochs, genotype=genotype,
-                          early_stop=config.early_stop, es_start=config.es_start, sync=dist.average)
+                          early_stop=config.early_stop, es_start=config.es_start, sync=dist.average,
+                          hvp=config.hessian_hvp)
 
 
 def curvature_text(record: dict[str, Any]) -> str:

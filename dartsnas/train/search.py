@@ -51,6 +51,9 @@ class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, ArchStep, 
         factory=lambda: DARTS_OPS, group="search space", metavar="OP")
     partial_channels: int = option(1, "PC-DARTS: mixed ops see 1/K of the channels, edges weighted by β",
                                    group="search space", min=1, metavar="K", default_text="1: plain DARTS")
+    recompute: str = option("none", "activations recomputed in backward instead of kept: per cell or per edge (mixed "
+                            "op); less memory for more compute, the same numbers", group="search space",
+                            choices=("none", "cell", "edge"), resumable=True)
     max_skip: int | None = option(None, "cap on skip_connects in the derived normal cell", group="optimisation", min=0,
                                   default_text="none")
     regularizer: str = option("none", "sdarts-rs: weight steps see softmax(α) + U(-ε, ε) (SDARTS-RS); darts-minus: an "
@@ -70,7 +73,7 @@ class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, ArchStep, 
         return ConvSearchSpaceConfig(init_channels=self.init_channels, layers=self.layers, nodes=self.nodes,
                                      num_classes=num_classes, in_channels=in_channels, ops=tuple(self.ops),
                                      partial_channels=self.partial_channels,
-                                     auxiliary_skip=self.regularizer == "darts-minus")
+                                     auxiliary_skip=self.regularizer == "darts-minus", recompute=self.recompute)
 
     def check(self) -> None:
         super().check()

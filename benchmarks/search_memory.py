@@ -1,0 +1,141 @@
+"""Peak memory and step time of a search step for each activation-recomputation mode, and of the
+curvature monitor's eigenvalue for each Hessian-vector product.
+
+    python benchmarks/search_memory.py                       # C16 L8 b32 and C16 L20 b32, every mode, both orders
+    python benchmarks/search_memory.py --configs 16,8,32 --orders first --modes none edge
+    python benchmarks/search_memory.py --eigenvalue          # C16 L8 batch 64, 10 Lanczos steps, autograd vs fd
+    python benchmarks/search_memory.py --device cuda
+
+Each measurement runs in a fresh process. On CPU the peak is the process's resident high-water mark
+(VmHWM) above its resident size once the model, optimisers and batches exist (VmRSS), so that the
+figure is what the step itself needs; on CUDA, torch.cuda.max_memory_allocated over the steps. One
+JSON line per measurement, then the ratios of each mode to ``none``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _harness import run_isolated, time_steps  # noqa: E402
+
+CONFIGS = ["16,8,32", "16,20,32"]
+
+
+def _status(field: str) -> float:
+    """A VmRSS / VmHWM line of /proc/self/status, in GiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 2**20
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _reset_peak() -> None:
+    """Restart VmHWM from the current resident size (Linux: write 5 to clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def measure(args: argparse.Namespace) -> dict:
+    import torch
+
+    from dartsnas.architect import Architect
+    from dartsnas.curvature import dominant_eigenvalue
+    from dartsnas.spaces import ConvSearchSpaceConfig, SearchNetwork
+    from dartsnas.train.search import search_step
+
+    torch.set_num_threads(args.threads)
+    C, L, B = (int(v) for v in args.config.split(","))
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    torch.manual_seed(0)
+    model = SearchNetwork(ConvSearchSpaceConfig(init_channels=C, layers=L, recompute=args.mode,
+                                                partial_channels=args.k)).to(device)
+    model.to(memory_format=torch.channels_last)
+    w_opt = torch.optim.SGD(model.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+    arch = Architect(model, w_opt, order=args.order, grad_clip=5.0)
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(B, 3, args.size, args.size, generator=g).to(device).contiguous(
+        memory_format=torch.channels_last), torch.randint(0, 10, (B,), generator=g).to(device)) for _ in range(2)]
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() / 2**30
+    else:
+        _reset_peak()
+        base = _status("VmRSS")
+    row = {"bench": "search_memory", "C": C, "L": L, "batch": B, "size": args.size, "partial_channels": args.k,
+           "device": args.device, "threads": args.threads}
+    if args.eigenvalue:
+        t0 = time.perf_counter()
+        value = dominant_eigenvalue(model, batches[:1], steps=args.lanczos, hvp=args.hvp)
+        seconds = time.perf_counter() - t0
+        row.update({"what": "eigenvalue", "hvp": args.hvp, "recompute": args.mode, "lanczos_steps": args.lanczos,
+                    "eigenvalue": round(value, 5), "seconds": round(seconds, 2)})
+    else:
+        def step() -> None:
+            search_step(model, arch, w_opt, batches[0], batches[1], 0.025, 5.0)
+
+        sec = time_steps(step, args.steps, args.warmup, cuda)
+        row.update({"what": "search_step", "order": args.order, "recompute": args.mode, "s_per_step": round(sec, 3)})
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else _status("VmHWM")
+    row["peak_above_baseline_gb"] = round(peak - base, 3)
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", nargs="+", default=CONFIGS, help="C,L,batch triples")
+    p.add_argument("--orders", nargs="+", default=["first", "second"])
+    p.add_argument("--modes", nargs="+", default=["none", "cell", "edge"])
+    p.add_argument("--partial-channels", type=int, default=1, dest="k_all")
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--eigenvalue", action="store_true", help="the eigenvalue at C16 L8 batch 64 instead of search steps")
+    p.add_argument("--lanczos", type=int, default=10)
+    p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--config", help=argparse.SUPPRESS)
+    p.add_argument("--order", default="first", help=argparse.SUPPRESS)
+    p.add_argument("--mode", default="none", help=argparse.SUPPRESS)
+    p.add_argument("--hvp", default="autograd", help=argparse.SUPPRESS)
+    p.add_argument("--k", type=int, default=1, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one:
+        print(json.dumps(measure(args)), flush=True)
+        return
+    common = ["--size", str(args.size), "--device", args.device, "--threads", str(args.threads), "--steps",
+              str(args.steps), "--warmup", str(args.warmup), "--k", str(args.k_all), "--lanczos", str(args.lanczos)]
+    if args.eigenvalue:
+        jobs = [["--eigenvalue", "--config", "16,8,64", "--hvp", hvp, "--mode", mode, *common]
+                for hvp in ("autograd", "fd") for mode in (("none", "cell") if hvp == "fd" else ("none",))]
+        jobs.append(["--config", "16,8,64", "--order", "first", "--mode", "none", *common])  # 10 of these: the target
+        rows = run_isolated(__file__, jobs)
+        ten_steps = 10 * rows[-1]["s_per_step"]
+        for row in rows[:-1]:
+            print(json.dumps({"bench": "eigenvalue_vs_ten_search_steps", "hvp": row["hvp"], "recompute": row["recompute"],
+                              "seconds": row["seconds"], "ten_search_steps_seconds": round(ten_steps, 2),
+                              "peak_above_baseline_gb": row["peak_above_baseline_gb"]}))
+        return
+    rows = run_isolated(__file__, [["--config", c, "--order", o, "--mode", m, *common]
+                                   for c in args.configs for o in args.orders for m in args.modes])
+    for row in rows:
+        ref = next(r for r in rows if r["C"] == row["C"] and r["L"] == row["L"] and r["batch"] == row["batch"]
+                   and r["order"] == row["order"] and r["recompute"] == "none")
+        if row is not ref:
+            print(json.dumps({"bench": "search_memory_ratio", "C": row["C"], "L": row["L"], "batch": row["batch"],
+                              "order": row["order"], "recompute": row["recompute"],
+                              "memory_vs_none": round(row["peak_above_baseline_gb"] / ref["peak_above_baseline_gb"], 3),
+                              "time_vs_none": round(row["s_per_step"] / ref["s_per_step"], 3)}))
+
+
+if __name__ == "__main__":
+    main()
