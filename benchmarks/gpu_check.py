@@ -12,6 +12,7 @@ carried there):
 
 Stages, each with its own time limit: environment; ``pytest -m cuda``; ``search_step.py --device cuda
 --compare`` at the paper's search size (C=16, L=8, batch 64) for first and second order;
+``search_memory.py --device cuda`` (max allocated per recomputation mode);
 ``train_step.py --device cuda --compare`` and ``--compile``; ``search cnn`` on the bundled digits; the
 projected wall time of the paper's first-order CIFAR-10 search (50 epochs of 25,000 + 25,000 images).
 Without CUDA it says so and exits with status 2.
@@ -83,6 +84,8 @@ def main() -> int:
           left(120), results, args.out, env)
     stage("search_step", [py, str(BENCH / "search_step.py"), "--device", "cuda", "--configs", "16,8,64", "--orders",
                           "first", "second", "--steps", "10", "--warmup", "3", "--compare"], left(120), results, args.out, env)
+    stage("search_memory", [py, str(BENCH / "search_memory.py"), "--device", "cuda", "--configs", "16,8,64",
+                            "--orders", "first", "second", "--steps", "5", "--warmup", "2"], left(90), results, args.out, env)
     stage("train_step", [py, str(BENCH / "train_step.py"), "--device", "cuda", "--compare", "--steps", "10",
                          "--warmup", "3"], left(60), results, args.out, env)
     stage("train_step_compile", [py, str(BENCH / "train_step.py"), "--device", "cuda", "--compile", "--steps", "10",

@@ -4,6 +4,7 @@ curvature monitor's eigenvalue for each Hessian-vector product.
     python benchmarks/search_memory.py                       # C16 L8 b32 and C16 L20 b32, every mode, both orders
     python benchmarks/search_memory.py --configs 16,8,32 --orders first --modes none edge
     python benchmarks/search_memory.py --eigenvalue          # C16 L8 batch 64, 10 Lanczos steps, autograd vs fd
+    python benchmarks/search_memory.py --configs 16,8,32 --size 128 --stem imagenet --orders first
     python benchmarks/search_memory.py --device cuda
 
 Each measurement runs in a fresh process. On CPU the peak is the process's resident high-water mark
@@ -57,7 +58,7 @@ def measure(args: argparse.Namespace) -> dict:
     cuda = device.type == "cuda"
     torch.manual_seed(0)
     model = SearchNetwork(ConvSearchSpaceConfig(init_channels=C, layers=L, recompute=args.mode,
-                                                partial_channels=args.k)).to(device)
+                                                partial_channels=args.k, stem=args.stem)).to(device)
     model.to(memory_format=torch.channels_last)
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
     arch = Architect(model, w_opt, order=args.order, grad_clip=5.0)
@@ -70,7 +71,8 @@ def measure(args: argparse.Namespace) -> dict:
     else:
         _reset_peak()
         base = _status("VmRSS")
-    row = {"bench": "search_memory", "C": C, "L": L, "batch": B, "size": args.size, "partial_channels": args.k,
+    row = {"bench": "search_memory", "C": C, "L": L, "batch": B, "size": args.size, "stem": args.stem,
+           "partial_channels": args.k,
            "device": args.device, "threads": args.threads}
     if args.eigenvalue:
         t0 = time.perf_counter()
@@ -96,6 +98,7 @@ def main() -> None:
     p.add_argument("--modes", nargs="+", default=["none", "cell", "edge"])
     p.add_argument("--partial-channels", type=int, default=1, dest="k_all")
     p.add_argument("--size", type=int, default=32)
+    p.add_argument("--stem", default="cifar", choices=("cifar", "imagenet"), help="the search network's stem")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=2)
@@ -112,7 +115,7 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure(args)), flush=True)
         return
-    common = ["--size", str(args.size), "--device", args.device, "--threads", str(args.threads), "--steps",
+    common = ["--size", str(args.size), "--stem", args.stem, "--device", args.device, "--threads", str(args.threads), "--steps",
               str(args.steps), "--warmup", str(args.warmup), "--k", str(args.k_all), "--lanczos", str(args.lanczos)]
     if args.eigenvalue:
         jobs = [["--eigenvalue", "--config", "16,8,64", "--hvp", hvp, "--mode", mode, *common]
@@ -128,8 +131,10 @@ def main() -> None:
     rows = run_isolated(__file__, [["--config", c, "--order", o, "--mode", m, *common]
                                    for c in args.configs for o in args.orders for m in args.modes])
     for row in rows:
-        ref = next(r for r in rows if r["C"] == row["C"] and r["L"] == row["L"] and r["batch"] == row["batch"]
-                   and r["order"] == row["order"] and r["recompute"] == "none")
+        ref = next((r for r in rows if r["C"] == row["C"] and r["L"] == row["L"] and r["batch"] == row["batch"]
+                    and r["order"] == row["order"] and r["recompute"] == "none"), None)
+        if ref is None:
+            continue
         if row is not ref:
             print(json.dumps({"bench": "search_memory_ratio", "C": row["C"], "L": row["L"], "batch": row["batch"],
                               "order": row["order"], "recompute": row["recompute"],

@@ -144,3 +144,20 @@ def test_gpu_check_without_cuda_says_so_and_exits(tmp_path):
                           text=True, timeout=120)
     assert done.returncode == 2 and "no CUDA device on this machine" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "g.json").exists()
+
+
+@pytest.mark.parametrize("mode", ["cell", "edge"])
+@pytest.mark.parametrize("order", ["first", "second", "exact"])
+@needs_cuda
+def test_recomputation_on_cuda_gives_the_plain_gradients(tiny_net, mode, order):
+    grads, stats = {}, {}
+    for recompute in ("none", mode):
+        net, opt = _net_and_optimizer(tiny_net, torch.float64, CUDA, recompute=recompute)
+        train, val = _batch(8, 0, torch.float64, CUDA), _batch(8, 1, torch.float64, CUDA)
+        grads[recompute] = Architect(net, opt, order=order, grad_clip=5.0).alpha_grad(train, val, 0.1)
+        net.loss(*train).backward()
+        stats[recompute] = {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
+    for a, b in zip(grads["none"], grads[mode]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-12)
+    for key, value in stats["none"].items():
+        torch.testing.assert_close(value, stats[mode][key], rtol=1e-6, atol=1e-12)

@@ -108,3 +108,33 @@ def test_mixing_weights_keep_the_models_precision():
         torch.testing.assert_close(w, torch.softmax(a, -1), rtol=0, atol=1e-15)
     assert all(e.dtype == torch.float64 for e in net.edge_weights())
     assert mixing_weights(torch.zeros(2, 3, dtype=torch.bfloat16)).dtype == torch.float32
+
+
+def test_the_imagenet_stem_searches_large_images_at_an_eighth_of_the_pixels():
+    from dartsnas.architect import Architect
+    torch.manual_seed(0)
+    config = ConvSearchSpaceConfig(init_channels=8, layers=3, num_classes=5, nodes=2, stem="imagenet")
+    net = SearchNetwork(config)
+    assert config.downsampling == 32 and ConvSearchSpaceConfig().downsampling == 4
+    seen = []
+    net.cells[0].register_forward_hook(lambda m, inputs, out: seen.append([tuple(t.shape[2:]) for t in inputs[:2]]))
+    x, y = torch.randn(2, 3, 128, 128), torch.tensor([0, 3])
+    assert net(x).shape == (2, 5)
+    assert seen[0] == [(32, 32), (16, 16)]  # s0 after two stride-2 convs, s1 after the third
+    opt = torch.optim.SGD(net.weight_parameters(), lr=0.1)
+    before = [a.detach().clone() for a in net.arch_parameters()]
+    Architect(net, opt, order="second", grad_clip=5.0).step((x, y), (x, y), 0.1)
+    assert all(not torch.equal(a, b) for a, b in zip(before, net.arch_parameters()))
+    with pytest.raises(ConfigError, match="must be one of cifar, imagenet"):
+        ConvSearchSpaceConfig(stem="vit").validate()
+
+
+def test_search_cnn_on_128_px_folders_with_the_imagenet_stem_and_recomputation(digits_folder, tmp_path, capsys):
+    from dartsnas.cli import main
+    flags = ["search", "cnn", "--dataset", "imagefolder", "--data-dir", str(digits_folder), "--init-channels", "4",
+             "--layers", "3", "--nodes", "2", "--batch-size", "8", "--epochs", "1", "--steps-per-epoch", "1",
+             "--stem", "imagenet", "--recompute", "edge", "--quiet"]
+    assert main([*flags, "--image-size", "128", "--out", str(tmp_path / "a")]) == 0
+    assert (tmp_path / "a" / "genotype.json").is_file()
+    assert main([*flags, "--image-size", "24", "--out", str(tmp_path / "b")]) == 1
+    assert "the search network with --stem imagenet downsamples 32x: 24x24 images are too small" in capsys.readouterr().err

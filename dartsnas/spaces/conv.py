@@ -39,6 +39,7 @@ class ConvSearchSpaceConfig:
     partial_channels: int = 1  # K of PC-DARTS; 1 is plain DARTS
     auxiliary_skip: bool = False  # DARTS-: a skip beside every mixed op, weighted by SearchNetwork.aux_beta
     recompute: str = "none"  # activations recomputed in backward: none, per cell or per edge (mixed op)
+    stem: str = "cifar"  # cifar: one stride-1 conv; imagenet: PC-DARTS's three stride-2 convs (8x fewer pixels)
 
     def __post_init__(self) -> None:
         self.ops = resolve_op_set(self.ops)
@@ -69,6 +70,11 @@ class ConvSearchSpaceConfig:
         if self.init_channels % self.partial_channels:
             raise ConfigError(f"{{partial_channels}} {self.partial_channels} must divide {{init_channels}} "
                               f"{self.init_channels}", names=("partial_channels", "init_channels"))
+        if self.stem not in STEMS:
+            raise ConfigError(f"{{stem}} must be one of {', '.join(STEMS)}, got {self.stem!r}", names=("stem",))
+        if self.stem == "imagenet" and self.init_channels < 2:
+            raise ConfigError(f"{{init_channels}} must be >= 2 with {{stem}} imagenet, got {self.init_channels}",
+                              names=("init_channels", "stem"))
         if self.recompute not in RECOMPUTE_MODES:
             raise ConfigError(f"{{recompute}} must be one of {', '.join(RECOMPUTE_MODES)}, got {self.recompute!r}",
                               names=("recompute",))
@@ -84,6 +90,16 @@ class ConvSearchSpaceConfig:
     @property
     def reduction_layers(self) -> tuple[int, int]:
         return (self.layers // 3, 2 * self.layers // 3)
+
+    @property
+    def downsampling(self) -> int:
+        """How many times smaller the last cells' maps are than the input (the smallest image it takes)."""
+        return STEMS[self.stem] * 4
+
+
+#: Search-network stems and their downsampling: CIFAR's stride-1 conv, or PC-DARTS's ImageNet stem
+#: (two stride-2 convs to s0, a third to s1) for large images.
+STEMS = {"cifar": 1, "imagenet": 8}
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -209,7 +225,7 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
     of :meth:`weight_parameters`.
     """
 
-    downsampling = 4  # a stride-1 stem, then two reduction cells
+    downsampling = 4  # with the CIFAR stem (a stride-1 conv), then two reduction cells: see config.downsampling
 
     def __init__(self, config: ConvSearchSpaceConfig | None = None) -> None:
         super().__init__()
@@ -217,14 +233,25 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
         config.validate()
         self.config = config
         C, nodes = config.init_channels, config.nodes
-        C_curr = config.stem_multiplier * C
-        self.stem = nn.Sequential(
-            nn.Conv2d(config.in_channels, C_curr, 3, padding=1, bias=False),
-            nn.BatchNorm2d(C_curr),
-        )
-        C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
+        if config.stem == "imagenet":
+            # PC-DARTS's ImageNet search: s0 at 1/4 of the input, s1 at 1/8, so the first cell reduces s0.
+            self.stem0 = nn.Sequential(
+                nn.Conv2d(config.in_channels, C // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C // 2),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C))
+            self.stem1 = nn.Sequential(nn.ReLU(inplace=False), nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False),
+                                       nn.BatchNorm2d(C))
+            C_prev_prev, C_prev, C_curr = C, C, C
+            reduction_prev = True
+        else:
+            C_curr = config.stem_multiplier * C
+            self.stem = nn.Sequential(
+                nn.Conv2d(config.in_channels, C_curr, 3, padding=1, bias=False),
+                nn.BatchNorm2d(C_curr),
+            )
+            C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
+            reduction_prev = False
         self.cells = nn.ModuleList()
-        reduction_prev = False
         for i in range(config.layers):
             reduction = i in config.reduction_layers
             if reduction:
@@ -277,7 +304,11 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w_normal, w_reduce = self.mixing_override or self.arch_weights()
         e_normal, e_reduce = self.edge_weights()
-        s0 = s1 = self.stem(x)
+        if self.config.stem == "imagenet":
+            s0 = self.stem0(x)
+            s1 = self.stem1(s0)
+        else:
+            s0 = s1 = self.stem(x)
         per_cell = self.config.recompute == "cell"
         for cell in self.cells:
             args = (s0, s1, w_reduce, e_reduce, self.aux_beta) if cell.reduction else \

@@ -49,6 +49,9 @@ class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, ArchStep, 
         help="candidate op set, or a named one (any case): darts, or RobustDARTS's reduced spaces s2 (skip_connect, "
              "sep_conv_3x3), s3 (none too), s4 (noise, sep_conv_3x3), s1 (two ops per edge, chosen per edge; 4 nodes)",
         factory=lambda: DARTS_OPS, group="search space", metavar="OP")
+    stem: str = option("cifar", "cifar: a stride-1 conv (the paper's, for small images); imagenet: PC-DARTS's three "
+                       "stride-2 convs, the cells see 1/8 of the pixels (large images, e.g. --image-size 128 or 224)",
+                       group="search space", choices=("cifar", "imagenet"))
     partial_channels: int = option(1, "PC-DARTS: mixed ops see 1/K of the channels, edges weighted by β",
                                    group="search space", min=1, metavar="K", default_text="1: plain DARTS")
     recompute: str = option("none", "activations recomputed in backward instead of kept: per cell or per edge (mixed "
@@ -73,7 +76,8 @@ class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, ArchStep, 
         return ConvSearchSpaceConfig(init_channels=self.init_channels, layers=self.layers, nodes=self.nodes,
                                      num_classes=num_classes, in_channels=in_channels, ops=tuple(self.ops),
                                      partial_channels=self.partial_channels,
-                                     auxiliary_skip=self.regularizer == "darts-minus", recompute=self.recompute)
+                                     auxiliary_skip=self.regularizer == "darts-minus", recompute=self.recompute,
+                                     stem=self.stem)
 
     def check(self) -> None:
         super().check()
@@ -174,7 +178,8 @@ class Search(Run):
                                        shuffle=False, augment=False, **common)
         self.data_info = data.info()
         network = SEARCH_SPACES.get("cnn")
-        check_input_size("the search network", network.downsampling, *data.image_size,
+        check_input_size("the search network" + (f" with --stem {config.stem}" if config.stem != "cifar" else ""),
+                         config.space().downsampling, *data.image_size,
                          RESIZE_HINT if config.dataset == "imagefolder" else "")
         fixed = []
         if config.hessian_every:  # the eigenvalue's fixed validation batches
