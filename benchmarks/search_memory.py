@@ -3,7 +3,8 @@ curvature monitor's eigenvalue for each Hessian-vector product.
 
     python benchmarks/search_memory.py                       # C16 L8 b32 and C16 L20 b32, every mode, both orders
     python benchmarks/search_memory.py --configs 16,8,32 --orders first --modes none edge
-    python benchmarks/search_memory.py --eigenvalue          # C16 L8 batch 64, 10 Lanczos steps, autograd vs fd
+    python benchmarks/search_memory.py --eigenvalue          # C16 L8 batch 64, 10 Lanczos steps: autograd, autograd
+                                                             # through recomputed edges, fd (--configs C,L,B: another size)
     python benchmarks/search_memory.py --configs 16,8,32 --size 128 --stem imagenet --orders first
     python benchmarks/search_memory.py --device cuda
 
@@ -103,7 +104,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--eigenvalue", action="store_true", help="the eigenvalue at C16 L8 batch 64 instead of search steps")
+    p.add_argument("--eigenvalue", action="store_true",
+                   help="the eigenvalue (C16 L8 batch 64, or the first --configs entry) instead of search steps")
     p.add_argument("--lanczos", type=int, default=10)
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
@@ -118,9 +120,10 @@ def main() -> None:
     common = ["--size", str(args.size), "--stem", args.stem, "--device", args.device, "--threads", str(args.threads), "--steps",
               str(args.steps), "--warmup", str(args.warmup), "--k", str(args.k_all), "--lanczos", str(args.lanczos)]
     if args.eigenvalue:
-        jobs = [["--eigenvalue", "--config", "16,8,64", "--hvp", hvp, "--mode", mode, *common]
-                for hvp in ("autograd", "fd") for mode in (("none", "cell") if hvp == "fd" else ("none",))]
-        jobs.append(["--config", "16,8,64", "--order", "first", "--mode", "none", *common])  # 10 of these: the target
+        config = args.configs[0] if args.configs != CONFIGS else "16,8,64"
+        jobs = [["--eigenvalue", "--config", config, "--hvp", hvp, "--mode", mode, *common]
+                for hvp, mode in (("autograd", "none"), ("autograd", "edge"), ("fd", "none"))]
+        jobs.append(["--config", config, "--order", "first", "--mode", "none", *common])  # 10 of these: the target
         rows = run_isolated(__file__, jobs)
         ten_steps = 10 * rows[-1]["s_per_step"]
         for row in rows[:-1]:
