@@ -67,7 +67,8 @@ def recomputed(module: nn.Module, *args: Any) -> Any:
     virtual weights) is recomputed with the weights it ran with, not the module's own."""
     if not torch.is_grad_enabled():
         return module(*args)
-    names, params = zip(*module.named_parameters()) if any(True for _ in module.parameters()) else ((), ())
+    named = list(module.named_parameters())
+    names, params = [name for name, _ in named], [p for _, p in named]
     n = len(params)
 
     def run(*flat: Any) -> Any:

@@ -331,8 +331,9 @@ class Run:
         state = {"kind": self.kind, "config": self.config.to_dict(), "epoch": self.epoch, **self.state_dict(),
                  "in_epoch": self.in_epoch, "skipped_nonfinite": self.guard.skipped}
         for hook in self.hooks:
-            if hook.key is not None and hook.state_dict() is not None:
-                state[hook.key] = hook.state_dict()
+            kept = hook.state_dict() if hook.key is not None else None
+            if kept is not None:
+                state[hook.key] = kept
         state.update(self.streams.state_dict())
         if self.dist.enabled and self.in_epoch is not None:
             state["in_epoch_ranks"] = self.dist.gather_objects(self.in_epoch)

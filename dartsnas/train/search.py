@@ -177,18 +177,16 @@ class Search(Run):
         self.eval_loader = BatchLoader(alpha_data, val_idx, batch_size=max(config.batch_size, 256),
                                        shuffle=False, augment=False, **common)
         self.data_info = data.info()
-        network = SEARCH_SPACES.get("cnn")
+        space = config.space(num_classes=data.num_classes, in_channels=data.in_channels)
         check_input_size("the search network" + (f" with --stem {config.stem}" if config.stem != "cifar" else ""),
-                         config.space().downsampling, *data.image_size,
-                         RESIZE_HINT if config.dataset == "imagefolder" else "")
+                         space.downsampling, *data.image_size, RESIZE_HINT if config.dataset == "imagefolder" else "")
         fixed = []
         if config.hessian_every:  # the eigenvalue's fixed validation batches
             fixed = list(itertools.islice(BatchLoader(alpha_data, val_idx, batch_size=config.batch_size, shuffle=False,
                                                       augment=False, **common), config.hessian_batches))
 
         seed_everything(seed)
-        space = config.space(num_classes=data.num_classes, in_channels=data.in_channels)
-        self.model = self.place_model(network(space), config.channels_last)
+        self.model = self.place_model(SEARCH_SPACES.get("cnn")(space), config.channels_last)
         self.w_optimizer = torch.optim.SGD(self.model.weight_parameters(), lr=config.lr,
                                            momentum=config.momentum,
                                            weight_decay=config.weight_decay)
