@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
-from .spaces.base import ArchitectureSplit, mixing_weights
+from .spaces.base import ArchitectureSplit, is_recomputing, mixing_weights, recomputed
 
 #: A choice's pick: a candidate's name (Choice) or the chosen input indices (InputChoice).
 Pick = Any
@@ -54,7 +54,9 @@ class Choice(nn.Module):
 
     ``candidates``: a dict of name -> module (or a list: names "0", "1", ...). ``key``: choices with the
     same key share one α (the same decision taken in several places). In search, the output is
-    sum_k softmax(α)_k candidate_k(input).
+    sum_k softmax(α)_k candidate_k(input). With ``recompute`` set (``search_model(..., recompute="choice")``)
+    the candidates' activations are not kept for backward but recomputed there: the memory of one
+    candidate's output instead of every candidate's intermediate tensors, for about one more forward pass.
     """
 
     def __init__(self, candidates: Mapping[str, nn.Module] | Sequence[nn.Module], *, key: str | None = None) -> None:
@@ -73,6 +75,7 @@ class Choice(nn.Module):
         self.alpha = _alpha(len(items))
         self.label = key or "Choice"  # its name in the model, once SearchableModel or fix has looked
         self.reached = False
+        self.recompute = False
 
     @property
     def names(self) -> list[str]:
@@ -80,6 +83,8 @@ class Choice(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         self.reached = True
+        if self.recompute and torch.is_grad_enabled() and not is_recomputing(self):
+            return recomputed(self, *args, **kwargs)
         outputs = [module(*args, **kwargs) for module in self.candidates.values()]
         _check_shapes(self.label, [repr(n) for n in self.names], outputs, "candidate")
         weights = mixing_weights(self.alpha)

@@ -2,6 +2,7 @@
 
     python tests/dist_worker.py OUT.pt --batch 16
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/dist_worker.py OUT.pt --batch 8 --sync-bn
+    ... --recompute edge     # the same step with every mixed op's activations recomputed in backward
 
 For every order (each regularizer: second order): the α gradient of the first batch pair, then the model's whole state (w, α,
 BatchNorm statistics) after one search step (α step, then w step) on it, and the step's gradient norm; with
@@ -20,7 +21,8 @@ from dartsnas.spaces import ConvSearchSpaceConfig, SearchNetwork
 from dartsnas.train.search import search_step
 
 
-def one_step(dist: Distributed, order: str, batch: int, sync_bn: bool, grad_clip: float, regularizer: str) -> dict:
+def one_step(dist: Distributed, order: str, batch: int, sync_bn: bool, grad_clip: float, regularizer: str,
+             recompute: str) -> dict:
     data = load_dataset("digits", "train")
     train_idx, val_idx = split_portion(len(data), 0.5)
     common = dict(batch_size=batch, rank=dist.rank, world_size=dist.world_size, drop_last=True)
@@ -28,7 +30,7 @@ def one_step(dist: Distributed, order: str, batch: int, sync_bn: bool, grad_clip
     val = BatchLoader(data, val_idx, seed=1, **common)
     torch.manual_seed(0)
     model = SearchNetwork(ConvSearchSpaceConfig(init_channels=4, layers=3, nodes=2, num_classes=10, in_channels=1,
-                                                auxiliary_skip=regularizer == "darts-minus"))
+                                                auxiliary_skip=regularizer == "darts-minus", recompute=recompute))
     model.aux_beta = 0.5 if regularizer == "darts-minus" else 0.0
     perturb = None
     if regularizer == "sdarts-rs":  # the same noise on every rank: one seeded generator each
@@ -54,12 +56,14 @@ def main() -> None:
     p.add_argument("--orders", nargs="+", default=["first", "second"])
     p.add_argument("--grad-clip", type=float, default=5.0)
     p.add_argument("--regularizers", nargs="+", default=["none"])
+    p.add_argument("--recompute", default="none", choices=("none", "cell", "edge"))
     args = p.parse_args()
     torch.set_num_threads(1)
     dist = Distributed.from_env()
     # the regularizers change the weight step, so they are checked at second order, whose α step clips
     # and takes finite differences; every order is checked without them
-    result = {regularizer: {order: one_step(dist, order, args.batch, args.sync_bn, args.grad_clip, regularizer)
+    result = {regularizer: {order: one_step(dist, order, args.batch, args.sync_bn, args.grad_clip, regularizer,
+                                             args.recompute)
                             for order in (args.orders if regularizer == "none" else ["second"])}
               for regularizer in args.regularizers}
     if dist.is_main:

@@ -38,7 +38,7 @@ def one_step(tmp_path: Path, name: str, *args: str, nproc: int = 1) -> dict:
 
 
 @pytest.mark.slow
-def test_two_ranks_with_sync_bn_take_the_step_one_process_takes_on_twice_the_batch(tmp_path):
+def test_two_ranks_with_sync_bn_take_the_step_one_process_takes_on_twice_the_batch_recomputed_or_not(tmp_path):
     # Clipping is active (the global norm is about 2.2): the virtual step's clip factor must be the
     # global gradient's, as the DDP weight step's is, not each rank's own. Each regularizer changes the
     # step (SDARTS-RS's noise must be the same on both ranks; DARTS-'s skip sits in every edge).
@@ -60,6 +60,14 @@ def test_two_ranks_with_sync_bn_take_the_step_one_process_takes_on_twice_the_bat
         if regularizer != "none":
             assert any(not torch.equal(alone[regularizer]["second"]["state"][k], v)
                        for k, v in alone["none"]["second"]["state"].items())
+    # Recomputing every mixed op's activations in backward changes no number under DDP either.
+    lean = one_step(tmp_path, "lean", "--batch", "8", "--sync-bn", *flags, "--recompute", "edge", nproc=2)
+    for regularizer in ("none", *REGULARIZERS):
+        for order in pair[regularizer]:
+            for x, y in zip(pair[regularizer][order]["alpha_grad"], lean[regularizer][order]["alpha_grad"]):
+                assert torch.equal(x, y), (regularizer, order)
+            for key, x in pair[regularizer][order]["state"].items():
+                assert torch.equal(lean[regularizer][order]["state"][key], x), (regularizer, order, key)
     # Without SyncBatchNorm each rank normalises by its own half-batch: the gradients differ.
     unsynced = one_step(tmp_path, "unsynced", "--batch", "8", "--orders", "first", nproc=2)["none"]
     diff = max((a - b).abs().max() for a, b in zip(alone["none"]["first"]["alpha_grad"], unsynced["first"]["alpha_grad"]))

@@ -96,3 +96,99 @@ def test_recompute_is_a_search_option_and_a_bad_mode_is_named():
     assert SearchConfig(recompute="edge").space().recompute == "edge"
     with pytest.raises(ConfigError, match="recompute must be one of none, cell, edge"):
         SearchConfig(recompute="layer").validate()
+
+
+class _UserNet(nn.Module):
+    """A user model whose choices hold BatchNorm and dropout, one key shared by two choices."""
+
+    def __init__(self):
+        super().__init__()
+        from dartsnas.nn import Choice, InputChoice
+
+        def block(k):
+            return nn.Sequential(nn.Conv2d(4, 4, k, padding=k // 2), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.3))
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv = Choice({"3x3": block(3), "5x5": block(5), "pool": nn.AvgPool2d(3, 1, 1)})
+        self.a = Choice([block(1), nn.Identity()], key="shared")
+        self.b = Choice([block(1), nn.Identity()], key="shared")
+        self.which = InputChoice(2)
+        self.head = nn.Linear(4, 5)
+
+    def forward(self, x):
+        s = torch.relu(self.stem(x))
+        d = self.b(self.a(self.conv(s)))
+        return self.head(self.which([s, d]).mean((2, 3)))
+
+
+def _user_step(recompute, order):
+    from dartsnas.nn import Choice, SearchableModel
+    torch.manual_seed(0)
+    space = SearchableModel(_UserNet())
+    with torch.no_grad():
+        for a in space.arch_parameters():
+            a.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    for _, m in space.model.named_modules():
+        if isinstance(m, Choice):
+            m.recompute = recompute
+    opt = torch.optim.SGD(space.weight_parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4)
+    train, val = _batches()
+    architect = Architect(space, opt, order=order, lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3, grad_clip=5.0)
+    torch.manual_seed(3)  # the dropout masks
+    grads = architect.alpha_grad(train, val, 0.1)
+    search_step(space, architect, opt, train, val, 0.1, 5.0)
+    return space, grads
+
+
+@pytest.mark.parametrize("order", ["first", "second", "exact"])
+def test_per_choice_recomputation_of_a_user_model_equals_the_plain_step(order):
+    plain, g_plain = _user_step(False, order)
+    lean, g_lean = _user_step(True, order)
+    for a, b in zip(g_plain, g_lean):
+        assert a.abs().max() > 0 and torch.equal(a, b)
+    for key, value in plain.state_dict().items():  # weights, α, BatchNorm statistics (one update a pass)
+        assert torch.equal(value, lean.state_dict()[key]), key
+    assert int(lean.model.conv.candidates["3x3"][1].num_batches_tracked) == \
+        int(plain.model.conv.candidates["3x3"][1].num_batches_tracked) > 0
+
+
+def _kept_bytes(fn):
+    """Bytes autograd keeps for backward while ``fn`` runs (recomputed regions keep theirs to themselves)."""
+    kept = []
+
+    def pack(t):
+        kept.append(t.numel() * t.element_size())
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return sum(kept), out
+
+
+def test_recomputation_keeps_fewer_activations():
+    x, y = _batches()[0]
+    conv = {mode: _kept_bytes(lambda: _net(mode).loss(x, y))[0] for mode in ("none", "cell", "edge")}
+    assert conv["edge"] < 0.5 * conv["none"] and conv["cell"] < 0.5 * conv["none"]
+    from dartsnas.nn import SearchableModel
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        space = SearchableModel(_UserNet())
+        for m in (space.model.conv, space.model.a, space.model.b):
+            m.recompute = recompute
+        conv[recompute] = _kept_bytes(lambda: space.loss(x, y))[0]
+    assert conv[True] < 0.5 * conv[False]
+
+
+def test_search_model_recompute_choice_gives_the_plain_run(tmp_path):
+    import json
+
+    from dartsnas.train.search_model import search_model
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(48, 3, 8, 8, generator=g), torch.randint(0, 5, (48,), generator=g))
+    runs = {}
+    for mode in ("none", "choice"):
+        torch.manual_seed(0)
+        result = search_model(_UserNet(), data, out_dir=tmp_path / mode, epochs=2, batch_size=8, order="second",
+                              recompute=mode, quiet=True)
+        assert all(c.recompute == (mode == "choice") for c in (result.model.model.conv, result.model.model.a))
+        runs[mode] = [{k: v for k, v in json.loads(line).items() if k not in ("seconds", "examples_per_s")}
+                      for line in (tmp_path / mode / "metrics.jsonl").read_text().splitlines()]
+    assert runs["none"] == runs["choice"]

@@ -59,20 +59,35 @@ class kept_running_stats:
                 m.num_batches_tracked.copy_(count)
 
 
-def recomputed(module: nn.Module, *args: Any) -> Any:
-    """``module(*args)``, keeping none of its activations: backward recomputes them (non-reentrant
-    ``torch.utils.checkpoint``), from the same random state (dropout masks) and without touching the
-    BatchNorm running statistics twice. The module's parameters are passed as inputs of the
+def recomputed(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """``module(*args, **kwargs)``, keeping none of its activations: backward recomputes them
+    (non-reentrant ``torch.utils.checkpoint``), from the same random state (dropout masks) and without
+    touching the BatchNorm running statistics twice. The module's parameters are passed as inputs of the
     recomputation, so a pass under ``torch.func.functional_call`` (the second-order architect's
-    virtual weights) is recomputed with the weights it ran with, not the module's own."""
+    virtual weights) is recomputed with the weights it ran with, not the module's own. While it runs,
+    ``is_recomputing(module)`` is true: a module that recomputes itself (a :class:`~dartsnas.nn.Choice`)
+    then runs plainly instead of recursing."""
     if not torch.is_grad_enabled():
-        return module(*args)
+        return module(*args, **kwargs)
     named = list(module.named_parameters())
     names, params = [name for name, _ in named], [p for _, p in named]
     n = len(params)
 
-    def run(*flat: Any) -> Any:
-        return functional_call(module, dict(zip(names, flat[:n])), flat[n:])
+    def run(*flat: Any, **kw: Any) -> Any:
+        depth = module.__dict__.get(_INSIDE, 0)
+        module.__dict__[_INSIDE] = depth + 1
+        try:
+            return functional_call(module, dict(zip(names, flat[:n])), flat[n:], kw)
+        finally:
+            module.__dict__[_INSIDE] = depth
 
     return checkpoint(run, *params, *args, use_reentrant=False, preserve_rng_state=True,
-                      context_fn=lambda: (contextlib.nullcontext(), kept_running_stats(module)))
+                      context_fn=lambda: (contextlib.nullcontext(), kept_running_stats(module)), **kwargs)
+
+
+_INSIDE = "_dartsnas_recomputing"
+
+
+def is_recomputing(module: nn.Module) -> bool:
+    """Whether ``module`` is running inside :func:`recomputed` (its first pass or the recomputation)."""
+    return module.__dict__.get(_INSIDE, 0) > 0

@@ -24,7 +24,7 @@ from torch.utils.data import default_collate
 from ..architect import Architect
 from ..data import DatasetBatches, random_split
 from ..errors import ConfigError
-from ..nn import SearchableModel, fix
+from ..nn import Choice, SearchableModel, fix
 from ..config import ArchStep, ArchWarmup, Epochs, Momentum, RunOptions, Seed, configclass, option
 from .common import cosine_lr
 from .loop import Run, batch_source, set_lr
@@ -42,6 +42,9 @@ class ModelSearchConfig(RunOptions, Seed, ArchWarmup, ArchStep, Momentum, Epochs
 
     train_portion: float = option(0.5, "without val_data: the part of train_data that trains w; the rest trains α",
                                   above=0, below=1)
+    recompute: str = option("none", "choice: every Choice's candidates are recomputed in backward instead of kept "
+                            "(less memory for more compute, the same numbers)", choices=("none", "choice"),
+                            resumable=True)
 
 
 @dataclass
@@ -74,6 +77,10 @@ class ModelSearch(Run):
                  log: Callable[[str], None] = print) -> None:
         saved = self.open(config, out_dir, resume=resume, overwrite=overwrite, quiet=quiet, log=log)
         space = model if isinstance(model, SearchableModel) else SearchableModel(model, loss_fn)
+        for _, members in space.groups.items():
+            for _, choice in members:
+                if isinstance(choice, Choice):
+                    choice.recompute = config.recompute == "choice"
         dist = self.dist
         if val_data is None:
             train_idx, val_idx = random_split(len(train_data), config.train_portion, config.seed)
