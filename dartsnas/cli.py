@@ -192,7 +192,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
                        overwrite=args.overwrite, quiet=args.quiet, tensorboard=args.tensorboard)
     else:
         from .train import search as mod
-        mod.search(_config(mod.SearchConfig, mod.KIND, args), args.out, resume=args.resume,
+        make = lambda **given: mod.search_recipe(given.pop("dataset", "cifar10"), **given)  # noqa: E731
+        mod.search(_config(mod.SearchConfig, mod.KIND, args, make), args.out, resume=args.resume,
                    overwrite=args.overwrite, quiet=args.quiet, tensorboard=args.tensorboard)
     if not args.quiet:
         print(f"genotype written to {args.out / 'genotype.json'}")
@@ -212,10 +213,13 @@ def _search_seeds(args: argparse.Namespace) -> int:
     if "seed" in vars(args):
         raise ConfigError("give either --seed or --seeds, not both")
     if args.space == "rnn":
-        from .train.search_rnn import RNNSearchConfig as cls
+        from .train.search_rnn import RNNSearchConfig
+        config = RNNSearchConfig(**_given(RNNSearchConfig, args))
     else:
-        from .train.search import SearchConfig as cls
-    paths = search_seeds(args.space, cls(**_given(cls, args)), args.seeds, args.out, devices=args.devices, resume=args.resume,
+        from .train.search import SearchConfig, search_recipe
+        given = _given(SearchConfig, args)
+        config = search_recipe(given.pop("dataset", "cifar10"), **given)
+    paths = search_seeds(args.space, config, args.seeds, args.out, devices=args.devices, resume=args.resume,
                          overwrite=args.overwrite, log=(lambda m: None) if args.quiet else print)
     for path in paths.values():
         print(path)

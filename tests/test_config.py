@@ -48,8 +48,10 @@ def test_a_command_changes_a_group_default_and_keeps_its_help_and_bounds():
      "--train-portion below 1 is not available for imagenet"),
     (RNNTrainConfig(data_dir="x", emsize=10), "tied weights need emsize == nhid, got 10 and 850",
      "tied weights need --emsize == --nhid, got 10 and 850"),
-    (SearchConfig(dataset="imagenet"), "dataset must be one of cifar10, digits, imagefolder, arrays, got 'imagenet'",
-     "--dataset must be one of cifar10, digits, imagefolder, arrays, got 'imagenet'"),
+    (SearchConfig(dataset="ptb"), "dataset must be one of cifar10, digits, imagenet, imagefolder, arrays, got 'ptb'",
+     "--dataset must be one of cifar10, digits, imagenet, imagefolder, arrays, got 'ptb'"),
+    (SearchConfig(sample=(0.1,)), "sample needs two parts of a class in (0, 1), for w and α, got [0.1]",
+     "--sample needs two parts of a class in (0, 1), for w and α, got [0.1]"),
     (ModelSearchConfig(grad_clip=0.0), "grad_clip must be > 0 (inf: no clipping), got 0.0",
      "--grad-clip must be > 0 (inf: no clipping), got 0.0"),
 ])

@@ -89,3 +89,61 @@ def test_folder_errors_name_the_problem(image_root, tmp_path):
     train, _, _ = folder_datasets(image_root)
     with pytest.raises(DataError, match="img_0.JPEG: cannot decode image"):
         train[0]
+
+
+def test_sample_per_class_is_disjoint_seeded_and_takes_each_class_share():
+    from dartsnas.data.splits import sample_per_class
+    from dartsnas.errors import ConfigError
+    labels = torch.arange(4).repeat_interleave(40)  # 4 classes of 40
+    w, a = sample_per_class(labels, (0.1, 0.025), seed=3)
+    assert len(w) == 16 and len(a) == 4 and not set(w.tolist()) & set(a.tolist())
+    assert torch.bincount(labels[w]).tolist() == [4] * 4 and torch.bincount(labels[a]).tolist() == [1] * 4
+    again = sample_per_class(labels, (0.1, 0.025), seed=3)
+    assert torch.equal(again[0], w) and not torch.equal(sample_per_class(labels, (0.1, 0.025), seed=4)[0], w)
+    with pytest.raises(ConfigError, match="sample takes 0.8 \\+ 0.3 of every class"):
+        sample_per_class(labels, (0.8, 0.3), seed=0)
+
+
+def test_folder_batches_resume_mid_pass_with_the_same_crops(image_root):
+    from dartsnas.data.folder import FolderBatches, ImageFolderDataset, list_images
+    samples, _ = list_images(image_root / "train")
+    make = lambda: FolderBatches(ImageFolderDataset(samples, train=True, image_size=16, jitter=False, seed=1),  # noqa: E731
+                                 torch.arange(0, 18, 2), batch_size=2, seed=5, workers=0)
+    loader = make()
+    batches = [loader.next_batch() for _ in range(3)]
+    state = loader.state_dict()
+    rest = [loader.next_batch() for _ in range(4)]  # crosses into the second pass: new crops
+    assert loader.passes == 2
+    other = make()
+    other.load_state_dict(state)
+    for (x, y), (x2, y2) in zip(rest, (other.next_batch() for _ in range(4))):
+        assert torch.equal(x, x2) and torch.equal(y, y2)
+    assert batches[0][0].shape == (2, 3, 16, 16) and batches[0][0].dtype == torch.float32
+    assert set(torch.cat([y for _, y in batches]).tolist()) <= {0, 1, 2}
+
+
+def test_imagenet_search_takes_pc_darts_recipe_and_resumes_bit_identical(image_root, tmp_path):
+    from dartsnas.train.checkpoint import load_checkpoint
+    from dartsnas.train.search import search_recipe
+    pc = search_recipe("imagenet")
+    assert (pc.stem, pc.partial_channels, pc.batch_size, pc.lr, pc.arch_lr, pc.arch_start_epoch, pc.warmup_epochs,
+            tuple(pc.sample)) == ("imagenet", 2, 1024, 0.5, 6e-3, 35, 5, (0.1, 0.025))
+    flags = ["search", "cnn", "--dataset", "imagenet", "--data-dir", str(image_root), "--image-size", "48",
+             "--init-channels", "4", "--layers", "3", "--nodes", "2", "--batch-size", "2", "--epochs", "2",
+             "--arch-start-epoch", "0", "--sample", "0.34", "0.34", "--workers", "1", "--quiet"]
+    assert main([*flags, "--out", str(tmp_path / "a")]) == 0
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert (config["stem"], config["partial_channels"], config["warmup_epochs"], config["lr_min"]) == \
+        ("imagenet", 2, 5, 0.0)
+    records = read_metrics(tmp_path / "a" / "metrics.jsonl")
+    assert [r["steps"] for r in records] == [3, 3]  # 3 classes x 2 images train w, in batches of 2
+    assert records[0]["lr"] == pytest.approx(0.5 / 5) and records[1]["lr"] == pytest.approx(0.5 * 2 / 5 * 0.5)
+    assert (tmp_path / "a" / "genotype.json").is_file()
+    # cut after the first epoch, resumed: the same α, weights and metrics
+    assert main([*flags, "--epochs", "1", "--out", str(tmp_path / "b")]) == 0
+    assert main([*flags, "--out", str(tmp_path / "b"), "--resume"]) == 0
+    a, b = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in rs]  # noqa: E731
+    assert strip(records) == strip(read_metrics(tmp_path / "b" / "metrics.jsonl"))

@@ -138,3 +138,13 @@ def test_search_cnn_on_128_px_folders_with_the_imagenet_stem_and_recomputation(d
     assert (tmp_path / "a" / "genotype.json").is_file()
     assert main([*flags, "--image-size", "24", "--out", str(tmp_path / "b")]) == 1
     assert "the search network with --stem imagenet downsamples 32x: 24x24 images are too small" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("side", [28, 27, 13])
+def test_partial_channels_search_odd_sized_maps(side):
+    # a reduction edge halves an odd side to ceil(H/2) in its ops and in its bypassed channels alike
+    net = SearchNetwork(ConvSearchSpaceConfig(init_channels=4, layers=3, nodes=2, num_classes=5, partial_channels=2))
+    x = torch.randn(2, 3, side, side)
+    out = net(x)
+    assert out.shape == (2, 5)
+    net.loss(x, torch.tensor([0, 1])).backward()

@@ -20,6 +20,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import DataError
 from .augment import normalize
+from .images import BatchOrder
+from .streaming import stream_batches
 from .classfolders import SPLIT_DIRS, class_folders
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -190,6 +192,68 @@ class FolderLoader:
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         self.dataset.epoch = int(state["epoch"])
+
+
+class _Decoded:
+    """The images of an :class:`ImageFolderDataset`, stacked per batch of rows in a worker process."""
+
+    def __init__(self, dataset: ImageFolderDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def batch(self, rows: list[int]) -> tuple[torch.Tensor, str]:
+        try:
+            return torch.stack([self.dataset[i][0] for i in rows]), ""
+        except DataError as e:
+            return torch.empty(0), str(e)
+
+
+class FolderBatches(BatchOrder):
+    """Batches of a subset of an :class:`ImageFolderDataset` in a :class:`~dartsnas.data.images.BatchOrder`:
+    resumable mid-pass, ``next_batch()`` across passes, each rank's rows of a global batch, as the
+    in-memory loaders. ``workers`` processes decode and augment the batches in the order they are
+    taken; every pass redraws the crops and flips (seeded per pass and image); the device normalises."""
+
+    def __init__(self, dataset: ImageFolderDataset, indices: torch.Tensor | None = None, *, batch_size: int,
+                 shuffle: bool = True, drop_last: bool = False, device: torch.device | str = "cpu", seed: int = 0,
+                 channels_last: bool = False, rank: int = 0, world_size: int = 1, workers: int = 4,
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD) -> None:
+        super().__init__(len(dataset), indices, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+                         seed=seed, rank=rank, world_size=world_size)
+        self.dataset, self.device, self.workers, self.mean, self.std = dataset, torch.device(device), workers, mean, std
+        self.labels = torch.tensor([label for _, label in dataset.samples], dtype=torch.int64)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.passes = 0
+        self._stream: Iterator[torch.Tensor] | None = None
+        self._stream_pos = -1
+
+    def _new_epoch(self) -> None:
+        super()._new_epoch()
+        self.passes += 1
+        self._stream = None
+
+    def _make(self, idx: torch.Tensor, pos: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self._rows(idx)
+        if self._stream is None or self._stream_pos != pos:  # (re)start the workers at this batch
+            limit = min(len(self) * self.global_batch, len(self.indices))
+            batches = [self._rows(self._order[p:p + self.global_batch]).tolist()
+                       for p in range(pos, limit, self.global_batch)]
+            self.dataset.epoch = self.passes  # the workers' copies draw this pass's crops
+            self._stream = stream_batches(_Decoded(self.dataset), batches, self.workers)
+        self._stream_pos = pos + self.global_batch
+        x = next(self._stream).to(self.device, non_blocking=True)
+        x = normalize(x, self.mean, self.std).contiguous(memory_format=self.memory_format)
+        return x, self.labels.index_select(0, rows).to(self.device, non_blocking=True)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "passes": self.passes}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.passes = int(state["passes"])
+        self._stream = None
 
 
 def folder_datasets(root: str | os.PathLike, *, image_size: int = 224, seed: int = 0,

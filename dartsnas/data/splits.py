@@ -63,3 +63,27 @@ def random_split(n: int, portion: float, seed: int) -> tuple[torch.Tensor, torch
     if not 0 < cut < n:
         raise ConfigError(f"{{train_portion}} {portion} leaves an empty split of {n} examples", names=("train_portion",))
     return order[:cut].sort().values, order[cut:].sort().values
+
+
+def sample_per_class(labels: torch.Tensor, portions: tuple[float, ...], seed: int) -> list[torch.Tensor]:
+    """Disjoint seeded samples of every class, the i-th taking ``portions[i]`` of each class (at least
+    one image while the class lasts): PC-DARTS's 10% and 2.5% of ImageNet's training images, which
+    train w and α. Each sample is a sorted index tensor."""
+    if sum(portions) > 1:
+        raise ConfigError(f"{{sample}} takes {' + '.join(map(str, portions))} of every class: more than all of it",
+                          names=("sample",))
+    g = torch.Generator().manual_seed(seed)
+    parts: list[list[torch.Tensor]] = [[] for _ in portions]
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        start = 0
+        for part, portion in zip(parts, portions):
+            k = min(max(int(round(portion * len(idx))), 1), len(idx) - start)
+            part.append(idx[start:start + k])
+            start += k
+    out = [torch.cat(part).sort().values for part in parts]
+    if any(len(o) == 0 for o in out):
+        raise DataError(f"sampling {', '.join(map(str, portions))} of {len(labels)} images leaves a sample empty")
+    return out
+

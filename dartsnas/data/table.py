@@ -27,7 +27,8 @@ DATASET_TABLE: tuple[DatasetEntry, ...] = (
                  paper_split=True),
     DatasetEntry("digits", "memory", ("search", "train"), "scikit-learn's 8x8 digits (bundled, offline)",
                  paper_split=True),
-    DatasetEntry("imagenet", "folder", ("train",), "ImageNet class folders (train/, val/)"),
+    DatasetEntry("imagenet", "folder", ("search", "train"), "ImageNet class folders (train/, val/; search: "
+                 "PC-DARTS's recipe)"),
     DatasetEntry("imagefolder", "own", ("search", "train"), "your own images in class folders"),
     DatasetEntry("arrays", "own", ("search", "train"), "your own images in a NumPy .npz file"),
     DatasetEntry("python", "python", ("search", "train"), "torch Datasets passed from Python"),

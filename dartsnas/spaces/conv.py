@@ -119,7 +119,8 @@ class MixedOp(nn.Module):
         # DARTS- (Chu et al., ICLR 2021): a skip connection beside the mixture, outside α, so that the
         # ops need not compete with skip_connect for the residual path; its weight β decays to 0.
         self.aux = (FactorizedReduce(C, C, affine=False) if stride == 2 else nn.Identity()) if auxiliary_skip else None
-        self.bypass = nn.MaxPool2d(2, 2) if stride == 2 and partial > 1 else None
+        # ceil_mode: an odd side halves to ceil(H/2), as the padded stride-2 ops do (PC-DARTS's floor crashed)
+        self.bypass = nn.MaxPool2d(2, 2, ceil_mode=True) if stride == 2 and partial > 1 else None
         C = C // partial
         self.ops = nn.ModuleList()
         for name in op_names:

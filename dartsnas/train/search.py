@@ -18,9 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from ..architect import Architect, requires_grad_off
-from ..data import (OWN_DATASETS, PYTHON_DATASET, BatchLoader, ImageDataset, from_torch_dataset, load_dataset,
-                    load_splits, search_split)
-from ..errors import CheckpointError
+from ..data import (OWN_DATASETS, PYTHON_DATASET, BatchLoader, ImageDataset, data_root, from_torch_dataset,
+                    load_dataset, load_splits, search_split)
+from ..data.folder import IMAGENET_MEAN, IMAGENET_STD, FolderBatches, ImageFolderDataset, find_split, list_images
+from ..data.splits import sample_per_class
+from ..errors import CheckpointError, ConfigError
 from ..genotype import SKIP_OP, Genotype, derive_genotype
 from ..nets import RESIZE_HINT, check_input_size
 from ..ops import DARTS_OPS, edge_ops, resolve_op_set
@@ -64,6 +66,11 @@ class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, ArchStep, 
                               group="optimisation", choices=REGULARIZERS)
     sdarts_epsilon: float = option(0.3, "SDARTS-RS: the perturbation grows linearly from 0.03 to this",
                                    group="optimisation", above=0, max=1)
+    warmup_epochs: int = option(0, "linear learning-rate warm-up: epoch e < N uses lr x (e+1)/N (PC-DARTS's ImageNet "
+                                "search: 5)", group="optimisation", min=0)
+    sample: tuple[float, float] = option(
+        help="imagenet: the parts of every class of the training images sampled to train w and α (PC-DARTS: 0.1 and "
+             "0.025)", factory=lambda: (0.1, 0.025), group="data", metavar="P")
 
     DATASET_COMMAND = "search"
     TITLES = {"collapse": "collapse (Zela et al., 2020)"}
@@ -81,7 +88,25 @@ class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, ArchStep, 
 
     def check(self) -> None:
         super().check()
+        if len(self.sample) != 2 or not all(0 < p < 1 for p in self.sample):
+            raise ConfigError(f"{{sample}} needs two parts of a class in (0, 1), for w and α, got {list(self.sample)}",
+                              names=("sample",))
         self.space().validate()  # before any data is read
+
+
+#: Per-dataset departures from the paper's CIFAR-10 search: PC-DARTS's ImageNet search (Xu et al., 2020:
+#: 10% / 2.5% of each class for w / α, partial channels K=2, the three-conv stem, batch 1024 with lr 0.5
+#: warmed up over 5 epochs, α frozen for the first 35 of 50 epochs, α learning rate 6e-3).
+SEARCH_RECIPES: dict[str, dict[str, Any]] = {
+    "imagenet": dict(stem="imagenet", partial_channels=2, epochs=50, batch_size=1024, lr=0.5, lr_min=0.0,
+                     weight_decay=3e-4, warmup_epochs=5, arch_lr=6e-3, arch_start_epoch=35, image_size=224,
+                     workers=4),
+}
+
+
+def search_recipe(dataset: str, **overrides: Any) -> SearchConfig:
+    """The search config for ``dataset``: its recipe where it has one, then ``overrides``."""
+    return SearchConfig(**{"dataset": dataset, **SEARCH_RECIPES.get(dataset, {}), **overrides})
 
 
 @dataclass
@@ -159,31 +184,21 @@ class Search(Run):
                           tensorboard=tensorboard)
         dist = self.dist
 
-        data, alpha_data = load_search_data(config, train_data, val_data)
-        self.log(data.description)
-        if alpha_data is None:
-            train_idx, val_idx = search_split(data, config.train_portion, config.seed)
-        else:
-            self.log(alpha_data.description)
-            train_idx, val_idx = None, None
-        alpha_data = alpha_data or data
         seed = config.seed
         common = dict(device=self.device, channels_last=config.channels_last, rank=dist.rank,
                       world_size=dist.world_size, workers=config.workers)
-        self.train_loader = BatchLoader(data, train_idx, batch_size=config.batch_size, seed=seed,
-                                        drop_last=dist.enabled, **common)
-        self.val_loader = BatchLoader(alpha_data, val_idx, batch_size=config.batch_size, seed=seed + 1,
-                                      drop_last=dist.enabled, **common)
-        self.eval_loader = BatchLoader(alpha_data, val_idx, batch_size=max(config.batch_size, 256),
-                                       shuffle=False, augment=False, **common)
-        self.data_info = data.info()
-        space = config.space(num_classes=data.num_classes, in_channels=data.in_channels)
+        loaders = (imagenet_search_loaders if config.dataset == "imagenet" else image_search_loaders)(
+            config, common, dist.enabled, train_data, val_data)
+        for line in loaders.description:
+            self.log(line)
+        self.train_loader, self.val_loader, self.eval_loader = loaders.train, loaders.val, loaders.eval
+        self.data_info = loaders.info
+        space = config.space(num_classes=loaders.num_classes, in_channels=loaders.in_channels)
         check_input_size("the search network" + (f" with --stem {config.stem}" if config.stem != "cifar" else ""),
-                         space.downsampling, *data.image_size, RESIZE_HINT if config.dataset == "imagefolder" else "")
+                         space.downsampling, *loaders.image_size, RESIZE_HINT if config.dataset == "imagefolder" else "")
         fixed = []
         if config.hessian_every:  # the eigenvalue's fixed validation batches
-            fixed = list(itertools.islice(BatchLoader(alpha_data, val_idx, batch_size=config.batch_size, shuffle=False,
-                                                      augment=False, **common), config.hessian_batches))
+            fixed = list(itertools.islice(loaders.fixed(config.batch_size), config.hessian_batches))
 
         seed_everything(seed)
         self.model = self.place_model(SEARCH_SPACES.get("cnn")(space), config.channels_last)
@@ -250,6 +265,8 @@ class Search(Run):
 
     def epoch_start(self) -> dict[str, Any]:
         lr = cosine_lr(self.epoch, self.config.epochs, self.config.lr, self.config.lr_min)
+        if self.epoch < self.config.warmup_epochs:
+            lr *= (self.epoch + 1) / self.config.warmup_epochs
         set_lr(self.w_optimizer, lr)
         return {"lr": lr}
 
@@ -301,6 +318,70 @@ def search(config: SearchConfig, out_dir: str | Path, **kwargs: Any) -> SearchRe
     ``config.dataset`` (recorded as ``python``; a resumed run needs them again).
     """
     return Search(config, out_dir, **kwargs).execute()
+
+
+@dataclass
+class SearchLoaders:
+    """A search's batches: w's (``train``), α's (``val``), the α images in order (``eval``, and
+    ``fixed(batch_size)``, the eigenvalue's batches), with what the network and the run need."""
+
+    train: Any
+    val: Any
+    eval: Any
+    fixed: Callable[[int], Any]
+    num_classes: int
+    in_channels: int
+    image_size: tuple[int, int]
+    info: dict[str, Any]
+    description: list[str]
+
+
+def image_search_loaders(config: SearchConfig, common: dict[str, Any], drop_last: bool, train_data: Any,
+                         val_data: Any) -> SearchLoaders:
+    """Images held in memory or streamed: the training split cut at ``train_portion`` (or α's own images)."""
+    data, alpha_data = load_search_data(config, train_data, val_data)
+    description = [data.description]
+    if alpha_data is None:
+        train_idx, val_idx = search_split(data, config.train_portion, config.seed)
+    else:
+        description.append(alpha_data.description)
+        train_idx, val_idx = None, None
+    alpha_data = alpha_data or data
+    in_order = lambda batch_size: BatchLoader(alpha_data, val_idx, batch_size=batch_size,  # noqa: E731
+                                              shuffle=False, augment=False, **common)
+    return SearchLoaders(
+        train=BatchLoader(data, train_idx, batch_size=config.batch_size, seed=config.seed, drop_last=drop_last,
+                          **common),
+        val=BatchLoader(alpha_data, val_idx, batch_size=config.batch_size, seed=config.seed + 1, drop_last=drop_last,
+                        **common),
+        eval=in_order(max(config.batch_size, 256)), fixed=in_order, num_classes=data.num_classes,
+        in_channels=data.in_channels, image_size=data.image_size, info=data.info(), description=description)
+
+
+def imagenet_search_loaders(config: SearchConfig, common: dict[str, Any], drop_last: bool, train_data: Any,
+                            val_data: Any) -> SearchLoaders:
+    """PC-DARTS's ImageNet search data: seeded samples of every class of the training folders (w's and
+    α's, disjoint), decoded per batch by worker processes with a random-resized crop and a flip."""
+    root = data_root(config.data_dir)
+    samples, classes = list_images(find_split(root, "train"))
+    labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
+    w_idx, alpha_idx = sample_per_class(labels, tuple(config.sample), config.seed)
+    size = config.image_size or 224
+    train_ds = ImageFolderDataset(samples, train=True, image_size=size, jitter=False, seed=config.seed)
+    plain_ds = ImageFolderDataset(samples, train=False, image_size=size)
+    in_order = lambda batch_size: FolderBatches(plain_ds, alpha_idx, batch_size=batch_size,  # noqa: E731
+                                                shuffle=False, **common)
+    info = {"dataset": "imagenet", "classes": classes, "in_channels": 3, "image_size": [size, size],
+            "resize": round(size * 256 / 224), "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    description = [f"{root}: {len(classes)} classes, {len(samples)} training images; sampled per class: "
+                   f"{len(w_idx)} train w ({config.sample[0]:g}), {len(alpha_idx)} train α ({config.sample[1]:g})"]
+    return SearchLoaders(
+        train=FolderBatches(train_ds, w_idx, batch_size=config.batch_size, seed=config.seed, drop_last=drop_last,
+                            **common),
+        val=FolderBatches(train_ds, alpha_idx, batch_size=config.batch_size, seed=config.seed + 1,
+                          drop_last=drop_last, **common),
+        eval=in_order(max(config.batch_size, 256)), fixed=in_order, num_classes=len(classes), in_channels=3,
+        image_size=(size, size), info=info, description=description)
 
 
 def load_search_data(config: SearchConfig, train_data: Any,
