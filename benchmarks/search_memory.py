@@ -3,8 +3,9 @@ curvature monitor's eigenvalue for each Hessian-vector product.
 
     python benchmarks/search_memory.py                       # C16 L8 b32 and C16 L20 b32, every mode, both orders
     python benchmarks/search_memory.py --configs 16,8,32 --orders first --modes none edge
-    python benchmarks/search_memory.py --eigenvalue          # C16 L8 batch 64, 10 Lanczos steps: autograd, autograd
-                                                             # through recomputed edges, fd (--configs C,L,B: another size)
+    python benchmarks/search_memory.py --eigenvalue          # C16 L8 batch 64, 10 Lanczos steps: autograd, forward, fd,
+                                                             # each plain and through recomputed edges, against 10 search
+                                                             # steps of each (--configs C,L,B: another size)
     python benchmarks/search_memory.py --configs 16,8,32 --size 128 --stem imagenet --orders first
     python benchmarks/search_memory.py --device cuda
 
@@ -107,6 +108,8 @@ def main() -> None:
     p.add_argument("--eigenvalue", action="store_true",
                    help="the eigenvalue (C16 L8 batch 64, or the first --configs entry) instead of search steps")
     p.add_argument("--lanczos", type=int, default=10)
+    p.add_argument("--hvps", nargs="+", default=["autograd", "forward", "fd"],
+                   help="--eigenvalue: the Hessian-vector products measured (each with every --modes but cell)")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--order", default="first", help=argparse.SUPPRESS)
@@ -121,15 +124,18 @@ def main() -> None:
               str(args.steps), "--warmup", str(args.warmup), "--k", str(args.k_all), "--lanczos", str(args.lanczos)]
     if args.eigenvalue:
         config = args.configs[0] if args.configs != CONFIGS else "16,8,64"
-        jobs = [["--eigenvalue", "--config", config, "--hvp", hvp, "--mode", mode, *common]
-                for hvp, mode in (("autograd", "none"), ("autograd", "edge"), ("fd", "none"))]
-        jobs.append(["--config", config, "--order", "first", "--mode", "none", *common])  # 10 of these: the target
+        pairs = [(hvp, mode) for hvp in args.hvps for mode in args.modes if mode != "cell"]
+        jobs = [["--eigenvalue", "--config", config, "--hvp", hvp, "--mode", mode, *common] for hvp, mode in pairs]
+        modes = sorted({mode for _, mode in pairs})  # 10 search steps of each: the target
+        jobs += [["--config", config, "--order", "first", "--mode", mode, *common] for mode in modes]
         rows = run_isolated(__file__, jobs)
-        ten_steps = 10 * rows[-1]["s_per_step"]
-        for row in rows[:-1]:
+        steps = {row["recompute"]: row["s_per_step"] for row in rows[len(pairs):]}
+        exact = next((r["eigenvalue"] for r in rows if r.get("hvp") == "autograd"), None)
+        for row in rows[:len(pairs)]:
             print(json.dumps({"bench": "eigenvalue_vs_ten_search_steps", "hvp": row["hvp"], "recompute": row["recompute"],
-                              "seconds": row["seconds"], "ten_search_steps_seconds": round(ten_steps, 2),
-                              "peak_above_baseline_gb": row["peak_above_baseline_gb"]}))
+                              "seconds": row["seconds"], "ten_search_steps_seconds": round(10 * steps[row["recompute"]], 2),
+                              "peak_above_baseline_gb": row["peak_above_baseline_gb"], "eigenvalue": row["eigenvalue"],
+                              "autograd_eigenvalue": exact}))
         return
     rows = run_isolated(__file__, [["--config", c, "--order", o, "--mode", m, *common]
                                    for c in args.configs for o in args.orders for m in args.modes])

@@ -391,9 +391,10 @@ class Curvature(Config):
     hessian_steps: int = option(20, "Lanczos iterations (Hessian-vector products) per eigenvalue", group="collapse",
                                 min=1)
     hessian_hvp: str = option("autograd", "how each Hessian-vector product is computed: autograd (double backward, "
-                              "exact; several times a search step's memory) or fd (central difference of the α "
-                              "gradient: two backward passes, a search step's memory)", group="collapse",
-                              choices=("autograd", "fd"))
+                              "exact; several times a search step's memory), forward (forward-mode derivative of the "
+                              "α gradient: exact, no gradient graph kept) or fd (central difference of the α "
+                              "gradient: a search step's memory; ReLU's kinks make it an estimate)", group="collapse",
+                              choices=("autograd", "forward", "fd"))
     early_stop: str | None = option(None, "DARTS-ES: stop when the eigenvalue's local average grows 1.3x over 4 "
                                     "evaluations, and keep the genotype of the earlier epoch (needs --hessian-every)",
                                     group="collapse", choices=("hessian",))

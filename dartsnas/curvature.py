@@ -6,9 +6,11 @@ The eigenvalue is computed by Lanczos iteration (full reorthogonalisation) on He
 over a fixed set of validation batches, with the model's weights held fixed: the largest Ritz value of
 a few dozen products, exact to rounding once the iteration spans the α space. A product is either
 ∇α(∇α L_val · v) by double backward (``hvp="autograd"``, exact; it keeps the graph of the gradient,
-several times a search step's memory) or the central difference (∇α L(α + εv) - ∇α L(α - εv)) / 2ε
-(``hvp="fd"``, the second-order architect's approximation: two plain backward passes, the memory of
-one search step; its error is O(ε²) times the third derivative). BatchNorm uses batch statistics without updating the running ones,
+several times a search step's memory), the same product as the forward-mode derivative of ∇α along v
+(``hvp="forward"``, forward-over-reverse: exact, the pass carries tangents instead of keeping the
+gradient's graph), or the central difference (∇α L(α + εv) - ∇α L(α - εv)) / 2ε (``hvp="fd"``, the
+second-order architect's approximation: two plain backward passes, the memory of one search step; its
+error is O(ε²) times the third derivative on smooth networks, and ReLU's kinks add more). BatchNorm uses batch statistics without updating the running ones,
 and every product sees the same dropout masks, so the operator is the same from product to product.
 """
 from __future__ import annotations
@@ -18,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
+import torch.autograd.forward_ad as fwAD
+from torch.func import functional_call
 
 from .architect import _split, frozen_batchnorm_stats, requires_grad_off, same_random_draws
 
@@ -27,7 +31,7 @@ def _flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 #: The methods of a Hessian-vector product (see the module docstring).
-HVP_METHODS = ("autograd", "fd")
+HVP_METHODS = ("autograd", "forward", "fd")
 
 
 def hessian_vector_product(model: Any, batches: Sequence[Sequence[Any]], vector: torch.Tensor,
@@ -48,6 +52,10 @@ def hessian_vector_product(model: Any, batches: Sequence[Sequence[Any]], vector:
             eps = fd_step / max(float(vector.norm()), 1e-12)
             total = (_alpha_gradient(model, batches, alphas, chunks, eps, rng)
                      - _alpha_gradient(model, batches, alphas, chunks, -eps, rng)) / (2 * eps)
+        elif method == "forward":
+            for batch in batches:
+                with same_random_draws(rng):
+                    total += _forward_over_reverse(model, batch, alphas, chunks)
         else:
             for batch in batches:
                 with same_random_draws(rng):
@@ -57,6 +65,32 @@ def hessian_vector_product(model: Any, batches: Sequence[Sequence[Any]], vector:
                 total += _flat(torch.autograd.grad(dot, alphas))
     total /= len(batches)
     return sync([total])[0] if sync is not None else total
+
+
+class _Loss(torch.nn.Module):
+    """``model.loss`` as a module's forward, so that ``functional_call`` can run it with dual α."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *batch: Any) -> torch.Tensor:
+        return _split(self.model.loss(*batch))[0]
+
+
+def _forward_over_reverse(model: Any, batch: Sequence[Any], alphas: list[torch.Tensor],
+                          direction: list[torch.Tensor]) -> torch.Tensor:
+    """H v of one batch's loss as the forward-mode derivative of ∇α along v: α enters the pass as dual
+    tensors (tangent v), and the backward pass that computes ∇α carries their tangents along. No graph
+    of the gradient is kept, unlike double backward."""
+    arch = {id(a) for a in alphas}
+    names = {id(p): "model." + n for n, p in model.named_parameters() if id(p) in arch}
+    primals = [a.detach().requires_grad_() for a in alphas]
+    with fwAD.dual_level():
+        duals = {names[id(a)]: fwAD.make_dual(p, d.view_as(p)) for a, p, d in zip(alphas, primals, direction)}
+        loss = functional_call(_Loss(model), duals, tuple(batch))
+        grads = torch.autograd.grad(loss, primals)
+        return _flat([fwAD.unpack_dual(g).tangent for g in grads])
 
 
 def _alpha_gradient(model: Any, batches: Sequence[Sequence[Any]], alphas: list[torch.Tensor],

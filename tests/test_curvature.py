@@ -50,6 +50,20 @@ def test_dominant_eigenvalue_is_the_largest_eigenvalue_of_the_dense_hessian(tiny
     assert torch.equal(torch.get_rng_state(), state)  # the run's random stream is left alone
 
 
+def test_forward_over_reverse_products_are_the_dense_hessian_and_leave_the_model_alone(tiny_net):
+    net, batches = _setup(tiny_net)
+    H = _dense_hessian(net, batches).detach()
+    v = torch.randn(80, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    before = {k: t.clone() for k, t in net.state_dict().items()}
+    torch.testing.assert_close(hessian_vector_product(net, batches, v, method="forward"), H @ v, rtol=1e-9, atol=1e-12)
+    state = torch.get_rng_state()
+    got = dominant_eigenvalue(net, batches, steps=30, hvp="forward")
+    expected = float(torch.linalg.eigvalsh(H).max())
+    assert abs(got - expected) / abs(expected) < 1e-3
+    assert all(torch.equal(before[k], t) for k, t in net.state_dict().items())  # BN statistics kept
+    assert all(p.requires_grad for p in net.parameters()) and torch.equal(torch.get_rng_state(), state)
+
+
 def test_finite_difference_products_converge_to_the_dense_hessian_and_leave_the_model_alone(tiny_net):
     # On a smooth network (softplus, log-sum-exp pooling) the central difference converges as step²;
     # ReLU and max pooling have kinks, whose crossings a finite difference sees (docs/robust-search.md).
@@ -71,18 +85,20 @@ def test_finite_difference_products_converge_to_the_dense_hessian_and_leave_the_
     got = dominant_eigenvalue(net, batches, steps=30, hvp="fd", fd_step=1e-3)
     assert abs(got - expected) / abs(expected) < 1e-4
     assert torch.equal(torch.get_rng_state(), state)
-    with pytest.raises(ValueError, match="method must be one of autograd, fd"):
+    with pytest.raises(ValueError, match="method must be one of autograd, forward, fd"):
         hessian_vector_product(net, batches, v, method="lanczos")
 
 
-def test_the_eigenvalue_through_recomputed_cells_is_the_plain_one_and_fd_runs_in_a_search(tmp_path):
+def test_the_eigenvalue_through_recomputed_cells_is_the_plain_one_and_fd_and_forward_run_in_a_search(tmp_path):
     from dartsnas.train.search import SearchConfig, search
     config = dict(dataset="digits", init_channels=4, layers=3, nodes=2, batch_size=16, steps_per_epoch=2, epochs=1,
                   hessian_every=1, hessian_batches=1, hessian_steps=6)
     runs = {name: search(SearchConfig(**config, **kw), tmp_path / name, quiet=True).metrics[0]
-            for name, kw in (("plain", {}), ("lean", dict(recompute="cell")), ("fd", dict(hessian_hvp="fd")))}
+            for name, kw in (("plain", {}), ("lean", dict(recompute="cell")), ("fd", dict(hessian_hvp="fd")),
+                             ("forward", dict(hessian_hvp="forward", recompute="edge")))}
     assert runs["plain"]["hessian_eigenvalue"] == runs["lean"]["hessian_eigenvalue"] > 0
-    assert runs["plain"]["genotype"] == runs["lean"]["genotype"] == runs["fd"]["genotype"]
+    assert runs["forward"]["hessian_eigenvalue"] == pytest.approx(runs["plain"]["hessian_eigenvalue"], rel=1e-4)
+    assert runs["plain"]["genotype"] == runs["lean"]["genotype"] == runs["fd"]["genotype"] == runs["forward"]["genotype"]
     assert runs["fd"]["hessian_eigenvalue"] > 0  # an estimate: ReLU's kinks make it larger (see the docs)
 
 
