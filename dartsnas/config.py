@@ -392,7 +392,7 @@ class Curvature(Config):
                                 min=1)
     hessian_hvp: str = option("autograd", "how each Hessian-vector product is computed: autograd (double backward, "
                               "exact; several times a search step's memory), forward (forward-mode derivative of the "
-                              "α gradient: exact, no gradient graph kept) or fd (central difference of the α "
+                              "α gradient: exact, quicker than autograd for more memory) or fd (central difference of the α "
                               "gradient: a search step's memory; ReLU's kinks make it an estimate)", group="collapse",
                               choices=("autograd", "forward", "fd"))
     early_stop: str | None = option(None, "DARTS-ES: stop when the eigenvalue's local average grows 1.3x over 4 "
