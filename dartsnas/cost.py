@@ -1,0 +1,182 @@
+"""What a cell will cost once deployed, while it is still being searched (issue 23, first part).
+
+A :class:`CostTable` holds, for the *final* network a search is for (its stacking, width, depth and
+image size, not the 8-cell search network's), the multiply-adds and parameters of every candidate op
+on every edge of every cell, measured on the op itself at the shape and stride it has there
+(``torch.utils.flop_counter``, as ``dartsnas summary`` counts), and the fixed part of the network
+(stem, preprocessing, classifier). So:
+
+- :meth:`CostTable.of_genotype` is a derived network's cost, equal to ``summary``'s (tested);
+- :meth:`CostTable.expected` is the expected cost of the cell distribution softmax(α), differentiable
+  in α (and in PC-DARTS's edge weights β), in the final network's units.
+
+The expectation follows what derivation does: ``none`` is never derived, so each edge's op
+distribution is renormalised without it; a node keeps two of its incoming edges, so its cost is twice
+the edge-weighted mean of its edges' expected costs (PC-DARTS's softmax(β) as the edge weights, else
+uniform). With one op and two edges per node standing out, it is the cost of that genotype.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Sequence
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .errors import ConfigError
+from .genotype import ZERO_OP, Genotype
+from .nets import NetworkConfig, build_network
+from .nets.summary import count_macs, count_parameters
+from .ops import build_op, edge_ops
+
+#: The costs a table holds.
+COST_KINDS = ("macs", "params")
+
+
+@lru_cache(maxsize=None)
+def op_cost(name: str, channels: int, height: int, width: int, stride: int) -> tuple[int, int]:
+    """(multiply-adds, parameters) of op ``name`` as a final network builds it (affine BatchNorm), on
+    one ``channels`` x ``height`` x ``width`` input at ``stride``."""
+    op = build_op(name, channels, stride, affine=True).eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        op(torch.zeros(1, channels, height, width))
+    return counter.get_total_flops() // 2, sum(p.numel() for p in op.parameters())
+
+
+def _edges_per_node(nodes: int) -> list[range]:
+    """The α rows of each node's incoming edges (node-major: node k has 2 + k inputs)."""
+    rows, start = [], 0
+    for k in range(nodes):
+        rows.append(range(start, start + 2 + k))
+        start += 2 + k
+    return rows
+
+
+def _reference_genotype(nodes: int) -> Genotype:
+    edges = tuple(("sep_conv_3x3", j) for _ in range(nodes) for j in (0, 1))
+    concat = tuple(range(2, 2 + nodes))
+    return Genotype(edges, concat, edges, concat)
+
+
+@dataclass
+class CostTable:
+    """Per final-network cell: its type and the cost of every candidate op on every edge, per kind
+    (``costs[i][kind]`` is a [edges, ops] list); ``fixed[kind]`` is everything outside the ops."""
+
+    network: dict[str, Any]
+    op_names: dict[str, list[list[str]]]
+    cells: list[dict[str, Any]]
+    fixed: dict[str, int]
+
+    @classmethod
+    def build(cls, ops: Sequence[str], nodes: int = 4, *, network: str = "cifar", init_channels: int = 36,
+              layers: int = 20, image_size: tuple[int, int] = (32, 32), num_classes: int = 10,
+              in_channels: int = 3) -> "CostTable":
+        """The table of the final network ``network`` (C=``init_channels``, L=``layers``) on
+        ``image_size`` inputs, for the candidate ``ops`` of a search with ``nodes`` nodes per cell."""
+        num_edges = sum(2 + k for k in range(nodes))
+        names = {cell: [list(e) for e in edge_ops(tuple(ops), num_edges, cell)] for cell in ("normal", "reduce")}
+        reference = _reference_genotype(nodes)
+        config = NetworkConfig(reference, init_channels=init_channels, layers=layers, num_classes=num_classes,
+                               in_channels=in_channels)
+        net = build_network(network, config).eval()
+        shapes: list[tuple[bool, tuple[int, ...]]] = []
+        hooks = [cell.preprocess1.register_forward_hook(
+            lambda m, i, out, red=cell.reduction: shapes.append((red, tuple(out.shape[1:])))) for cell in net.cells]
+        input_shape = (in_channels, *image_size)
+        try:
+            total_macs = count_macs(net, input_shape)
+        finally:
+            for h in hooks:
+                h.remove()
+        cells = []
+        for reduction, (C, H, W) in shapes:
+            kind = "reduce" if reduction else "normal"
+            if reduction:  # the nodes' own states: what a stride-2 edge makes of the cell's inputs
+                with torch.no_grad():
+                    H2, W2 = build_op("max_pool_3x3", C, 2, affine=True)(torch.zeros(1, C, H, W)).shape[2:]
+            else:
+                H2, W2 = H, W
+            macs, params = [], []
+            for e, edge_names in enumerate(names[kind]):
+                j = _input_of_edge(e, nodes)
+                stride, h, w = (2, H, W) if reduction and j < 2 else (1, H2, W2)
+                costs = [op_cost(name, C, h, w, stride) for name in edge_names]
+                macs.append([c[0] for c in costs])
+                params.append([c[1] for c in costs])
+            cells.append({"reduction": reduction, "macs": macs, "params": params})
+        table = cls({"network": network, "init_channels": init_channels, "layers": layers,
+                     "image_size": list(image_size), "num_classes": num_classes, "in_channels": in_channels,
+                     "nodes": nodes}, names, cells, {"macs": 0, "params": 0})
+        ops_only = table.of_genotype(reference)
+        table.fixed = {"macs": total_macs - ops_only["macs"],
+                       "params": count_parameters(net)["params"] - ops_only["params"]}
+        return table
+
+    @property
+    def nodes(self) -> int:
+        return int(self.network["nodes"])
+
+    def of_genotype(self, genotype: Genotype) -> dict[str, int]:
+        """The derived network's multiply-adds and parameters (``summary``'s figures)."""
+        out = dict(self.fixed)
+        for cell in self.cells:
+            kind = "reduce" if cell["reduction"] else "normal"
+            for node, (op, j) in enumerate(getattr(genotype, kind)):
+                e = _edge_of(node // 2, j, self.nodes)
+                names = self.op_names[kind][e]
+                if op not in names:
+                    raise ConfigError(f"genotype op {op!r} is not a candidate of {kind} edge {e} "
+                                      f"({', '.join(names)})")
+                for k in COST_KINDS:
+                    out[k] += cell[k][e][names.index(op)]
+        return out
+
+    def expected(self, kind: str, weights_normal: torch.Tensor, weights_reduce: torch.Tensor,
+                 edge_normal: torch.Tensor | None = None, edge_reduce: torch.Tensor | None = None) -> torch.Tensor:
+        """E[cost] of the final network under softmax(α) (``weights_*``: [edges, ops] rows summing to
+        one) and, with PC-DARTS, the edge weights ``edge_*`` ([edges], each node's softmax(β))."""
+        if kind not in COST_KINDS:
+            raise ConfigError(f"cost must be one of {', '.join(COST_KINDS)}, got {kind!r}")
+        per_type = {}
+        for name, weights, edges in (("normal", weights_normal, edge_normal), ("reduce", weights_reduce, edge_reduce)):
+            zero = torch.tensor([[op == ZERO_OP for op in names] for names in self.op_names[name]],
+                                device=weights.device)
+            kept = weights.masked_fill(zero, 0)
+            kept = kept / kept.sum(-1, keepdim=True).clamp_min(1e-12)  # derivation never keeps none
+            if edges is None:
+                edges = torch.cat([torch.full((len(r),), 1 / len(r), dtype=weights.dtype, device=weights.device)
+                                   for r in _edges_per_node(self.nodes)])
+            per_type[name] = (kept, 2 * edges)  # two edges per node are kept
+        total = torch.tensor(float(self.fixed[kind]), dtype=weights_normal.dtype, device=weights_normal.device)
+        for cell in self.cells:
+            kept, edge_weight = per_type["reduce" if cell["reduction"] else "normal"]
+            costs = torch.tensor(cell[kind], dtype=kept.dtype, device=kept.device)
+            total = total + (edge_weight * (kept * costs).sum(-1)).sum()
+        return total
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"network": self.network, "op_names": self.op_names, "cells": self.cells, "fixed": self.fixed}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CostTable":
+        try:
+            return cls(dict(data["network"]), data["op_names"], list(data["cells"]), dict(data["fixed"]))
+        except (KeyError, TypeError) as e:
+            raise ConfigError(f"not a cost table: missing or malformed {e}") from None
+
+
+def _input_of_edge(e: int, nodes: int) -> int:
+    for rows in _edges_per_node(nodes):
+        if e in rows:
+            return e - rows.start
+    raise IndexError(e)
+
+
+def _edge_of(node: int, j: int, nodes: int) -> int:
+    return _edges_per_node(nodes)[node].start + j
+
+
+__all__ = ["COST_KINDS", "CostTable", "op_cost"]

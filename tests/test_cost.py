@@ -1,0 +1,92 @@
+"""Cost tables: what a searched cell will cost in the final network (issue 23, first part)."""
+import random
+
+import pytest
+import torch
+
+from dartsnas.cost import CostTable, op_cost
+from dartsnas.errors import ConfigError
+from dartsnas.genotype import Genotype
+from dartsnas.nets import NetworkConfig, build_network
+from dartsnas.nets.summary import summarize
+from dartsnas.ops import DARTS_OPS
+from dartsnas.protocol import sample_genotype
+
+
+def test_op_costs_are_the_hand_counts():
+    C, H = 8, 6
+    # sep_conv_3x3: twice (ReLU, depthwise 3x3, pointwise 1x1, BN); the first at the stride
+    assert op_cost("sep_conv_3x3", C, H, H, 1) == (2 * (9 * C + C * C) * H * H, 2 * (9 * C + C * C + 2 * C))
+    assert op_cost("sep_conv_3x3", C, H, H, 2) == ((9 * C + C * C) * 9 + (9 * C + C * C) * 9, 2 * (9 * C + C * C + 2 * C))
+    # dil_conv_5x5: one depthwise 5x5 (dilated) and one pointwise
+    assert op_cost("dil_conv_5x5", C, H, H, 1) == ((25 * C + C * C) * H * H, 25 * C + C * C + 2 * C)
+    # skip_connect: free at stride 1; at stride 2 FactorizedReduce's two 1x1 convs to C/2 each, and a BN
+    assert op_cost("skip_connect", C, H, H, 1) == (0, 0)
+    assert op_cost("skip_connect", C, H, H, 2) == (2 * C * (C // 2) * 9, 2 * C * (C // 2) + 2 * C)
+    assert op_cost("max_pool_3x3", C, H, H, 2) == (0, 0) and op_cost("none", C, H, H, 1) == (0, 0)
+
+
+@pytest.mark.parametrize("network,size", [("cifar", (32, 32)), ("imagenet", (64, 48))])
+def test_a_genotypes_cost_from_the_table_is_what_summary_counts(network, size):
+    table = CostTable.build(DARTS_OPS, 4, network=network, init_channels=8, layers=5, image_size=size)
+    rng = random.Random(0)
+    for genotype in [sample_genotype(rng) for _ in range(4)]:
+        net = build_network(network, NetworkConfig(genotype, init_channels=8, layers=5))
+        real = summarize(net, (3, *size))
+        assert table.of_genotype(genotype) == {"macs": real["macs"], "params": real["params"]}
+    assert table.fixed["macs"] > 0 and table.fixed["params"] > 0
+
+
+def test_expected_cost_of_a_sharp_distribution_is_its_genotypes_cost_and_differentiable():
+    table = CostTable.build(DARTS_OPS, 3, init_channels=4, layers=3, image_size=(16, 16))
+    genotype = sample_genotype(random.Random(1), nodes=3)
+    logits, betas = {}, {}
+    for kind in ("normal", "reduce"):
+        a = torch.zeros(9, len(DARTS_OPS), dtype=torch.float64)
+        b = torch.full((9,), -40.0, dtype=torch.float64)
+        for k, (op, j) in enumerate(getattr(genotype, kind)):
+            e = [0, 2, 5][k // 2] + j
+            a[e, DARTS_OPS.index(op)] = 40.0
+            b[e] = 0.0
+        logits[kind], betas[kind] = a, b
+
+    def edge_weights(b):
+        return torch.cat([torch.softmax(b[s:s + n], 0) for s, n in ((0, 2), (2, 3), (5, 4))])
+    for kind in ("macs", "params"):
+        got = table.expected(kind, torch.softmax(logits["normal"], -1), torch.softmax(logits["reduce"], -1),
+                             edge_weights(betas["normal"]), edge_weights(betas["reduce"]))
+        assert float(got) == pytest.approx(table.of_genotype(genotype)[kind], rel=1e-9)
+    # the gradient in α (through softmax and the renormalisation without none) against finite differences
+    alpha = torch.randn(9, len(DARTS_OPS), dtype=torch.float64, requires_grad=True)
+    beta = torch.randn(9, dtype=torch.float64, requires_grad=True)
+    f = lambda a, b: table.expected("macs", torch.softmax(a, -1), torch.softmax(a.flip(0), -1),  # noqa: E731
+                                    edge_weights(b), None)
+    grad_alpha, grad_beta = torch.autograd.grad(f(alpha, beta), (alpha, beta))
+    for x, grad in ((alpha, grad_alpha), (beta, grad_beta)):
+        numerical = torch.zeros_like(x)
+        for i in range(x.numel()):
+            step = torch.zeros_like(x).view(-1)
+            step[i] = 1e-6
+            step = step.view_as(x)
+            plus = f(alpha + step, beta) if x is alpha else f(alpha, beta + step)
+            minus = f(alpha - step, beta) if x is alpha else f(alpha, beta - step)
+            numerical.view(-1)[i] = (plus - minus) / 2e-6
+        assert grad.abs().max() > 1 and (numerical - grad).abs().max() < 1e-7 * grad.abs().max()
+    assert float(grad_alpha[:, DARTS_OPS.index("none")].abs().max()) < 1e-9  # none is never derived: no cost
+    more_sep = alpha.detach().clone()
+    more_sep[:, DARTS_OPS.index("sep_conv_5x5")] += 3
+    assert f(more_sep, beta) > f(alpha, beta)  # heavier ops, higher cost
+
+
+def test_tables_round_trip_and_name_bad_input():
+    table = CostTable.build(("skip_connect", "sep_conv_3x3"), 2, init_channels=4, layers=3, image_size=(8, 8))
+    again = CostTable.from_dict(table.to_dict())
+    g = Genotype((("skip_connect", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 2)), (2, 3),
+                 (("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("skip_connect", 2), ("sep_conv_3x3", 0)), (2, 3))
+    assert again.of_genotype(g) == table.of_genotype(g)
+    with pytest.raises(ConfigError, match="'max_pool_3x3' is not a candidate of normal edge 0"):
+        table.of_genotype(Genotype((("max_pool_3x3", 0),) + g.normal[1:], (2, 3), g.reduce, (2, 3)))
+    with pytest.raises(ConfigError, match="cost must be one of macs, params, got 'latency'"):
+        table.expected("latency", torch.ones(5, 2) / 2, torch.ones(5, 2) / 2)
+    with pytest.raises(ConfigError, match="not a cost table"):
+        CostTable.from_dict({"cells": []})
