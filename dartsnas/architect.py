@@ -324,6 +324,8 @@ class Architect:
         self.model = model
         self.w_optimizer = w_optimizer
         self.order = order
+        #: A differentiable function of α alone added to the α objective (the same on every rank).
+        self.penalty: Callable[[], torch.Tensor] | None = None
         self.fd_step, self.fd_scheme = fd_step, fd_scheme
         self.grad_clip = grad_clip
         self.train_loss = train_loss or _model_loss
@@ -373,8 +375,13 @@ class Architect:
         return self.sync([g.detach() for g in grads])
 
     def step(self, train_batch: Batch, val_batch: Batch, xi: float) -> list[torch.Tensor]:
-        """One Adam step on α."""
+        """One Adam step on α: the gradient of the configured order, plus that of :attr:`penalty`
+        (a function of α alone, such as a cost penalty) when one is set."""
         grads = self.alpha_grad(train_batch, val_batch, xi)
+        if self.penalty is not None:
+            params = self.model.arch_parameters()
+            extra = torch.autograd.grad(self.penalty(), params, allow_unused=True)
+            grads = [g if e is None else g + e.to(g.dtype) for g, e in zip(grads, extra)]
         for p, g in zip(self.model.arch_parameters(), grads):
             p.grad = g
         self.optimizer.step()

@@ -90,3 +90,46 @@ def test_tables_round_trip_and_name_bad_input():
         table.expected("latency", torch.ones(5, 2) / 2, torch.ones(5, 2) / 2)
     with pytest.raises(ConfigError, match="not a cost table"):
         CostTable.from_dict({"cells": []})
+
+
+@pytest.mark.parametrize("order", ["first", "second"])
+def test_the_architect_adds_a_penalty_gradient_to_the_alpha_gradient(tiny_net, order):
+    from dartsnas.architect import Architect
+    net = tiny_net(nodes=2)
+    opt = torch.optim.SGD(net.weight_parameters(), lr=0.1, momentum=0.9)
+    g = torch.Generator().manual_seed(0)
+    train, val = [(torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 5, (4,), generator=g)) for _ in range(2)]
+    arch = Architect(net, opt, order=order, grad_clip=5.0)
+    plain = arch.alpha_grad(train, val, 0.1)
+    before = [a.detach().clone() for a in net.arch_parameters()]
+    arch.penalty = lambda: 3 * net.alpha_normal.square().sum()
+    got = arch.step(train, val, 0.1)
+    torch.testing.assert_close(got[0], plain[0] + 6 * before[0])
+    torch.testing.assert_close(got[1], plain[1])  # the penalty does not involve α_reduce
+
+
+def test_a_cost_aware_search_records_its_costs_keeps_its_table_and_lowers_the_cost(tmp_path):
+    import json
+
+    from dartsnas.train.search import SearchConfig, search
+    from dartsnas.train.checkpoint import read_metrics
+    base = dict(dataset="digits", init_channels=4, layers=3, nodes=2, batch_size=32, steps_per_epoch=4, epochs=2,
+                arch_lr=0.05, cost_channels=8, cost_layers=5)
+    plain = search(SearchConfig(**base), tmp_path / "plain", quiet=True)
+    cheap = search(SearchConfig(**base, cost="macs", cost_target=1e5, cost_penalty="linear", cost_weight=5.0),
+                   tmp_path / "cheap", quiet=True)
+    table = CostTable.from_dict(json.loads((tmp_path / "cheap" / "cost_table.json").read_text()))
+    records = read_metrics(tmp_path / "cheap" / "metrics.jsonl")
+    assert records[-1]["derived_cost"] == table.of_genotype(cheap.genotype)["macs"]
+    assert records[-1]["expected_cost"] < records[0]["expected_cost"]
+    assert table.of_genotype(cheap.genotype)["macs"] < table.of_genotype(plain.genotype)["macs"]
+    assert "expected_cost" not in plain.metrics[-1]
+    # resumed from its first epoch, with its table: the same run
+    search(SearchConfig(**{**base, "epochs": 1}, cost="macs", cost_target=1e5, cost_penalty="linear",
+                        cost_weight=5.0), tmp_path / "cut", quiet=True)
+    resumed = search(SearchConfig(**base, cost="macs", cost_target=1e5, cost_penalty="linear", cost_weight=5.0),
+                     tmp_path / "cut", resume=True, quiet=True)
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in rs]  # noqa: E731
+    assert strip(resumed.metrics) == strip(records)
+    with pytest.raises(ConfigError, match="cost needs cost_target"):
+        SearchConfig(cost="macs").validate()

@@ -10,6 +10,7 @@ genotype), ``checkpoint.pt`` (everything needed to resume) and, at the end, ``ge
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -23,6 +24,7 @@ from ..data import (OWN_DATASETS, PYTHON_DATASET, BatchLoader, ImageDataset, dat
 from ..data.folder import IMAGENET_MEAN, IMAGENET_STD, FolderBatches, ImageFolderDataset, find_split, list_images
 from ..data.splits import sample_per_class
 from ..errors import CheckpointError, ConfigError
+from ..cost import COST_KINDS, CostTable
 from ..genotype import SKIP_OP, Genotype, derive_genotype
 from ..nets import RESIZE_HINT, check_input_size
 from ..ops import DARTS_OPS, edge_ops, resolve_op_set
@@ -39,6 +41,11 @@ from .meters import ClassifierEpoch, ClipMeter, EpochMeter, evaluate
 from .rng import seed_everything
 
 KIND = "search-cnn"
+#: How the expected cost enters α's objective (see SearchConfig.cost_penalty).
+COST_PENALTIES = ("hinge", "linear")
+COST_TABLE = "cost_table.json"
+
+
 @configclass()
 class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, ArchStep, Momentum, Epochs, ImageData):
     """Everything that defines a conv search; defaults are the paper's CIFAR-10 settings."""
@@ -68,6 +75,18 @@ class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, ArchStep, 
                                    group="optimisation", above=0, max=1)
     warmup_epochs: int = option(0, "linear learning-rate warm-up: epoch e < N uses lr x (e+1)/N (PC-DARTS's ImageNet "
                                 "search: 5)", group="optimisation", min=0)
+    cost: str | None = option(None, "macs or params: the expected cost of the final network (--cost-network, "
+                              "--cost-layers, --cost-channels) joins α's objective", group="cost",
+                              choices=COST_KINDS, default_text="none")
+    cost_target: float | None = option(None, "the budget in --cost's units (e.g. 3e8 multiply-adds); needed with "
+                                       "--cost", group="cost", above=0, default_text="none")
+    cost_weight: float = option(1.0, "λ of the cost penalty", group="cost", min=0)
+    cost_penalty: str = option("hinge", "hinge: λ max(0, E[cost]/target - 1), only above the budget; linear: "
+                               "λ E[cost]/target (ProxylessNAS), always", group="cost", choices=COST_PENALTIES)
+    cost_network: str = option("cifar", "the final network the cost is counted in", group="cost",
+                               choices=("cifar", "imagenet"))
+    cost_layers: int = option(20, "its cells L", group="cost", min=3)
+    cost_channels: int = option(36, "its C", group="cost", min=1)
     sample: tuple[float, float] = option(
         help="imagenet: the parts of every class of the training images sampled to train w and α (PC-DARTS: 0.1 and "
              "0.025)", factory=lambda: (0.1, 0.025), group="data", metavar="P")
@@ -88,6 +107,8 @@ class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, ArchStep, 
 
     def check(self) -> None:
         super().check()
+        if self.cost is not None and self.cost_target is None:
+            raise ConfigError("{cost} needs {cost_target}, the budget", names=("cost", "cost_target"))
         if len(self.sample) != 2 or not all(0 < p < 1 for p in self.sample):
             raise ConfigError(f"{{sample}} needs two parts of a class in (0, 1), for w and α, got {list(self.sample)}",
                               names=("sample",))
@@ -209,6 +230,10 @@ class Search(Run):
                                    lr=config.arch_lr, betas=tuple(config.arch_betas),
                                    weight_decay=config.arch_weight_decay, fd_step=config.fd_step,
                                    fd_scheme=config.fd_scheme, grad_clip=config.grad_clip, sync=dist.average)
+        self.cost_table = None
+        if config.cost is not None:
+            self.cost_table = self.open_cost_table(config, loaders)
+            self.architect.penalty = self.cost_penalty
         # The weight step's forward runs in DDP (gradients averaged in buckets during backward);
         # α is left to the architect. With SyncBatchNorm the statistics already agree across ranks.
         self.net = dist.wrap(self.model, ignore=self.model.arch_parameters(), broadcast_buffers=not config.sync_bn)
@@ -218,6 +243,30 @@ class Search(Run):
                                          dist)
         self.hooks += [RegularizerSchedule(config, self.model), self.curvature]
         self.begin(saved, self.data_info)
+
+    # -- cost --------------------------------------------------------------------------------------
+
+    def open_cost_table(self, config: SearchConfig, loaders: SearchLoaders) -> CostTable:
+        """The run's cost table: its file in the run directory (a resumed run keeps it), else counted
+        for the final network on the data's image size, and written there."""
+        path = self.out / COST_TABLE
+        if path.is_file():
+            return CostTable.from_dict(json.loads(path.read_text()))
+        table = CostTable.build(config.ops, config.nodes, network=config.cost_network,
+                                init_channels=config.cost_channels, layers=config.cost_layers,
+                                image_size=tuple(loaders.image_size), num_classes=loaders.num_classes,
+                                in_channels=loaders.in_channels)
+        self.write_text(COST_TABLE, json.dumps(table.to_dict()) + "\n")
+        return table
+
+    def expected_cost(self) -> torch.Tensor:
+        return self.cost_table.expected(self.config.cost, *self.model.arch_weights(), *self.model.edge_weights())
+
+    def cost_penalty(self) -> torch.Tensor:
+        """λ times the expected cost over the budget: above it only (hinge), or all of it (linear)."""
+        cfg = self.config
+        ratio = self.expected_cost() / cfg.cost_target
+        return cfg.cost_weight * (torch.relu(ratio - 1) if cfg.cost_penalty == "hinge" else ratio)
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -291,6 +340,12 @@ class Search(Run):
             "genotype": genotype.to_dict(),
             "alphas": {"normal": tensors_to_lists(w_normal), "reduce": tensors_to_lists(w_reduce)},
         })
+        cost = ""
+        if self.cost_table is not None:
+            with torch.no_grad():
+                record["expected_cost"] = round(float(self.expected_cost()))
+            record["derived_cost"] = self.cost_table.of_genotype(genotype)[cfg.cost]
+            cost = f" | {cfg.cost} E {record['expected_cost']:.4g} derived {record['derived_cost']:.4g}"
         if self.model.partial:
             e_normal, e_reduce = self.model.edge_weights()
             record["edge_weights"] = {"normal": [round(v, 6) for v in e_normal.tolist()],
@@ -298,7 +353,7 @@ class Search(Run):
         return lambda r: (f"epoch {r['epoch']}/{cfg.epochs} lr {r['lr']:.5f} "
                           f"train loss {r['train_loss']:.4f} acc {r['train_acc']:.4f} | "
                           f"val loss {r['val_loss']:.4f} acc {r['val_acc']:.4f} | "
-                          f"skip(normal) {skips}{curvature_text(r)} | {r['seconds']:.1f}s\n"
+                          f"skip(normal) {skips}{cost}{curvature_text(r)} | {r['seconds']:.1f}s\n"
                           f"  genotype {genotype.to_json()}")
 
     def finish(self) -> SearchResult:
