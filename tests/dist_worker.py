@@ -3,6 +3,7 @@
     python tests/dist_worker.py OUT.pt --batch 16
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/dist_worker.py OUT.pt --batch 8 --sync-bn
     ... --recompute edge     # the same step with every mixed op's activations recomputed in backward
+    ... --cost               # with a multiply-add penalty on α
 
 For every order (each regularizer: second order): the α gradient of the first batch pair, then the model's whole state (w, α,
 BatchNorm statistics) after one search step (α step, then w step) on it, and the step's gradient norm; with
@@ -14,6 +15,7 @@ import argparse
 import torch
 
 from dartsnas.architect import Architect
+from dartsnas.cost import CostTable
 from dartsnas.data import BatchLoader, load_dataset, split_portion
 from dartsnas.distributed import Distributed, convert_sync_batchnorm
 from dartsnas.regularizers import perturb_mixing_weights
@@ -22,7 +24,7 @@ from dartsnas.train.search import search_step
 
 
 def one_step(dist: Distributed, order: str, batch: int, sync_bn: bool, grad_clip: float, regularizer: str,
-             recompute: str) -> dict:
+             recompute: str, cost: bool = False) -> dict:
     data = load_dataset("digits", "train")
     train_idx, val_idx = split_portion(len(data), 0.5)
     common = dict(batch_size=batch, rank=dist.rank, world_size=dist.world_size, drop_last=True)
@@ -40,6 +42,10 @@ def one_step(dist: Distributed, order: str, batch: int, sync_bn: bool, grad_clip
         convert_sync_batchnorm(model)
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4)
     arch = Architect(model, w_opt, order=order, lr=0.01, grad_clip=grad_clip, sync=dist.average)
+    if cost:  # a multiply-add penalty on α, the same on every rank
+        table = CostTable.build(model.config.ops, model.config.nodes, init_channels=8, layers=3, image_size=(8, 8),
+                                in_channels=1)
+        arch.penalty = lambda: table.expected("macs", *model.arch_weights(), *model.edge_weights()) / 1e4  # noqa: E731
     net = dist.wrap(model, ignore=model.arch_parameters(), broadcast_buffers=not sync_bn)
     train_batch, val_batch = train.next_batch(), val.next_batch()
     grads = arch.alpha_grad(train_batch, val_batch, xi=0.1)
@@ -57,13 +63,14 @@ def main() -> None:
     p.add_argument("--grad-clip", type=float, default=5.0)
     p.add_argument("--regularizers", nargs="+", default=["none"])
     p.add_argument("--recompute", default="none", choices=("none", "cell", "edge"))
+    p.add_argument("--cost", action="store_true", help="a multiply-add penalty on α (search cnn --cost macs)")
     args = p.parse_args()
     torch.set_num_threads(1)
     dist = Distributed.from_env()
     # the regularizers change the weight step, so they are checked at second order, whose α step clips
     # and takes finite differences; every order is checked without them
     result = {regularizer: {order: one_step(dist, order, args.batch, args.sync_bn, args.grad_clip, regularizer,
-                                             args.recompute)
+                                             args.recompute, args.cost)
                             for order in (args.orders if regularizer == "none" else ["second"])}
               for regularizer in args.regularizers}
     if dist.is_main:

@@ -38,7 +38,7 @@ def one_step(tmp_path: Path, name: str, *args: str, nproc: int = 1) -> dict:
 
 
 @pytest.mark.slow
-def test_two_ranks_with_sync_bn_take_the_step_one_process_takes_on_twice_the_batch_recomputed_or_not(tmp_path):
+def test_two_ranks_with_sync_bn_take_the_step_one_process_takes_on_twice_the_batch_recomputed_costed_or_not(tmp_path):
     # Clipping is active (the global norm is about 2.2): the virtual step's clip factor must be the
     # global gradient's, as the DDP weight step's is, not each rank's own. Each regularizer changes the
     # step (SDARTS-RS's noise must be the same on both ranks; DARTS-'s skip sits in every edge).
@@ -68,6 +68,14 @@ def test_two_ranks_with_sync_bn_take_the_step_one_process_takes_on_twice_the_bat
                 assert torch.equal(x, y), (regularizer, order)
             for key, x in pair[regularizer][order]["state"].items():
                 assert torch.equal(lean[regularizer][order]["state"][key], x), (regularizer, order, key)
+    # A cost penalty on α (search cnn --cost) is the same on both ranks: the pair steps as one process.
+    cost_flags = ["--orders", "first", "second", "--grad-clip", "1.0", "--cost"]
+    alone_cost = one_step(tmp_path, "alone_cost", "--batch", "16", *cost_flags)["none"]
+    pair_cost = one_step(tmp_path, "pair_cost", "--batch", "8", "--sync-bn", *cost_flags, nproc=2)["none"]
+    for order in ("first", "second"):
+        for key, x in alone_cost[order]["state"].items():
+            torch.testing.assert_close(pair_cost[order]["state"][key], x, rtol=1e-4, atol=1e-6, msg=f"{order}: {key}")
+        assert not torch.equal(alone_cost[order]["state"]["alpha_normal"], alone["none"][order]["state"]["alpha_normal"])
     # Without SyncBatchNorm each rank normalises by its own half-batch: the gradients differ.
     unsynced = one_step(tmp_path, "unsynced", "--batch", "8", "--orders", "first", nproc=2)["none"]
     diff = max((a - b).abs().max() for a, b in zip(alone["none"]["first"]["alpha_grad"], unsynced["first"]["alpha_grad"]))
