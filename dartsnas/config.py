@@ -34,20 +34,33 @@ def option(default: Any = _UNSET, help: str = "", *, factory: Callable[[], Any] 
            group: str = "options", min: float | None = None, above: float | None = None, max: float | None = None,
            below: float | None = None, choices: Sequence[str] | None = None, note: str = "",
            default_text: str | None = None, flag: str | None = None, metavar: str | None = None,
-           cli: bool = True, resumable: bool = False) -> Any:
+           cli: bool = True, resumable: bool = False, parse: Callable[[str], Any] | None = None) -> Any:
     """A config field with what its flag and its checks need.
 
     ``min``/``max`` are inclusive bounds, ``above``/``below`` exclusive ones; ``note`` follows the
     bound in the error (``> 0 (inf: no clipping)``); ``default_text`` replaces the default shown in
     the help (``[as they are]``; "" shows none); ``cli=False`` keeps a field off the command line;
-    ``resumable`` fields may change when a run resumes.
+    ``resumable`` fields may change when a run resumes; ``parse`` reads the flag's text (argparse type).
     """
     meta = {"help": help, "group": group, "min": min, "above": above, "max": max, "below": below,
             "choices": tuple(choices) if choices is not None else None, "note": note, "default_text": default_text,
-            "flag": flag, "metavar": metavar, "cli": cli, "resumable": resumable}
+            "flag": flag, "metavar": metavar, "cli": cli, "resumable": resumable, "parse": parse}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+_SUFFIXES = {"k": 1e3, "m": 1e6, "g": 1e9}
+
+
+def parse_amount(text: str) -> float:
+    """A number with an optional K, M or G suffix (any case): ``300M`` is 3e8, ``2.5m`` 2.5e6."""
+    value = str(text).strip()
+    scale = _SUFFIXES.get(value[-1:].lower(), 1.0)
+    try:
+        return float(value[:-1] if scale != 1.0 else value) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (a K, M or G suffix may follow)") from None
 
 
 def flag_of(f: dataclasses.Field) -> str:
@@ -221,7 +234,9 @@ def _flag_kwargs(f: dataclasses.Field, default: Any, cls: type) -> dict[str, Any
         kwargs["action"] = "store_false" if f.default is True else "store_true"
         return kwargs
     scalar, _, sequence = _kind(f)
-    if scalar is not str:
+    if meta.get("parse") is not None:
+        kwargs["type"] = meta["parse"]
+    elif scalar is not str:
         kwargs["type"] = scalar
     if sequence:
         kwargs["nargs"] = "+"

@@ -133,3 +133,19 @@ def test_a_cost_aware_search_records_its_costs_keeps_its_table_and_lowers_the_co
     assert strip(resumed.metrics) == strip(records)
     with pytest.raises(ConfigError, match="cost needs cost_target"):
         SearchConfig(cost="macs").validate()
+
+
+def test_the_budget_reads_k_m_g_suffixes_at_the_command_line_and_in_files(tmp_path, capsys):
+    from dartsnas.cli import build_parser
+    from dartsnas.config import parse_amount
+    from dartsnas.train.search import SearchConfig
+    assert parse_amount("300M") == 3e8 and parse_amount("2.5m") == 2.5e6 and parse_amount("7k") == 7e3
+    assert parse_amount("1e5") == 1e5
+    args = build_parser().parse_args(["search", "cnn", "--cost", "macs", "--cost-target", "300M", "--out", "x"])
+    assert args.cost_target == 3e8
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["search", "cnn", "--cost-target", "lots", "--out", "x"])
+    assert "'lots' is not a number" in capsys.readouterr().err
+    assert SearchConfig(cost="params", cost_target="2.5M").cost_target == 2.5e6
+    with pytest.raises(ConfigError, match="cost_target: 'lots' is not a number"):
+        SearchConfig(cost_target="lots")

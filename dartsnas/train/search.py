@@ -9,6 +9,7 @@ genotype), ``checkpoint.pt`` (everything needed to resume) and, at the end, ``ge
 """
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from ..spaces import SEARCH_SPACES, ConvSearchSpaceConfig
 from ..spaces.base import mixing_weights
 from .checkpoint import GENOTYPE, load_checkpoint, tensors_to_lists
 from ..config import (ArchStep, ArchWarmup, Curvature, Epochs, FastConv, ImageData, Momentum, RunOptions, Seed,
-                      configclass, option)
+                      configclass, option, parse_amount)
 from .common import autocast, cosine_lr, python_data_config
 from .hooks import RegularizerSchedule, curvature_text, watch_curvature
 from .loop import Run, batch_source, set_lr
@@ -78,8 +79,9 @@ class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, ArchStep, 
     cost: str | None = option(None, "macs or params: the expected cost of the final network (--cost-network, "
                               "--cost-layers, --cost-channels) joins α's objective", group="cost",
                               choices=COST_KINDS, default_text="none")
-    cost_target: float | None = option(None, "the budget in --cost's units (e.g. 3e8 multiply-adds); needed with "
-                                       "--cost", group="cost", above=0, default_text="none")
+    cost_target: float | None = option(None, "the budget in --cost's units, a K/M/G suffix allowed (e.g. 300M "
+                                       "multiply-adds, 2.5M parameters); needed with --cost", group="cost", above=0,
+                                       default_text="none", parse=parse_amount)
     cost_weight: float = option(1.0, "λ of the cost penalty", group="cost", min=0)
     cost_penalty: str = option("hinge", "hinge: λ max(0, E[cost]/target - 1), only above the budget; linear: "
                                "λ E[cost]/target (ProxylessNAS), always", group="cost", choices=COST_PENALTIES)
@@ -96,6 +98,11 @@ class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, ArchStep, 
 
     def __post_init__(self) -> None:
         self.ops = resolve_op_set(self.ops)  # a named op set: --ops s2 (or S2)
+        if isinstance(self.cost_target, str):  # "300M" from a config file or Python
+            try:
+                self.cost_target = parse_amount(self.cost_target)
+            except argparse.ArgumentTypeError as e:
+                raise ConfigError(f"{{cost_target}}: {e}", names=("cost_target",)) from None
 
     def space(self, num_classes: int = 10, in_channels: int = 3) -> ConvSearchSpaceConfig:
         """The search network this config builds, for the data's classes and channels."""
