@@ -378,11 +378,11 @@ class Architect:
         """One Adam step on α: the gradient of the configured order, plus that of :attr:`penalty`
         (a function of α alone, such as a cost penalty) when one is set."""
         grads = self.alpha_grad(train_batch, val_batch, xi)
+        params = self.model.arch_parameters()
         if self.penalty is not None:
-            params = self.model.arch_parameters()
             extra = torch.autograd.grad(self.penalty(), params, allow_unused=True)
             grads = [g if e is None else g + e.to(g.dtype) for g, e in zip(grads, extra)]
-        for p, g in zip(self.model.arch_parameters(), grads):
+        for p, g in zip(params, grads):
             p.grad = g
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -17,7 +17,7 @@ uniform). With one op and two edges per node standing out, it is the cost of tha
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Sequence
 
@@ -69,6 +69,7 @@ class CostTable:
     op_names: dict[str, list[list[str]]]
     cells: list[dict[str, Any]]
     fixed: dict[str, int]
+    _summed: dict[str, dict[str, list[list[int]]]] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def build(cls, ops: Sequence[str], nodes: int = 4, *, network: str = "cifar", init_channels: int = 36,
@@ -100,8 +101,8 @@ class CostTable:
             else:
                 H2, W2 = H, W
             macs, params = [], []
-            for e, edge_names in enumerate(names[kind]):
-                j = _input_of_edge(e, nodes)
+            inputs = [j for rows in _edges_per_node(nodes) for j in range(len(rows))]  # each edge's input
+            for j, edge_names in zip(inputs, names[kind]):
                 stride, h, w = (2, H, W) if reduction and j < 2 else (1, H2, W2)
                 costs = [op_cost(name, C, h, w, stride) for name in edge_names]
                 macs.append([c[0] for c in costs])
@@ -151,11 +152,22 @@ class CostTable:
                                    for r in _edges_per_node(self.nodes)])
             per_type[name] = (kept, 2 * edges)  # two edges per node are kept
         total = torch.tensor(float(self.fixed[kind]), dtype=weights_normal.dtype, device=weights_normal.device)
-        for cell in self.cells:
-            kept, edge_weight = per_type["reduce" if cell["reduction"] else "normal"]
-            costs = torch.tensor(cell[kind], dtype=kept.dtype, device=kept.device)
+        for name, (kept, edge_weight) in per_type.items():
+            costs = torch.tensor(self.summed(kind)[name], dtype=kept.dtype, device=kept.device)
             total = total + (edge_weight * (kept * costs).sum(-1)).sum()
         return total
+
+    def summed(self, kind: str) -> dict[str, list[list[int]]]:
+        """Per cell type, the cost of each op on each edge summed over the network's cells of that
+        type (the expectation is linear in it), in exact integers; computed once per kind."""
+        if kind not in self._summed:
+            out = {}
+            for name, reduction in (("normal", False), ("reduce", True)):
+                rows = [cell[kind] for cell in self.cells if cell["reduction"] == reduction]
+                out[name] = [[sum(r[e][o] for r in rows) for o in range(len(names))]
+                             for e, names in enumerate(self.op_names[name])]
+            self._summed[kind] = out
+        return self._summed[kind]
 
     def to_dict(self) -> dict[str, Any]:
         return {"network": self.network, "op_names": self.op_names, "cells": self.cells, "fixed": self.fixed}
@@ -166,13 +178,6 @@ class CostTable:
             return cls(dict(data["network"]), data["op_names"], list(data["cells"]), dict(data["fixed"]))
         except (KeyError, TypeError) as e:
             raise ConfigError(f"not a cost table: missing or malformed {e}") from None
-
-
-def _input_of_edge(e: int, nodes: int) -> int:
-    for rows in _edges_per_node(nodes):
-        if e in rows:
-            return e - rows.start
-    raise IndexError(e)
 
 
 def _edge_of(node: int, j: int, nodes: int) -> int:

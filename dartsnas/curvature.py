@@ -23,7 +23,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch.func import functional_call
 
-from .architect import _split, frozen_batchnorm_stats, requires_grad_off, same_random_draws
+from .architect import _LossOf, _split, frozen_batchnorm_stats, requires_grad_off, same_random_draws
 
 
 def _flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -67,17 +67,6 @@ def hessian_vector_product(model: Any, batches: Sequence[Sequence[Any]], vector:
     return sync([total])[0] if sync is not None else total
 
 
-class _Loss(torch.nn.Module):
-    """``model.loss`` as a module's forward, so that ``functional_call`` can run it with dual α."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, *batch: Any) -> torch.Tensor:
-        return _split(self.model.loss(*batch))[0]
-
-
 def _forward_over_reverse(model: Any, batch: Sequence[Any], alphas: list[torch.Tensor],
                           direction: list[torch.Tensor]) -> torch.Tensor:
     """H v of one batch's loss as the forward-mode derivative of ∇α along v: α enters the pass as dual
@@ -88,7 +77,7 @@ def _forward_over_reverse(model: Any, batch: Sequence[Any], alphas: list[torch.T
     primals = [a.detach().requires_grad_() for a in alphas]
     with fwAD.dual_level():
         duals = {names[id(a)]: fwAD.make_dual(p, d.view_as(p)) for a, p, d in zip(alphas, primals, direction)}
-        loss = functional_call(_Loss(model), duals, tuple(batch))
+        loss = functional_call(_LossOf(model), duals, tuple(batch))
         grads = torch.autograd.grad(loss, primals)
         return _flat([fwAD.unpack_dual(g).tangent for g in grads])
 

@@ -21,7 +21,6 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..errors import DataError
 from .augment import normalize
 from .images import BatchOrder
-from .streaming import stream_batches
 from .classfolders import SPLIT_DIRS, class_folders
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -226,24 +225,15 @@ class FolderBatches(BatchOrder):
         self.labels = torch.tensor([label for _, label in dataset.samples], dtype=torch.int64)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.passes = 0
-        self._stream: Iterator[torch.Tensor] | None = None
-        self._stream_pos = -1
 
     def _new_epoch(self) -> None:
         super()._new_epoch()
         self.passes += 1
-        self._stream = None
 
     def _make(self, idx: torch.Tensor, pos: int) -> tuple[torch.Tensor, torch.Tensor]:
         rows = self._rows(idx)
-        if self._stream is None or self._stream_pos != pos:  # (re)start the workers at this batch
-            limit = min(len(self) * self.global_batch, len(self.indices))
-            batches = [self._rows(self._order[p:p + self.global_batch]).tolist()
-                       for p in range(pos, limit, self.global_batch)]
-            self.dataset.epoch = self.passes  # the workers' copies draw this pass's crops
-            self._stream = stream_batches(_Decoded(self.dataset), batches, self.workers)
-        self._stream_pos = pos + self.global_batch
-        x = next(self._stream).to(self.device, non_blocking=True)
+        self.dataset.epoch = self.passes  # workers started now draw this pass's crops
+        x = self._streamed(pos, _Decoded(self.dataset), self.workers).to(self.device, non_blocking=True)
         x = normalize(x, self.mean, self.std).contiguous(memory_format=self.memory_format)
         return x, self.labels.index_select(0, rows).to(self.device, non_blocking=True)
 
@@ -253,7 +243,13 @@ class FolderBatches(BatchOrder):
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.passes = int(state["passes"])
-        self._stream = None
+
+
+def folder_info(dataset: str, classes: list[str], size: int) -> dict[str, Any]:
+    """What a run on ImageNet-layout folders records of its data: evaluation resizes to 256/224 of
+    the crop, then centre-crops; ImageNet's statistics normalise."""
+    return {"dataset": dataset, "classes": classes, "in_channels": 3, "image_size": [size, size],
+            "resize": round(size * 256 / 224), "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 
 
 def folder_datasets(root: str | os.PathLike, *, image_size: int = 224, seed: int = 0,

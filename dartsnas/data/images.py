@@ -98,6 +98,8 @@ class BatchOrder:
         self.generator = torch.Generator().manual_seed(seed)
         self._order: torch.Tensor | None = None
         self._pos = 0
+        self._stream: Iterator[torch.Tensor] | None = None  # decoded batches, for loaders that stream
+        self._stream_pos = -1
 
     def __len__(self) -> int:
         n = len(self.indices)
@@ -111,6 +113,7 @@ class BatchOrder:
         else:
             self._order = self.indices
         self._pos = 0
+        self._stream = None
 
     def _exhausted(self) -> bool:
         limit = min(len(self) * self.global_batch, len(self.indices))
@@ -140,6 +143,18 @@ class BatchOrder:
     def _make(self, idx: torch.Tensor, pos: int) -> Any:
         raise NotImplementedError
 
+    def _streamed(self, pos: int, images: Any, workers: int) -> torch.Tensor:
+        """This rank's images of the global batch at ``pos``, decoded by ``workers`` processes that
+        run ahead through the rest of the pass (``images.batch(rows)``, see ``stream_batches``); they
+        are (re)started wherever the batch taken is not the one they were going to give."""
+        if self._stream is None or self._stream_pos != pos:
+            limit = min(len(self) * self.global_batch, len(self.indices))
+            batches = [self._rows(self._order[p:p + self.global_batch]).tolist()
+                       for p in range(pos, limit, self.global_batch)]
+            self._stream = stream_batches(images, batches, workers)
+        self._stream_pos = pos + self.global_batch
+        return next(self._stream)
+
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(),
                 "order": None if self._order is None else self._order.clone(),
@@ -149,6 +164,7 @@ class BatchOrder:
         self.generator.set_state(state["generator"])
         self._order = state["order"]
         self._pos = int(state["pos"])
+        self._stream = None
 
 
 class BatchLoader(BatchOrder):
@@ -170,8 +186,7 @@ class BatchLoader(BatchOrder):
         if dataset.in_memory:
             self.images = dataset.images.to(self.device)
         else:
-            self.images, self.workers, self._stream_pos = dataset.images, workers, -1
-        self._stream: Iterator[torch.Tensor] | None = None
+            self.images, self.workers = dataset.images, workers
         self.labels = dataset.labels.to(self.device)
         self.mean, self.std = dataset.mean, dataset.std
         self.crop_padding = dataset.crop_padding
@@ -179,21 +194,11 @@ class BatchLoader(BatchOrder):
         self.augment, self.cutout = augment, cutout
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
-    def _new_epoch(self) -> None:
-        super()._new_epoch()
-        self._stream = None
-
     def _gather(self, rows: torch.Tensor, pos: int) -> torch.Tensor:
         """The images at ``rows`` (the global batch starting at ``pos`` of this pass), on the device."""
         if isinstance(self.images, torch.Tensor):
             return self.images.index_select(0, rows.to(self.device, non_blocking=True))
-        if self._stream is None or self._stream_pos != pos:  # (re)start the workers at this batch
-            limit = min(len(self) * self.global_batch, len(self.indices))
-            batches = [self._rows(self._order[p:p + self.global_batch]).tolist()
-                       for p in range(pos, limit, self.global_batch)]
-            self._stream = stream_batches(self.images, batches, self.workers)
-        self._stream_pos = pos + self.global_batch
-        return next(self._stream).to(self.device, non_blocking=True)
+        return self._streamed(pos, self.images, self.workers).to(self.device, non_blocking=True)
 
     def _make(self, idx: torch.Tensor, pos: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         shard = (self.rank * self.batch_size, len(idx))
@@ -208,11 +213,6 @@ class BatchLoader(BatchOrder):
         if self.augment and self.cutout:
             x = cutout(x, self.cutout, self.generator, shard)
         return x.contiguous(memory_format=self.memory_format), self.labels.index_select(0, idx)
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self._stream = None
-
 
 class DatasetBatches(BatchOrder):
     """Batches of any map-style Dataset of (input, target) pairs in a :class:`BatchOrder`: items read in

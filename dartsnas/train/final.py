@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..data import (PYTHON_DATASET, BatchLoader, ImageDataset, data_root, from_torch_dataset, load_splits,
                     split_by_dataset, stratified_split)
-from ..data.folder import IMAGENET_MEAN, IMAGENET_STD, FolderLoader, folder_datasets
+from ..data.folder import FolderLoader, folder_datasets, folder_info
 from ..errors import CheckpointError, ConfigError
 from ..genotype import Genotype, load_genotype
 from ..nets import NETWORKS, RESIZE_HINT, NetworkConfig, build_network, check_input_size
@@ -110,8 +110,7 @@ def build_loaders(config: TrainConfig, device: torch.device, *, train_split: boo
         train_ds, test_ds, classes = folder_datasets(root, image_size=size, seed=config.seed)
         out = {"num_classes": len(classes), "in_channels": 3,
                "description": f"{root}: {len(classes)} classes, {len(train_ds)} train / {len(test_ds)} test images",
-               "info": {"dataset": config.dataset, "classes": classes, "in_channels": 3, "image_size": [size, size],
-                        "resize": round(size * 256 / 224), "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+               "info": folder_info(config.dataset, classes, size),
                "test": FolderLoader(test_ds, batch_size=config.batch_size, shuffle=False, drop_last=False,
                                     workers=config.workers, **common)}
         if train_split:

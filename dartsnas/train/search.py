@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..architect import Architect, requires_grad_off
 from ..data import (OWN_DATASETS, PYTHON_DATASET, BatchLoader, ImageDataset, data_root, from_torch_dataset,
                     load_dataset, load_splits, search_split)
-from ..data.folder import IMAGENET_MEAN, IMAGENET_STD, FolderBatches, ImageFolderDataset, find_split, list_images
+from ..data.folder import FolderBatches, ImageFolderDataset, find_split, folder_info, list_images
 from ..data.splits import sample_per_class
 from ..errors import CheckpointError, ConfigError
 from ..cost import COST_KINDS, CostTable
@@ -433,8 +433,6 @@ def imagenet_search_loaders(config: SearchConfig, common: dict[str, Any], drop_l
     plain_ds = ImageFolderDataset(samples, train=False, image_size=size)
     in_order = lambda batch_size: FolderBatches(plain_ds, alpha_idx, batch_size=batch_size,  # noqa: E731
                                                 shuffle=False, **common)
-    info = {"dataset": "imagenet", "classes": classes, "in_channels": 3, "image_size": [size, size],
-            "resize": round(size * 256 / 224), "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
     description = [f"{root}: {len(classes)} classes, {len(samples)} training images; sampled per class: "
                    f"{len(w_idx)} train w ({config.sample[0]:g}), {len(alpha_idx)} train α ({config.sample[1]:g})"]
     return SearchLoaders(
@@ -443,7 +441,7 @@ def imagenet_search_loaders(config: SearchConfig, common: dict[str, Any], drop_l
         val=FolderBatches(train_ds, alpha_idx, batch_size=config.batch_size, seed=config.seed + 1,
                           drop_last=drop_last, **common),
         eval=in_order(max(config.batch_size, 256)), fixed=in_order, num_classes=len(classes), in_channels=3,
-        image_size=(size, size), info=info, description=description)
+        image_size=(size, size), info=folder_info("imagenet", classes, size), description=description)
 
 
 def load_search_data(config: SearchConfig, train_data: Any,
