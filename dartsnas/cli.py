@@ -145,6 +145,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=None, help="[10 cifar, 1000 imagenet]")
     p.add_argument("--image-size", type=int, default=None, help="[32 cifar, 224 imagenet]")
 
+    g = p.add_argument_group("latency (the derived network timed as a latency table times its ops)")
+    g.add_argument("--latency", choices=("torch", "onnxruntime"), default=None,
+                   help="also time the network in this runtime (median ms, with how it was timed)")
+    g.add_argument("--threads", type=int, default=None, help="intra-op threads [torch's current count]")
+    g.add_argument("--repeats", type=int, default=30, help="timed runs [30]")
+    g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N [cpu]")
+
+    p = sub.add_parser("latency-table", help="time every candidate op at every shape of the final network "
+                       "(JSON table for search cnn --cost latency)")
+    from .config import add_flags
+    from .latency import LatencyConfig
+    add_flags(p, LatencyConfig)["run"].add_argument("--out", type=Path, required=True, help="the table file to write")
+    p.add_argument("--quiet", action="store_true", help="no line per op")
+
     p = sub.add_parser("plot", help="draw the cells of a genotype (one file per cell type)")
     p.add_argument("genotype", help="built-in name, genotype.json, run directory or checkpoint")
     p.add_argument("--out", required=True, type=Path, help="FILE.png|svg|pdf|dot (suffixed _normal, _reduce, ...)")
@@ -322,10 +336,6 @@ def _cmd_derive(args: argparse.Namespace) -> int:
     return 0
 
 
-NETWORK_DEFAULTS = {"cifar": dict(init_channels=36, layers=20, num_classes=10, image_size=32),
-                    "imagenet": dict(init_channels=48, layers=14, num_classes=1000, image_size=224)}
-
-
 RNN_DEFAULTS = {"ptb": dict(emsize=850, vocab_size=10000), "wt2": dict(emsize=700, vocab_size=33278)}
 
 
@@ -341,10 +351,10 @@ def _cmd_summary(args: argparse.Namespace) -> int:
                           "nhid": d["emsize"], "vocab_size": d["vocab_size"],
                           "params": count_parameters(model)["params"]}))
         return 0
-    from .nets import NetworkConfig, build_network
+    from .nets import FINAL_NETWORKS, NetworkConfig, build_network
     from .nets.summary import summarize
     d = {k: getattr(args, k) if getattr(args, k) is not None else v
-         for k, v in NETWORK_DEFAULTS[args.network].items()}
+         for k, v in FINAL_NETWORKS[args.network].items()}
     for k, v in d.items():
         if v < 1:
             raise ConfigError(f"--{k.replace('_', '-')} must be >= 1, got {v}")
@@ -354,7 +364,30 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     info = {"network": args.network, "genotype": args.genotype, "init_channels": d["init_channels"],
             "layers": d["layers"], "num_classes": d["num_classes"],
             **summarize(net, (3, d["image_size"], d["image_size"]))}
+    if args.latency is not None:
+        from .latency import LatencyConfig, Timer
+        timing = LatencyConfig(runtime=args.latency, device=args.device, threads=args.threads, repeats=args.repeats)
+        timing.validate()
+        timer = Timer(args.latency, args.device, args.threads, repeats=args.repeats)
+        info.update(latency_ms=timer(net, (3, d["image_size"], d["image_size"])), latency=timer.describe())
     print(json.dumps(info))
+    return 0
+
+
+def _cmd_latency_table(args: argparse.Namespace) -> int:
+    import json
+    from .config import given_fields
+    from .latency import LatencyConfig, latency_table
+    from .train.checkpoint import atomic_write_text
+    config = LatencyConfig(**given_fields(LatencyConfig, args))
+    log = None if args.quiet else (lambda line: print(line, file=sys.stderr))
+    table = latency_table(config, log=log)
+    atomic_write_text(args.out, json.dumps(table.to_dict()) + "\n")
+    m = table.measurement
+    print(json.dumps({"out": str(args.out), "runtime": m["runtime"], "device": m["device_name"],
+                      "threads": m["threads"], "op_shapes": m["distinct_op_shapes"],
+                      "reference_network_ms": round(m["reference_network_ms"], 4),
+                      "fixed_ms": round(table.fixed["latency"], 4)}))
     return 0
 
 
@@ -397,7 +430,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 COMMANDS = {"search": _cmd_search, "derive": _cmd_derive, "genotype": _cmd_genotype,
             "summary": _cmd_summary, "train": _cmd_train, "eval": _cmd_eval, "plot": _cmd_plot,
             "select": _cmd_select, "random-search": _cmd_random_search, "export": _cmd_export,
-            "predict": _cmd_predict}
+            "predict": _cmd_predict, "latency-table": _cmd_latency_table}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

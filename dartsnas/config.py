@@ -190,7 +190,8 @@ def check_field(f: dataclasses.Field, value: Any) -> None:
 
 
 #: The order of the argparse groups in a command's help.
-GROUP_ORDER = ("options", "data", "corpus", "search space", "network", "optimisation", "collapse", "run")
+GROUP_ORDER = ("options", "data", "corpus", "search space", "network", "optimisation", "cost", "collapse", "timing",
+               "final network", "run")
 
 
 def add_flags(parser: argparse.ArgumentParser, cls: type, *, exclude: Sequence[str] = ()
@@ -495,6 +496,43 @@ class CorpusData(Config):
             raise ConfigError("{data_dir} is required: a folder with train/valid/test text files", names=("data_dir",))
 
 
+#: The costs a search can aim at: counted (multiply-adds, parameters) or measured (latency, ms).
+COST_KINDS = ("macs", "params", "latency")
+#: How the expected cost enters α's objective (see CostBudget.cost_penalty).
+COST_PENALTIES = ("hinge", "linear")
+
+
+@dataclass
+class CostBudget(Config):
+    """A budget the search aims at: the expected cost of the final network joins α's objective."""
+
+    cost: str | None = option(None, "the cost whose expectation under softmax(α) joins α's objective", group="cost",
+                              choices=COST_KINDS, default_text="none")
+    cost_target: float | None = option(None, "the budget in --cost's units, a K/M/G suffix allowed (e.g. 300M "
+                                       "multiply-adds, 2.5M parameters, 4 ms); needed with --cost", group="cost",
+                                       above=0, default_text="none", parse=parse_amount)
+    cost_weight: float = option(1.0, "λ of the cost penalty", group="cost", min=0)
+    cost_penalty: str = option("hinge", "hinge: λ max(0, E[cost]/target - 1), only above the budget; linear: "
+                               "λ E[cost]/target (ProxylessNAS), always", group="cost", choices=COST_PENALTIES)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.cost_target, str):  # "300M" from a config file or Python
+            try:
+                self.cost_target = parse_amount(self.cost_target)
+            except argparse.ArgumentTypeError as e:
+                raise ConfigError(f"{{cost_target}}: {e}", names=("cost_target",)) from None
+
+    def check(self) -> None:
+        super().check()
+        if self.cost is not None and self.cost_target is None:
+            raise ConfigError("{cost} needs {cost_target}, the budget", names=("cost", "cost_target"))
+
+    def budget_penalty(self, expected: Any) -> Any:
+        """λ times the expected cost over the budget: above it only (hinge), or all of it (linear)."""
+        ratio = expected / self.cost_target
+        return self.cost_weight * ((ratio - 1).relu() if self.cost_penalty == "hinge" else ratio)
+
+
 @dataclass
 class Compile(Config):
     compile: bool = option(False, "torch.compile (see the command's help)", group="run", resumable=True)
@@ -519,6 +557,6 @@ def check_resumable(saved: Config, asked: Config, path: Path, log: Callable[[str
         raise CheckpointError(f"{path}: checkpoint was written with {was}, this run asks for {now}")
 
 
-__all__ = ["ArchStep", "ArchWarmup", "Compile", "Config", "CorpusData", "Curvature", "Epochs", "FastConv", "ImageData",
-           "Momentum", "RunOptions", "Seed", "add_flags", "check_field", "check_resumable", "configclass", "flag_of",
+__all__ = ["COST_KINDS", "COST_PENALTIES", "ArchStep", "ArchWarmup", "Compile", "Config", "CostBudget", "CorpusData",
+           "Curvature", "Epochs", "FastConv", "ImageData", "Momentum", "RunOptions", "Seed", "add_flags", "check_field", "check_resumable", "configclass", "flag_of",
            "given_fields", "load_config_file", "option"]

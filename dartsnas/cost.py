@@ -17,21 +17,24 @@ uniform). With one op and two edges per node standing out, it is the cost of tha
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .config import COST_KINDS
 from .errors import ConfigError
 from .genotype import ZERO_OP, Genotype
 from .nets import NetworkConfig, build_network
 from .nets.summary import count_macs, count_parameters
 from .ops import build_op, edge_ops
 
-#: The costs a table holds.
-COST_KINDS = ("macs", "params")
+#: The costs every table counts; a table of ``dartsnas latency-table`` adds measured latency (ms).
+COUNTED = ("macs", "params")
 
 
 @lru_cache(maxsize=None)
@@ -62,13 +65,16 @@ def _reference_genotype(nodes: int) -> Genotype:
 
 @dataclass
 class CostTable:
-    """Per final-network cell: its type and the cost of every candidate op on every edge, per kind
-    (``costs[i][kind]`` is a [edges, ops] list); ``fixed[kind]`` is everything outside the ops."""
+    """Per final-network cell: its type, the (channels, height, width, stride) of each edge's input
+    (``edges``) and the cost of every candidate op on every edge, per kind (``cells[i][kind]`` is an
+    [edges, ops] list); ``fixed[kind]`` is everything outside the ops. A latency table adds the kind
+    ``latency`` (ms) and says in ``measurement`` how, where and on what it was timed."""
 
     network: dict[str, Any]
     op_names: dict[str, list[list[str]]]
     cells: list[dict[str, Any]]
-    fixed: dict[str, int]
+    fixed: dict[str, float]
+    measurement: dict[str, Any] | None = None
     _summed: dict[str, dict[str, list[list[int]]]] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -100,14 +106,15 @@ class CostTable:
                     H2, W2 = build_op("max_pool_3x3", C, 2, affine=True)(torch.zeros(1, C, H, W)).shape[2:]
             else:
                 H2, W2 = H, W
-            macs, params = [], []
+            macs, params, edges = [], [], []
             inputs = [j for rows in _edges_per_node(nodes) for j in range(len(rows))]  # each edge's input
             for j, edge_names in zip(inputs, names[kind]):
                 stride, h, w = (2, H, W) if reduction and j < 2 else (1, H2, W2)
                 costs = [op_cost(name, C, h, w, stride) for name in edge_names]
                 macs.append([c[0] for c in costs])
                 params.append([c[1] for c in costs])
-            cells.append({"reduction": reduction, "macs": macs, "params": params})
+                edges.append([C, h, w, stride])
+            cells.append({"reduction": reduction, "edges": edges, "macs": macs, "params": params})
         table = cls({"network": network, "init_channels": init_channels, "layers": layers,
                      "image_size": list(image_size), "num_classes": num_classes, "in_channels": in_channels,
                      "nodes": nodes}, names, cells, {"macs": 0, "params": 0})
@@ -120,8 +127,18 @@ class CostTable:
     def nodes(self) -> int:
         return int(self.network["nodes"])
 
-    def of_genotype(self, genotype: Genotype) -> dict[str, int]:
-        """The derived network's multiply-adds and parameters (``summary``'s figures)."""
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The costs this table holds: macs and params, and latency when measured."""
+        return tuple(k for k in COST_KINDS if k in self.fixed)
+
+    def reference_genotype(self) -> Genotype:
+        """sep_conv_3x3 on each node's first two inputs: the network the fixed part is taken from."""
+        return _reference_genotype(self.nodes)
+
+    def of_genotype(self, genotype: Genotype) -> dict[str, float]:
+        """The derived network's multiply-adds and parameters (``summary``'s figures), and its
+        predicted latency in a latency table."""
         out = dict(self.fixed)
         for cell in self.cells:
             kind = "reduce" if cell["reduction"] else "normal"
@@ -131,7 +148,7 @@ class CostTable:
                 if op not in names:
                     raise ConfigError(f"genotype op {op!r} is not a candidate of {kind} edge {e} "
                                       f"({', '.join(names)})")
-                for k in COST_KINDS:
+                for k in self.kinds:
                     out[k] += cell[k][e][names.index(op)]
         return out
 
@@ -139,8 +156,7 @@ class CostTable:
                  edge_normal: torch.Tensor | None = None, edge_reduce: torch.Tensor | None = None) -> torch.Tensor:
         """E[cost] of the final network under softmax(α) (``weights_*``: [edges, ops] rows summing to
         one) and, with PC-DARTS, the edge weights ``edge_*`` ([edges], each node's softmax(β))."""
-        if kind not in COST_KINDS:
-            raise ConfigError(f"cost must be one of {', '.join(COST_KINDS)}, got {kind!r}")
+        self.check_kind(kind)
         per_type = {}
         for name, weights, edges in (("normal", weights_normal, edge_normal), ("reduce", weights_reduce, edge_reduce)):
             zero = torch.tensor([[op == ZERO_OP for op in names] for names in self.op_names[name]],
@@ -157,7 +173,28 @@ class CostTable:
             total = total + (edge_weight * (kept * costs).sum(-1)).sum()
         return total
 
-    def summed(self, kind: str) -> dict[str, list[list[int]]]:
+    def check_kind(self, kind: str) -> None:
+        if kind not in COST_KINDS:
+            raise ConfigError(f"cost must be one of {', '.join(COST_KINDS)}, got {kind!r}")
+        if kind not in self.kinds:
+            raise ConfigError(f"this cost table holds no {kind} (it has {', '.join(self.kinds)}): "
+                              "measure one with dartsnas latency-table")
+
+    def check_fits(self, ops: Sequence[str], nodes: int, image_size: Sequence[int], in_channels: int,
+                   num_classes: int, source: str) -> None:
+        """Refuse a table made for another search: other candidate ops or nodes, other images."""
+        num_edges = sum(2 + k for k in range(nodes))
+        asked = {"nodes": nodes, "image_size": list(image_size), "in_channels": in_channels, "num_classes": num_classes}
+        for key, value in asked.items():
+            if self.network.get(key) != value:
+                raise ConfigError(f"{source}: the table is for {key} {self.network.get(key)}, the search has {value}")
+        for cell in ("normal", "reduce"):
+            wanted = [list(e) for e in edge_ops(tuple(ops), num_edges, cell)]
+            if self.op_names.get(cell) != wanted:
+                raise ConfigError(f"{source}: the table's {cell} candidate ops {self.op_names.get(cell)} are not the "
+                                  f"search's {wanted}")
+
+    def summed(self, kind: str) -> dict[str, list[list[float]]]:
         """Per cell type, the cost of each op on each edge summed over the network's cells of that
         type (the expectation is linear in it), in exact integers; computed once per kind."""
         if kind not in self._summed:
@@ -170,18 +207,49 @@ class CostTable:
         return self._summed[kind]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"network": self.network, "op_names": self.op_names, "cells": self.cells, "fixed": self.fixed}
+        out = {"network": self.network, "op_names": self.op_names, "cells": self.cells, "fixed": self.fixed}
+        if self.measurement is not None:
+            out["measurement"] = self.measurement
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CostTable":
         try:
-            return cls(dict(data["network"]), data["op_names"], list(data["cells"]), dict(data["fixed"]))
-        except (KeyError, TypeError) as e:
+            table = cls(dict(data["network"]), data["op_names"], list(data["cells"]), dict(data["fixed"]),
+                        data.get("measurement"))
+            for key in ("nodes", "image_size", "in_channels", "num_classes"):
+                table.network[key]
+            for cell in table.cells:
+                for kind in table.kinds:
+                    if len(cell[kind]) != len(table.op_names["reduce" if cell["reduction"] else "normal"]):
+                        raise TypeError(f"{kind} of a cell")
+        except (KeyError, TypeError, AttributeError) as e:
             raise ConfigError(f"not a cost table: missing or malformed {e}") from None
+        return table
+
+    @classmethod
+    def read(cls, path: str | Path) -> "CostTable":
+        """A table written by a search (cost_table.json) or by ``dartsnas latency-table``."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such cost table") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{path}: not a cost table ({e.__class__.__name__}: {e})") from None
+        try:
+            return cls.from_dict(data if isinstance(data, dict) else {})
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+
+
+def round_cost(kind: str, value: float) -> float:
+    """A cost as metrics show it: whole multiply-adds and parameters, latency to 0.1 µs."""
+    return round(value, 4) if kind == "latency" else round(value)
 
 
 def _edge_of(node: int, j: int, nodes: int) -> int:
     return _edges_per_node(nodes)[node].start + j
 
 
-__all__ = ["COST_KINDS", "CostTable", "op_cost"]
+__all__ = ["COST_KINDS", "COUNTED", "CostTable", "op_cost", "round_cost"]

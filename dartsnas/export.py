@@ -101,19 +101,29 @@ def write_export(model: Deployable, meta: dict[str, Any], fmt: str, out: str | o
     return out
 
 
-def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, meta: dict[str, Any]) -> None:
+def onnx_graph(model: nn.Module, example: torch.Tensor, path: str | os.PathLike, dynamic_batch: bool = True,
+               output: str = "output") -> None:
+    """``model`` (one tensor in, one out) as an ONNX file, by torch.onnx's exporter, quietly; any batch
+    size with ``dynamic_batch``, else ``example``'s (as a latency table times ops)."""
     try:
-        import onnx
         import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
     except ImportError:
-        raise ConfigError("--format onnx needs the onnx and onnxscript packages: pip install 'dartsnas[export]'") from None
+        raise ConfigError("ONNX export needs the onnx and onnxscript packages: pip install 'dartsnas[export]'") from None
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" notices
-    batch = torch.export.Dim("batch", min=1)
+    shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
     # the exporter prints progress lines on stdout, where export and predict print paths and JSON
     with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), str(path), dynamo=True, dynamic_shapes=({0: batch},),
-                          input_names=["images"], output_names=["logits"], external_data=False)
+        torch.onnx.export(model, (example,), str(path), dynamo=True, dynamic_shapes=shapes,
+                          input_names=["images"], output_names=[output], external_data=False)
+
+
+def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, meta: dict[str, Any]) -> None:
+    try:
+        import onnx
+    except ImportError:
+        raise ConfigError("--format onnx needs the onnx and onnxscript packages: pip install 'dartsnas[export]'") from None
+    onnx_graph(model, example, path, output="logits")
     proto = onnx.load(str(path))
     onnx.helper.set_model_props(proto, {METADATA: json.dumps(meta), "classes": json.dumps(meta["classes"])})
     onnx.save(proto, str(path))

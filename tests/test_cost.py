@@ -86,7 +86,9 @@ def test_tables_round_trip_and_name_bad_input():
     assert again.of_genotype(g) == table.of_genotype(g)
     with pytest.raises(ConfigError, match="'max_pool_3x3' is not a candidate of normal edge 0"):
         table.of_genotype(Genotype((("max_pool_3x3", 0),) + g.normal[1:], (2, 3), g.reduce, (2, 3)))
-    with pytest.raises(ConfigError, match="cost must be one of macs, params, got 'latency'"):
+    with pytest.raises(ConfigError, match="cost must be one of macs, params, latency, got 'time'"):
+        table.expected("time", torch.ones(5, 2) / 2, torch.ones(5, 2) / 2)
+    with pytest.raises(ConfigError, match="holds no latency .* dartsnas latency-table"):
         table.expected("latency", torch.ones(5, 2) / 2, torch.ones(5, 2) / 2)
     with pytest.raises(ConfigError, match="not a cost table"):
         CostTable.from_dict({"cells": []})

@@ -1,6 +1,6 @@
 """Final networks built from genotypes, registered by name."""
-from .conv import (NETWORKS, RESIZE_HINT, AuxiliaryHead, Cell, NetworkCIFAR, NetworkConfig, NetworkImageNet,
-                   build_network, check_input_size, drop_path)
+from .conv import (FINAL_NETWORKS, NETWORKS, RESIZE_HINT, AuxiliaryHead, Cell, NetworkCIFAR, NetworkConfig,
+                   NetworkImageNet, build_network, check_input_size, drop_path)
 
-__all__ = ["NETWORKS", "RESIZE_HINT", "AuxiliaryHead", "Cell", "NetworkCIFAR", "NetworkConfig", "NetworkImageNet",
-           "build_network", "check_input_size", "drop_path"]
+__all__ = ["FINAL_NETWORKS", "NETWORKS", "RESIZE_HINT", "AuxiliaryHead", "Cell", "NetworkCIFAR", "NetworkConfig",
+           "NetworkImageNet", "build_network", "check_input_size", "drop_path"]

@@ -17,6 +17,9 @@ from ..ops import CONV_OPS, FactorizedReduce, ReLUConvBN, build_op
 from ..registry import Registry
 
 NETWORKS: Registry = Registry("network")
+#: Each network's size as the paper trains it (``train cnn``'s recipes, ``summary``'s defaults).
+FINAL_NETWORKS = {"cifar": dict(init_channels=36, layers=20, num_classes=10, image_size=32),
+                  "imagenet": dict(init_channels=48, layers=14, num_classes=1000, image_size=224)}
 
 
 def drop_path(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:

@@ -9,7 +9,6 @@ genotype), ``checkpoint.pt`` (everything needed to resume) and, at the end, ``ge
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from ..data import (OWN_DATASETS, PYTHON_DATASET, BatchLoader, ImageDataset, dat
 from ..data.folder import FolderBatches, ImageFolderDataset, find_split, folder_info, list_images
 from ..data.splits import sample_per_class
 from ..errors import CheckpointError, ConfigError
-from ..cost import COST_KINDS, CostTable
+from ..cost import CostTable, round_cost
 from ..genotype import SKIP_OP, Genotype, derive_genotype
 from ..nets import RESIZE_HINT, check_input_size
 from ..ops import DARTS_OPS, edge_ops, resolve_op_set
@@ -33,8 +32,8 @@ from ..regularizers import REGULARIZERS, perturb_mixing_weights, sdarts_epsilon
 from ..spaces import SEARCH_SPACES, ConvSearchSpaceConfig
 from ..spaces.base import mixing_weights
 from .checkpoint import GENOTYPE, load_checkpoint, tensors_to_lists
-from ..config import (ArchStep, ArchWarmup, Curvature, Epochs, FastConv, ImageData, Momentum, RunOptions, Seed,
-                      configclass, option, parse_amount)
+from ..config import (ArchStep, ArchWarmup, CostBudget, Curvature, Epochs, FastConv, ImageData, Momentum, RunOptions,
+                      Seed, configclass, option)
 from .common import autocast, cosine_lr, python_data_config
 from .hooks import RegularizerSchedule, curvature_text, watch_curvature
 from .loop import Run, batch_source, set_lr
@@ -42,13 +41,11 @@ from .meters import ClassifierEpoch, ClipMeter, EpochMeter, evaluate
 from .rng import seed_everything
 
 KIND = "search-cnn"
-#: How the expected cost enters α's objective (see SearchConfig.cost_penalty).
-COST_PENALTIES = ("hinge", "linear")
 COST_TABLE = "cost_table.json"
 
 
 @configclass()
-class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, ArchStep, Momentum, Epochs, ImageData):
+class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, ArchStep, Momentum, Epochs, ImageData, CostBudget):
     """Everything that defines a conv search; defaults are the paper's CIFAR-10 settings."""
 
     train_portion: float = option(0.5, "part of the training split that trains w; the rest trains α", above=0, below=1)
@@ -76,15 +73,9 @@ class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, ArchStep, 
                                    group="optimisation", above=0, max=1)
     warmup_epochs: int = option(0, "linear learning-rate warm-up: epoch e < N uses lr x (e+1)/N (PC-DARTS's ImageNet "
                                 "search: 5)", group="optimisation", min=0)
-    cost: str | None = option(None, "macs or params: the expected cost of the final network (--cost-network, "
-                              "--cost-layers, --cost-channels) joins α's objective", group="cost",
-                              choices=COST_KINDS, default_text="none")
-    cost_target: float | None = option(None, "the budget in --cost's units, a K/M/G suffix allowed (e.g. 300M "
-                                       "multiply-adds, 2.5M parameters); needed with --cost", group="cost", above=0,
-                                       default_text="none", parse=parse_amount)
-    cost_weight: float = option(1.0, "λ of the cost penalty", group="cost", min=0)
-    cost_penalty: str = option("hinge", "hinge: λ max(0, E[cost]/target - 1), only above the budget; linear: "
-                               "λ E[cost]/target (ProxylessNAS), always", group="cost", choices=COST_PENALTIES)
+    latency_table: str | None = option(None, "the table of dartsnas latency-table (needed with --cost latency; its final "
+                                       "network replaces --cost-network, --cost-layers, --cost-channels)", group="cost",
+                                       default_text="none", metavar="FILE")
     cost_network: str = option("cifar", "the final network the cost is counted in", group="cost",
                                choices=("cifar", "imagenet"))
     cost_layers: int = option(20, "its cells L", group="cost", min=3)
@@ -95,14 +86,12 @@ class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, ArchStep, 
 
     DATASET_COMMAND = "search"
     TITLES = {"collapse": "collapse (Zela et al., 2020)"}
+    FLAG_HELP = {"cost": "macs, params or latency: the expected cost of the final network (--cost-network, "
+                         "--cost-layers, --cost-channels, or --latency-table's) joins α's objective"}
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.ops = resolve_op_set(self.ops)  # a named op set: --ops s2 (or S2)
-        if isinstance(self.cost_target, str):  # "300M" from a config file or Python
-            try:
-                self.cost_target = parse_amount(self.cost_target)
-            except argparse.ArgumentTypeError as e:
-                raise ConfigError(f"{{cost_target}}: {e}", names=("cost_target",)) from None
 
     def space(self, num_classes: int = 10, in_channels: int = 3) -> ConvSearchSpaceConfig:
         """The search network this config builds, for the data's classes and channels."""
@@ -114,8 +103,9 @@ class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, ArchStep, 
 
     def check(self) -> None:
         super().check()
-        if self.cost is not None and self.cost_target is None:
-            raise ConfigError("{cost} needs {cost_target}, the budget", names=("cost", "cost_target"))
+        if self.cost == "latency" and self.latency_table is None:
+            raise ConfigError("{cost} latency needs {latency_table}, a table of dartsnas latency-table",
+                              names=("cost", "latency_table"))
         if len(self.sample) != 2 or not all(0 < p < 1 for p in self.sample):
             raise ConfigError(f"{{sample}} needs two parts of a class in (0, 1), for w and α, got {list(self.sample)}",
                               names=("sample",))
@@ -254,15 +244,21 @@ class Search(Run):
     # -- cost --------------------------------------------------------------------------------------
 
     def open_cost_table(self, config: SearchConfig, loaders: SearchLoaders) -> CostTable:
-        """The run's cost table: its file in the run directory (a resumed run keeps it), else counted
-        for the final network on the data's image size, and written there."""
+        """The run's cost table: its file in the run directory (a resumed run keeps it), else the
+        latency table given, or one counted for the final network on the data's image size; written
+        there."""
         path = self.out / COST_TABLE
         if path.is_file():
-            return CostTable.from_dict(json.loads(path.read_text()))
-        table = CostTable.build(config.ops, config.nodes, network=config.cost_network,
-                                init_channels=config.cost_channels, layers=config.cost_layers,
-                                image_size=tuple(loaders.image_size), num_classes=loaders.num_classes,
-                                in_channels=loaders.in_channels)
+            return CostTable.read(path)
+        data = dict(image_size=tuple(loaders.image_size), num_classes=loaders.num_classes,
+                    in_channels=loaders.in_channels)
+        if config.latency_table is not None:
+            table = CostTable.read(config.latency_table)
+            table.check_fits(config.ops, config.nodes, source=config.latency_table, **data)
+        else:
+            table = CostTable.build(config.ops, config.nodes, network=config.cost_network,
+                                    init_channels=config.cost_channels, layers=config.cost_layers, **data)
+        table.check_kind(config.cost)
         self.write_text(COST_TABLE, json.dumps(table.to_dict()) + "\n")
         return table
 
@@ -270,10 +266,7 @@ class Search(Run):
         return self.cost_table.expected(self.config.cost, *self.model.arch_weights(), *self.model.edge_weights())
 
     def cost_penalty(self) -> torch.Tensor:
-        """λ times the expected cost over the budget: above it only (hinge), or all of it (linear)."""
-        cfg = self.config
-        ratio = self.expected_cost() / cfg.cost_target
-        return cfg.cost_weight * (torch.relu(ratio - 1) if cfg.cost_penalty == "hinge" else ratio)
+        return self.config.budget_penalty(self.expected_cost())
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -350,8 +343,8 @@ class Search(Run):
         cost = ""
         if self.cost_table is not None:
             with torch.no_grad():
-                record["expected_cost"] = round(float(self.expected_cost()))
-            record["derived_cost"] = self.cost_table.of_genotype(genotype)[cfg.cost]
+                record["expected_cost"] = round_cost(cfg.cost, float(self.expected_cost()))
+            record["derived_cost"] = round_cost(cfg.cost, self.cost_table.of_genotype(genotype)[cfg.cost])
             cost = f" | {cfg.cost} E {record['expected_cost']:.4g} derived {record['derived_cost']:.4g}"
         if self.model.partial:
             e_normal, e_reduce = self.model.edge_weights()

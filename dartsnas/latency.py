@@ -1,0 +1,218 @@
+"""Latency measured on the target, for searches aimed at a time budget (issue 23).
+
+``dartsnas latency-table`` times every candidate op at every (channels, height, width, stride) the
+*final* network has (its stacking, width, depth and image size, as :class:`~dartsnas.cost.CostTable`
+counts multiply-adds), in the runtime it will be deployed with: PyTorch eager, or onnxruntime on the
+op exported to ONNX. Each figure is the median of ``repeats`` timed runs after ``warmup`` untimed ones.
+The fixed part (stem, cell preprocessing, concatenation, head, the runtime's per-call overhead) is the
+measured latency of a reference network less its ops' table latencies, so the table predicts that
+network exactly and any other network of the space by its ops' differences (every genotype has the
+same number of ops: the per-op overhead cancels). The file records the runtime, its version, the
+thread count, the device and the machine; ``search cnn --cost latency --latency-table FILE`` reads it.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from .config import Config, configclass, option
+from .cost import CostTable
+from .errors import ConfigError
+from .export import onnx_graph
+from .nets import FINAL_NETWORKS
+from .ops import DARTS_OPS, build_op, resolve_op_set
+
+RUNTIMES = ("torch", "onnxruntime")
+
+
+@configclass()
+class LatencyConfig(Config):
+    """What to time, and how; defaults are the paper's CIFAR-10 network on one CPU image."""
+
+    runtime: str = option("torch", "torch: PyTorch eager; onnxruntime: each op exported to ONNX and run by "
+                          "onnxruntime (as dartsnas export deploys it)", group="timing", choices=RUNTIMES)
+    device: str = option("cpu", "cpu, cuda or cuda:N", group="timing")
+    threads: int | None = option(None, "intra-op threads (recorded in the table)", group="timing", min=1,
+                                 default_text="torch's current count")
+    batch_size: int = option(1, "images per timed call", group="timing", min=1)
+    repeats: int = option(30, "timed runs per op; the table keeps their median", group="timing", min=1)
+    warmup: int = option(5, "untimed runs before them", group="timing", min=0)
+    network: str = option("cifar", "the final network the search is for", group="final network",
+                          choices=tuple(FINAL_NETWORKS))
+    init_channels: int | None = option(None, "its C", group="final network", min=1, default_text="36 cifar, 48 imagenet")
+    layers: int | None = option(None, "its cells L", group="final network", min=3, default_text="20 cifar, 14 imagenet")
+    image_size: tuple[int, ...] | None = option(None, "its input: S or H W (the search data's size)",
+                                                group="final network", min=1, default_text="32 cifar, 224 imagenet")
+    in_channels: int = option(3, "image channels", group="final network", min=1)
+    num_classes: int | None = option(None, "classes", group="final network", min=1, default_text="10 cifar, 1000 imagenet")
+    nodes: int = option(4, "intermediate nodes N per cell (as the search)", group="search space", min=1)
+    ops: tuple[str, ...] = option(help="candidate op set, or a named one (as the search)", factory=lambda: DARTS_OPS,
+                                  group="search space", metavar="OP")
+
+    def __post_init__(self) -> None:
+        self.ops = resolve_op_set(self.ops)
+        defaults = FINAL_NETWORKS.get(self.network, FINAL_NETWORKS["cifar"])
+        for name in ("init_channels", "layers", "num_classes"):
+            if getattr(self, name) is None:
+                setattr(self, name, defaults[name])
+        if self.image_size is None:
+            self.image_size = (defaults["image_size"],)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.image_size[0], self.image_size[-1])
+
+    def check(self) -> None:
+        super().check()
+        if len(self.image_size) not in (1, 2):
+            raise ConfigError(f"{{image_size}} takes S or H W, got {list(self.image_size)}", names=("image_size",))
+        device = torch.device(self.device) if self.device.split(":")[0] in ("cpu", "cuda") else None
+        if device is None:
+            raise ConfigError(f"{{device}} must be cpu, cuda or cuda:N, got {self.device!r}", names=("device",))
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("{device} cuda: no CUDA device here", names=("device",))
+
+
+class Timer:
+    """Median latency (ms) of a module on one input shape, in a runtime, on a device, with a thread
+    count: the same conditions for every op of a table and for the network it predicts."""
+
+    def __init__(self, runtime: str = "torch", device: str = "cpu", threads: int | None = None, batch_size: int = 1,
+                 repeats: int = 30, warmup: int = 5) -> None:
+        if runtime not in RUNTIMES:
+            raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+        self.runtime, self.device = runtime, torch.device(device)
+        self.threads = threads or torch.get_num_threads()
+        self.batch_size, self.repeats, self.warmup = batch_size, repeats, warmup
+        if runtime == "onnxruntime":
+            try:
+                import onnxruntime  # noqa: F401
+                import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
+            except ImportError:
+                raise ConfigError("--runtime onnxruntime needs onnxruntime, onnx and onnxscript: "
+                                  "pip install 'dartsnas[export]'") from None
+
+    def __call__(self, module: nn.Module, shape: tuple[int, ...]) -> float:
+        """Median ms of ``module`` (eval mode) on a batch of ``shape`` (C, H, W) inputs."""
+        x = torch.randn(self.batch_size, *shape)
+        module = module.eval()
+        if self.runtime == "torch":
+            return self._median(*self._torch(module, x))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.onnx"
+            onnx_graph(module, x, path, dynamic_batch=False)
+            return self.time_onnx(path, x)
+
+    def time_onnx(self, path: str | os.PathLike, x: torch.Tensor) -> float:
+        """Median ms of an ONNX model run by onnxruntime on ``x``."""
+        import onnxruntime as ort
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = self.threads, 1
+        providers = ["CUDAExecutionProvider"] if self.device.type == "cuda" else ["CPUExecutionProvider"]
+        session = ort.InferenceSession(str(path), options, providers=providers)
+        feed = {session.get_inputs()[0].name: x.numpy()}
+        return self._median(lambda: session.run(None, feed), lambda: None)
+
+    def _torch(self, module: nn.Module, x: torch.Tensor) -> tuple[Callable[[], Any], Callable[[], None]]:
+        module, x = module.to(self.device), x.to(self.device)
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+
+        def run() -> Any:
+            with torch.inference_mode():
+                return module(x)
+        return run, sync
+
+    def _median(self, run: Callable[[], Any], sync: Callable[[], None]) -> float:
+        with _threads(self.threads):
+            for _ in range(self.warmup):
+                run()
+            sync()
+            times = []
+            for _ in range(self.repeats):
+                start = time.perf_counter()
+                run()
+                sync()
+                times.append(time.perf_counter() - start)
+        return statistics.median(times) * 1e3
+
+    def describe(self) -> dict[str, Any]:
+        """Where and how the figures were taken: they hold for that runtime, device and machine only."""
+        version = torch.__version__
+        if self.runtime == "onnxruntime":
+            import onnxruntime
+            version = onnxruntime.__version__
+        device = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else _cpu_name()
+        return {"unit": "ms", "statistic": "median", "runtime": self.runtime, "runtime_version": version,
+                "torch_version": torch.__version__, "device": str(self.device), "device_name": device,
+                "threads": self.threads, "batch_size": self.batch_size, "repeats": self.repeats,
+                "warmup": self.warmup, "machine": {"system": platform.system(), "arch": platform.machine(),
+                                                   "cpu": _cpu_name(), "cpus": os.cpu_count(),
+                                                   "host": platform.node()}}
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def latency_table(config: LatencyConfig, log: Callable[[str], None] | None = None) -> CostTable:
+    """The cost table of ``config``'s final network (multiply-adds, parameters) with every candidate
+    op's latency measured by a :class:`Timer` at each shape it has there, and the fixed part's."""
+    from .nets import NetworkConfig, build_network
+    config.validate()
+    timer = Timer(config.runtime, config.device, config.threads, config.batch_size, config.repeats, config.warmup)
+    table = CostTable.build(config.ops, config.nodes, network=config.network, init_channels=config.init_channels,
+                            layers=config.layers, image_size=config.size, num_classes=config.num_classes,
+                            in_channels=config.in_channels)
+    shapes = sorted({(name, *edge) for cell in table.cells
+                     for names, edge in zip(table.op_names["reduce" if cell["reduction"] else "normal"], cell["edges"])
+                     for name in names}, key=lambda k: (k[1], -k[2], k[4], k[0]))
+    measured: dict[tuple, float] = {}
+    for i, (name, C, h, w, stride) in enumerate(shapes):
+        measured[(name, C, h, w, stride)] = timer(build_op(name, C, stride, affine=True), (C, h, w))
+        if log is not None:
+            log(f"[{i + 1}/{len(shapes)}] {name} C={C} {h}x{w} stride {stride}: "
+                f"{measured[(name, C, h, w, stride)]:.4f} ms")
+    for cell in table.cells:
+        names = table.op_names["reduce" if cell["reduction"] else "normal"]
+        cell["latency"] = [[measured[(name, *edge)] for name in edge_names]
+                           for edge_names, edge in zip(names, cell["edges"])]
+    reference = table.reference_genotype()
+    net = build_network(config.network, NetworkConfig(reference, init_channels=config.init_channels,
+                                                      layers=config.layers, num_classes=config.num_classes,
+                                                      in_channels=config.in_channels))
+    whole = timer(net, (config.in_channels, *config.size))
+    table.fixed["latency"] = 0.0
+    table.fixed["latency"] = whole - table.of_genotype(reference)["latency"]
+    table.measurement = {**timer.describe(), "reference_network_ms": whole, "distinct_op_shapes": len(shapes)}
+    if log is not None:
+        log(f"reference network ({config.network}, C={config.init_channels}, L={config.layers}): {whole:.3f} ms; "
+            f"fixed part {table.fixed['latency']:.3f} ms")
+    return table
+
+
+__all__ = ["LatencyConfig", "RUNTIMES", "Timer", "latency_table"]
