@@ -3,10 +3,12 @@ peak memory (process RSS on CPU, max allocated on CUDA)."""
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 
@@ -42,3 +44,23 @@ def run_isolated(script: str, argument_sets: list[list[str]]) -> list[dict]:
         print(line, flush=True)
         results.append(json.loads(line))
     return results
+
+
+def run_cli(args: list[str]) -> tuple[float, float]:
+    """Run ``python -m dartsnas ARGS`` in a fresh process; return (its peak RSS in GB, wall seconds)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "dartsnas", *args], stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"dartsnas {' '.join(args)} failed with exit status {proc.returncode}")
+    return round(usage.ru_maxrss / 2**20, 3), round(time.perf_counter() - t0, 1)
+
+
+def rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def emit(record: dict) -> dict:
+    print(json.dumps(record), flush=True)
+    return record

@@ -28,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .config import COST_KINDS
 from .errors import ConfigError
-from .genotype import ZERO_OP, Genotype
+from .genotype import SKIP_OP, ZERO_OP, Genotype
 from .nets import NetworkConfig, build_network
 from .nets.summary import count_macs, count_parameters
 from .ops import build_op, edge_ops
@@ -173,6 +173,48 @@ class CostTable:
             total = total + (edge_weight * (kept * costs).sum(-1)).sum()
         return total
 
+    def within(self, genotype: Genotype, kind: str, target: float, weights_normal: torch.Tensor,
+               weights_reduce: torch.Tensor, max_skip: int | None = None) -> Genotype:
+        """``genotype`` (top-k's) with picks given up for cheaper ones until the final network costs at
+        most ``target``: each step takes the swap, within one node, of a kept (edge, op) for another op
+        of that edge or another incoming edge with any op, that loses the least weight (the rows that
+        ranked the picks: softmax(α), times PC-DARTS's β) per cost saved. Stops when it fits or
+        nothing cheaper is left (the floor is the fixed part and the cheapest ops)."""
+        self.check_kind(kind)
+        rows = {"normal": weights_normal.detach().double().cpu(), "reduce": weights_reduce.detach().double().cpu()}
+        costs = self.summed(kind)
+        cells = {"normal": list(genotype.normal), "reduce": list(genotype.reduce)}
+        total = self.of_genotype(genotype)[kind]
+        while total > target:
+            best = None  # (loss per cost saved, -saved, cell, slot, new (op, j)): the least loss, then the most saved
+            for name, slots in cells.items():
+                names = self.op_names[name]
+                skips = sum(op == SKIP_OP for op, _ in slots)
+                for pos, (op, j) in enumerate(slots):
+                    node = pos // 2
+                    e = _edge_of(node, j, self.nodes)
+                    now, strength = costs[name][e][names[e].index(op)], float(rows[name][e, names[e].index(op)])
+                    other = slots[pos ^ 1][1]
+                    for j2 in range(node + 2):
+                        if j2 == other:
+                            continue
+                        e2 = _edge_of(node, j2, self.nodes)
+                        for o2, op2 in enumerate(names[e2]):
+                            saved = now - costs[name][e2][o2]
+                            if op2 == ZERO_OP or saved <= 0 or (
+                                    name == "normal" and max_skip is not None and op2 == SKIP_OP and op != SKIP_OP
+                                    and skips >= max_skip):
+                                continue
+                            key = ((strength - float(rows[name][e2, o2])) / saved, -saved, name, pos, (op2, j2))
+                            if best is None or key[:2] < best[:2]:
+                                best = key
+            if best is None:
+                break
+            _, less, name, pos, pick = best
+            cells[name][pos] = pick
+            total += less
+        return Genotype(tuple(cells["normal"]), genotype.normal_concat, tuple(cells["reduce"]), genotype.reduce_concat)
+
     def check_kind(self, kind: str) -> None:
         if kind not in COST_KINDS:
             raise ConfigError(f"cost must be one of {', '.join(COST_KINDS)}, got {kind!r}")
@@ -243,6 +285,120 @@ class CostTable:
             raise ConfigError(f"{path}: {e}") from None
 
 
+@dataclass
+class ChoiceCosts:
+    """The cost table of a user model (``search_model(..., cost=...)``): for every
+    :class:`~dartsnas.nn.Choice`, each candidate's multiply-adds and parameters counted at the shapes
+    it is called with (``torch.utils.flop_counter``, per example), and its latency (ms, PyTorch) when
+    asked, summed over the places a shared key uses it; ``fixed`` is the rest of the model (an
+    :class:`~dartsnas.nn.InputChoice` costs nothing of its own). The expected cost under softmax(α)
+    is differentiable in α and, for sharp α, the cost of the model the picks make."""
+
+    choices: dict[str, dict[str, Any]]
+    fixed: dict[str, float]
+    measurement: dict[str, Any] | None = None
+
+    @classmethod
+    def measure(cls, model: Any, inputs: tuple, timer: Any = None) -> "ChoiceCosts":
+        """Count (and with a :class:`~dartsnas.latency.Timer`, time) ``model``'s (a
+        :class:`~dartsnas.nn.SearchableModel`) candidates on one forward pass of ``inputs``."""
+        from .nn import Choice, fix
+        calls: dict[str, list[tuple[tuple, dict]]] = {}
+        hooks = []
+        for name, members in model.groups.items():
+            for _, module in members:
+                if isinstance(module, Choice):
+                    hooks.append(module.register_forward_pre_hook(
+                        lambda m, args, kwargs, name=name: calls.setdefault(name, []).append((args, kwargs)),
+                        with_kwargs=True))
+        was = model.training
+        model.eval()
+        counter = FlopCounterMode(display=False)
+        try:
+            with torch.no_grad(), counter:
+                model(*inputs)
+        finally:
+            for h in hooks:
+                h.remove()
+        kinds = COUNTED + (("latency",) if timer is not None else ())
+        choices: dict[str, dict[str, Any]] = {}
+        counted_params: set[int] = set()
+        macs_in_choices = params_in_choices = 0
+        for name, members in model.groups.items():
+            first = members[0][1]
+            if not isinstance(first, Choice):
+                continue
+            costs = {k: [0.0 if k == "latency" else 0] * len(first.names) for k in kinds}
+            for (args, kwargs), (_, module) in zip(calls.get(name, []), members):
+                for i, candidate in enumerate(module.candidates.values()):
+                    c = FlopCounterMode(display=False)
+                    with torch.no_grad(), c:
+                        candidate(*args, **kwargs)
+                    costs["macs"][i] += c.get_total_flops() // 2
+                    new = [p for p in candidate.parameters() if id(p) not in counted_params]
+                    counted_params.update(id(p) for p in new)
+                    costs["params"][i] += sum(p.numel() for p in new)
+                    if timer is not None:
+                        costs["latency"][i] += timer.call(lambda: candidate(*args, **kwargs))
+            macs_in_choices += sum(costs["macs"])
+            params_in_choices += sum(costs["params"])
+            choices[name] = {"candidates": first.names, **costs}
+        fixed: dict[str, float] = {"macs": counter.get_total_flops() // 2 - macs_in_choices,
+                                   "params": sum(p.numel() for p in model.weight_parameters()) - params_in_choices}
+        measurement = None
+        if timer is not None:
+            picks = model.picks()
+            whole = fix(model, picks).eval()
+            with torch.no_grad():
+                fixed["latency"] = timer.call(lambda: whole(*inputs))
+            fixed["latency"] -= sum(c["latency"][c["candidates"].index(picks[n])] for n, c in choices.items())
+            measurement = timer.describe()
+        model.train(was)
+        return cls(choices, fixed, measurement)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(k for k in COST_KINDS if k in self.fixed)
+
+    def expected(self, kind: str, model: Any) -> torch.Tensor:
+        """E[cost] of ``model``'s choices under softmax(α), plus the fixed part."""
+        from .spaces.base import mixing_weights
+        if kind not in self.kinds:
+            raise ConfigError(f"the model's cost table holds no {kind} (it has {', '.join(self.kinds)})")
+        total = None
+        for name, module in model.choices():
+            if name in self.choices:
+                weights = mixing_weights(module.alpha)
+                term = (weights * torch.tensor(self.choices[name][kind], dtype=weights.dtype,
+                                               device=weights.device)).sum()
+                total = term if total is None else total + term
+        if total is None:
+            raise ConfigError("no Choice in the model has a cost: a cost needs candidates modules")
+        return total + self.fixed[kind]
+
+    def of_picks(self, picks: dict[str, Any]) -> dict[str, float]:
+        """The cost of the model the picks make (choices.json's)."""
+        out = dict(self.fixed)
+        for name, c in self.choices.items():
+            i = c["candidates"].index(picks[name])
+            for k in self.kinds:
+                out[k] += c[k][i]
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"choices": self.choices, "fixed": self.fixed}
+        if self.measurement is not None:
+            out["measurement"] = self.measurement
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ChoiceCosts":
+        try:
+            return cls(dict(data["choices"]), dict(data["fixed"]), data.get("measurement"))
+        except (KeyError, TypeError) as e:
+            raise ConfigError(f"not a choice cost table: missing or malformed {e}") from None
+
+
 def round_cost(kind: str, value: float) -> float:
     """A cost as metrics show it: whole multiply-adds and parameters, latency to 0.1 µs."""
     return round(value, 4) if kind == "latency" else round(value)
@@ -252,4 +408,4 @@ def _edge_of(node: int, j: int, nodes: int) -> int:
     return _edges_per_node(nodes)[node].start + j
 
 
-__all__ = ["COST_KINDS", "COUNTED", "CostTable", "op_cost", "round_cost"]
+__all__ = ["COST_KINDS", "COUNTED", "ChoiceCosts", "CostTable", "op_cost", "round_cost"]

@@ -4,10 +4,10 @@
 *final* network has (its stacking, width, depth and image size, as :class:`~dartsnas.cost.CostTable`
 counts multiply-adds), in the runtime it will be deployed with: PyTorch eager, or onnxruntime on the
 op exported to ONNX. Each figure is the median of ``repeats`` timed runs after ``warmup`` untimed ones.
-The fixed part (stem, cell preprocessing, concatenation, head, the runtime's per-call overhead) is the
-measured latency of a reference network less its ops' table latencies, so the table predicts that
-network exactly and any other network of the space by its ops' differences (every genotype has the
-same number of ops: the per-op overhead cancels). The file records the runtime, its version, the
+Each op's figure is what one more copy of it adds to a graph (:meth:`Timer.marginal`): the runtime's
+own cost per call, which a network pays once and not once per op, cancels. The fixed part (stem, cell preprocessing,
+concatenation, head) is the measured latency of a reference network less its ops' table latencies, so
+the table predicts that network exactly and any other network of the space by its ops' differences. The file records the runtime, its version, the
 thread count, the device and the machine; ``search cnn --cost latency --latency-table FILE`` reads it.
 """
 from __future__ import annotations
@@ -32,6 +32,8 @@ from .nets import FINAL_NETWORKS
 from .ops import DARTS_OPS, build_op, resolve_op_set
 
 RUNTIMES = ("torch", "onnxruntime")
+#: Copies of an op in the graph whose extra time gives the op's own (see Timer.marginal).
+COPIES = 4
 
 
 @configclass()
@@ -106,11 +108,29 @@ class Timer:
         x = torch.randn(self.batch_size, *shape)
         module = module.eval()
         if self.runtime == "torch":
-            return self._median(*self._torch(module, x))
+            module, x = module.to(self.device), x.to(self.device)
+            return self._eager(lambda: module(x))
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model.onnx"
             onnx_graph(module, x, path, dynamic_batch=False)
             return self.time_onnx(path, x)
+
+    def call(self, fn: Callable[[], Any]) -> float:
+        """Median ms of ``fn()`` (PyTorch on this timer's device, inference mode): a user model's
+        candidates, called with the arguments they get in the model."""
+        if self.runtime != "torch":
+            raise ConfigError("a model's own candidates are timed in PyTorch only (runtime torch)")
+        return self._eager(fn)
+
+    def marginal(self, make: Callable[[], nn.Module], shape: tuple[int, ...], chain: bool = True,
+                 copies: int = COPIES) -> float:
+        """What one op adds to a graph that already runs (ms): a graph of ``copies`` of it less a graph
+        of one, per extra copy. The runtime's own cost per call (entry, input copy, session) cancels,
+        as it does in a network that pays it once for all its ops, while each op's dispatch, memory
+        traffic and arithmetic stay; an op the runtime removes (an identity) costs nothing."""
+        one = self(_Chain([make()], chain), shape)
+        many = self(_Chain([make() for _ in range(copies)], chain), shape)
+        return max((many - one) / (copies - 1), 0.0)
 
     def time_onnx(self, path: str | os.PathLike, x: torch.Tensor) -> float:
         """Median ms of an ONNX model run by onnxruntime on ``x``."""
@@ -122,14 +142,13 @@ class Timer:
         feed = {session.get_inputs()[0].name: x.numpy()}
         return self._median(lambda: session.run(None, feed), lambda: None)
 
-    def _torch(self, module: nn.Module, x: torch.Tensor) -> tuple[Callable[[], Any], Callable[[], None]]:
-        module, x = module.to(self.device), x.to(self.device)
+    def _eager(self, fn: Callable[[], Any]) -> float:
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
 
         def run() -> Any:
             with torch.inference_mode():
-                return module(x)
-        return run, sync
+                return fn()
+        return self._median(run, sync)
 
     def _median(self, run: Callable[[], Any], sync: Callable[[], None]) -> float:
         with _threads(self.threads):
@@ -179,6 +198,25 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+class _Chain(nn.Module):
+    """Copies of one op run one after the other (``chain``, stride 1) or side by side on one input and
+    summed (a stride-2 op's output cannot feed it again), as one graph."""
+
+    def __init__(self, ops: list[nn.Module], chain: bool) -> None:
+        super().__init__()
+        self.ops, self.chain = nn.ModuleList(ops), chain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.chain:
+            for op in self.ops:
+                x = op(x)
+            return x
+        out = self.ops[0](x)
+        for op in self.ops[1:]:
+            out = out + op(x)
+        return out
+
+
 def latency_table(config: LatencyConfig, log: Callable[[str], None] | None = None) -> CostTable:
     """The cost table of ``config``'s final network (multiply-adds, parameters) with every candidate
     op's latency measured by a :class:`Timer` at each shape it has there, and the fixed part's."""
@@ -193,7 +231,8 @@ def latency_table(config: LatencyConfig, log: Callable[[str], None] | None = Non
                      for name in names}, key=lambda k: (k[1], -k[2], k[4], k[0]))
     measured: dict[tuple, float] = {}
     for i, (name, C, h, w, stride) in enumerate(shapes):
-        measured[(name, C, h, w, stride)] = timer(build_op(name, C, stride, affine=True), (C, h, w))
+        measured[(name, C, h, w, stride)] = timer.marginal(lambda: build_op(name, C, stride, affine=True),
+                                                           (C, h, w), chain=stride == 1)
         if log is not None:
             log(f"[{i + 1}/{len(shapes)}] {name} C={C} {h}x{w} stride {stride}: "
                 f"{measured[(name, C, h, w, stride)]:.4f} ms")

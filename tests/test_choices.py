@@ -232,3 +232,68 @@ def test_python_api_names():
     assert dartsnas.search_model is search_model
     with pytest.raises(ConfigError, match="unknown search option\\(s\\) epoch"):
         search_model(Net(), _dataset(), out_dir="unused", epoch=3)
+
+
+def test_a_models_candidates_are_counted_at_the_shapes_they_are_called_with():
+    from dartsnas.cost import ChoiceCosts
+    torch.manual_seed(0)
+    model = SearchableModel(Net())
+    costs = ChoiceCosts.measure(model, (torch.randn(1, 1, 6, 6),))
+    # by hand, on 6x6 maps: a k x k conv from 4 to 4 channels is 16 k^2 x 36 multiply-adds, 16 k^2 + 4 weights
+    assert costs.choices["conv"] == {"candidates": ["3x3", "5x5", "pool"], "macs": [5184, 14400, 0],
+                                     "params": [148, 404, 0]}
+    assert costs.choices["shared"]["macs"] == [2 * 576, 0] and costs.choices["shared"]["params"] == [40, 0]
+    assert "which" not in costs.choices  # choosing inputs costs nothing of its own
+    assert costs.fixed == {"macs": 1296 + 12, "params": 40 + 15}  # stem and head
+    hand = {"conv": "5x5", "shared": "0", "which": [1]}
+    assert costs.of_picks(hand) == {"macs": 1308 + 14400 + 1152, "params": 55 + 404 + 40}
+    assert costs.of_picks(hand)["params"] == sum(p.numel() for p in Hand().parameters())
+    # the expectation: softmax(α)-weighted candidate costs; its α gradient against autograd and by hand
+    alpha = model.groups["conv"][0][1].alpha
+    expected = costs.expected("macs", model)
+    p = alpha.detach().softmax(-1)
+    shared = model.groups["shared"][0][1].alpha.detach().softmax(-1)
+    assert float(expected.detach()) == pytest.approx(1308 + float(p @ torch.tensor([5184., 14400, 0]))
+                                            + float(shared @ torch.tensor([1152., 0])))
+    grad, = torch.autograd.grad(expected, alpha)
+    c = torch.tensor([5184., 14400, 0])
+    torch.testing.assert_close(grad, p * (c - p @ c))
+    with pytest.raises(ConfigError, match="holds no latency"):
+        costs.expected("latency", model)
+    assert ChoiceCosts.from_dict(json.loads(json.dumps(costs.to_dict()))) == costs
+
+
+def test_a_models_candidates_timed_predict_the_fixed_model():
+    from dartsnas.cost import ChoiceCosts
+    from dartsnas.latency import Timer
+    torch.manual_seed(0)
+    model = SearchableModel(Net())
+    costs = ChoiceCosts.measure(model, (torch.randn(1, 1, 6, 6),), Timer("torch", threads=1, repeats=5, warmup=1))
+    assert costs.kinds == ("macs", "params", "latency") and costs.measurement["runtime"] == "torch"
+    assert all(v > 0 for v in costs.choices["conv"]["latency"])
+    assert costs.of_picks(model.picks())["latency"] == pytest.approx(  # the fixed part makes it so
+        costs.fixed["latency"] + sum(c["latency"][c["candidates"].index(model.picks()[n])]
+                                     for n, c in costs.choices.items()))
+
+
+def test_search_model_aims_at_a_budget_and_resumes_with_its_table(tmp_path):
+    def run(out, epochs=3, **kw):
+        torch.manual_seed(0)
+        return search_model(Net(), _dataset(), out_dir=tmp_path / out, epochs=epochs, batch_size=16, arch_lr=0.05,
+                            quiet=True, **kw)
+
+    budget = dict(cost="macs", cost_target="2k", cost_penalty="linear", cost_weight=5.0)
+    plain, cheap = run("plain"), run("cheap", **budget)
+    table = json.loads((tmp_path / "cheap" / "choice_costs.json").read_text())
+    from dartsnas.cost import ChoiceCosts
+    costs = ChoiceCosts.from_dict(table)
+    assert cheap.metrics[-1]["derived_cost"] == costs.of_picks(cheap.choices)["macs"]
+    assert costs.of_picks(cheap.choices)["macs"] < costs.of_picks(plain.choices)["macs"]
+    assert cheap.metrics[-1]["expected_cost"] < cheap.metrics[0]["expected_cost"]
+    assert cheap.choices["conv"] == "pool" and "expected_cost" not in plain.metrics[-1]
+    run("cut", epochs=1, **budget)
+    resumed = run("cut", resume=True, **budget)
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("seconds", "examples_per_s")} for r in rs]  # noqa: E731
+    assert strip(resumed.metrics) == strip(cheap.metrics)
+    with pytest.raises(ConfigError, match="cost needs cost_target"):
+        run("none", cost="macs")

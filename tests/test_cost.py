@@ -135,6 +135,18 @@ def test_a_cost_aware_search_records_its_costs_keeps_its_table_and_lowers_the_co
     assert strip(resumed.metrics) == strip(records)
     with pytest.raises(ConfigError, match="cost needs cost_target"):
         SearchConfig(cost="macs").validate()
+    # no penalty, the budget kept by derivation alone: the run's genotype and `dartsnas derive` fit it
+    from dartsnas.train.search import derive_from_checkpoint
+    plain_cost = table.of_genotype(plain.genotype)["macs"]
+    target = table.fixed["macs"] + 0.5 * (plain_cost - table.fixed["macs"])
+    kept = search(SearchConfig(**base, cost="macs", cost_target=target, cost_weight=0.0, cost_derive="budget"),
+                  tmp_path / "kept", quiet=True)
+    assert table.of_genotype(kept.genotype)["macs"] <= target < plain_cost
+    assert kept.metrics[-1]["derived_cost"] == table.of_genotype(kept.genotype)["macs"]
+    assert derive_from_checkpoint(tmp_path / "kept") == kept.genotype
+    assert derive_from_checkpoint(tmp_path / "plain") == plain.genotype
+    with pytest.raises(ConfigError, match="cost_derive budget needs cost"):
+        SearchConfig(cost_derive="budget").validate()
 
 
 def test_the_budget_reads_k_m_g_suffixes_at_the_command_line_and_in_files(tmp_path, capsys):
@@ -151,3 +163,39 @@ def test_the_budget_reads_k_m_g_suffixes_at_the_command_line_and_in_files(tmp_pa
     assert SearchConfig(cost="params", cost_target="2.5M").cost_target == 2.5e6
     with pytest.raises(ConfigError, match="cost_target: 'lots' is not a number"):
         SearchConfig(cost_target="lots")
+
+
+def test_derivation_within_a_budget_gives_up_the_weakest_pick_per_cost_saved():
+    ops = ("skip_connect", "sep_conv_3x3", "sep_conv_5x5")
+    table = CostTable.build(ops, 1, init_channels=4, layers=3, image_size=(8, 8))
+    w = torch.tensor([[0.1, 0.3, 0.6], [0.05, 0.45, 0.5]])  # both edges prefer sep_conv_5x5, edge 1 barely
+    wr = torch.tensor([[0.01, 0.01, 0.98], [0.01, 0.01, 0.98]])  # the reduction cell insists on it
+    top = Genotype((("sep_conv_5x5", 0), ("sep_conv_5x5", 1)), (2,), (("sep_conv_5x5", 0), ("sep_conv_5x5", 1)), (2,))
+    cost = table.of_genotype(top)["macs"]
+    assert table.within(top, "macs", cost, w, wr) == top  # within the budget already: unchanged
+    summed = table.summed("macs")
+    step = summed["normal"][1][2] - summed["normal"][1][1]  # sep 5x5 -> 3x3 on the normal cell's edge 1
+    got = table.within(top, "macs", cost - step, w, wr)
+    assert got.normal == (("sep_conv_5x5", 0), ("sep_conv_3x3", 1)) and got.reduce == top.reduce
+    floor = table.within(top, "macs", 1, w, wr)  # below the floor: everything as cheap as it gets
+    assert all(op == "skip_connect" for op, _ in floor.normal)
+    assert table.of_genotype(floor)["macs"] == min(
+        table.of_genotype(Genotype(((a, 0), (b, 1)), (2,), ((c, 0), (d, 1)), (2,)))["macs"]
+        for a in ops for b in ops for c in ops for d in ops)
+    assert sum(op == "skip_connect" for op, _ in table.within(top, "macs", 1, w, wr, max_skip=1).normal) == 1
+
+
+def test_derivation_within_a_budget_on_random_alphas_fits_and_keeps_cells_valid():
+    table = CostTable.build(DARTS_OPS, 4, init_channels=8, layers=5, image_size=(8, 8))
+    from dartsnas.genotype import derive_genotype
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        wn, wr = (torch.randn(14, 8, generator=g).mul(2).softmax(-1) for _ in range(2))
+        top = derive_genotype(wn, wr, DARTS_OPS)
+        cost = table.of_genotype(top)["macs"]
+        target = table.fixed["macs"] + 0.5 * (cost - table.fixed["macs"])
+        got = table.within(top, "macs", target, wn, wr)
+        assert table.of_genotype(got)["macs"] <= target
+        for cell in (got.normal, got.reduce):
+            assert all(cell[2 * i][1] != cell[2 * i + 1][1] and max(cell[2 * i][1], cell[2 * i + 1][1]) < i + 2
+                       for i in range(4))

@@ -216,6 +216,15 @@ class SearchCell(nn.Module):
         return torch.cat(states[2:], dim=1)
 
 
+def edge_softmax(beta: torch.Tensor, nodes: int) -> torch.Tensor:
+    """PC-DARTS's edge weights: softmax(β) over each node's incoming edges (node-major rows)."""
+    parts, row = [], 0
+    for i in range(nodes):
+        parts.append(mixing_weights(beta[row:row + 2 + i]))
+        row += 2 + i
+    return torch.cat(parts)
+
+
 @SEARCH_SPACES.register("cnn")
 class SearchNetwork(ArchitectureSplit, nn.Module):
     """The DARTS search network: stem, ``layers`` search cells, global pooling, classifier.
@@ -288,14 +297,7 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
         """PC-DARTS: softmax(β) over the incoming edges of each node (float32); (None, None) in plain DARTS."""
         if not self.partial:
             return None, None
-
-        def per_node(beta: torch.Tensor) -> torch.Tensor:
-            parts, row = [], 0
-            for i in range(self.config.nodes):
-                parts.append(mixing_weights(beta[row:row + 2 + i]))
-                row += 2 + i
-            return torch.cat(parts)
-        return per_node(self.beta_normal), per_node(self.beta_reduce)
+        return edge_softmax(self.beta_normal, self.config.nodes), edge_softmax(self.beta_reduce, self.config.nodes)
 
     def arch_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """softmax(α) per edge, computed in float32 whatever the autocast dtype."""
@@ -321,10 +323,15 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
         """Cross-entropy of the logits; the architect differentiates this w.r.t. w and α."""
         return F.cross_entropy(self(inputs), targets)
 
-    def genotype(self, max_skip: int | None = None) -> Genotype:
+    def ranking_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows derivation ranks (edges, ops) by: softmax(α), times softmax(β) with PC-DARTS."""
         w_normal, w_reduce = self.arch_weights()
         if self.partial:  # PC-DARTS ranks edges by α·β
             e_normal, e_reduce = self.edge_weights()
             w_normal, w_reduce = w_normal * e_normal[:, None], w_reduce * e_reduce[:, None]
+        return w_normal, w_reduce
+
+    def genotype(self, max_skip: int | None = None) -> Genotype:
+        w_normal, w_reduce = self.ranking_weights()
         return derive_genotype(w_normal, w_reduce, self.config.edge_ops("normal"), max_skip=max_skip,
                                reduce_op_names=self.config.edge_ops("reduce"))

@@ -76,6 +76,9 @@ class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, ArchStep, 
     latency_table: str | None = option(None, "the table of dartsnas latency-table (needed with --cost latency; its final "
                                        "network replaces --cost-network, --cost-layers, --cost-channels)", group="cost",
                                        default_text="none", metavar="FILE")
+    cost_derive: str = option("top-k", "top-k: the paper's derivation, whatever it costs; budget: where top-k's network "
+                              "exceeds --cost-target, picks give way to cheaper ones of their node (the least weight "
+                              "lost per cost saved first) until it fits", group="cost", choices=("top-k", "budget"))
     cost_network: str = option("cifar", "the final network the cost is counted in", group="cost",
                                choices=("cifar", "imagenet"))
     cost_layers: int = option(20, "its cells L", group="cost", min=3)
@@ -103,6 +106,9 @@ class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, ArchStep, 
 
     def check(self) -> None:
         super().check()
+        if self.cost_derive == "budget" and self.cost is None:
+            raise ConfigError("{cost_derive} budget needs {cost} and {cost_target}",
+                              names=("cost_derive", "cost", "cost_target"))
         if self.cost == "latency" and self.latency_table is None:
             raise ConfigError("{cost} latency needs {latency_table}, a table of dartsnas latency-table",
                               names=("cost", "latency_table"))
@@ -236,7 +242,7 @@ class Search(Run):
         self.net = dist.wrap(self.model, ignore=self.model.arch_parameters(), broadcast_buffers=not config.sync_bn)
         self.autocast = autocast(self.device, config.amp)
         self.smoothing = torch.Generator().manual_seed(seed + 7)  # SDARTS-RS's noise, the same on every rank
-        self.curvature = watch_curvature(config, self.model, fixed, lambda: self.model.genotype(config.max_skip).to_dict(),
+        self.curvature = watch_curvature(config, self.model, fixed, lambda: self.derived().to_dict(),
                                          dist)
         self.hooks += [RegularizerSchedule(config, self.model), self.curvature]
         self.begin(saved, self.data_info)
@@ -268,11 +274,21 @@ class Search(Run):
     def cost_penalty(self) -> torch.Tensor:
         return self.config.budget_penalty(self.expected_cost())
 
+    def derived(self) -> Genotype:
+        """The genotype α derives to now: top-k (with --max-skip's cap), kept within the budget with
+        --cost-derive budget."""
+        cfg = self.config
+        genotype = self.model.genotype(cfg.max_skip)
+        if cfg.cost_derive == "budget":
+            genotype = self.cost_table.within(genotype, cfg.cost, cfg.cost_target, *self.model.ranking_weights(),
+                                              max_skip=cfg.max_skip)
+        return genotype
+
     # -- state ---------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
         return {**bilevel_state(self), "smoothing": self.smoothing.get_state(),
-                "genotype": self.model.genotype(self.config.max_skip).to_dict()}
+                "genotype": self.derived().to_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         load_bilevel_state(self, state)
@@ -332,7 +348,7 @@ class Search(Run):
 
     def epoch_summary(self, record: dict[str, Any]) -> Callable[[dict[str, Any]], str]:
         cfg = self.config
-        genotype = self.model.genotype(cfg.max_skip)
+        genotype = self.derived()
         w_normal, w_reduce = self.model.arch_weights()
         skips = sum(op == SKIP_OP for op, _ in genotype.normal)
         record.update({
@@ -357,7 +373,7 @@ class Search(Run):
                           f"  genotype {genotype.to_json()}")
 
     def finish(self) -> SearchResult:
-        genotype = self.model.genotype(self.config.max_skip)
+        genotype = self.derived()
         if self.curvature.stops():
             self.log(self.curvature.reason())
             genotype = Genotype.from_dict(self.curvature.kept_genotype())
@@ -453,7 +469,9 @@ def load_search_data(config: SearchConfig, train_data: Any,
 
 
 def derive_from_checkpoint(path: str | Path, max_skip: int | None = None) -> Genotype:
-    """The genotype α in a search checkpoint derives to (``max_skip`` overrides the run's)."""
+    """The genotype α in a search checkpoint derives to (``max_skip`` overrides the run's): ranked by
+    α·β with PC-DARTS, kept within the budget with ``cost_derive="budget"`` (the run's cost table)."""
+    from ..spaces.conv import edge_softmax
     state = load_checkpoint(path, kind=KIND)
     config = SearchConfig.from_dict(state["config"])
     model_state = state["model"]
@@ -462,6 +480,15 @@ def derive_from_checkpoint(path: str | Path, max_skip: int | None = None) -> Gen
     except KeyError:
         raise CheckpointError(f"{path}: checkpoint holds no α") from None
     n = alpha_normal.shape[0]
-    return derive_genotype(mixing_weights(alpha_normal), mixing_weights(alpha_reduce),
-                           edge_ops(config.ops, n, "normal"), reduce_op_names=edge_ops(config.ops, n, "reduce"),
-                           max_skip=config.max_skip if max_skip is None else max_skip)
+    w_normal, w_reduce = mixing_weights(alpha_normal), mixing_weights(alpha_reduce)
+    if "beta_normal" in model_state:  # PC-DARTS ranks edges by α·β
+        w_normal = w_normal * edge_softmax(model_state["beta_normal"], config.nodes)[:, None]
+        w_reduce = w_reduce * edge_softmax(model_state["beta_reduce"], config.nodes)[:, None]
+    max_skip = config.max_skip if max_skip is None else max_skip
+    genotype = derive_genotype(w_normal, w_reduce, edge_ops(config.ops, n, "normal"),
+                               reduce_op_names=edge_ops(config.ops, n, "reduce"), max_skip=max_skip)
+    if config.cost_derive == "budget":
+        run_dir = Path(path) if Path(path).is_dir() else Path(path).parent
+        table = CostTable.read(run_dir / COST_TABLE)
+        genotype = table.within(genotype, config.cost, config.cost_target, w_normal, w_reduce, max_skip=max_skip)
+    return genotype

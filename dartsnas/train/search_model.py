@@ -25,7 +25,8 @@ from ..architect import Architect
 from ..data import DatasetBatches, random_split
 from ..errors import ConfigError
 from ..nn import Choice, SearchableModel, fix
-from ..config import ArchStep, ArchWarmup, Epochs, Momentum, RunOptions, Seed, configclass, option
+from ..config import ArchStep, ArchWarmup, CostBudget, Epochs, Momentum, RunOptions, Seed, configclass, option
+from ..cost import ChoiceCosts, round_cost
 from .common import cosine_lr
 from .loop import Run, batch_source, set_lr
 from .meters import ClipMeter
@@ -34,10 +35,11 @@ from .search import bilevel_state, load_bilevel_state, search_step
 
 KIND = "search-model"
 CHOICES = "choices.json"
+COSTS = "choice_costs.json"
 
 
 @configclass(epochs=10)
-class ModelSearchConfig(RunOptions, Seed, ArchWarmup, ArchStep, Momentum, Epochs):
+class ModelSearchConfig(RunOptions, Seed, ArchWarmup, ArchStep, Momentum, Epochs, CostBudget):
     """The bilevel optimisation of a model search; defaults are the paper's CIFAR-10 search settings."""
 
     train_portion: float = option(0.5, "without val_data: the part of train_data that trains w; the rest trains α",
@@ -45,6 +47,10 @@ class ModelSearchConfig(RunOptions, Seed, ArchWarmup, ArchStep, Momentum, Epochs
     recompute: str = option("none", "choice: every Choice's candidates are recomputed in backward instead of kept "
                             "(less memory for more compute, the same numbers)", choices=("none", "choice"),
                             resumable=True)
+
+    FLAG_HELP = {"cost": "macs, params or latency: the expected cost of the model the choices make, per example "
+                         "(each candidate counted, or timed in PyTorch, at the shapes it is called with), joins "
+                         "α's objective"}
 
 
 @dataclass
@@ -102,8 +108,29 @@ class ModelSearch(Run):
                                    betas=tuple(config.arch_betas), weight_decay=config.arch_weight_decay,
                                    fd_step=config.fd_step, fd_scheme=config.fd_scheme, grad_clip=config.grad_clip,
                                    sync=dist.average)
+        self.costs = None
+        if config.cost is not None:
+            self.costs = self.open_costs(first)
+            self.architect.penalty = lambda: config.budget_penalty(self.costs.expected(config.cost, self.model))
         self.net = dist.wrap(self.model, ignore=self.model.arch_parameters(), broadcast_buffers=not config.sync_bn)
         self.begin(saved)
+
+    def open_costs(self, example: Any) -> ChoiceCosts:
+        """The run's cost table: its file in the run directory (a resumed run keeps it), else each
+        candidate counted (and timed, for latency) on ``example`` and written there."""
+        path = self.out / COSTS
+        if path.is_file():
+            costs = ChoiceCosts.from_dict(json.loads(path.read_text()))
+        else:
+            timer = None
+            if self.config.cost == "latency":
+                from ..latency import Timer
+                timer = Timer("torch", str(self.device))
+            inputs = (example.to(self.device) if isinstance(example, torch.Tensor) else example,)
+            costs = ChoiceCosts.measure(self.model, inputs, timer)
+            self.write_text(COSTS, json.dumps(costs.to_dict()) + "\n")
+        costs.expected(self.config.cost, self.model)  # names a kind the table lacks now, not at the first step
+        return costs
 
     def state_dict(self) -> dict[str, Any]:
         return {**bilevel_state(self), "choices": self.model.picks()}
@@ -172,10 +199,17 @@ class ModelSearch(Run):
     def epoch_summary(self, record: dict[str, Any]) -> Callable[[dict[str, Any]], str]:
         picks = self.model.picks()
         record.update({"choice_alphas": self.model.weights(), "choices": picks})
+        cost, kind = "", self.config.cost
+        if self.costs is not None:
+            with torch.no_grad():
+                record["expected_cost"] = round_cost(kind, float(self.costs.expected(kind, self.model)))
+            record["derived_cost"] = round_cost(kind, self.costs.of_picks(picks)[kind])
+            cost = f" | {kind} E {record['expected_cost']:.4g} derived {record['derived_cost']:.4g}"
+
         def line(r: dict[str, Any]) -> str:
             acc = f" acc {r['val_acc']:.4f}" if "val_acc" in r else ""
             return (f"epoch {r['epoch']}/{self.config.epochs} lr {r['lr']:.5f} train loss {r['train_loss']:.4f} | "
-                    f"val loss {r['val_loss']:.4f}{acc} | {r['seconds']:.1f}s\n  choices {json.dumps(picks)}")
+                    f"val loss {r['val_loss']:.4f}{acc}{cost} | {r['seconds']:.1f}s\n  choices {json.dumps(picks)}")
         return line
 
     def finish(self) -> ModelSearchResult:
