@@ -144,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, default=None, help="L [20 cifar, 14 imagenet]")
     p.add_argument("--num-classes", type=int, default=None, help="[10 cifar, 1000 imagenet]")
     p.add_argument("--image-size", type=int, default=None, help="[32 cifar, 224 imagenet]")
+    p.add_argument("--in-channels", type=int, default=3, help="image channels [3]")
 
     g = p.add_argument_group("latency (the derived network timed as a latency table times its ops)")
     g.add_argument("--latency", choices=("torch", "onnxruntime"), default=None,
@@ -355,21 +356,23 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     from .nets.summary import summarize
     d = {k: getattr(args, k) if getattr(args, k) is not None else v
          for k, v in FINAL_NETWORKS[args.network].items()}
+    d["in_channels"] = args.in_channels
     for k, v in d.items():
         if v < 1:
             raise ConfigError(f"--{k.replace('_', '-')} must be >= 1, got {v}")
     genotype = load_genotype(args.genotype)
     net = build_network(args.network, NetworkConfig(genotype, init_channels=d["init_channels"],
-                                                    layers=d["layers"], num_classes=d["num_classes"]))
+                                                    layers=d["layers"], num_classes=d["num_classes"],
+                                                    in_channels=d["in_channels"]))
+    shape = (d["in_channels"], d["image_size"], d["image_size"])
     info = {"network": args.network, "genotype": args.genotype, "init_channels": d["init_channels"],
-            "layers": d["layers"], "num_classes": d["num_classes"],
-            **summarize(net, (3, d["image_size"], d["image_size"]))}
+            "layers": d["layers"], "num_classes": d["num_classes"], **summarize(net, shape)}
     if args.latency is not None:
         from .latency import LatencyConfig, Timer
         timing = LatencyConfig(runtime=args.latency, device=args.device, threads=args.threads, repeats=args.repeats)
         timing.validate()
         timer = Timer(args.latency, args.device, args.threads, repeats=args.repeats)
-        info.update(latency_ms=timer(net, (3, d["image_size"], d["image_size"])), latency=timer.describe())
+        info.update(latency_ms=timer(net, shape), latency=timer.describe())
     print(json.dumps(info))
     return 0
 
