@@ -7,8 +7,8 @@ sweep continues):
    (Spearman's rho, median relative error);
 2. an unconstrained search, then searches aimed at a multiply-add target: the fixed part plus 25%, 50%
    and 100% of the unconstrained cell's ops' multiply-adds (the fixed part, stem, preprocessing and head,
-   is out of the cell's reach), with the hinge penalty, and with the linear one at 50%; one search
-   aimed at a latency target (60% of the unconstrained network's table latency);
+   is out of the cell's reach), with the derived penalty, the hinge too at 25% and 50%, the linear one
+   at 50%; one search aimed at a latency target (60% of the unconstrained network's table latency);
 3. every derived network's real cost (multiply-adds, parameters, onnxruntime latency) and its test
    accuracy after training from scratch; random cells of the same multiply-adds (within 10%) trained
    the same way;
@@ -135,14 +135,16 @@ def main() -> None:
     runs = {"free": {"genotype": g0, "target": None, "cost": None}}
     for fraction in args.fractions:
         target = fixed["macs"] + fraction * (free["macs"] - fixed["macs"])
-        for form in ("hinge", "linear") if fraction == 0.5 else ("hinge",):
+        forms = {0.25: ("derived", "hinge"), 0.5: ("derived", "hinge", "linear")}.get(fraction, ("derived",))
+        for form in forms:
             name = f"macs{int(fraction * 100)}_{form}"
             runs[name] = {"target": target, "cost": "macs", "genotype": searched(name, [
                 "--cost", "macs", "--cost-target", str(target), "--cost-penalty", form,
                 "--cost-weight", str(args.cost_weight)])}
     target = args.latency_fraction * free["latency"]  # the table's fixed part may be below zero (see docs)
-    runs["latency_hinge"] = {"target": target, "cost": "latency", "genotype": searched("latency_hinge", [
-        "--cost", "latency", "--cost-target", str(target), "--cost-weight", str(args.cost_weight)])}
+    runs["latency_derived"] = {"target": target, "cost": "latency", "genotype": searched("latency_derived", [
+        "--cost", "latency", "--cost-target", str(target), "--cost-penalty", "derived",
+        "--cost-weight", str(args.cost_weight)])}
 
     # 3. real costs and accuracy after training from scratch
     def trained(name: str, genotype: Genotype) -> float:
@@ -169,7 +171,7 @@ def main() -> None:
     pool = [sample_genotype(rng) for _ in range(20000)]
     randoms = []
     for row in results:
-        if row["cost"] != "macs" or not row["run"].endswith("hinge"):
+        if row["cost"] != "macs" or not row["run"].endswith("derived"):
             continue
         matched = [g for g in pool if abs(table.of_genotype(g)["macs"] / row["macs"] - 1) <= 0.1]
         for k, genotype in enumerate(matched[:args.random_per_target]):
@@ -195,7 +197,7 @@ def main() -> None:
         for r in results:
             style = "s" if r["run"] == "free" else "^" if r["cost"] == "latency" else "o"
             ax.scatter(r["macs"] / 1e6, r["test_top1"], marker=style, s=50, zorder=3)
-            ax.annotate(r["run"].replace("_hinge", ""), (r["macs"] / 1e6, r["test_top1"]), fontsize=7,
+            ax.annotate(r["run"].replace("_derived", ""), (r["macs"] / 1e6, r["test_top1"]), fontsize=7,
                         xytext=(4, 3), textcoords="offset points")
         ax.set_xlabel("multiply-adds of the final network (M)")
         ax.set_ylabel("test accuracy after training")

@@ -499,7 +499,7 @@ class CorpusData(Config):
 #: The costs a search can aim at: counted (multiply-adds, parameters) or measured (latency, ms).
 COST_KINDS = ("macs", "params", "latency")
 #: How the expected cost enters α's objective (see CostBudget.cost_penalty).
-COST_PENALTIES = ("hinge", "linear")
+COST_PENALTIES = ("derived", "hinge", "linear")
 
 
 @dataclass
@@ -512,8 +512,10 @@ class CostBudget(Config):
                                        "multiply-adds, 2.5M parameters, 4 ms); needed with --cost", group="cost",
                                        above=0, default_text="none", parse=parse_amount)
     cost_weight: float = option(1.0, "λ of the cost penalty", group="cost", min=0)
-    cost_penalty: str = option("hinge", "hinge: λ max(0, E[cost]/target - 1), only above the budget; linear: "
-                               "λ E[cost]/target (ProxylessNAS), always", group="cost", choices=COST_PENALTIES)
+    cost_penalty: str = option("derived", "derived: λ E[cost]/target while the cell derived now costs more than the "
+                               "budget, nothing once it fits (lands at the budget, docs/budget.md); hinge: λ max(0, "
+                               "E[cost]/target - 1), while the expectation is above it; linear: λ E[cost]/target "
+                               "(ProxylessNAS), always", group="cost", choices=COST_PENALTIES)
 
     def __post_init__(self) -> None:
         if isinstance(self.cost_target, str):  # "300M" from a config file or Python
@@ -527,10 +529,15 @@ class CostBudget(Config):
         if self.cost is not None and self.cost_target is None:
             raise ConfigError("{cost} needs {cost_target}, the budget", names=("cost", "cost_target"))
 
-    def budget_penalty(self, expected: Any) -> Any:
-        """λ times the expected cost over the budget: above it only (hinge), or all of it (linear)."""
+    def budget_penalty(self, expected: Any, derived: float) -> Any:
+        """λ times the expected cost over the budget: the part above it (hinge), all of it while the
+        derived cell (cost ``derived``) is over budget (derived), or all of it always (linear)."""
         ratio = expected / self.cost_target
-        return self.cost_weight * ((ratio - 1).relu() if self.cost_penalty == "hinge" else ratio)
+        if self.cost_penalty == "hinge":
+            return self.cost_weight * (ratio - 1).relu()
+        if self.cost_penalty == "derived" and derived <= self.cost_target:
+            return ratio * 0.0  # within the budget: no push, the same graph
+        return self.cost_weight * ratio
 
 
 @dataclass

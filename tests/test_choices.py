@@ -297,3 +297,7 @@ def test_search_model_aims_at_a_budget_and_resumes_with_its_table(tmp_path):
     assert strip(resumed.metrics) == strip(cheap.metrics)
     with pytest.raises(ConfigError, match="cost needs cost_target"):
         run("none", cost="macs")
+    # the derived penalty: pushed while the picks cost more than the budget
+    gated = run("gated", **{**budget, "cost_penalty": "derived"})
+    assert gated.metrics[-1]["derived_cost"] <= costs.of_picks(plain.choices)["macs"]
+    assert gated.metrics[-1]["expected_cost"] < gated.metrics[0]["expected_cost"]

@@ -199,3 +199,18 @@ def test_derivation_within_a_budget_on_random_alphas_fits_and_keeps_cells_valid(
         for cell in (got.normal, got.reduce):
             assert all(cell[2 * i][1] != cell[2 * i + 1][1] and max(cell[2 * i][1], cell[2 * i + 1][1]) < i + 2
                        for i in range(4))
+
+
+def test_the_derived_penalty_pushes_only_while_the_derived_cell_is_over_budget():
+    from dartsnas.config import CostBudget
+    expected = torch.tensor(3.0, requires_grad=True)
+    over = CostBudget(cost="macs", cost_target=2.0, cost_weight=4.0, cost_penalty="derived")
+    grad, = torch.autograd.grad(over.budget_penalty(expected, derived=2.5), expected)
+    assert float(grad) == 2.0  # λ / target
+    grad, = torch.autograd.grad(over.budget_penalty(expected, derived=1.5), expected)
+    assert float(grad) == 0.0  # the derived cell fits, whatever the expectation
+    hinge = CostBudget(cost="macs", cost_target=4.0, cost_penalty="hinge")
+    grad, = torch.autograd.grad(hinge.budget_penalty(expected, derived=9.0), expected)
+    assert float(grad) == 0.0  # the expectation fits, whatever the cell
+    linear = CostBudget(cost="macs", cost_target=4.0, cost_penalty="linear")
+    assert float(torch.autograd.grad(linear.budget_penalty(expected, 0.0), expected)[0]) == 0.25

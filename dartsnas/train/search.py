@@ -272,7 +272,10 @@ class Search(Run):
         return self.cost_table.expected(self.config.cost, *self.model.arch_weights(), *self.model.edge_weights())
 
     def cost_penalty(self) -> torch.Tensor:
-        return self.config.budget_penalty(self.expected_cost())
+        derived = 0.0
+        if self.config.cost_penalty == "derived":  # top-k's cell: the one a budget-keeping derivation would cut
+            derived = self.cost_table.of_genotype(self.model.genotype(self.config.max_skip))[self.config.cost]
+        return self.config.budget_penalty(self.expected_cost(), derived)
 
     def derived(self) -> Genotype:
         """The genotype α derives to now: top-k (with --max-skip's cap), kept within the budget with

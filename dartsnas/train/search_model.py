@@ -111,7 +111,7 @@ class ModelSearch(Run):
         self.costs = None
         if config.cost is not None:
             self.costs = self.open_costs(first)
-            self.architect.penalty = lambda: config.budget_penalty(self.costs.expected(config.cost, self.model))
+            self.architect.penalty = self.cost_penalty
         self.net = dist.wrap(self.model, ignore=self.model.arch_parameters(), broadcast_buffers=not config.sync_bn)
         self.begin(saved)
 
@@ -131,6 +131,11 @@ class ModelSearch(Run):
             self.write_text(COSTS, json.dumps(costs.to_dict()) + "\n")
         costs.expected(self.config.cost, self.model)  # names a kind the table lacks now, not at the first step
         return costs
+
+    def cost_penalty(self) -> torch.Tensor:
+        cfg = self.config
+        derived = self.costs.of_picks(self.model.picks())[cfg.cost] if cfg.cost_penalty == "derived" else 0.0
+        return cfg.budget_penalty(self.costs.expected(cfg.cost, self.model), derived)
 
     def state_dict(self) -> dict[str, Any]:
         return {**bilevel_state(self), "choices": self.model.picks()}
