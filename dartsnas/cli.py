@@ -371,7 +371,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
         from .latency import LatencyConfig, Timer
         timing = LatencyConfig(runtime=args.latency, device=args.device, threads=args.threads, repeats=args.repeats)
         timing.validate()
-        timer = Timer(args.latency, args.device, args.threads, repeats=args.repeats)
+        timer = Timer(args.latency, args.device, args.threads, repeats=args.repeats, rounds=timing.rounds)
         info.update(latency_ms=timer(net, shape), latency=timer.describe())
     print(json.dumps(info))
     return 0

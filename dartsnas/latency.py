@@ -48,6 +48,8 @@ class LatencyConfig(Config):
     batch_size: int = option(1, "images per timed call", group="timing", min=1)
     repeats: int = option(30, "timed runs per op; the table keeps their median", group="timing", min=1)
     warmup: int = option(5, "untimed runs before them", group="timing", min=0)
+    rounds: int = option(3, "passes over every op, interleaved (the machine's speed drifts); each figure is the "
+                         "median over them", group="timing", min=1)
     network: str = option("cifar", "the final network the search is for", group="final network",
                           choices=tuple(FINAL_NETWORKS))
     init_channels: int | None = option(None, "its C", group="final network", min=1, default_text="36 cifar, 48 imagenet")
@@ -85,16 +87,21 @@ class LatencyConfig(Config):
 
 
 class Timer:
-    """Median latency (ms) of a module on one input shape, in a runtime, on a device, with a thread
-    count: the same conditions for every op of a table and for the network it predicts."""
+    """Median latency (ms) of modules on one input shape each, in a runtime, on a device, with a
+    thread count: the same conditions for every op of a table and for the network it predicts.
+
+    A machine's speed drifts (on a shared 2-core VM, 30-40% between passes a minute apart), so
+    :meth:`times` prepares every module first, then times them all in ``rounds`` interleaved passes
+    (the median of ``repeats`` runs after ``warmup`` in each) and keeps the median over passes: drift
+    then moves every figure alike instead of some."""
 
     def __init__(self, runtime: str = "torch", device: str = "cpu", threads: int | None = None, batch_size: int = 1,
-                 repeats: int = 30, warmup: int = 5) -> None:
+                 repeats: int = 30, warmup: int = 5, rounds: int = 3) -> None:
         if runtime not in RUNTIMES:
             raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
         self.runtime, self.device = runtime, torch.device(device)
         self.threads = threads or torch.get_num_threads()
-        self.batch_size, self.repeats, self.warmup = batch_size, repeats, warmup
+        self.batch_size, self.repeats, self.warmup, self.rounds = batch_size, repeats, warmup, rounds
         if runtime == "onnxruntime":
             try:
                 import onnxruntime  # noqa: F401
@@ -105,50 +112,57 @@ class Timer:
 
     def __call__(self, module: nn.Module, shape: tuple[int, ...]) -> float:
         """Median ms of ``module`` (eval mode) on a batch of ``shape`` (C, H, W) inputs."""
+        return self.times([self.prepare(module, shape)])[0]
+
+    def prepare(self, module: nn.Module, shape: tuple[int, ...]) -> Callable[[], Any]:
+        """A call of ``module`` (eval mode) on a batch of ``shape`` inputs, ready to time: in PyTorch
+        on this timer's device, or exported to ONNX and loaded into an onnxruntime session."""
         x = torch.randn(self.batch_size, *shape)
         module = module.eval()
         if self.runtime == "torch":
             module, x = module.to(self.device), x.to(self.device)
             return self._eager(lambda: module(x))
+        import onnxruntime as ort
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model.onnx"
             onnx_graph(module, x, path, dynamic_batch=False)
-            return self.time_onnx(path, x)
+            options = ort.SessionOptions()
+            options.intra_op_num_threads, options.inter_op_num_threads = self.threads, 1
+            providers = ["CUDAExecutionProvider"] if self.device.type == "cuda" else ["CPUExecutionProvider"]
+            session = ort.InferenceSession(str(path), options, providers=providers)
+        feed = {session.get_inputs()[0].name: x.numpy()}
+        return lambda: session.run(None, feed)
 
     def call(self, fn: Callable[[], Any]) -> float:
         """Median ms of ``fn()`` (PyTorch on this timer's device, inference mode): a user model's
         candidates, called with the arguments they get in the model."""
         if self.runtime != "torch":
             raise ConfigError("a model's own candidates are timed in PyTorch only (runtime torch)")
-        return self._eager(fn)
+        return self.times([self._eager(fn)])[0]
 
-    def marginal(self, make: Callable[[], nn.Module], shape: tuple[int, ...], chain: bool = True,
-                 copies: int = COPIES) -> float:
+    def times(self, runs: list[Callable[[], Any]]) -> list[float]:
+        """The median ms of each prepared call, over interleaved rounds."""
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        passes = [[self._median(run, sync) for run in runs] for _ in range(self.rounds)]
+        return [statistics.median(p[i] for p in passes) for i in range(len(runs))]
+
+    def chained(self, make: Callable[[], nn.Module], chain: bool = True, copies: int = COPIES) -> tuple[nn.Module, nn.Module]:
+        """One op, and ``copies`` of it in one graph (see :meth:`marginal`)."""
+        return _Chain([make()], chain), _Chain([make() for _ in range(copies)], chain)
+
+    @staticmethod
+    def marginal(one: float, many: float, copies: int = COPIES) -> float:
         """What one op adds to a graph that already runs (ms): a graph of ``copies`` of it less a graph
         of one, per extra copy. The runtime's own cost per call (entry, input copy, session) cancels,
         as it does in a network that pays it once for all its ops, while each op's dispatch, memory
         traffic and arithmetic stay; an op the runtime removes (an identity) costs nothing."""
-        one = self(_Chain([make()], chain), shape)
-        many = self(_Chain([make() for _ in range(copies)], chain), shape)
         return max((many - one) / (copies - 1), 0.0)
 
-    def time_onnx(self, path: str | os.PathLike, x: torch.Tensor) -> float:
-        """Median ms of an ONNX model run by onnxruntime on ``x``."""
-        import onnxruntime as ort
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = self.threads, 1
-        providers = ["CUDAExecutionProvider"] if self.device.type == "cuda" else ["CPUExecutionProvider"]
-        session = ort.InferenceSession(str(path), options, providers=providers)
-        feed = {session.get_inputs()[0].name: x.numpy()}
-        return self._median(lambda: session.run(None, feed), lambda: None)
-
-    def _eager(self, fn: Callable[[], Any]) -> float:
-        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
-
+    def _eager(self, fn: Callable[[], Any]) -> Callable[[], Any]:
         def run() -> Any:
             with torch.inference_mode():
                 return fn()
-        return self._median(run, sync)
+        return run
 
     def _median(self, run: Callable[[], Any], sync: Callable[[], None]) -> float:
         with _threads(self.threads):
@@ -173,7 +187,7 @@ class Timer:
         return {"unit": "ms", "statistic": "median", "runtime": self.runtime, "runtime_version": version,
                 "torch_version": torch.__version__, "device": str(self.device), "device_name": device,
                 "threads": self.threads, "batch_size": self.batch_size, "repeats": self.repeats,
-                "warmup": self.warmup, "machine": {"system": platform.system(), "arch": platform.machine(),
+                "warmup": self.warmup, "rounds": self.rounds, "machine": {"system": platform.system(), "arch": platform.machine(),
                                                    "cpu": _cpu_name(), "cpus": os.cpu_count(),
                                                    "host": platform.node()}}
 
@@ -222,29 +236,35 @@ def latency_table(config: LatencyConfig, log: Callable[[str], None] | None = Non
     op's latency measured by a :class:`Timer` at each shape it has there, and the fixed part's."""
     from .nets import NetworkConfig, build_network
     config.validate()
-    timer = Timer(config.runtime, config.device, config.threads, config.batch_size, config.repeats, config.warmup)
+    timer = Timer(config.runtime, config.device, config.threads, config.batch_size, config.repeats, config.warmup,
+                  config.rounds)
     table = CostTable.build(config.ops, config.nodes, network=config.network, init_channels=config.init_channels,
                             layers=config.layers, image_size=config.size, num_classes=config.num_classes,
                             in_channels=config.in_channels)
     shapes = sorted({(name, *edge) for cell in table.cells
                      for names, edge in zip(table.op_names["reduce" if cell["reduction"] else "normal"], cell["edges"])
                      for name in names}, key=lambda k: (k[1], -k[2], k[4], k[0]))
-    measured: dict[tuple, float] = {}
+    runs = []
     for i, (name, C, h, w, stride) in enumerate(shapes):
-        measured[(name, C, h, w, stride)] = timer.marginal(lambda: build_op(name, C, stride, affine=True),
-                                                           (C, h, w), chain=stride == 1)
-        if log is not None:
-            log(f"[{i + 1}/{len(shapes)}] {name} C={C} {h}x{w} stride {stride}: "
-                f"{measured[(name, C, h, w, stride)]:.4f} ms")
-    for cell in table.cells:
-        names = table.op_names["reduce" if cell["reduction"] else "normal"]
-        cell["latency"] = [[measured[(name, *edge)] for name in edge_names]
-                           for edge_names, edge in zip(names, cell["edges"])]
+        for module in timer.chained(lambda: build_op(name, C, stride, affine=True), chain=stride == 1):
+            runs.append(timer.prepare(module, (C, h, w)))
+        if log is not None and (i + 1) % 10 == 0:
+            log(f"prepared {i + 1}/{len(shapes)} op shapes")
     reference = table.reference_genotype()
     net = build_network(config.network, NetworkConfig(reference, init_channels=config.init_channels,
                                                       layers=config.layers, num_classes=config.num_classes,
                                                       in_channels=config.in_channels))
-    whole = timer(net, (config.in_channels, *config.size))
+    runs.append(timer.prepare(net, (config.in_channels, *config.size)))
+    figures = timer.times(runs)
+    measured = {key: timer.marginal(figures[2 * i], figures[2 * i + 1]) for i, key in enumerate(shapes)}
+    whole = figures[-1]
+    if log is not None:
+        for (name, C, h, w, stride), ms in measured.items():
+            log(f"{name} C={C} {h}x{w} stride {stride}: {ms:.4f} ms")
+    for cell in table.cells:
+        names = table.op_names["reduce" if cell["reduction"] else "normal"]
+        cell["latency"] = [[measured[(name, *edge)] for name in edge_names]
+                           for edge_names, edge in zip(names, cell["edges"])]
     table.fixed["latency"] = 0.0
     table.fixed["latency"] = whole - table.of_genotype(reference)["latency"]
     table.measurement = {**timer.describe(), "reference_network_ms": whole, "distinct_op_shapes": len(shapes)}

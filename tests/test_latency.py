@@ -26,6 +26,7 @@ def test_a_table_times_every_op_at_every_shape_and_says_how(torch_table):
     assert t.kinds == ("macs", "params", "latency")
     m = t.measurement
     assert m["runtime"] == "torch" and m["threads"] == 1 and m["unit"] == "ms" and m["repeats"] == 3
+    assert m["rounds"] == 3
     assert m["machine"]["cpus"] >= 1 and m["device"] == "cpu" and m["device_name"]
     # the normal cell's 5 edges and both reduction cells' (2 strided + 3 plain per cell) at their shapes
     assert [len(c["latency"]) for c in t.cells] == [5, 5, 5]
