@@ -303,14 +303,12 @@ class ChoiceCosts:
         """Count (and with a :class:`~dartsnas.latency.Timer`, time) ``model``'s (a
         :class:`~dartsnas.nn.SearchableModel`) candidates on one forward pass of ``inputs``."""
         from .nn import Choice, fix
-        calls: dict[str, list[tuple[tuple, dict]]] = {}
+        calls: dict[int, list[tuple[tuple, dict]]] = {}  # per Choice module: every call's arguments
         hooks = []
-        for name, members in model.groups.items():
-            for _, module in members:
-                if isinstance(module, Choice):
-                    hooks.append(module.register_forward_pre_hook(
-                        lambda m, args, kwargs, name=name: calls.setdefault(name, []).append((args, kwargs)),
-                        with_kwargs=True))
+        for members in model.groups.values():
+            for module in {id(m): m for _, m in members if isinstance(m, Choice)}.values():
+                hooks.append(module.register_forward_pre_hook(
+                    lambda m, args, kwargs: calls.setdefault(id(m), []).append((args, kwargs)), with_kwargs=True))
         was = model.training
         model.eval()
         counter = FlopCounterMode(display=False)
@@ -329,7 +327,8 @@ class ChoiceCosts:
             if not isinstance(first, Choice):
                 continue
             costs = {k: [0.0 if k == "latency" else 0] * len(first.names) for k in kinds}
-            for (args, kwargs), (_, module) in zip(calls.get(name, []), members):
+            modules = {id(m): m for _, m in members}.values()  # a module at several paths is called as often
+            for module, (args, kwargs) in ((m, call) for m in modules for call in calls.get(id(m), [])):
                 for i, candidate in enumerate(module.candidates.values()):
                     c = FlopCounterMode(display=False)
                     with torch.no_grad(), c:

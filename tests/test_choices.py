@@ -301,3 +301,20 @@ def test_search_model_aims_at_a_budget_and_resumes_with_its_table(tmp_path):
     gated = run("gated", **{**budget, "cost_penalty": "derived"})
     assert gated.metrics[-1]["derived_cost"] <= costs.of_picks(plain.choices)["macs"]
     assert gated.metrics[-1]["expected_cost"] < gated.metrics[0]["expected_cost"]
+
+
+def test_a_choice_called_twice_costs_twice():
+    from dartsnas.cost import ChoiceCosts
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = Choice({"3x3": nn.Conv2d(2, 2, 3, padding=1, bias=False), "id": nn.Identity()})
+            self.head = nn.Linear(2, 2, bias=False)
+
+        def forward(self, x):
+            return self.head(self.block(self.block(x)).mean((2, 3)))
+
+    costs = ChoiceCosts.measure(SearchableModel(Twice()), (torch.randn(1, 2, 4, 4),))
+    assert costs.choices["block"]["macs"] == [2 * 2 * 2 * 9 * 16, 0]  # two calls of 4 x 9 x 16
+    assert costs.choices["block"]["params"] == [36, 0] and costs.fixed == {"macs": 4, "params": 4}
