@@ -67,6 +67,10 @@ def test_the_command_line_prints_flags(tmp_path, capsys):
                                               "give --hessian-every N too")
     assert main(["train", "cnn", "--dataset", "digits", "--batch-size", "0", "--out", str(tmp_path)]) == 1
     assert capsys.readouterr().err.strip() == "dartsnas: error: --batch-size must be >= 1, got 0"
+    # the search space's own bound is named as a flag too
+    assert main(["search", "cnn", "--dataset", "digits", "--layers", "2", "--out", str(tmp_path / "l2")]) == 1
+    assert capsys.readouterr().err.strip() == ("dartsnas: error: --layers must be >= 3 (reductions at L/3 and "
+                                               "2L/3), got 2")
 
 
 def _parse(*argv):

@@ -52,7 +52,8 @@ class ConvSearchSpaceConfig:
         if self.layers < 3:
             # Reductions sit at layers//3 and 2*layers//3: fewer than 3 cells would make a cell
             # both the first and a reduction, which the space does not define.
-            raise ConfigError(f"layers must be >= 3 (reductions at L/3 and 2L/3), got {self.layers}")
+            raise ConfigError(f"{{layers}} must be >= 3 (reductions at L/3 and 2L/3), got {self.layers}",
+                              names=("layers",))
         if not self.ops:
             raise ConfigError("the op set is empty")
         if len(self.ops) == 1 and self.ops[0] in EDGE_OP_SETS:  # per-edge op sets: RobustDARTS's S1
