@@ -130,9 +130,10 @@ class Distributed:
             dist.barrier(group=self.control)
 
     def wrap(self, model: nn.Module, ignore: Sequence[nn.Parameter] = (), *,
-             broadcast_buffers: bool = True) -> nn.Module:
+             broadcast_buffers: bool = True, find_unused: bool = False) -> nn.Module:
         """``model`` in DistributedDataParallel (itself when not distributed). The ``ignore`` parameters
-        (α) are left out of DDP's gradient buckets: the architect averages theirs."""
+        (α) are left out of DDP's gradient buckets: the architect averages theirs. ``find_unused``: a
+        forward pass may leave parameters out (a sampled search), DDP looks for them after each."""
         if not self.enabled:
             return model
         from torch.nn.parallel import DistributedDataParallel
@@ -145,7 +146,8 @@ class Distributed:
         name = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
                 else "broadcast_buffers")
         with requires_grad_off(list(ignore)):
-            return DistributedDataParallel(model, device_ids=device_ids, **{name: broadcast_buffers})
+            return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused,
+                                           **{name: broadcast_buffers})
 
     def close(self) -> None:
         """Leave the process group if this object joined it."""

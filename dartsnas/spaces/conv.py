@@ -22,7 +22,7 @@ from ..genotype import Genotype, derive_genotype, num_edges
 from ..ops import (CONV_OPS, DARTS_OPS, EDGE_OP_SETS, FactorizedReduce, ReLUConvBN, build_op, edge_ops,
                    is_preactivated, is_zero_op, resolve_op_set, unknown_op_error)
 from . import SEARCH_SPACES
-from .base import RECOMPUTE_MODES, ArchitectureSplit, mixing_weights, recomputed
+from .base import RECOMPUTE_MODES, SAMPLERS, ArchitectureSplit, GumbelSampler, mixing_weights, recomputed, sampled_sum
 
 
 @dataclass
@@ -40,6 +40,11 @@ class ConvSearchSpaceConfig:
     auxiliary_skip: bool = False  # DARTS-: a skip beside every mixed op, weighted by SearchNetwork.aux_beta
     recompute: str = "none"  # activations recomputed in backward: none, per cell or per edge (mixed op)
     stem: str = "cifar"  # cifar: one stride-1 conv; imagenet: PC-DARTS's three stride-2 convs (8x fewer pixels)
+    # P-DARTS's pruned spaces: the candidate ops of every edge, per cell type ({"normal": ((op, ...), ...),
+    # "reduce": ...}, node-major, as many ops on every edge), replacing ``ops`` on each edge.
+    edge_op_sets: dict[str, tuple[tuple[str, ...], ...]] | None = None
+    sampler: str = "none"  # gdas: one op per edge sampled by hard Gumbel-softmax (GDAS), computed alone
+    sampler_seed: int = 0  # the seed of the sampler's own random stream
 
     def __post_init__(self) -> None:
         self.ops = resolve_op_set(self.ops)
@@ -56,7 +61,9 @@ class ConvSearchSpaceConfig:
                               names=("layers",))
         if not self.ops:
             raise ConfigError("the op set is empty")
-        if len(self.ops) == 1 and self.ops[0] in EDGE_OP_SETS:  # per-edge op sets: RobustDARTS's S1
+        if self.edge_op_sets is not None:
+            self._check_edge_op_sets()
+        elif len(self.ops) == 1 and self.ops[0] in EDGE_OP_SETS:  # per-edge op sets: RobustDARTS's S1
             self.edge_ops("normal")  # raises ConfigError unless the cell has the set's edges
         else:
             for op in self.ops:
@@ -79,6 +86,9 @@ class ConvSearchSpaceConfig:
         if self.recompute not in RECOMPUTE_MODES:
             raise ConfigError(f"{{recompute}} must be one of {', '.join(RECOMPUTE_MODES)}, got {self.recompute!r}",
                               names=("recompute",))
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"{{sampler}} must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}",
+                              names=("sampler",))
         if self.auxiliary_skip and self.partial_channels > 1:
             raise ConfigError("{regularizer} darts-minus and {partial_channels} do not combine: the auxiliary skip "
                               "of DARTS- spans every channel, PC-DARTS mixes a part of them",
@@ -86,7 +96,28 @@ class ConvSearchSpaceConfig:
 
     def edge_ops(self, cell: str) -> tuple[tuple[str, ...], ...]:
         """The candidate ops of every edge of the ``cell`` ("normal" or "reduce") cells, node-major."""
+        if self.edge_op_sets is not None:
+            return tuple(tuple(ops) for ops in self.edge_op_sets[cell])
         return edge_ops(self.ops, num_edges(self.nodes), cell)
+
+    def _check_edge_op_sets(self) -> None:
+        sets = self.edge_op_sets
+        if not isinstance(sets, dict) or set(sets) != {"normal", "reduce"}:
+            raise ConfigError("edge_op_sets needs the op sets of the 'normal' and the 'reduce' cell's edges")
+        widths = set()
+        for cell, rows in sets.items():
+            if len(rows) != num_edges(self.nodes):
+                raise ConfigError(f"edge_op_sets[{cell!r}] names {len(rows)} edges; a {self.nodes}-node cell has "
+                                  f"{num_edges(self.nodes)}")
+            for e, ops in enumerate(rows):
+                for op in ops:
+                    if op not in CONV_OPS:
+                        raise unknown_op_error(op)
+                if not ops or len(set(ops)) != len(ops):
+                    raise ConfigError(f"edge_op_sets[{cell!r}] edge {e}: {list(ops)} is empty or repeats an op")
+                widths.add(len(ops))
+        if len(widths) != 1:
+            raise ConfigError(f"edge_op_sets: every edge needs as many ops (α is one matrix), got {sorted(widths)}")
 
     @property
     def reduction_layers(self) -> tuple[int, int]:
@@ -134,35 +165,46 @@ class MixedOp(nn.Module):
         self.active = [i for i, op in enumerate(self.ops) if not is_zero_op(op)]
         self.preactivated = [is_preactivated(op) for op in self.ops]
         self.stride = stride
+        # P-DARTS: dropout on the identity (skip_connect at stride 1) with this rate, set per epoch.
+        self.identity = {i for i, name in enumerate(op_names) if name == "skip_connect" and stride == 1}
+        self.skip_dropout = 0.0
 
     @property
     def uses_relu(self) -> bool:
         return any(self.preactivated[i] for i in self.active)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor,
-                x_relu: torch.Tensor | None = None, aux_beta: float = 0.0) -> torch.Tensor:
+                x_relu: torch.Tensor | None = None, aux_beta: float = 0.0, index: int | None = None) -> torch.Tensor:
         """``x_relu`` (relu(x), shared by all edges leaving a node) saves recomputing it per op;
-        ``aux_beta`` weights DARTS-'s auxiliary skip."""
+        ``aux_beta`` weights DARTS-'s auxiliary skip; ``index`` (GDAS) is the one op computed."""
         if self.aux is not None and aux_beta:
-            return self._mix(x, weights, x_relu) + aux_beta * self.aux(x)
+            return self._mix(x, weights, x_relu, index) + aux_beta * self.aux(x)
         if self.partial > 1:
             c = x.shape[1] // self.partial
             rest = x[:, c:]
-            mixed = self._mix(x[:, :c], weights, x_relu[:, :c] if x_relu is not None else None)
+            mixed = self._mix(x[:, :c], weights, x_relu[:, :c] if x_relu is not None else None, index)
             rest = self.bypass(rest) if self.bypass is not None else rest
             return channel_shuffle(torch.cat([mixed, rest], dim=1), self.partial)
-        return self._mix(x, weights, x_relu)
+        return self._mix(x, weights, x_relu, index)
 
-    def _mix(self, x: torch.Tensor, weights: torch.Tensor, x_relu: torch.Tensor | None) -> torch.Tensor:
+    def _op(self, i: int, x: torch.Tensor, x_relu: torch.Tensor | None) -> torch.Tensor:
+        if x_relu is not None and self.preactivated[i]:
+            y = self.ops[i].forward_preactivated(x_relu)
+        else:
+            y = self.ops[i](x)
+        if self.skip_dropout and i in self.identity:
+            y = F.dropout(y, self.skip_dropout, self.training)
+        return y
+
+    def _mix(self, x: torch.Tensor, weights: torch.Tensor, x_relu: torch.Tensor | None,
+             index: int | None = None) -> torch.Tensor:
+        if index is not None:
+            return sampled_sum(weights, index, self._op(index, x, x_relu))
         if not self.active:
             return self.ops[0](x)
         out = None
         for i in self.active:
-            if x_relu is not None and self.preactivated[i]:
-                y = self.ops[i].forward_preactivated(x_relu)
-            else:
-                y = self.ops[i](x)
-            y = weights[i] * y
+            y = weights[i] * self._op(i, x, x_relu)
             out = y if out is None else out + y
         return out
 
@@ -194,8 +236,10 @@ class SearchCell(nn.Module):
         self.relu = nn.ReLU(inplace=False)
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
-                edge_weights: torch.Tensor | None = None, aux_beta: float = 0.0) -> torch.Tensor:
-        """``edge_weights`` (PC-DARTS's per-node softmax of β, one per edge) scale each edge's output."""
+                edge_weights: torch.Tensor | None = None, aux_beta: float = 0.0,
+                index: list[int] | None = None) -> torch.Tensor:
+        """``edge_weights`` (PC-DARTS's per-node softmax of β, one per edge) scale each edge's output;
+        ``index`` (GDAS) names the one op each edge computes."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         relus = [self.relu(h) if self._relu_needed else None for h in states]
         row = 0
@@ -203,10 +247,11 @@ class SearchCell(nn.Module):
             s = None
             for j, h in enumerate(states):
                 edge = self.edges[row + j]
+                pick = None if index is None else index[row + j]
                 if self.recompute_edges:
-                    y = recomputed(edge, h, weights[row + j], relus[j], aux_beta)
+                    y = recomputed(edge, h, weights[row + j], relus[j], aux_beta, pick)
                 else:
-                    y = edge(h, weights[row + j], relus[j], aux_beta)
+                    y = edge(h, weights[row + j], relus[j], aux_beta, pick)
                 if edge_weights is not None:
                     y = edge_weights[row + j] * y
                 s = y if s is None else s + y
@@ -285,6 +330,13 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
         # mixing weights (normal, reduce) that replace softmax(α) in its weight steps.
         self.aux_beta = 0.0
         self.mixing_override: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.sampler = GumbelSampler(config.sampler_seed) if config.sampler == "gdas" else None
+
+    def set_skip_dropout(self, rate: float) -> None:
+        """P-DARTS: the dropout rate on every identity (skip_connect) candidate."""
+        for cell in self.cells:
+            for edge in cell.edges:
+                edge.skip_dropout = float(rate)
 
     @property
     def partial(self) -> bool:
@@ -305,8 +357,19 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
         return (mixing_weights(self.alpha_normal),
                 mixing_weights(self.alpha_reduce))
 
+    def sample(self) -> tuple[tuple[torch.Tensor, list[int]], tuple[torch.Tensor, list[int]]]:
+        """GDAS: straight-through weights and the picked op of every edge, for normal and reduction
+        cells (one draw per forward pass, shared by all cells of a type)."""
+        (w_normal, i_normal), (w_reduce, i_reduce) = (self.sampler.sample(a, self.training)
+                                                      for a in (self.alpha_normal, self.alpha_reduce))
+        return (w_normal, i_normal.tolist()), (w_reduce, i_reduce.tolist())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w_normal, w_reduce = self.mixing_override or self.arch_weights()
+        i_normal = i_reduce = None
+        if self.sampler is not None and self.mixing_override is None:
+            (w_normal, i_normal), (w_reduce, i_reduce) = self.sample()
+        else:
+            w_normal, w_reduce = self.mixing_override or self.arch_weights()
         e_normal, e_reduce = self.edge_weights()
         if self.config.stem == "imagenet":
             s0 = self.stem0(x)
@@ -315,8 +378,8 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
             s0 = s1 = self.stem(x)
         per_cell = self.config.recompute == "cell"
         for cell in self.cells:
-            args = (s0, s1, w_reduce, e_reduce, self.aux_beta) if cell.reduction else \
-                (s0, s1, w_normal, e_normal, self.aux_beta)
+            args = (s0, s1, w_reduce, e_reduce, self.aux_beta, i_reduce) if cell.reduction else \
+                (s0, s1, w_normal, e_normal, self.aux_beta, i_normal)
             s0, s1 = s1, (recomputed(cell, *args) if per_cell else cell(*args))
         return self.classifier(torch.flatten(self.global_pooling(s1), 1))
 

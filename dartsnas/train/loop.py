@@ -177,16 +177,17 @@ class Run:
         if not self.quiet:
             self._log(message)
 
-    def place_model(self, model: torch.nn.Module, channels_last: bool = False) -> torch.nn.Module:
+    def place_model(self, model: torch.nn.Module, channels_last: bool = False, split: bool = True) -> torch.nn.Module:
         """A freshly built model (identical on every rank) made ready to train here: SyncBatchNorm with
-        --sync-bn when data parallel, on this rank's device, channels_last if asked; then each rank
-        gets its own random stream (dropout, drop path)."""
+        --sync-bn when data parallel, on this rank's device, channels_last if asked; then (``split``)
+        each rank gets its own random stream (dropout, drop path)."""
         if self.dist.enabled and self.config.sync_bn:
             convert_sync_batchnorm(model)
         model.to(self.device)
         if channels_last:
             model.to(memory_format=torch.channels_last)
-        self.streams.split()
+        if split:
+            self.streams.split()
         return model
 
     def stream_rows(self, tokens: torch.Tensor, rows: int) -> torch.Tensor:

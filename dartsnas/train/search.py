@@ -9,8 +9,10 @@ genotype), ``checkpoint.pt`` (everything needed to resume) and, at the end, ``ge
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -27,10 +29,10 @@ from ..errors import CheckpointError, ConfigError
 from ..cost import CostTable, round_cost
 from ..genotype import SKIP_OP, Genotype, derive_genotype
 from ..nets import RESIZE_HINT, check_input_size
-from ..ops import DARTS_OPS, edge_ops, resolve_op_set
+from ..ops import DARTS_OPS, EDGE_OP_SETS, edge_ops, resolve_op_set
 from ..regularizers import REGULARIZERS, perturb_mixing_weights, sdarts_epsilon
 from ..spaces import SEARCH_SPACES, ConvSearchSpaceConfig
-from ..spaces.base import mixing_weights
+from ..spaces.base import gdas_tau, mixing_weights
 from .checkpoint import GENOTYPE, load_checkpoint, tensors_to_lists
 from ..config import (ArchStep, ArchWarmup, CostBudget, Curvature, Epochs, FastConv, ImageData, Momentum, RunOptions,
                       Seed, configclass, option)
@@ -41,6 +43,7 @@ from .meters import ClassifierEpoch, ClipMeter, EpochMeter, evaluate
 from .rng import seed_everything
 
 KIND = "search-cnn"
+STAGES = "stages.json"
 COST_TABLE = "cost_table.json"
 
 
@@ -83,6 +86,26 @@ class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, ArchStep, 
                                choices=("cifar", "imagenet"))
     cost_layers: int = option(20, "its cells L", group="cost", min=3)
     cost_channels: int = option(36, "its C", group="cost", min=1)
+    sampler: str = option("none", "gdas: each edge computes one op, drawn by hard Gumbel-softmax over α with a "
+                          "straight-through gradient (GDAS, Dong & Yang 2019); about 1/8 of a step's op work",
+                          group="sampled search (GDAS)", choices=("none", "gdas"))
+    tau_max: float = option(10.0, "GDAS: the Gumbel-softmax temperature τ at the first epoch, annealed linearly to "
+                            "--tau-min at the last", group="sampled search (GDAS)", above=0)
+    tau_min: float = option(0.1, "GDAS: τ at the last epoch", group="sampled search (GDAS)", above=0)
+    progressive: bool = option(False, "P-DARTS (Chen et al., 2019): search in stages of growing depth (--stage-layers), "
+                               "pruning each edge to the ops strongest by softmax(α) between stages (--stage-ops); "
+                               "the run's epochs are the stages' (--stage-epochs each); --max-skip defaults to 2",
+                               group="progressive search (P-DARTS)")
+    stage_layers: tuple[int, ...] = option(help="cells L of each stage's search network", factory=lambda: (5, 11, 17),
+                                           group="progressive search (P-DARTS)", metavar="L")
+    stage_ops: tuple[int, ...] = option(help="candidate ops per edge in each stage (the first: the whole op set)",
+                                        factory=lambda: (8, 5, 3), group="progressive search (P-DARTS)", metavar="K")
+    stage_dropout: tuple[float, ...] = option(help="dropout rate on skip_connect in each stage, decaying within it",
+                                              factory=lambda: (0.1, 0.4, 0.7), group="progressive search (P-DARTS)",
+                                              metavar="P")
+    stage_epochs: int = option(25, "epochs of each stage", group="progressive search (P-DARTS)", min=1)
+    stage_warmup: int = option(10, "first epochs of each stage that train only the weights (α frozen)",
+                               group="progressive search (P-DARTS)", min=0)
     sample: tuple[float, float] = option(
         help="imagenet: the parts of every class of the training images sampled to train w and α (PC-DARTS: 0.1 and "
              "0.025)", factory=lambda: (0.1, 0.025), group="data", metavar="P")
@@ -95,6 +118,19 @@ class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, ArchStep, 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.ops = resolve_op_set(self.ops)  # a named op set: --ops s2 (or S2)
+        if self.progressive:  # the run's epochs are the stages'
+            total = len(self.stage_layers) * self.stage_epochs
+            if self.epochs not in (total, type(self).__dataclass_fields__["epochs"].default):
+                raise ConfigError(f"{{epochs}} {self.epochs} with {{progressive}}: the run's epochs are "
+                                  f"{len(self.stage_layers)} stages x {{stage_epochs}} {self.stage_epochs} = {total}",
+                                  names=("epochs", "progressive", "stage_epochs"))
+            self.epochs = total
+            if self.max_skip is None:
+                self.max_skip = 2  # P-DARTS's cap on the normal cell's skip_connects
+
+    def stage_of(self, epoch: int) -> tuple[int, int]:
+        """P-DARTS: (stage, epoch within it), both 0-based, of the run's 0-based ``epoch``."""
+        return epoch // self.stage_epochs, epoch % self.stage_epochs
 
     def space(self, num_classes: int = 10, in_channels: int = 3) -> ConvSearchSpaceConfig:
         """The search network this config builds, for the data's classes and channels."""
@@ -102,7 +138,7 @@ class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, ArchStep, 
                                      num_classes=num_classes, in_channels=in_channels, ops=tuple(self.ops),
                                      partial_channels=self.partial_channels,
                                      auxiliary_skip=self.regularizer == "darts-minus", recompute=self.recompute,
-                                     stem=self.stem)
+                                     stem=self.stem, sampler=self.sampler, sampler_seed=self.seed + 13)
 
     def check(self) -> None:
         super().check()
@@ -115,7 +151,49 @@ class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, ArchStep, 
         if len(self.sample) != 2 or not all(0 < p < 1 for p in self.sample):
             raise ConfigError(f"{{sample}} needs two parts of a class in (0, 1), for w and α, got {list(self.sample)}",
                               names=("sample",))
+        if self.sampler == "gdas":
+            if self.order != "first":
+                raise ConfigError("{sampler} gdas needs {order} first: each forward pass draws its own ops, so the "
+                                  "unrolled step and its Hessian-vector product would see different networks",
+                                  names=("sampler", "order"))
+            for name, off in (("hessian_every", 0), ("regularizer", "none"), ("progressive", False)):
+                if getattr(self, name) != off:
+                    raise ConfigError(f"{{sampler}} gdas and {{{name}}} do not combine", names=("sampler", name))
+            if self.tau_min > self.tau_max:
+                raise ConfigError(f"{{tau_min}} {self.tau_min} is above {{tau_max}} {self.tau_max}",
+                                  names=("tau_min", "tau_max"))
+        if self.progressive:
+            self.check_stages()
         self.space().validate()  # before any data is read
+
+    def check_stages(self) -> None:
+        n = len(self.stage_layers)
+        if not n or len(self.stage_ops) != n or len(self.stage_dropout) != n:
+            raise ConfigError(f"{{stage_layers}}, {{stage_ops}} and {{stage_dropout}} need one value per stage, got "
+                              f"{len(self.stage_layers)}, {len(self.stage_ops)} and {len(self.stage_dropout)}",
+                              names=("stage_layers", "stage_ops", "stage_dropout"))
+        if len(self.ops) == 1 and self.ops[0] in EDGE_OP_SETS:
+            raise ConfigError("{progressive} prunes one op set per edge: a named per-edge set (s1) does not apply",
+                              names=("progressive", "ops"))
+        if self.stage_ops[0] != len(self.ops) or any(b > a for a, b in zip(self.stage_ops, self.stage_ops[1:])) \
+                or self.stage_ops[-1] < 1:
+            raise ConfigError(f"{{stage_ops}} {list(self.stage_ops)} must start at the op set's {len(self.ops)} and "
+                              "shrink (or stay) from stage to stage", names=("stage_ops", "ops"))
+        if any(L < 3 for L in self.stage_layers):
+            raise ConfigError(f"{{stage_layers}} must all be >= 3, got {list(self.stage_layers)}",
+                              names=("stage_layers",))
+        if any(not 0 <= p < 1 for p in self.stage_dropout):
+            raise ConfigError(f"{{stage_dropout}} must lie in [0, 1), got {list(self.stage_dropout)}",
+                              names=("stage_dropout",))
+        if self.stage_warmup >= self.stage_epochs:
+            raise ConfigError(f"{{stage_warmup}} {self.stage_warmup} leaves α no epoch of the {{stage_epochs}} "
+                              f"{self.stage_epochs}", names=("stage_warmup", "stage_epochs"))
+        for name, off in (("cost", None), ("hessian_every", 0), ("arch_start_epoch", 0)):
+            if getattr(self, name) != off:
+                raise ConfigError(f"{{progressive}} and {{{name}}} do not combine" +
+                                  (": each stage warms up for {stage_warmup} epochs" if name == "arch_start_epoch"
+                                   else ""), names=("progressive", name) + (("stage_warmup",) if name ==
+                                                                           "arch_start_epoch" else ()))
 
 
 #: Per-dataset departures from the paper's CIFAR-10 search: PC-DARTS's ImageNet search (Xu et al., 2020:
@@ -225,27 +303,81 @@ class Search(Run):
             fixed = list(itertools.islice(loaders.fixed(config.batch_size), config.hessian_batches))
 
         seed_everything(seed)
-        self.model = self.place_model(SEARCH_SPACES.get("cnn")(space), config.channels_last)
-        self.w_optimizer = torch.optim.SGD(self.model.weight_parameters(), lr=config.lr,
-                                           momentum=config.momentum,
-                                           weight_decay=config.weight_decay)
-        self.architect = Architect(self.model, self.w_optimizer, order=config.order,
-                                   lr=config.arch_lr, betas=tuple(config.arch_betas),
-                                   weight_decay=config.arch_weight_decay, fd_step=config.fd_step,
-                                   fd_scheme=config.fd_scheme, grad_clip=config.grad_clip, sync=dist.average)
+        self.stage, self.stages = 0, []  # P-DARTS: the stage running and what each one searched
+        if config.progressive:
+            space = dataclasses.replace(space, layers=config.stage_layers[0])
+            if saved is not None and saved.get("stage"):  # resumed in a later stage: its pruned space
+                self.stage = int(saved["stage"])
+                space = self.stage_space(space, self.stage, saved["edge_ops"])
+        self.space = space
+        self.build_stage(space, split=True)
         self.cost_table = None
         if config.cost is not None:
             self.cost_table = self.open_cost_table(config, loaders)
             self.architect.penalty = self.cost_penalty
-        # The weight step's forward runs in DDP (gradients averaged in buckets during backward);
-        # α is left to the architect. With SyncBatchNorm the statistics already agree across ranks.
-        self.net = dist.wrap(self.model, ignore=self.model.arch_parameters(), broadcast_buffers=not config.sync_bn)
+        self.net = self.wrap()
         self.autocast = autocast(self.device, config.amp)
         self.smoothing = torch.Generator().manual_seed(seed + 7)  # SDARTS-RS's noise, the same on every rank
         self.curvature = watch_curvature(config, self.model, fixed, lambda: self.derived().to_dict(),
                                          dist)
         self.hooks += [RegularizerSchedule(config, self.model), self.curvature]
         self.begin(saved, self.data_info)
+
+    # -- the network (one per stage with --progressive) ---------------------------------------------
+
+    def build_stage(self, space: ConvSearchSpaceConfig, split: bool) -> None:
+        """The search network of ``space`` with its weight optimiser and architect (fresh, as each of
+        P-DARTS's stages is); ``split``: the ranks' random streams part here (the run's first network)."""
+        config = self.config
+        self.model = self.place_model(SEARCH_SPACES.get("cnn")(space), config.channels_last, split=split)
+        self.w_optimizer = torch.optim.SGD(self.model.weight_parameters(), lr=config.lr,
+                                           momentum=config.momentum,
+                                           weight_decay=config.weight_decay)
+        self.architect = Architect(self.model, self.w_optimizer, order=config.order,
+                                   lr=config.arch_lr, betas=tuple(config.arch_betas),
+                                   weight_decay=config.arch_weight_decay, fd_step=config.fd_step,
+                                   fd_scheme=config.fd_scheme, grad_clip=config.grad_clip, sync=self.dist.average)
+
+    def wrap(self) -> torch.nn.Module:
+        """The weight step's forward runs in DDP (gradients averaged in buckets during backward); α is
+        left to the architect. With SyncBatchNorm the statistics already agree across ranks. GDAS
+        leaves the unsampled ops without gradients: DDP must look for them."""
+        return self.dist.wrap(self.model, ignore=self.model.arch_parameters(), broadcast_buffers=not self.config.sync_bn,
+                              find_unused=self.config.sampler == "gdas")
+
+    def stage_space(self, space: ConvSearchSpaceConfig, stage: int, edge_op_sets: dict[str, Any]
+                    ) -> ConvSearchSpaceConfig:
+        """P-DARTS: stage ``stage``'s network: its depth, and the ops each edge kept."""
+        sets = {cell: tuple(tuple(ops) for ops in rows) for cell, rows in edge_op_sets.items()}
+        return dataclasses.replace(space, layers=self.config.stage_layers[stage], edge_op_sets=sets)
+
+    def next_stage(self, stage: int) -> None:
+        """P-DARTS: prune every edge to the ops strongest by softmax(α) of the stage that ended, then
+        build the deeper network of ``stage`` afresh (its weights seeded by --seed and the stage)."""
+        keep = self.config.stage_ops[stage]
+        weights = dict(zip(("normal", "reduce"), self.model.arch_weights()))
+        sets = {cell: prune_edge_ops(weights[cell], self.space.edge_ops(cell), keep) for cell in weights}
+        self.stage, self.space = stage, self.stage_space(self.space, stage, sets)
+        self.net = None  # DDP's reducer goes before its model is replaced
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed + 1009 * stage)
+            self.build_stage(self.space, split=False)
+        self.net = self.wrap()
+        self.log(f"stage {stage + 1}/{len(self.config.stage_layers)}: {self.space.layers} cells, the {keep} "
+                 f"strongest ops of every edge kept (written to {self.out / STAGES})")
+
+    def record_stage(self, dropout: float) -> dict[str, Any]:
+        """P-DARTS: the stage's fields of the epoch's record; its op sets into stages.json."""
+        cfg = self.config
+        if len(self.stages) <= self.stage:
+            first = self.stage * cfg.stage_epochs + 1
+            self.stages.append({"stage": self.stage + 1, "layers": self.space.layers,
+                                "ops_per_edge": cfg.stage_ops[self.stage], "epochs": [first, first + cfg.stage_epochs - 1],
+                                "skip_dropout": cfg.stage_dropout[self.stage],
+                                "edge_ops": {cell: [list(ops) for ops in self.space.edge_ops(cell)]
+                                             for cell in ("normal", "reduce")}})
+            self.write_text(STAGES, json.dumps(self.stages, indent=1) + "\n")
+        return {"stage": self.stage + 1, "layers": self.space.layers, "skip_dropout": round(dropout, 6)}
 
     # -- cost --------------------------------------------------------------------------------------
 
@@ -290,13 +422,22 @@ class Search(Run):
     # -- state ---------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        return {**bilevel_state(self), "smoothing": self.smoothing.get_state(),
-                "genotype": self.derived().to_dict()}
+        state = {**bilevel_state(self), "smoothing": self.smoothing.get_state(), "genotype": self.derived().to_dict()}
+        if self.config.progressive:
+            state.update(stage=self.stage, stages=self.stages,
+                         edge_ops={cell: [list(ops) for ops in self.space.edge_ops(cell)] for cell in ("normal", "reduce")})
+        if self.model.sampler is not None:
+            state["sampler"] = self.model.sampler.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         load_bilevel_state(self, state)
         if "smoothing" in state:
             self.smoothing.set_state(state["smoothing"])
+        if self.config.progressive:
+            self.stages = list(state["stages"])
+        if self.model.sampler is not None:
+            self.model.sampler.load_state_dict(state["sampler"])
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -320,7 +461,7 @@ class Search(Run):
             with self.autocast:
                 loss, logits, grad_norm, ok = search_step(
                     model, self.architect, self.w_optimizer, (x, y), val_batch, xi, cfg.grad_clip,
-                    finite=self.all_finite if check else None, update_alpha=self.epoch >= cfg.arch_start_epoch,
+                    finite=self.all_finite if check else None, update_alpha=self.alpha_moves(),
                     net=self.net, perturb=perturb)
             if check:
                 self.check_arch_finite(i + 1, model.arch_parameters())
@@ -331,12 +472,30 @@ class Search(Run):
         steps, seconds = self.run_steps(state, step, self.epoch_steps(self.train_loader, cfg.steps_per_epoch))
         return state.summary(self, steps, seconds)
 
+    def alpha_moves(self) -> bool:
+        """Whether this epoch takes α steps: after --arch-start-epoch, or each stage's --stage-warmup."""
+        if self.config.progressive:
+            return self.config.stage_of(self.epoch)[1] >= self.config.stage_warmup
+        return self.epoch >= self.config.arch_start_epoch
+
     def epoch_start(self) -> dict[str, Any]:
-        lr = cosine_lr(self.epoch, self.config.epochs, self.config.lr, self.config.lr_min)
-        if self.epoch < self.config.warmup_epochs:
-            lr *= (self.epoch + 1) / self.config.warmup_epochs
+        cfg = self.config
+        epoch, epochs, extra = self.epoch, cfg.epochs, {}
+        if cfg.progressive:  # each stage: a fresh cosine schedule, and the skip dropout decaying
+            stage, epoch = cfg.stage_of(self.epoch)
+            if stage != self.stage:
+                self.next_stage(stage)
+            epochs = cfg.stage_epochs
+            dropout = pdarts_skip_dropout(cfg.stage_dropout[stage], epoch, epochs, cfg.stage_warmup)
+            self.model.set_skip_dropout(dropout)
+            extra = self.record_stage(dropout)
+        lr = cosine_lr(epoch, epochs, cfg.lr, cfg.lr_min)
+        if self.epoch < cfg.warmup_epochs:
+            lr *= (self.epoch + 1) / cfg.warmup_epochs
         set_lr(self.w_optimizer, lr)
-        return {"lr": lr}
+        if self.model.sampler is not None:
+            self.model.sampler.tau = extra["tau"] = gdas_tau(self.epoch, cfg.epochs, cfg.tau_max, cfg.tau_min)
+        return {"lr": lr, **extra}
 
     def evaluate(self) -> dict[str, float]:
         """Loss and accuracy of the search network on the validation split (no augmentation)."""
@@ -345,7 +504,9 @@ class Search(Run):
 
     def describe(self) -> str:
         cfg = self.config
-        return (f"search cnn: {cfg.order} order, C={cfg.init_channels} L={cfg.layers} "
+        layers = f"L={'/'.join(map(str, cfg.stage_layers))} (P-DARTS stages)" if cfg.progressive else f"L={cfg.layers}"
+        sampler = ", GDAS sampler" if cfg.sampler == "gdas" else ""
+        return (f"search cnn: {cfg.order} order{sampler}, C={cfg.init_channels} {layers} "
                 f"N={cfg.nodes}, {len(self.train_loader.indices)} train / "
                 f"{len(self.val_loader.indices)} val images, {self.where()}")
 
@@ -369,7 +530,8 @@ class Search(Run):
             e_normal, e_reduce = self.model.edge_weights()
             record["edge_weights"] = {"normal": [round(v, 6) for v in e_normal.tolist()],
                                       "reduce": [round(v, 6) for v in e_reduce.tolist()]}
-        return lambda r: (f"epoch {r['epoch']}/{cfg.epochs} lr {r['lr']:.5f} "
+        stage = f"stage {record['stage']} (L={record['layers']}) " if cfg.progressive else ""
+        return lambda r: (f"epoch {r['epoch']}/{cfg.epochs} {stage}lr {r['lr']:.5f} "
                           f"train loss {r['train_loss']:.4f} acc {r['train_acc']:.4f} | "
                           f"val loss {r['val_loss']:.4f} acc {r['val_acc']:.4f} | "
                           f"skip(normal) {skips}{cost}{curvature_text(r)} | {r['seconds']:.1f}s\n"
@@ -471,6 +633,25 @@ def load_search_data(config: SearchConfig, train_data: Any,
                         verify=config.verify), None
 
 
+def prune_edge_ops(weights: torch.Tensor, names: tuple[tuple[str, ...], ...], keep: int
+                   ) -> tuple[tuple[str, ...], ...]:
+    """P-DARTS's pruning: on every edge (row of ``weights``, softmax(α)), the ``keep`` ops of largest
+    weight, in their order in the edge's set."""
+    kept = []
+    for row, ops in zip(weights.detach().cpu(), names):
+        top = sorted(torch.topk(row, min(keep, len(ops))).indices.tolist())
+        kept.append(tuple(ops[i] for i in top))
+    return tuple(kept)
+
+
+def pdarts_skip_dropout(rate: float, epoch: int, epochs: int, warmup: int) -> float:
+    """P-DARTS's dropout on skip_connect at ``epoch`` of a stage of ``epochs``: falling linearly from
+    ``rate`` over the weights-only warm-up, then decaying as rate x exp(-0.2 (epoch - warmup))."""
+    if epoch < warmup:
+        return rate * (epochs - epoch - 1) / epochs
+    return rate * math.exp(-0.2 * (epoch - warmup))
+
+
 def derive_from_checkpoint(path: str | Path, max_skip: int | None = None) -> Genotype:
     """The genotype α in a search checkpoint derives to (``max_skip`` overrides the run's): ranked by
     α·β with PC-DARTS, kept within the budget with ``cost_derive="budget"`` (the run's cost table)."""
@@ -483,13 +664,16 @@ def derive_from_checkpoint(path: str | Path, max_skip: int | None = None) -> Gen
     except KeyError:
         raise CheckpointError(f"{path}: checkpoint holds no α") from None
     n = alpha_normal.shape[0]
+    names = {cell: edge_ops(config.ops, n, cell) for cell in ("normal", "reduce")}
+    if state.get("edge_ops") is not None:  # P-DARTS: the ops the last stage's edges kept
+        names = {cell: tuple(tuple(ops) for ops in rows) for cell, rows in state["edge_ops"].items()}
     w_normal, w_reduce = mixing_weights(alpha_normal), mixing_weights(alpha_reduce)
     if "beta_normal" in model_state:  # PC-DARTS ranks edges by α·β
         w_normal = w_normal * edge_softmax(model_state["beta_normal"], config.nodes)[:, None]
         w_reduce = w_reduce * edge_softmax(model_state["beta_reduce"], config.nodes)[:, None]
     max_skip = config.max_skip if max_skip is None else max_skip
-    genotype = derive_genotype(w_normal, w_reduce, edge_ops(config.ops, n, "normal"),
-                               reduce_op_names=edge_ops(config.ops, n, "reduce"), max_skip=max_skip)
+    genotype = derive_genotype(w_normal, w_reduce, names["normal"], reduce_op_names=names["reduce"],
+                               max_skip=max_skip)
     if config.cost_derive == "budget":
         run_dir = Path(path) if Path(path).is_dir() else Path(path).parent
         table = CostTable.read(run_dir / COST_TABLE)
