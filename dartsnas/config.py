@@ -190,8 +190,8 @@ def check_field(f: dataclasses.Field, value: Any) -> None:
 
 
 #: The order of the argparse groups in a command's help.
-GROUP_ORDER = ("options", "data", "corpus", "search space", "network", "optimisation", "cost", "collapse", "timing",
-               "final network", "run")
+GROUP_ORDER = ("options", "data", "corpus", "search space", "network", "optimisation", "sampled search",
+               "progressive search (P-DARTS)", "cost", "collapse", "timing", "final network", "run")
 
 
 def add_flags(parser: argparse.ArgumentParser, cls: type, *, exclude: Sequence[str] = ()
@@ -387,6 +387,30 @@ class ArchStep(Config):
 
 
 @dataclass
+class Sampler(Config):
+    """GDAS (Dong & Yang, CVPR 2019): each forward pass computes one candidate per decision, drawn by
+    hard Gumbel-softmax over α, its gradient straight through the relaxed weights at temperature τ."""
+
+    sampler: str = option("none", "gdas: every edge (Choice) computes one candidate, drawn by hard Gumbel-softmax over "
+                          "α (GDAS); a step costs about one candidate's work instead of all of them", group="sampled search",
+                          choices=("none", "gdas"))
+    tau_max: float = option(10.0, "GDAS: the Gumbel-softmax temperature τ at the first epoch, annealed linearly to "
+                            "--tau-min at the last", group="sampled search", above=0)
+    tau_min: float = option(0.1, "GDAS: τ at the last epoch", group="sampled search", above=0)
+
+    def check(self) -> None:
+        super().check()
+        if self.sampler == "gdas":
+            if getattr(self, "order", "first") != "first":
+                raise ConfigError("{sampler} gdas needs {order} first: each forward pass draws its own candidates, so "
+                                  "the unrolled step and its Hessian-vector product would see different networks",
+                                  names=("sampler", "order"))
+            if self.tau_min > self.tau_max:
+                raise ConfigError(f"{{tau_min}} {self.tau_min} is above {{tau_max}} {self.tau_max}",
+                                  names=("tau_min", "tau_max"))
+
+
+@dataclass
 class ArchWarmup(Config):
     arch_start_epoch: int = option(0, "first epoch (0-based) with α steps; before it only w trains (PC-DARTS: 15)",
                                    group="optimisation", min=0)
@@ -565,5 +589,5 @@ def check_resumable(saved: Config, asked: Config, path: Path, log: Callable[[str
 
 
 __all__ = ["COST_KINDS", "COST_PENALTIES", "ArchStep", "ArchWarmup", "Compile", "Config", "CostBudget", "CorpusData",
-           "Curvature", "Epochs", "FastConv", "ImageData", "Momentum", "RunOptions", "Seed", "add_flags", "check_field", "check_resumable", "configclass", "flag_of",
+           "Curvature", "Epochs", "FastConv", "ImageData", "Momentum", "RunOptions", "Sampler", "Seed", "add_flags", "check_field", "check_resumable", "configclass", "flag_of",
            "given_fields", "load_config_file", "option"]

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
-from .spaces.base import ArchitectureSplit, is_recomputing, mixing_weights, recomputed
+from .spaces.base import ArchitectureSplit, GumbelSampler, is_recomputing, mixing_weights, recomputed, sampled_sum
 
 #: A choice's pick: a candidate's name (Choice) or the chosen input indices (InputChoice).
 Pick = Any
@@ -76,6 +76,8 @@ class Choice(nn.Module):
         self.label = key or "Choice"  # its name in the model, once SearchableModel or fix has looked
         self.reached = False
         self.recompute = False
+        # GDAS: (straight-through weights, index) drawn for this forward pass by SearchableModel
+        self.sampled: tuple[torch.Tensor, int] | None = None
 
     @property
     def names(self) -> list[str]:
@@ -85,6 +87,9 @@ class Choice(nn.Module):
         self.reached = True
         if self.recompute and torch.is_grad_enabled() and not is_recomputing(self):
             return recomputed(self, *args, **kwargs)
+        if self.sampled is not None:  # GDAS: only the drawn candidate runs
+            weights, index = self.sampled
+            return sampled_sum(weights, index, list(self.candidates.values())[index](*args, **kwargs))
         outputs = [module(*args, **kwargs) for module in self.candidates.values()]
         _check_shapes(self.label, [repr(n) for n in self.names], outputs, "candidate")
         weights = mixing_weights(self.alpha)
@@ -197,7 +202,8 @@ class SearchableModel(ArchitectureSplit, nn.Module):
     """A model holding choices, as the :class:`~dartsnas.architect.Architect` sees a search model: its α
     (one per choice name; shared keys share it), its weights (everything else) and ``loss(inputs,
     targets)`` = ``loss_fn(model(inputs), targets)``. The model itself is unchanged except that choices
-    sharing a key now hold the same α parameter."""
+    sharing a key now hold the same α parameter. With a ``sampler`` (GDAS) every forward pass draws one
+    candidate per choice name (choices sharing a key share the draw) and runs only that one."""
 
     def __init__(self, model: nn.Module, loss_fn: Callable[[Any, Any], torch.Tensor] = F.cross_entropy) -> None:
         super().__init__()
@@ -209,15 +215,31 @@ class SearchableModel(ArchitectureSplit, nn.Module):
             shared = members[0][1].alpha
             for _, module in members:
                 module.alpha = shared  # one Parameter: named_parameters() lists it once
+        self.sampler: GumbelSampler | None = None
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return [members[0][1].alpha for members in self.groups.values()]
 
     def forward(self, *inputs: Any) -> Any:
-        return self.model(*inputs)
+        return self._run(inputs)
 
     def loss(self, inputs: Any, targets: Any) -> torch.Tensor:
-        return self.loss_fn(self.model(inputs), targets)
+        return self.loss_fn(self._run((inputs,)), targets)
+
+    def _run(self, inputs: tuple[Any, ...]) -> Any:
+        samplable = [(name, members) for name, members in self.groups.items() if isinstance(members[0][1], Choice)]
+        if self.sampler is None or not samplable:
+            return self.model(*inputs)
+        for name, members in samplable:  # one draw per choice name, in the model's order
+            weights, index = self.sampler.sample(members[0][1].alpha, self.training)
+            for _, m in members:
+                m.sampled = (weights, int(index))
+        try:
+            return self.model(*inputs)
+        finally:
+            for _, members in samplable:
+                for _, m in members:
+                    m.sampled = None
 
     def choices(self) -> Iterator[tuple[str, nn.Module]]:
         for name, members in self.groups.items():

@@ -7,6 +7,7 @@ per op name, the same in every figure. matplotlib is an optional dependency
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,7 +189,8 @@ def read_run(run_dir: str | os.PathLike) -> tuple[list[dict[str, Any]], dict[str
 
 def plot_alphas(run_dir: str | os.PathLike, out: str | os.PathLike) -> list[Path]:
     """softmax(α) of every op on every edge against the epoch, one panel per edge and one figure per
-    cell type; a dot marks the op derivation picks on that edge at that epoch."""
+    cell type; a dot marks the op derivation picks on that edge at that epoch. A P-DARTS run's stages
+    (stages.json) are dashed lines; an op's curve ends where its edge's stage pruned it."""
     from .ops import DARTS_OPS, RNN_DARTS_OPS, edge_ops
     plt = _pyplot()
     records, config = read_run(run_dir)
@@ -199,6 +201,8 @@ def plot_alphas(run_dir: str | os.PathLike, out: str | os.PathLike) -> list[Path
     colors = op_colors()
     out = Path(out)
     written = []
+    stages_file = Path(run_dir) / "stages.json"
+    stages = json.loads(stages_file.read_text()) if stages_file.is_file() else []
     for cell, first in records[0]["alphas"].items():
         recurrent = cell == "recurrent"
         ops = config.get("ops") or (RNN_DARTS_OPS if recurrent else DARTS_OPS)
@@ -206,6 +210,14 @@ def plot_alphas(run_dir: str | os.PathLike, out: str | os.PathLike) -> list[Path
         epochs = [r["epoch"] for r in records]
         n_edges = len(first)
         names = edge_ops(ops, n_edges, cell)  # the op set on every edge, or S1's pair per edge
+        by_stage = {s["stage"]: s["edge_ops"][cell] for s in stages}
+
+        def columns(r: dict[str, Any], e: int) -> list[str]:  # the ops α's row holds at that epoch
+            return list(by_stage[r["stage"]][e]) if "stage" in r and r["stage"] in by_stage else list(names[e])
+
+        def value(r: dict[str, Any], e: int, op: str) -> float:
+            kept = columns(r, e)
+            return r["alphas"][cell][e][kept.index(op)] if op in kept else float("nan")
         cols = 6
         rows = -(-n_edges // cols)
         fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 1.6 * rows), sharex=True, sharey=True,
@@ -220,12 +232,13 @@ def plot_alphas(run_dir: str | os.PathLike, out: str | os.PathLike) -> list[Path
             if e >= n_edges:
                 ax.axis("off")
                 continue
-            for o, name in enumerate(names[e]):
-                ax.plot(epochs, [r["alphas"][cell][e][o] for r in records], color=colors.get(name, "#444"),
+            for name in names[e]:
+                ax.plot(epochs, [value(r, e, name) for r in records], color=colors.get(name, "#444"),
                         lw=1.2, label=name)
             for epoch, op in picks.get(e, []):
-                value = records[epochs.index(epoch)]["alphas"][cell][e][list(names[e]).index(op)]
-                ax.plot([epoch], [value], "o", ms=3, color=colors.get(op, "#000"))
+                ax.plot([epoch], [value(records[epochs.index(epoch)], e, op)], "o", ms=3, color=colors.get(op, "#000"))
+            for s in stages[1:]:
+                ax.axvline(s["epochs"][0] - 0.5, color="#999", lw=0.8, ls="--")
             ax.set_title(f"edge {e}", fontsize=7)
             ax.tick_params(labelsize=6)
         legend: dict[str, object] = {}  # every op once, in first-seen order (S1's edges differ)
@@ -233,7 +246,8 @@ def plot_alphas(run_dir: str | os.PathLike, out: str | os.PathLike) -> list[Path
             for handle, label in zip(*ax.get_legend_handles_labels()):
                 legend.setdefault(label, handle)
         fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=min(len(legend), 8), fontsize=7)
-        fig.suptitle(f"softmax(α) of the {cell} cell per epoch (dots: derived choice)", fontsize=10)
+        staged = f"; dashed: P-DARTS stages of {', '.join(str(s['layers']) for s in stages)} cells" if stages else ""
+        fig.suptitle(f"softmax(α) of the {cell} cell per epoch (dots: derived choice{staged})", fontsize=10)
         fig.tight_layout(rect=(0, 0.05, 1, 0.96))
         path = out.with_name(f"{out.stem}_{cell}{out.suffix or '.png'}")
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -137,7 +137,7 @@ class GumbelSampler:
 def gdas_tau(epoch: int, epochs: int, tau_max: float, tau_min: float) -> float:
     """GDAS's temperature at ``epoch`` (0-based): linear from ``tau_max`` at the first epoch to
     ``tau_min`` at the last."""
-    return tau_max - (tau_max - tau_min) * epoch / max(epochs - 1, 1)
+    return tau_min + (tau_max - tau_min) * (epochs - 1 - min(epoch, epochs - 1)) / max(epochs - 1, 1)
 
 
 def sampled_sum(weights: torch.Tensor, index: int, output: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,7 @@ from ..spaces import SEARCH_SPACES, ConvSearchSpaceConfig
 from ..spaces.base import gdas_tau, mixing_weights
 from .checkpoint import GENOTYPE, load_checkpoint, tensors_to_lists
 from ..config import (ArchStep, ArchWarmup, CostBudget, Curvature, Epochs, FastConv, ImageData, Momentum, RunOptions,
-                      Seed, configclass, option)
+                      Sampler, Seed, configclass, option)
 from .common import autocast, cosine_lr, python_data_config
 from .hooks import RegularizerSchedule, curvature_text, watch_curvature
 from .loop import Run, batch_source, set_lr
@@ -48,7 +48,8 @@ COST_TABLE = "cost_table.json"
 
 
 @configclass()
-class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, ArchStep, Momentum, Epochs, ImageData, CostBudget):
+class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, Sampler, ArchStep, Momentum, Epochs, ImageData,
+                   CostBudget):
     """Everything that defines a conv search; defaults are the paper's CIFAR-10 settings."""
 
     train_portion: float = option(0.5, "part of the training split that trains w; the rest trains α", above=0, below=1)
@@ -86,12 +87,6 @@ class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, ArchStep, 
                                choices=("cifar", "imagenet"))
     cost_layers: int = option(20, "its cells L", group="cost", min=3)
     cost_channels: int = option(36, "its C", group="cost", min=1)
-    sampler: str = option("none", "gdas: each edge computes one op, drawn by hard Gumbel-softmax over α with a "
-                          "straight-through gradient (GDAS, Dong & Yang 2019); about 1/8 of a step's op work",
-                          group="sampled search (GDAS)", choices=("none", "gdas"))
-    tau_max: float = option(10.0, "GDAS: the Gumbel-softmax temperature τ at the first epoch, annealed linearly to "
-                            "--tau-min at the last", group="sampled search (GDAS)", above=0)
-    tau_min: float = option(0.1, "GDAS: τ at the last epoch", group="sampled search (GDAS)", above=0)
     progressive: bool = option(False, "P-DARTS (Chen et al., 2019): search in stages of growing depth (--stage-layers), "
                                "pruning each edge to the ops strongest by softmax(α) between stages (--stage-ops); "
                                "the run's epochs are the stages' (--stage-epochs each); --max-skip defaults to 2",
@@ -152,16 +147,9 @@ class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, ArchStep, 
             raise ConfigError(f"{{sample}} needs two parts of a class in (0, 1), for w and α, got {list(self.sample)}",
                               names=("sample",))
         if self.sampler == "gdas":
-            if self.order != "first":
-                raise ConfigError("{sampler} gdas needs {order} first: each forward pass draws its own ops, so the "
-                                  "unrolled step and its Hessian-vector product would see different networks",
-                                  names=("sampler", "order"))
             for name, off in (("hessian_every", 0), ("regularizer", "none"), ("progressive", False)):
                 if getattr(self, name) != off:
                     raise ConfigError(f"{{sampler}} gdas and {{{name}}} do not combine", names=("sampler", name))
-            if self.tau_min > self.tau_max:
-                raise ConfigError(f"{{tau_min}} {self.tau_min} is above {{tau_max}} {self.tau_max}",
-                                  names=("tau_min", "tau_max"))
         if self.progressive:
             self.check_stages()
         self.space().validate()  # before any data is read

@@ -25,8 +25,9 @@ from ..architect import Architect
 from ..data import DatasetBatches, random_split
 from ..errors import ConfigError
 from ..nn import Choice, SearchableModel, fix
-from ..config import ArchStep, ArchWarmup, CostBudget, Epochs, Momentum, RunOptions, Seed, configclass, option
+from ..config import ArchStep, ArchWarmup, CostBudget, Epochs, Momentum, RunOptions, Sampler, Seed, configclass, option
 from ..cost import ChoiceCosts, round_cost
+from ..spaces.base import GumbelSampler, gdas_tau
 from .common import cosine_lr
 from .loop import Run, batch_source, set_lr
 from .meters import ClipMeter
@@ -39,7 +40,7 @@ COSTS = "choice_costs.json"
 
 
 @configclass(epochs=10)
-class ModelSearchConfig(RunOptions, Seed, ArchWarmup, ArchStep, Momentum, Epochs, CostBudget):
+class ModelSearchConfig(RunOptions, Seed, ArchWarmup, Sampler, ArchStep, Momentum, Epochs, CostBudget):
     """The bilevel optimisation of a model search; defaults are the paper's CIFAR-10 search settings."""
 
     train_portion: float = option(0.5, "without val_data: the part of train_data that trains w; the rest trains α",
@@ -112,7 +113,10 @@ class ModelSearch(Run):
         if config.cost is not None:
             self.costs = self.open_costs(first)
             self.architect.penalty = self.cost_penalty
-        self.net = dist.wrap(self.model, ignore=self.model.arch_parameters(), broadcast_buffers=not config.sync_bn)
+        if config.sampler == "gdas":  # after the costs are counted: they need every candidate run
+            self.model.sampler = GumbelSampler(config.seed + 13)
+        self.net = dist.wrap(self.model, ignore=self.model.arch_parameters(), broadcast_buffers=not config.sync_bn,
+                             find_unused=config.sampler == "gdas")
         self.begin(saved)
 
     def open_costs(self, example: Any) -> ChoiceCosts:
@@ -138,10 +142,15 @@ class ModelSearch(Run):
         return cfg.budget_penalty(self.costs.expected(cfg.cost, self.model), derived)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**bilevel_state(self), "choices": self.model.picks()}
+        state = {**bilevel_state(self), "choices": self.model.picks()}
+        if self.model.sampler is not None:
+            state["sampler"] = self.model.sampler.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         load_bilevel_state(self, state)
+        if self.model.sampler is not None:
+            self.model.sampler.load_state_dict(state["sampler"])
 
     def train_epoch(self) -> dict[str, Any]:
         cfg, model = self.config, self.model
@@ -173,9 +182,13 @@ class ModelSearch(Run):
         return record
 
     def epoch_start(self) -> dict[str, Any]:
-        lr = cosine_lr(self.epoch, self.config.epochs, self.config.lr, self.config.lr_min)
+        cfg = self.config
+        lr = cosine_lr(self.epoch, cfg.epochs, cfg.lr, cfg.lr_min)
         set_lr(self.w_optimizer, lr)
-        return {"lr": lr}
+        if self.model.sampler is None:
+            return {"lr": lr}
+        self.model.sampler.tau = gdas_tau(self.epoch, cfg.epochs, cfg.tau_max, cfg.tau_min)
+        return {"lr": lr, "tau": self.model.sampler.tau}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
