@@ -9,6 +9,11 @@ a fresh subprocess so peaks do not leak between configurations.
     python benchmarks/search_step.py --configs 16,8,64 --orders first --partial-channels 1 4   # PC-DARTS
     python benchmarks/search_step.py --scaling        # step time against batch, C and nodes N
     python benchmarks/search_step.py --device cuda --configs 16,8,64 --compare   # fast path vs plain fp32 NCHW
+    python benchmarks/search_step.py --configs 16,8,32 --orders first --methods darts gdas p-darts   # successors
+
+--methods: darts (every op on every edge), gdas (one sampled op per edge) and p-darts, whose three
+stage networks replace the configuration's L: 5 cells with the 8 ops, 11 with 5 and 17 with 3 per edge
+(the kept sets: skip_connect and the costliest convolutions, an upper bound of what pruning leaves).
 
 A configuration is C,L,batch or C,L,batch,N (N intermediate nodes per cell, default 4).
 """
@@ -23,6 +28,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _harness import peak_memory_gb, run_isolated, time_steps  # noqa: E402
 
 CONFIGS = ["8,5,16", "16,8,32"]  # C,L,batch at 32x32, as in the original's figures
+#: P-DARTS's stages (Chen et al., 2019): cells, and the ops every edge keeps (an upper bound in cost)
+PDARTS_STAGES = {"p-darts-1": (5, None), "p-darts-2": (11, ("skip_connect", "sep_conv_3x3", "sep_conv_5x5",
+                                                               "dil_conv_3x3", "dil_conv_5x5")),
+                 "p-darts-3": (17, ("skip_connect", "sep_conv_3x3", "sep_conv_5x5"))}
 # --scaling: from C=8, L=5, batch 16, N=4, one factor at a time (batch, then C, then nodes).
 SCALING = ["8,5,8", "8,5,16", "8,5,32", "8,5,64", "4,5,16", "16,5,16", "32,5,16",
            "8,5,16,2", "8,5,16,3", "8,5,16,5", "8,5,16,6"]
@@ -41,8 +50,14 @@ def measure(args: argparse.Namespace) -> dict:
     N = rest[0] if rest else 4
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = SearchNetwork(ConvSearchSpaceConfig(init_channels=C, layers=L, nodes=N,
-                                                partial_channels=args.k)).to(device)
+    space = ConvSearchSpaceConfig(init_channels=C, layers=L, nodes=N, partial_channels=args.k,
+                                  sampler="gdas" if args.method == "gdas" else "none")
+    if args.method in PDARTS_STAGES:
+        L, kept = PDARTS_STAGES[args.method]
+        space.layers = L
+        if kept is not None:
+            space.edge_op_sets = {cell: (kept,) * len(space.edge_ops(cell)) for cell in ("normal", "reduce")}
+    model = SearchNetwork(space).to(device)
     fmt = torch.contiguous_format if args.no_channels_last else torch.channels_last
     model.to(memory_format=fmt)
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
@@ -56,7 +71,8 @@ def measure(args: argparse.Namespace) -> dict:
             search_step(model, arch, w_opt, batch(), batch(), 0.025, 5.0)
 
     sec = time_steps(step, args.steps, args.warmup, device.type == "cuda")
-    return {"bench": "search_step", "C": C, "L": L, "batch": B, "nodes": N, "size": args.size, "order": args.order,
+    return {"bench": "search_step", "method": args.method, "C": C, "L": L, "batch": B, "nodes": N, "size": args.size,
+            "ops_per_edge": len(space.edge_ops("normal")[0]), "order": args.order,
             "partial_channels": args.k,
             **({"fd_scheme": args.fd_scheme} if args.order == "second" else {}), "device": args.device, "threads": args.threads,
             "channels_last": not args.no_channels_last, "amp": not args.no_amp and device.type == "cuda",
@@ -82,7 +98,10 @@ def main() -> None:
                    help="each configuration on the fast path and on the plain (float32, NCHW) one, and the ratio")
     p.add_argument("--partial-channels", nargs="+", type=int, default=[1], metavar="K",
                    help="PC-DARTS K values to measure (1: plain DARTS), e.g. --partial-channels 1 4")
+    p.add_argument("--methods", nargs="+", default=["darts"], choices=("darts", "gdas", "p-darts"),
+                   help="search methods to measure (p-darts: its three stage networks) [darts]")
     p.add_argument("--k", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--method", default="darts", help=argparse.SUPPRESS)
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--order", default="first", help=argparse.SUPPRESS)
@@ -94,8 +113,9 @@ def main() -> None:
               str(args.threads), "--steps", str(args.steps), "--warmup", str(args.warmup)]
     common += (["--no-channels-last"] if args.no_channels_last else []) + (["--no-amp"] if args.no_amp else [])
     configs = SCALING if args.scaling else args.configs
-    jobs = [["--config", c, "--order", o, "--k", str(k), *common]
-            for c in configs for o in args.orders for k in args.partial_channels]
+    methods = [m for name in args.methods for m in (PDARTS_STAGES if name == "p-darts" else [name])]
+    jobs = [["--config", c, "--order", o, "--k", str(k), "--method", m, *common]
+            for c in configs for o in args.orders for k in args.partial_channels for m in methods]
     if not args.compare:
         run_isolated(__file__, jobs)
         return

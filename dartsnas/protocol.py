@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import ConfigError, DartsError, Interrupted
-from .genotype import Genotype, RecurrentGenotype, edge_row, load_genotype, num_edges
+from .genotype import CONV_GENOTYPES, RNN_GENOTYPES, Genotype, RecurrentGenotype, edge_row, load_genotype, num_edges
 from .ops import DARTS_OPS, RNN_DARTS_OPS, edge_ops
 from .train.checkpoint import CHECKPOINT, GENOTYPE, METRICS, atomic_write_text, read_metrics
 from .train.common import stop_signals
@@ -252,16 +252,54 @@ def _run_pending(jobs: Sequence[Job], work: Callable[[Job], dict[str, Any]], wor
 
 
 # ----------------------------------------------------------------------------- selection
-def leaderboard(results: dict[str, dict[str, Any]], genotypes: dict[str, str]) -> list[dict[str, Any]]:
+def search_method(config: dict[str, Any]) -> str:
+    """The method a search run's config names: darts, p-darts (--progressive), gdas (--sampler gdas) or
+    pc-darts (--partial-channels), with its regulariser, second order and cost budget where set."""
+    name = "p-darts" if config.get("progressive") else "gdas" if config.get("sampler") == "gdas" else \
+        "pc-darts" if config.get("partial_channels", 1) > 1 else "darts"
+    if config.get("regularizer", "none") != "none":
+        name += f"+{config['regularizer']}"
+    if config.get("order", "first") != "first":
+        name += f" ({config['order']} order)"
+    if config.get("cost"):
+        name += f", {config['cost']} budget"
+    return name
+
+
+def candidate_method(spec: str, space: str) -> str:
+    """What produced a candidate: a search run's method (its directory's config.json, also for the
+    genotype.json inside one), ``random`` for random-search's samples, ``built-in``, else ``genotype file``."""
+    builtins = CONV_GENOTYPES if space == "cnn" else RNN_GENOTYPES
+    if spec in builtins:
+        return "built-in"
+    path = Path(spec)
+    run_dir = path if path.is_dir() else path.parent
+    config_file = run_dir / "config.json"
+    if config_file.is_file():
+        try:
+            config = json.loads(config_file.read_text())
+        except (OSError, ValueError):
+            config = {}
+        if str(config.get("kind", "")).startswith("search"):
+            return search_method(config)
+    if path.parent.name == "samples" and path.name.startswith("sample_"):
+        return "random"
+    return "genotype file"
+
+
+def leaderboard(results: dict[str, dict[str, Any]], genotypes: dict[str, str],
+                methods: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Rows best first: finished candidates by validation score (top-1 up, perplexity down), then
-    candidates without a score, then failed ones."""
+    candidates without a score, then failed ones; each with the method that produced it."""
     def key(row: dict[str, Any]) -> tuple:
         score = row.get("score")
         if row.get("status") != "done" or score is None or not math.isfinite(score):
             return (1 if row.get("status") == "done" else 2, 0.0, row["name"])
         return (0, -score if row.get("metric") == "val_top1" else score, row["name"])
 
-    rows = sorted((dict(r, genotype=genotypes[name]) for name, r in results.items()), key=key)
+    methods = methods or {}
+    rows = sorted((dict(r, genotype=genotypes[name], method=methods.get(name, "")) for name, r in results.items()),
+                  key=key)
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
     return rows
@@ -269,12 +307,12 @@ def leaderboard(results: dict[str, dict[str, Any]], genotypes: dict[str, str]) -
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     metric = next((r["metric"] for r in rows if "metric" in r), "score")
-    lines = [f"| rank | candidate | {metric} | epochs | status |", "| --- | --- | --- | --- | --- |"]
+    lines = [f"| rank | candidate | method | {metric} | epochs | status |", "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         score = r.get("score")
         shown = "" if score is None else (f"{score:.4f}" if metric == "val_top1" else f"{score:.2f}")
         status = f"failed: {r.get('error', '')}".replace("|", "/") if r["status"] == "failed" else r["status"]
-        lines.append(f"| {r['rank']} | {r['name']} | {shown} | {r.get('epochs', '')} | {status} |")
+        lines.append(f"| {r['rank']} | {r['name']} | {r.get('method', '')} | {shown} | {r.get('epochs', '')} | {status} |")
     return "\n".join(lines) + "\n"
 
 
@@ -311,7 +349,7 @@ def select(candidates: Sequence[str], space: str, config: Any, out: str | Path, 
         saved = json.loads(protocol_file.read_text())
         if saved.get("command") != command:
             raise ConfigError(f"{protocol_file}: a {saved.get('command')!r} selection, not {command!r}")
-        genotypes, base = saved["genotypes"], saved["config"]
+        genotypes, base, methods = saved["genotypes"], saved["config"], saved.get("methods", {})
     else:
         if not candidates:
             raise ConfigError("select needs at least one candidate genotype")
@@ -319,7 +357,7 @@ def select(candidates: Sequence[str], space: str, config: Any, out: str | Path, 
             raise ConfigError("select needs a held-out validation split: --train-portion must be below 1")
         config.validate()
         taken: set[str] = set()
-        genotypes = {}
+        genotypes, methods = {}, {}
         (out / "genotypes").mkdir(parents=True, exist_ok=True)
         for spec in candidates:  # every candidate is checked before anything trains
             genotype = load_genotype(spec, space)
@@ -327,17 +365,18 @@ def select(candidates: Sequence[str], space: str, config: Any, out: str | Path, 
             path = out / "genotypes" / f"{name}.json"
             atomic_write_text(path, genotype.to_json() + "\n")
             genotypes[name] = str(path)
+            methods[name] = candidate_method(spec, space)
         if overwrite:
             for stale in ("runs", "leaderboard.json", "leaderboard.md", GENOTYPE):
                 _remove(out / stale)
         base = config.to_dict()
-        atomic_write_text(protocol_file, json.dumps({"command": command, "config": base,
-                                                      "genotypes": genotypes}, indent=1) + "\n")
+        atomic_write_text(protocol_file, json.dumps({"command": command, "config": base, "genotypes": genotypes,
+                                                      "methods": methods}, indent=1) + "\n")
     jobs = [Job(name, command, {**base, "genotype": path}, str(out / "runs" / name))
             for name, path in genotypes.items()]
 
     def write(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-        rows = leaderboard(results, genotypes)
+        rows = leaderboard(results, genotypes, methods)
         atomic_write_text(out / "leaderboard.json", json.dumps(rows, indent=1) + "\n")
         atomic_write_text(out / "leaderboard.md", markdown_table(rows))
         return rows

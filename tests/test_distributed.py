@@ -249,3 +249,22 @@ def test_folder_batches_split_each_global_batch_between_ranks():
         assert sum((s[i] for s in shares if i < len(s)), []) == batch
     dropped = GlobalBatches(23, batch_size=2, shuffle=False, drop_last=True, generator=torch.Generator(), rank=1, world_size=3)
     assert list(dropped) == [[2, 3], [8, 9], [14, 15]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", [
+    ["--progressive", "--stage-layers", "3", "4", "--stage-ops", "8", "3", "--stage-dropout", "0.1", "0.4",
+     "--stage-epochs", "1", "--stage-warmup", "0"],
+    ["--sampler", "gdas", "--epochs", "2"]], ids=["p-darts", "gdas"])
+def test_torchrun_runs_p_darts_across_its_stages_and_gdas_with_ops_left_out(tmp_path, method):
+    """Two gloo ranks: P-DARTS rebuilds (and re-wraps) its network between stages; GDAS leaves the
+    unsampled ops without gradients (DDP told to look for them). Both ranks draw the same ops."""
+    flags = ["-m", "dartsnas", "search", "cnn", "--dataset", "digits", "--init-channels", "4", "--layers", "3",
+             "--nodes", "2", "--batch-size", "8", "--steps-per-epoch", "3", "--device", "cpu", *method]
+    result = torchrun(*flags, "--out", "run", cwd=tmp_path)
+    assert "x 2 processes (data parallel)" in result.stdout
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2] and all(r["train_loss"] > 0 for r in records)
+    assert json.loads((tmp_path / "run" / "genotype.json").read_text()) == records[-1]["genotype"]
+    if "--progressive" in method:
+        assert [r["layers"] for r in records] == [3, 4]

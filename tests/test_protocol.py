@@ -109,6 +109,8 @@ def test_tiny_protocol_two_seeds_two_random_samples_selection_and_winner(tmp_pat
     rows = json.loads((out / "leaderboard.json").read_text())
     assert [r["name"] for r in rows] and sorted(r["name"] for r in rows) == ["sample_000", "sample_001", "seed_0", "seed_1"]
     assert [r["rank"] for r in rows] == [1, 2, 3, 4] and all(r["status"] == "done" for r in rows)
+    assert {r["name"]: r["method"] for r in rows} == {"sample_000": "random", "sample_001": "random", "seed_0": "darts",
+                                                      "seed_1": "darts"}
     scores = [r["score"] for r in rows]
     assert scores == sorted(scores, reverse=True)
     winner = load_genotype(str(out / "genotype.json"))

@@ -330,3 +330,32 @@ def test_skip_dropout_drops_the_identity_only_in_training():
     assert set(y.unique().tolist()) == {0.0, 2.0}  # inverted dropout on the identity
     edge.eval()
     assert torch.equal(edge(x, w), x)
+
+
+# -- the protocol names the method of each candidate -----------------------------------------------
+
+
+def test_select_names_each_candidates_method(tmp_path):
+    from dartsnas.protocol import candidate_method, leaderboard, markdown_table, search_method
+    assert search_method({"progressive": True}) == "p-darts"
+    assert search_method({"sampler": "gdas"}) == "gdas"
+    assert search_method({"partial_channels": 2, "order": "second"}) == "pc-darts (second order)"
+    assert search_method({"regularizer": "darts-minus", "cost": "macs"}) == "darts+darts-minus, macs budget"
+    runs = {}
+    for name, config in (("pd", {"progressive": True}), ("gd", {"sampler": "gdas"}), ("plain", {})):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps({"kind": "search-cnn", **config}))
+        (run / "genotype.json").write_text("{}")
+        runs[name] = run
+    samples = tmp_path / "r" / "samples"
+    samples.mkdir(parents=True)
+    (samples / "sample_000.json").write_text("{}")
+    assert [candidate_method(str(p), "cnn") for p in (runs["pd"], runs["gd"] / "genotype.json", runs["plain"])] == \
+        ["p-darts", "gdas", "darts"]
+    assert candidate_method(str(samples / "sample_000.json"), "cnn") == "random"
+    assert candidate_method("DARTS_V2", "cnn") == "built-in"
+    assert candidate_method(str(tmp_path / "pd" / "config.json"), "cnn") == "p-darts"
+    rows = leaderboard({"a": {"name": "a", "status": "done", "metric": "val_top1", "score": 0.9}}, {"a": "a.json"},
+                       {"a": "gdas"})
+    assert rows[0]["method"] == "gdas" and "| 1 | a | gdas | 0.9000 |" in markdown_table(rows)
