@@ -73,6 +73,8 @@ def stand_ins(work: Path) -> dict[str, str]:
 
 def tiny(argv: list[str]) -> list[str]:
     extra = list(TINY.get(tuple(argv[:2]), LATENCY if argv[:1] == ["latency-table"] else []))
+    if "--progressive" in argv:  # the run's epochs are the stages': three short ones instead of --epochs
+        extra = [*extra[2:], "--stage-layers", "3", "4", "5", "--stage-epochs", "1", "--stage-warmup", "0"]
     dataset = argv[argv.index("--dataset") + 1] if "--dataset" in argv else None
     if argv[:2] in (["search", "cnn"], ["train", "cnn"], ["select", "cnn"], ["random-search", "cnn"]) and \
             dataset in (None, "cifar10") and "--config" not in argv:

@@ -139,6 +139,9 @@ class CostTable:
     def of_genotype(self, genotype: Genotype) -> dict[str, float]:
         """The derived network's multiply-adds and parameters (``summary``'s figures), and its
         predicted latency in a latency table."""
+        if genotype.reduce_cell is not None:
+            raise ConfigError(f"a cost table prices searched cells: the genotype's fixed reduction cell "
+                              f"{genotype.reduce_cell!r} is not in it")
         out = dict(self.fixed)
         for cell in self.cells:
             kind = "reduce" if cell["reduction"] else "normal"

@@ -5,6 +5,9 @@ names the input node: 0 and 1 are the cell inputs, 2.. the intermediate nodes)::
 
     {"normal": [["sep_conv_3x3", 0], ["sep_conv_3x3", 1], ...], "normal_concat": [2, 3, 4, 5],
      "reduce": [...], "reduce_concat": [2, 3, 4, 5]}
+
+A genotype searched with GDAS's fixed reduction cell has ``"reduce": [], "reduce_concat": []`` and
+``"reduce_cell": "gdas"``: its reduction cells are that hand-designed cell, not a searched one.
 """
 from __future__ import annotations
 
@@ -22,18 +25,22 @@ from .ops import CONV_OPS, RNN_OPS
 from .registry import Registry
 
 Edge = tuple[str, int]
+#: Hand-designed reduction cells a genotype may name instead of a searched one (GDAS-FRC's).
+FIXED_REDUCTION_CELLS = ("gdas",)
 ZERO_OP = "none"
 SKIP_OP = "skip_connect"
 
 
 @dataclass(frozen=True)
 class Genotype:
-    """A convolutional cell pair: per cell type, the chosen (op, input) pairs and the concat list."""
+    """A convolutional cell pair: per cell type, the chosen (op, input) pairs and the concat list;
+    ``reduce_cell`` names a fixed reduction cell (``"gdas"``) that replaces a searched one."""
 
     normal: tuple[Edge, ...]
     normal_concat: tuple[int, ...]
     reduce: tuple[Edge, ...]
     reduce_concat: tuple[int, ...]
+    reduce_cell: str | None = None
 
     @property
     def nodes(self) -> int:
@@ -41,12 +48,15 @@ class Genotype:
         return len(self.normal) // 2
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "normal": [[op, idx] for op, idx in self.normal],
             "normal_concat": list(self.normal_concat),
             "reduce": [[op, idx] for op, idx in self.reduce],
             "reduce_concat": list(self.reduce_concat),
         }
+        if self.reduce_cell is not None:
+            out["reduce_cell"] = self.reduce_cell
+        return out
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -60,16 +70,25 @@ class Genotype:
         missing = [k for k in expected if k not in data]
         if missing:
             raise GenotypeError(f"{source}: missing field(s) {', '.join(missing)}")
-        extra = sorted(set(data) - set(expected))
+        extra = sorted(set(data) - set(expected) - {"reduce_cell"})
         if extra:
             raise GenotypeError(f"{source}: unknown field(s) {', '.join(map(str, extra))}")
+        fixed = data.get("reduce_cell")
+        if fixed is not None:
+            if fixed not in FIXED_REDUCTION_CELLS:
+                raise GenotypeError(f"{source}: reduce_cell must be one of {', '.join(FIXED_REDUCTION_CELLS)}, "
+                                    f"got {fixed!r}")
+            if data["reduce"] or data["reduce_concat"]:
+                raise GenotypeError(f"{source}: reduce_cell {fixed!r} replaces the reduction cell: reduce and "
+                                    "reduce_concat must be empty")
         cells = {}
-        for cell in ("normal", "reduce"):
+        for cell in ("normal", "reduce") if fixed is None else ("normal",):
             edges = _parse_edges(data[cell], k=2, num_inputs=2, where=f"{source}: {cell}")
             concat = _parse_concat(data[f"{cell}_concat"], len(edges) // 2 + 2,
                                    where=f"{source}: {cell}_concat")
             cells[cell] = (edges, concat)
-        return cls(cells["normal"][0], cells["normal"][1], cells["reduce"][0], cells["reduce"][1])
+        reduce = cells.get("reduce", ((), ()))
+        return cls(cells["normal"][0], cells["normal"][1], reduce[0], reduce[1], fixed)
 
     @classmethod
     def from_json(cls, text: str, *, source: str = "genotype") -> "Genotype":

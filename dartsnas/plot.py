@@ -58,12 +58,14 @@ def cell_layout(name: str, edges: Sequence[tuple[str, int]], concat: Sequence[in
 
 
 def genotype_layouts(genotype: Genotype | RecurrentGenotype) -> list[CellLayout]:
-    """One layout per cell type: normal and reduce, or recurrent."""
+    """One layout per cell type: normal and reduce (not a fixed reduction cell: nothing was searched
+    there), or recurrent."""
     if isinstance(genotype, RecurrentGenotype):
         return [cell_layout("recurrent", genotype.recurrent, genotype.concat, k=1, inputs=("x_{t}", "h_{t-1}"),
                             output="h_{t}", first_node_fixed=True)]
+    cells = ("normal", "reduce") if genotype.reduce_cell is None else ("normal",)
     return [cell_layout(cell, getattr(genotype, cell), getattr(genotype, f"{cell}_concat"), k=2,
-                        inputs=("c_{k-2}", "c_{k-1}"), output="c_{k}") for cell in ("normal", "reduce")]
+                        inputs=("c_{k-2}", "c_{k-1}"), output="c_{k}") for cell in cells]
 
 
 def op_colors() -> dict[str, str]:

@@ -359,3 +359,52 @@ def test_select_names_each_candidates_method(tmp_path):
     rows = leaderboard({"a": {"name": "a", "status": "done", "metric": "val_top1", "score": 0.9}}, {"a": "a.json"},
                        {"a": "gdas"})
     assert rows[0]["method"] == "gdas" and "| 1 | a | gdas | 0.9000 |" in markdown_table(rows)
+
+
+# -- GDAS's fixed reduction cell (GDAS-FRC) --------------------------------------------------------
+
+
+def test_the_fixed_reduction_cell_has_gdas_branches_shapes_and_parameters():
+    from dartsnas.nets.conv import GDASReductionCell
+    cell = GDASReductionCell(6, 6, 16, reduction_prev=False)
+    assert cell(torch.randn(2, 6, 9, 9), torch.randn(2, 6, 9, 9)).shape == (2, 64, 5, 5)  # 4C, ceil(9/2)
+    relu_conv_bn = 6 * 16 + 2 * 16                     # 1x1 conv and affine BN, per input
+    factorised = 2 * (16 * 16 // 8 * 3) + 2 * 16 + 16 * 16 + 2 * 16   # 1x3 and 3x1 in 8 groups, BN, 1x1, BN
+    assert sum(p.numel() for p in cell.parameters()) == 2 * relu_conv_bn + 2 * factorised + 2 * (2 * 16)
+    small = GDASReductionCell(4, 4, 4, reduction_prev=True, affine=False)  # C=4: gcd(8, 4) = 4 groups
+    assert small.convs[0][1].groups == 4 and small(torch.randn(1, 4, 8, 8), torch.randn(1, 4, 4, 4)).shape == (1, 16, 2, 2)
+
+
+def test_a_search_with_the_fixed_reduction_cell_searches_and_derives_the_normal_cell_only(tmp_path, capsys):
+    result = search(SearchConfig(**TINY, layers=3, epochs=2, sampler="gdas", reduce_cell="gdas"), tmp_path / "run",
+                    quiet=True)
+    g = result.genotype
+    assert g.reduce_cell == "gdas" and g.reduce == () and len(g.normal) == 4
+    assert set(result.metrics[-1]["alphas"]) == {"normal"}
+    saved = json.loads((tmp_path / "run" / "genotype.json").read_text())
+    assert saved["reduce_cell"] == "gdas" and saved["reduce"] == [] and derive_from_checkpoint(tmp_path / "run") == g
+    # the final network builds the fixed cell at both reductions and trains
+    assert main(["train", "cnn", "--dataset", "digits", "--genotype", str(tmp_path / "run" / "genotype.json"),
+                 "--init-channels", "4", "--layers", "3", "--epochs", "1", "--steps-per-epoch", "1", "--batch-size",
+                 "8", "--quiet", "--out", str(tmp_path / "train")]) == 0
+    from dartsnas.export import load_trained
+    model, meta = load_trained(tmp_path / "train")  # read back from model.pt, its genotype naming the cell
+    assert [type(c).__name__ for c in model.model.cells] == ["Cell", "GDASReductionCell", "GDASReductionCell"]
+    assert model(torch.rand(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_fixed_reduction_genotypes_are_checked(tmp_path):
+    from dartsnas.errors import GenotypeError
+    from dartsnas.genotype import Genotype
+    normal = {"normal": [["sep_conv_3x3", 0], ["skip_connect", 1]], "normal_concat": [2]}
+    g = Genotype.from_dict({**normal, "reduce": [], "reduce_concat": [], "reduce_cell": "gdas"})
+    assert Genotype.from_json(g.to_json()) == g and "reduce_cell" not in Genotype.from_dict(
+        {**normal, "reduce": normal["normal"], "reduce_concat": [2]}).to_dict()
+    with pytest.raises(GenotypeError, match="reduce_cell must be one of gdas, got 'nasnet'"):
+        Genotype.from_dict({**normal, "reduce": [], "reduce_concat": [], "reduce_cell": "nasnet"})
+    with pytest.raises(GenotypeError, match="reduce and reduce_concat must be empty"):
+        Genotype.from_dict({**normal, "reduce": normal["normal"], "reduce_concat": [2], "reduce_cell": "gdas"})
+    with pytest.raises(ConfigError, match="reduce_cell gdas and progressive do not combine"):
+        SearchConfig(reduce_cell="gdas", progressive=True).validate()
+    with pytest.raises(ConfigError, match="reduce_cell gdas and partial_channels do not combine"):
+        SearchConfig(reduce_cell="gdas", partial_channels=2).validate()

@@ -6,6 +6,7 @@ reductions at L/3 and 2L/3 and an auxiliary classifier after the 2L/3 cell (trai
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +66,44 @@ class Cell(nn.Module):
         return torch.cat([states[i] for i in self.concat], dim=1)
 
 
+class GDASReductionCell(nn.Module):
+    """GDAS's fixed reduction cell (Dong & Yang, CVPR 2019, GDAS-FRC): four branches concatenated, two
+    factorised stride-2 convolutions (ReLU, grouped 1x3 then 3x1, BN, ReLU, 1x1, BN) of each input and
+    a 3x3 max pool of each, so 4C channels at half the size. Searched with it, only the normal cell is
+    searched. The convolutions have 8 groups (fewer where C is not a multiple of 8: gcd(8, C))."""
+
+    multiplier = 4
+    reduction = True
+
+    def __init__(self, C_prev_prev: int, C_prev: int, C: int, reduction_prev: bool, affine: bool = True) -> None:
+        super().__init__()
+        self.preprocess0 = (FactorizedReduce(C_prev_prev, C, affine=affine) if reduction_prev
+                            else ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=affine))
+        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=affine)
+        groups = math.gcd(8, C)
+
+        def factorised() -> nn.Module:
+            return nn.Sequential(
+                nn.ReLU(inplace=False),
+                nn.Conv2d(C, C, (1, 3), stride=(1, 2), padding=(0, 1), groups=groups, bias=False),
+                nn.Conv2d(C, C, (3, 1), stride=(2, 1), padding=(1, 0), groups=groups, bias=False),
+                nn.BatchNorm2d(C, affine=affine), nn.ReLU(inplace=False),
+                nn.Conv2d(C, C, 1, bias=False), nn.BatchNorm2d(C, affine=affine))
+
+        self.convs = nn.ModuleList([factorised(), factorised()])
+        self.pools = nn.ModuleList([nn.Sequential(nn.MaxPool2d(3, stride=2, padding=1), nn.BatchNorm2d(C, affine=affine))
+                                    for _ in range(2)])
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float = 0.0) -> torch.Tensor:
+        inputs = (self.preprocess0(s0), self.preprocess1(s1))
+        branches = [conv(x) for conv, x in zip(self.convs, inputs)] + [pool(x) for pool, x in zip(self.pools, inputs)]
+        return torch.cat([drop_path(b, drop_prob, self.training) for b in branches], dim=1)
+
+
+#: Fixed reduction cells by the name a genotype's ``reduce_cell`` gives.
+FIXED_REDUCTION = {"gdas": GDASReductionCell}
+
+
 class AuxiliaryHead(nn.Module):
     """Auxiliary classifier (Szegedy et al.) on the 2L/3 cell's output, as in DARTS.
 
@@ -116,7 +155,7 @@ class NetworkConfig:
 
 def check_genotype(genotype: Genotype) -> None:
     """Fail before training on ops that are not registered or inputs that do not exist."""
-    for cell in ("normal", "reduce"):
+    for cell in ("normal", "reduce") if genotype.reduce_cell is None else ("normal",):
         edges = getattr(genotype, cell)
         if len(edges) % 2 or not edges:
             raise GenotypeError(f"{cell} cell: {len(edges)} pairs is not 2 per intermediate node")
@@ -162,7 +201,10 @@ class _CellStack(nn.Module):
             if reduction:
                 C_curr *= 2
             edges, concat = (g.reduce, g.reduce_concat) if reduction else (g.normal, g.normal_concat)
-            cell = Cell(edges, concat, C_prev_prev, C_prev, C_curr, reduction, reduction_prev)
+            if reduction and g.reduce_cell is not None:
+                cell = FIXED_REDUCTION[g.reduce_cell](C_prev_prev, C_prev, C_curr, reduction_prev)
+            else:
+                cell = Cell(edges, concat, C_prev_prev, C_prev, C_curr, reduction, reduction_prev)
             self.cells.append(cell)
             reduction_prev = reduction
             C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr

@@ -11,6 +11,7 @@ softmax(α) x softmax(β).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -21,6 +22,7 @@ from ..errors import ConfigError
 from ..genotype import Genotype, derive_genotype, num_edges
 from ..ops import (CONV_OPS, DARTS_OPS, EDGE_OP_SETS, FactorizedReduce, ReLUConvBN, build_op, edge_ops,
                    is_preactivated, is_zero_op, resolve_op_set, unknown_op_error)
+from ..nets.conv import FIXED_REDUCTION
 from . import SEARCH_SPACES
 from .base import RECOMPUTE_MODES, SAMPLERS, ArchitectureSplit, GumbelSampler, mixing_weights, recomputed, sampled_sum
 
@@ -45,6 +47,7 @@ class ConvSearchSpaceConfig:
     edge_op_sets: dict[str, tuple[tuple[str, ...], ...]] | None = None
     sampler: str = "none"  # gdas: one op per edge sampled by hard Gumbel-softmax (GDAS), computed alone
     sampler_seed: int = 0  # the seed of the sampler's own random stream
+    reduce_cell: str = "searched"  # gdas: GDAS's fixed reduction cell; only the normal cell is searched
 
     def __post_init__(self) -> None:
         self.ops = resolve_op_set(self.ops)
@@ -89,6 +92,12 @@ class ConvSearchSpaceConfig:
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"{{sampler}} must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}",
                               names=("sampler",))
+        if self.reduce_cell not in REDUCE_CELLS:
+            raise ConfigError(f"{{reduce_cell}} must be one of {', '.join(REDUCE_CELLS)}, got {self.reduce_cell!r}",
+                              names=("reduce_cell",))
+        if self.reduce_cell != "searched" and self.partial_channels > 1:
+            raise ConfigError("{reduce_cell} gdas and {partial_channels} do not combine: the fixed reduction cell "
+                              "has no edges to weight", names=("reduce_cell", "partial_channels"))
         if self.auxiliary_skip and self.partial_channels > 1:
             raise ConfigError("{regularizer} darts-minus and {partial_channels} do not combine: the auxiliary skip "
                               "of DARTS- spans every channel, PC-DARTS mixes a part of them",
@@ -129,9 +138,15 @@ class ConvSearchSpaceConfig:
         return STEMS[self.stem] * 4
 
 
+#: The reduction cell of a search: searched like the normal one, or GDAS's fixed one (GDAS-FRC).
+REDUCE_CELLS = ("searched", "gdas")
+
 #: Search-network stems and their downsampling: CIFAR's stride-1 conv, or PC-DARTS's ImageNet stem
 #: (two stride-2 convs to s0, a third to s1) for large images.
 STEMS = {"cifar": 1, "imagenet": 8}
+
+
+FIXED_REDUCTION_TYPES = tuple(FIXED_REDUCTION.values())
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -308,21 +323,26 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
             C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
             reduction_prev = False
         self.cells = nn.ModuleList()
+        self.fixed_reduction = config.reduce_cell != "searched"
         for i in range(config.layers):
             reduction = i in config.reduction_layers
             if reduction:
                 C_curr *= 2
-            cell = SearchCell(nodes, C_prev_prev, C_prev, C_curr, reduction, reduction_prev,
-                              config.edge_ops("reduce" if reduction else "normal"), config.partial_channels,
-                              config.auxiliary_skip, recompute_edges=config.recompute == "edge")
+            if reduction and self.fixed_reduction:
+                cell = FIXED_REDUCTION[config.reduce_cell](C_prev_prev, C_prev, C_curr, reduction_prev, affine=False)
+            else:
+                cell = SearchCell(nodes, C_prev_prev, C_prev, C_curr, reduction, reduction_prev,
+                                  config.edge_ops("reduce" if reduction else "normal"), config.partial_channels,
+                                  config.auxiliary_skip, recompute_edges=config.recompute == "edge")
             self.cells.append(cell)
             reduction_prev = reduction
-            C_prev_prev, C_prev = C_prev, nodes * C_curr
+            C_prev_prev, C_prev = C_prev, (cell.multiplier if isinstance(cell, FIXED_REDUCTION_TYPES) else nodes) * C_curr
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, config.num_classes)
         shape = (num_edges(nodes), len(config.edge_ops("normal")[0]))
         self.alpha_normal = nn.Parameter(1e-3 * torch.randn(shape))
-        self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(shape))
+        # GDAS-FRC: no reduction cell to search, no α_reduce
+        self.alpha_reduce = None if self.fixed_reduction else nn.Parameter(1e-3 * torch.randn(shape))
         if config.partial_channels > 1:
             self.beta_normal = nn.Parameter(1e-3 * torch.randn(shape[0]))
             self.beta_reduce = nn.Parameter(1e-3 * torch.randn(shape[0]))
@@ -335,7 +355,7 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
     def set_skip_dropout(self, rate: float) -> None:
         """P-DARTS: the dropout rate on every identity (skip_connect) candidate."""
         for cell in self.cells:
-            for edge in cell.edges:
+            for edge in getattr(cell, "edges", ()):  # a fixed reduction cell has none
                 edge.skip_dropout = float(rate)
 
     @property
@@ -344,7 +364,7 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
 
     def arch_parameters(self) -> list[nn.Parameter]:
         extra = [self.beta_normal, self.beta_reduce] if self.partial else []
-        return [self.alpha_normal, self.alpha_reduce, *extra]
+        return [a for a in (self.alpha_normal, self.alpha_reduce) if a is not None] + extra
 
     def edge_weights(self) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
         """PC-DARTS: softmax(β) over the incoming edges of each node (float32); (None, None) in plain DARTS."""
@@ -352,17 +372,18 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
             return None, None
         return edge_softmax(self.beta_normal, self.config.nodes), edge_softmax(self.beta_reduce, self.config.nodes)
 
-    def arch_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """softmax(α) per edge, computed in float32 whatever the autocast dtype."""
+    def arch_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """softmax(α) per edge, computed in float32 whatever the autocast dtype (reduce: None with a
+        fixed reduction cell)."""
         return (mixing_weights(self.alpha_normal),
-                mixing_weights(self.alpha_reduce))
+                None if self.alpha_reduce is None else mixing_weights(self.alpha_reduce))
 
     def sample(self) -> tuple[tuple[torch.Tensor, list[int]], tuple[torch.Tensor, list[int]]]:
         """GDAS: straight-through weights and the picked op of every edge, for normal and reduction
         cells (one draw per forward pass, shared by all cells of a type)."""
-        (w_normal, i_normal), (w_reduce, i_reduce) = (self.sampler.sample(a, self.training)
-                                                      for a in (self.alpha_normal, self.alpha_reduce))
-        return (w_normal, i_normal.tolist()), (w_reduce, i_reduce.tolist())
+        drawn = [self.sampler.sample(a, self.training) if a is not None else (None, None)
+                 for a in (self.alpha_normal, self.alpha_reduce)]
+        return tuple((w, None if i is None else i.tolist()) for w, i in drawn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         i_normal = i_reduce = None
@@ -378,6 +399,9 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
             s0 = s1 = self.stem(x)
         per_cell = self.config.recompute == "cell"
         for cell in self.cells:
+            if isinstance(cell, FIXED_REDUCTION_TYPES):
+                s0, s1 = s1, cell(s0, s1)
+                continue
             args = (s0, s1, w_reduce, e_reduce, self.aux_beta, i_reduce) if cell.reduction else \
                 (s0, s1, w_normal, e_normal, self.aux_beta, i_normal)
             s0, s1 = s1, (recomputed(cell, *args) if per_cell else cell(*args))
@@ -397,5 +421,8 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
 
     def genotype(self, max_skip: int | None = None) -> Genotype:
         w_normal, w_reduce = self.ranking_weights()
+        if w_reduce is None:  # a fixed reduction cell: only the normal cell is derived
+            normal = derive_genotype(w_normal, w_normal, self.config.edge_ops("normal"), max_skip=max_skip)
+            return dataclasses.replace(normal, reduce=(), reduce_concat=(), reduce_cell=self.config.reduce_cell)
         return derive_genotype(w_normal, w_reduce, self.config.edge_ops("normal"), max_skip=max_skip,
                                reduce_op_names=self.config.edge_ops("reduce"))

@@ -87,6 +87,9 @@ class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, Sampler, A
                                choices=("cifar", "imagenet"))
     cost_layers: int = option(20, "its cells L", group="cost", min=3)
     cost_channels: int = option(36, "its C", group="cost", min=1)
+    reduce_cell: str = option("searched", "gdas: the reduction cells are GDAS's fixed, hand-designed one (GDAS-FRC), "
+                              "only the normal cell is searched; the genotype names it and the final network builds it",
+                              group="sampled search", choices=("searched", "gdas"))
     progressive: bool = option(False, "P-DARTS (Chen et al., 2019): search in stages of growing depth (--stage-layers), "
                                "pruning each edge to the ops strongest by softmax(α) between stages (--stage-ops); "
                                "the run's epochs are the stages' (--stage-epochs each); --max-skip defaults to 2",
@@ -133,7 +136,8 @@ class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, Sampler, A
                                      num_classes=num_classes, in_channels=in_channels, ops=tuple(self.ops),
                                      partial_channels=self.partial_channels,
                                      auxiliary_skip=self.regularizer == "darts-minus", recompute=self.recompute,
-                                     stem=self.stem, sampler=self.sampler, sampler_seed=self.seed + 13)
+                                     stem=self.stem, sampler=self.sampler, sampler_seed=self.seed + 13,
+                                     reduce_cell=self.reduce_cell)
 
     def check(self) -> None:
         super().check()
@@ -150,6 +154,11 @@ class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, Sampler, A
             for name, off in (("hessian_every", 0), ("regularizer", "none"), ("progressive", False)):
                 if getattr(self, name) != off:
                     raise ConfigError(f"{{sampler}} gdas and {{{name}}} do not combine", names=("sampler", name))
+        if self.reduce_cell != "searched":
+            for name, off in (("cost", None), ("hessian_every", 0), ("progressive", False), ("regularizer", "none")):
+                if getattr(self, name) != off:
+                    raise ConfigError(f"{{reduce_cell}} {self.reduce_cell} and {{{name}}} do not combine",
+                                      names=("reduce_cell", name))
         if self.progressive:
             self.check_stages()
         self.space().validate()  # before any data is read
@@ -501,12 +510,12 @@ class Search(Run):
     def epoch_summary(self, record: dict[str, Any]) -> Callable[[dict[str, Any]], str]:
         cfg = self.config
         genotype = self.derived()
-        w_normal, w_reduce = self.model.arch_weights()
+        weights = dict(zip(("normal", "reduce"), self.model.arch_weights()))
         skips = sum(op == SKIP_OP for op, _ in genotype.normal)
         record.update({
             "skip_connect_normal": skips,
             "genotype": genotype.to_dict(),
-            "alphas": {"normal": tensors_to_lists(w_normal), "reduce": tensors_to_lists(w_reduce)},
+            "alphas": {cell: tensors_to_lists(w) for cell, w in weights.items() if w is not None},
         })
         cost = ""
         if self.cost_table is not None:
@@ -648,7 +657,8 @@ def derive_from_checkpoint(path: str | Path, max_skip: int | None = None) -> Gen
     config = SearchConfig.from_dict(state["config"])
     model_state = state["model"]
     try:
-        alpha_normal, alpha_reduce = model_state["alpha_normal"], model_state["alpha_reduce"]
+        alpha_normal = model_state["alpha_normal"]
+        alpha_reduce = model_state["alpha_reduce"] if config.reduce_cell == "searched" else alpha_normal
     except KeyError:
         raise CheckpointError(f"{path}: checkpoint holds no α") from None
     n = alpha_normal.shape[0]
@@ -662,6 +672,8 @@ def derive_from_checkpoint(path: str | Path, max_skip: int | None = None) -> Gen
     max_skip = config.max_skip if max_skip is None else max_skip
     genotype = derive_genotype(w_normal, w_reduce, names["normal"], reduce_op_names=names["reduce"],
                                max_skip=max_skip)
+    if config.reduce_cell != "searched":  # GDAS-FRC: the fixed reduction cell, named
+        genotype = dataclasses.replace(genotype, reduce=(), reduce_concat=(), reduce_cell=config.reduce_cell)
     if config.cost_derive == "budget":
         run_dir = Path(path) if Path(path).is_dir() else Path(path).parent
         table = CostTable.read(run_dir / COST_TABLE)
