@@ -279,8 +279,8 @@ def test_progressive_search_resumes_mid_stage_bit_identically(progressive_run, t
     assert (tmp_path / "cut" / "stages.json").read_text() == (run_dir / "stages.json").read_text()
 
 
-@pytest.mark.parametrize("options", [dict(order="second"), dict(order="exact"), dict(partial_channels=2)],
-                         ids=["second", "exact", "pc-darts"])
+@pytest.mark.parametrize("options", [dict(order="second"), dict(order="exact"), dict(partial_channels=2),
+                                     dict(regularizer="darts-minus")], ids=["second", "exact", "pc-darts", "darts-minus"])
 def test_progressive_search_runs_with_every_order_and_partial_channels(tmp_path, options):
     config = SearchConfig(**{**TINY, "steps_per_epoch": 1}, **{**STAGES, "stage_epochs": 1, "stage_warmup": 0},
                           **options)
@@ -289,6 +289,8 @@ def test_progressive_search_runs_with_every_order_and_partial_channels(tmp_path,
     assert all(len(row) == 3 for row in result.metrics[-1]["alphas"]["normal"])
     if options.get("partial_channels"):
         assert len(result.metrics[-1]["edge_weights"]["normal"]) == 5
+    if options.get("regularizer"):  # the auxiliary skip's weight reaches each stage's network
+        assert [r["aux_skip_beta"] for r in result.metrics] == [1.0, 0.5]  # over the run, not per stage
 
 
 def test_progressive_config_errors_name_the_flags(tmp_path, capsys):

@@ -144,6 +144,7 @@ class RegularizerSchedule(Hook):
         from ..regularizers import darts_minus_beta, sdarts_epsilon
         cfg = self.config
         if cfg.regularizer == "darts-minus":
-            run.model.aux_beta = record["aux_skip_beta"]  # run.model: P-DARTS builds one per stage = darts_minus_beta(run.epoch, cfg.epochs)
+            # run.model, not the model given: P-DARTS builds one per stage
+            run.model.aux_beta = record["aux_skip_beta"] = darts_minus_beta(run.epoch, cfg.epochs)
         elif cfg.regularizer == "sdarts-rs":
             record["sdarts_epsilon"] = sdarts_epsilon(run.epoch, cfg.epochs, cfg.sdarts_epsilon)
