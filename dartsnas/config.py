@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -118,6 +119,17 @@ class Config:
 
     def check(self) -> None:
         """Checks that involve several fields (a command adds its own)."""
+
+    def check_exclusive(self, name: str, others: dict[str, Any], hints: dict[str, str] | None = None) -> None:
+        """With ``name`` set, every field of ``others`` must keep its value there: the first that does
+        not is an error naming both fields, its hint after them (the flags a hint names, too)."""
+        shown = getattr(self, name)
+        label = "" if isinstance(shown, bool) else f" {shown}"
+        for other, off in others.items():
+            if getattr(self, other) != off:
+                hint = (hints or {}).get(other, "")
+                raise ConfigError(f"{{{name}}}{label} and {{{other}}} do not combine" + (f": {hint}" if hint else ""),
+                                  names=(name, other, *re.findall(r"\{(\w+)\}", hint)))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data (tuples as lists), every field."""

@@ -11,6 +11,7 @@ A genotype searched with GDAS's fixed reduction cell has ``"reduce": [], "reduce
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -57,6 +58,10 @@ class Genotype:
         if self.reduce_cell is not None:
             out["reduce_cell"] = self.reduce_cell
         return out
+
+    def with_fixed_reduction(self, name: str) -> "Genotype":
+        """This normal cell with the fixed reduction cell ``name`` in place of a searched one."""
+        return dataclasses.replace(self, reduce=(), reduce_concat=(), reduce_cell=name)
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent)

@@ -11,7 +11,6 @@ softmax(α) x softmax(β).
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -423,6 +422,6 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
         w_normal, w_reduce = self.ranking_weights()
         if w_reduce is None:  # a fixed reduction cell: only the normal cell is derived
             normal = derive_genotype(w_normal, w_normal, self.config.edge_ops("normal"), max_skip=max_skip)
-            return dataclasses.replace(normal, reduce=(), reduce_concat=(), reduce_cell=self.config.reduce_cell)
+            return normal.with_fixed_reduction(self.config.reduce_cell)
         return derive_genotype(w_normal, w_reduce, self.config.edge_ops("normal"), max_skip=max_skip,
                                reduce_op_names=self.config.edge_ops("reduce"))

@@ -148,3 +148,24 @@ class RegularizerSchedule(Hook):
             run.model.aux_beta = record["aux_skip_beta"] = darts_minus_beta(run.epoch, cfg.epochs)
         elif cfg.regularizer == "sdarts-rs":
             record["sdarts_epsilon"] = sdarts_epsilon(run.epoch, cfg.epochs, cfg.sdarts_epsilon)
+
+
+class SamplerSchedule(Hook):
+    """GDAS's temperature, annealed from --tau-max to --tau-min, in the sampler and the epoch's record;
+    the sampler's random stream (and τ) kept in the checkpoint, so a resumed run draws the same ops."""
+
+    key = "sampler"
+
+    def __init__(self, config: Any, sampler: Any) -> None:
+        self.config, self.sampler = config, sampler
+
+    def epoch_start(self, run: Any, record: dict[str, Any]) -> None:
+        from ..spaces.base import gdas_tau
+        cfg = self.config
+        self.sampler.tau = record["tau"] = gdas_tau(run.epoch, cfg.epochs, cfg.tau_max, cfg.tau_min)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state)

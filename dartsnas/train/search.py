@@ -32,12 +32,12 @@ from ..nets import RESIZE_HINT, check_input_size
 from ..ops import DARTS_OPS, EDGE_OP_SETS, edge_ops, resolve_op_set
 from ..regularizers import REGULARIZERS, perturb_mixing_weights, sdarts_epsilon
 from ..spaces import SEARCH_SPACES, ConvSearchSpaceConfig
-from ..spaces.base import gdas_tau, mixing_weights
+from ..spaces.base import mixing_weights
 from .checkpoint import GENOTYPE, load_checkpoint, tensors_to_lists
 from ..config import (ArchStep, ArchWarmup, CostBudget, Curvature, Epochs, FastConv, ImageData, Momentum, RunOptions,
                       Sampler, Seed, configclass, option)
 from .common import autocast, cosine_lr, python_data_config
-from .hooks import RegularizerSchedule, curvature_text, watch_curvature
+from .hooks import RegularizerSchedule, SamplerSchedule, curvature_text, watch_curvature
 from .loop import Run, batch_source, set_lr
 from .meters import ClassifierEpoch, ClipMeter, EpochMeter, evaluate
 from .rng import seed_everything
@@ -151,14 +151,10 @@ class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, Sampler, A
             raise ConfigError(f"{{sample}} needs two parts of a class in (0, 1), for w and α, got {list(self.sample)}",
                               names=("sample",))
         if self.sampler == "gdas":
-            for name, off in (("hessian_every", 0), ("regularizer", "none"), ("progressive", False)):
-                if getattr(self, name) != off:
-                    raise ConfigError(f"{{sampler}} gdas and {{{name}}} do not combine", names=("sampler", name))
+            self.check_exclusive("sampler", {"hessian_every": 0, "regularizer": "none", "progressive": False})
         if self.reduce_cell != "searched":
-            for name, off in (("cost", None), ("hessian_every", 0), ("progressive", False), ("regularizer", "none")):
-                if getattr(self, name) != off:
-                    raise ConfigError(f"{{reduce_cell}} {self.reduce_cell} and {{{name}}} do not combine",
-                                      names=("reduce_cell", name))
+            self.check_exclusive("reduce_cell", {"cost": None, "hessian_every": 0, "progressive": False,
+                                                 "regularizer": "none"})
         if self.progressive:
             self.check_stages()
         self.space().validate()  # before any data is read
@@ -185,12 +181,8 @@ class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, Sampler, A
         if self.stage_warmup >= self.stage_epochs:
             raise ConfigError(f"{{stage_warmup}} {self.stage_warmup} leaves α no epoch of the {{stage_epochs}} "
                               f"{self.stage_epochs}", names=("stage_warmup", "stage_epochs"))
-        for name, off in (("cost", None), ("hessian_every", 0), ("arch_start_epoch", 0)):
-            if getattr(self, name) != off:
-                raise ConfigError(f"{{progressive}} and {{{name}}} do not combine" +
-                                  (": each stage warms up for {stage_warmup} epochs" if name == "arch_start_epoch"
-                                   else ""), names=("progressive", name) + (("stage_warmup",) if name ==
-                                                                           "arch_start_epoch" else ()))
+        self.check_exclusive("progressive", {"cost": None, "hessian_every": 0, "arch_start_epoch": 0},
+                             {"arch_start_epoch": "each stage warms up for {stage_warmup} epochs"})
 
 
 #: Per-dataset departures from the paper's CIFAR-10 search: PC-DARTS's ImageNet search (Xu et al., 2020:
@@ -318,6 +310,8 @@ class Search(Run):
         self.curvature = watch_curvature(config, self.model, fixed, lambda: self.derived().to_dict(),
                                          dist)
         self.hooks += [RegularizerSchedule(config, self.model), self.curvature]
+        if self.model.sampler is not None:
+            self.hooks.append(SamplerSchedule(config, self.model.sampler))
         self.begin(saved, self.data_info)
 
     # -- the network (one per stage with --progressive) ---------------------------------------------
@@ -363,6 +357,10 @@ class Search(Run):
         self.log(f"stage {stage + 1}/{len(self.config.stage_layers)}: {self.space.layers} cells, the {keep} "
                  f"strongest ops of every edge kept (written to {self.out / STAGES})")
 
+    def edge_op_lists(self) -> dict[str, list[list[str]]]:
+        """The ops every edge of both cell types searches now, as JSON lists."""
+        return {cell: [list(ops) for ops in self.space.edge_ops(cell)] for cell in ("normal", "reduce")}
+
     def record_stage(self, dropout: float) -> dict[str, Any]:
         """P-DARTS: the stage's fields of the epoch's record; its op sets into stages.json."""
         cfg = self.config
@@ -370,9 +368,7 @@ class Search(Run):
             first = self.stage * cfg.stage_epochs + 1
             self.stages.append({"stage": self.stage + 1, "layers": self.space.layers,
                                 "ops_per_edge": cfg.stage_ops[self.stage], "epochs": [first, first + cfg.stage_epochs - 1],
-                                "skip_dropout": cfg.stage_dropout[self.stage],
-                                "edge_ops": {cell: [list(ops) for ops in self.space.edge_ops(cell)]
-                                             for cell in ("normal", "reduce")}})
+                                "skip_dropout": cfg.stage_dropout[self.stage], "edge_ops": self.edge_op_lists()})
             self.write_text(STAGES, json.dumps(self.stages, indent=1) + "\n")
         return {"stage": self.stage + 1, "layers": self.space.layers, "skip_dropout": round(dropout, 6)}
 
@@ -421,10 +417,7 @@ class Search(Run):
     def state_dict(self) -> dict[str, Any]:
         state = {**bilevel_state(self), "smoothing": self.smoothing.get_state(), "genotype": self.derived().to_dict()}
         if self.config.progressive:
-            state.update(stage=self.stage, stages=self.stages,
-                         edge_ops={cell: [list(ops) for ops in self.space.edge_ops(cell)] for cell in ("normal", "reduce")})
-        if self.model.sampler is not None:
-            state["sampler"] = self.model.sampler.state_dict()
+            state.update(stage=self.stage, stages=self.stages, edge_ops=self.edge_op_lists())
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -433,8 +426,6 @@ class Search(Run):
             self.smoothing.set_state(state["smoothing"])
         if self.config.progressive:
             self.stages = list(state["stages"])
-        if self.model.sampler is not None:
-            self.model.sampler.load_state_dict(state["sampler"])
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -490,8 +481,6 @@ class Search(Run):
         if self.epoch < cfg.warmup_epochs:
             lr *= (self.epoch + 1) / cfg.warmup_epochs
         set_lr(self.w_optimizer, lr)
-        if self.model.sampler is not None:
-            self.model.sampler.tau = extra["tau"] = gdas_tau(self.epoch, cfg.epochs, cfg.tau_max, cfg.tau_min)
         return {"lr": lr, **extra}
 
     def evaluate(self) -> dict[str, float]:
@@ -673,7 +662,7 @@ def derive_from_checkpoint(path: str | Path, max_skip: int | None = None) -> Gen
     genotype = derive_genotype(w_normal, w_reduce, names["normal"], reduce_op_names=names["reduce"],
                                max_skip=max_skip)
     if config.reduce_cell != "searched":  # GDAS-FRC: the fixed reduction cell, named
-        genotype = dataclasses.replace(genotype, reduce=(), reduce_concat=(), reduce_cell=config.reduce_cell)
+        genotype = genotype.with_fixed_reduction(config.reduce_cell)
     if config.cost_derive == "budget":
         run_dir = Path(path) if Path(path).is_dir() else Path(path).parent
         table = CostTable.read(run_dir / COST_TABLE)

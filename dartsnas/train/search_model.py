@@ -27,8 +27,9 @@ from ..errors import ConfigError
 from ..nn import Choice, SearchableModel, fix
 from ..config import ArchStep, ArchWarmup, CostBudget, Epochs, Momentum, RunOptions, Sampler, Seed, configclass, option
 from ..cost import ChoiceCosts, round_cost
-from ..spaces.base import GumbelSampler, gdas_tau
+from ..spaces.base import GumbelSampler
 from .common import cosine_lr
+from .hooks import SamplerSchedule
 from .loop import Run, batch_source, set_lr
 from .meters import ClipMeter
 from .rng import seed_everything
@@ -115,6 +116,7 @@ class ModelSearch(Run):
             self.architect.penalty = self.cost_penalty
         if config.sampler == "gdas":  # after the costs are counted: they need every candidate run
             self.model.sampler = GumbelSampler(config.seed + 13)
+            self.hooks.append(SamplerSchedule(config, self.model.sampler))
         self.net = dist.wrap(self.model, ignore=self.model.arch_parameters(), broadcast_buffers=not config.sync_bn,
                              find_unused=config.sampler == "gdas")
         self.begin(saved)
@@ -142,15 +144,10 @@ class ModelSearch(Run):
         return cfg.budget_penalty(self.costs.expected(cfg.cost, self.model), derived)
 
     def state_dict(self) -> dict[str, Any]:
-        state = {**bilevel_state(self), "choices": self.model.picks()}
-        if self.model.sampler is not None:
-            state["sampler"] = self.model.sampler.state_dict()
-        return state
+        return {**bilevel_state(self), "choices": self.model.picks()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         load_bilevel_state(self, state)
-        if self.model.sampler is not None:
-            self.model.sampler.load_state_dict(state["sampler"])
 
     def train_epoch(self) -> dict[str, Any]:
         cfg, model = self.config, self.model
@@ -182,13 +179,9 @@ class ModelSearch(Run):
         return record
 
     def epoch_start(self) -> dict[str, Any]:
-        cfg = self.config
-        lr = cosine_lr(self.epoch, cfg.epochs, cfg.lr, cfg.lr_min)
+        lr = cosine_lr(self.epoch, self.config.epochs, self.config.lr, self.config.lr_min)
         set_lr(self.w_optimizer, lr)
-        if self.model.sampler is None:
-            return {"lr": lr}
-        self.model.sampler.tau = gdas_tau(self.epoch, cfg.epochs, cfg.tau_max, cfg.tau_min)
-        return {"lr": lr, "tau": self.model.sampler.tau}
+        return {"lr": lr}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
