@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-#: The last commit before the redesign of issue 21 touched a training loop or a config.
-DEFAULT_BASE = "825f09a"
+#: The last commit before issue 31's redesign (spaces and methods as registered units).
+DEFAULT_BASE = "425fd35"
 #: Fields that measure the machine, not the run.
 TIMING = {"seconds", "images_per_s", "tokens_per_s", "examples_per_s", "hessian_seconds", "elapsed_s", "wall_s"}
 PTB = Path(os.environ.get("DARTSNAS_PTB", ROOT.parent / "shared" / "data" / "ptb"))
@@ -48,26 +48,31 @@ y = torch.tensor(d.target[:256])
 data = torch.utils.data.TensorDataset(x, y)
 torch.manual_seed(0)
 net = nn.Sequential(nn.Linear(64, 32), Choice([nn.ReLU(), nn.Tanh(), nn.Identity()], key="act"), nn.Linear(32, 10))
-search_model(net, data, out_dir=sys.argv[1], epochs=2, batch_size=32, steps_per_epoch=4, quiet=True, order="second")
+search_model(net, data, out_dir=sys.argv[1], epochs=2, batch_size=32, steps_per_epoch=4, quiet=True,
+             **OPTIONS)
 """
+SEARCH_MODEL_SECOND = SEARCH_MODEL.replace("**OPTIONS", "order='second'")
+SEARCH_MODEL_GDAS = SEARCH_MODEL.replace("**OPTIONS", "sampler='gdas'")
+SEARCH_MODEL_COST = SEARCH_MODEL.replace("**OPTIONS", "cost='params', cost_target=1500, cost_penalty='linear'")
 
 # Runs the base's search with SIGTERM sent to itself after the second step of epoch 1.
 INTERRUPT = """
 import os, signal, sys
 from dartsnas.cli import main
-from dartsnas.train import common
-done = common.Run.step_done
+from dartsnas.train import loop
+done = loop.Run.step_done
 def step_done(self, step, progress):
     if self.epoch == 0 and step == 2:
         os.kill(os.getpid(), signal.SIGTERM)
     return done(self, step, progress)
-common.Run.step_done = step_done
+loop.Run.step_done = step_done
 sys.exit(main(sys.argv[1:]))
 """
 
 
 def cases(out: Path) -> list[dict]:
     arrays = out / "arrays.npz"
+    imagenet = out / "imagenet"
     genotype = ["--genotype", "DARTS_V2"]
     return [
         {"name": "search-cnn-first", "argv": ["search", "cnn", *TINY_CNN, "--epochs", "2"]},
@@ -87,7 +92,39 @@ def cases(out: Path) -> list[dict]:
                   "--label-smoothing", "0.1", "--lr-schedule", "exponential"]},
         {"name": "random-search-cnn",
          "argv": ["random-search", "cnn", *TINY_CNN, "--samples", "2", "--epochs", "1", "--devices", "cpu"]},
-        {"name": "search-model", "python": SEARCH_MODEL},
+        {"name": "search-cnn-exact", "argv": ["search", "cnn", *TINY_CNN, "--epochs", "1", "--order", "exact"]},
+        {"name": "search-cnn-pdarts",
+         "argv": ["search", "cnn", *TINY_CNN, "--progressive", "--stage-layers", "3", "4", "--stage-ops", "8", "4",
+                  "--stage-dropout", "0.1", "0.3", "--stage-epochs", "2", "--stage-warmup", "1"]},
+        {"name": "search-cnn-pdarts-pc-second",
+         "argv": ["search", "cnn", *TINY_CNN, "--progressive", "--stage-layers", "3", "3", "--stage-ops", "8", "3",
+                  "--stage-dropout", "0.2", "0.4", "--stage-epochs", "1", "--stage-warmup", "0",
+                  "--partial-channels", "2", "--order", "second", "--regularizer", "darts-minus"]},
+        {"name": "search-cnn-gdas",
+         "argv": ["search", "cnn", *TINY_CNN, "--epochs", "2", "--sampler", "gdas", "--tau-max", "5"]},
+        {"name": "search-cnn-gdas-frc",
+         "argv": ["search", "cnn", *TINY_CNN, "--epochs", "2", "--sampler", "gdas", "--reduce-cell", "gdas"]},
+        {"name": "search-cnn-cost-macs-budget",
+         "argv": ["search", "cnn", *TINY_CNN, "--epochs", "2", "--cost", "macs", "--cost-target", "2M",
+                  "--cost-layers", "5", "--cost-channels", "8", "--cost-derive", "budget"]},
+        {"name": "search-cnn-cost-params-pc-hinge",
+         "argv": ["search", "cnn", *TINY_CNN, "--epochs", "2", "--cost", "params", "--cost-target", "20K",
+                  "--cost-layers", "5", "--cost-channels", "8", "--cost-penalty", "hinge", "--partial-channels", "2",
+                  "--order", "second"]},
+        {"name": "search-cnn-sdarts-pc-exact-hessian",
+         "argv": ["search", "cnn", *TINY_CNN, "--epochs", "2", "--regularizer", "sdarts-rs", "--partial-channels",
+                  "2", "--order", "exact", "--hessian-every", "1", "--hessian-steps", "2", "--hessian-hvp",
+                  "forward", "--recompute", "edge"]},
+        {"name": "search-cnn-imagenet",
+         "argv": ["search", "cnn", "--dataset", "imagenet", "--data-dir", str(imagenet), "--image-size", "32",
+                  "--init-channels", "4", "--layers", "3", "--nodes", "2", "--batch-size", "2", "--epochs", "2",
+                  "--arch-start-epoch", "1", "--sample", "0.34", "0.34", "--workers", "0", "--seed", "1",
+                  "--quiet"]},
+        {"name": "derive-pdarts", "after": "search-cnn-pdarts", "argv": ["derive", "<RUN>", "--max-skip", "1"]},
+        {"name": "derive-cost-budget", "after": "search-cnn-cost-macs-budget", "argv": ["derive", "<RUN>"]},
+        {"name": "search-model", "python": SEARCH_MODEL_SECOND},
+        {"name": "search-model-gdas", "python": SEARCH_MODEL_GDAS},
+        {"name": "search-model-cost", "python": SEARCH_MODEL_COST},
         {"name": "search-rnn", "ptb": True, "argv": ["search", "rnn", *TINY_RNN, "--epochs", "2"]},
         {"name": "search-rnn-second", "ptb": True,
          "argv": ["search", "rnn", *TINY_RNN, "--epochs", "1", "--order", "second", "--hessian-every", "1",
@@ -103,6 +140,19 @@ def write_arrays(path: Path) -> None:
     d = load_digits()
     x = (d.images[:300] * 16).clip(0, 255).astype(np.uint8)  # N x H x W grey
     np.savez(path, x_train=x[:240], y_train=d.target[:240], x_test=x[240:], y_test=d.target[240:])
+
+
+def write_imagenet(root: Path) -> None:
+    """ImageNet's layout, train/<wnid>/*.JPEG, 3 classes of 6 generated images (colour = class)."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for wnid, colour in {"n01440764": (200, 30, 30), "n01443537": (30, 200, 30), "n01484850": (30, 30, 200)}.items():
+        (root / "train" / wnid).mkdir(parents=True)
+        for i in range(6):
+            h, w = int(rng.integers(36, 60)), int(rng.integers(36, 60))
+            pixels = np.clip(np.array(colour) + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / "train" / wnid / f"img_{i}.JPEG", quality=90)
 
 
 def export_tree(rev: str, dest: Path) -> Path:
@@ -121,6 +171,12 @@ def run_case(case: dict, tree: Path, out: Path, work: Path) -> tuple[int, str]:
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
     if "python" in case:
         cmd = [sys.executable, "-c", case["python"], str(out)]
+    elif "after" in case:  # a command reading an earlier case's run directory; its output is compared
+        run_dir = str(out.parent / case["after"])
+        cmd = [sys.executable, "-c", "import sys; from dartsnas.cli import main; sys.exit(main(sys.argv[1:]))",
+               *[run_dir if a == "<RUN>" else a for a in case["argv"]]]
+        p = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
+        return p.returncode, p.stdout if p.returncode == 0 else (p.stdout + p.stderr)[-2000:]
     else:
         cmd = [sys.executable, "-c", case.get("driver", "import sys; from dartsnas.cli import main; "
                                                          "sys.exit(main(sys.argv[1:]))"),
@@ -211,6 +267,7 @@ def main() -> int:
         work = tmp / "work"
         work.mkdir()
         write_arrays(work / "arrays.npz")
+        write_imagenet(work / "imagenet")
         todo = [c for c in cases(work) if not args.only or c["name"] in args.only]
         for case in todo:
             if case.get("ptb") and not PTB.is_dir():
@@ -221,6 +278,8 @@ def main() -> int:
             rc_b, log_b = run_case(case, new_tree, work / "new" / case["name"], work)
             if rc_a != 0 or rc_b != 0:
                 problems = [f"exit {rc_a} before, {rc_b} after", log_a if rc_a else log_b]
+            elif "after" in case:
+                problems = [] if log_a == log_b else [f"output differs: {log_a[:200]!r} != {log_b[:200]!r}"]
             else:
                 problems = compare_dirs(work / "base" / case["name"], work / "new" / case["name"])
             failures += bool(problems)
