@@ -61,7 +61,7 @@ def measure(order: str, variant: str, batch: int, steps: int, threads: int) -> d
 
     from dartsnas.architect import Architect
     from dartsnas.nn import SearchableModel
-    from dartsnas.train.search import search_step
+    from dartsnas.train.bilevel import search_step
     from search_your_model import DigitsNet
     torch.set_num_threads(threads)
     torch.manual_seed(0)

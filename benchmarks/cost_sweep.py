@@ -82,7 +82,7 @@ def main() -> None:
     from dartsnas.genotype import Genotype
     from dartsnas.latency import Timer
     from dartsnas.nets import NetworkConfig, build_network
-    from dartsnas.protocol import sample_genotype
+    from dartsnas.spaces.cnn import sample_genotype
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

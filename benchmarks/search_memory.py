@@ -52,7 +52,7 @@ def measure(args: argparse.Namespace) -> dict:
     from dartsnas.architect import Architect
     from dartsnas.curvature import dominant_eigenvalue
     from dartsnas.spaces import ConvSearchSpaceConfig, SearchNetwork
-    from dartsnas.train.search import search_step
+    from dartsnas.train.bilevel import search_step
 
     torch.set_num_threads(args.threads)
     C, L, B = (int(v) for v in args.config.split(","))

@@ -43,7 +43,7 @@ def measure(args: argparse.Namespace) -> dict:
     from dartsnas.architect import Architect
     from dartsnas.spaces import ConvSearchSpaceConfig, SearchNetwork
     from dartsnas.train.common import autocast
-    from dartsnas.train.search import search_step
+    from dartsnas.train.bilevel import search_step
 
     torch.set_num_threads(args.threads)
     C, L, B, *rest = (int(v) for v in args.config.split(","))

@@ -6,15 +6,16 @@ from .genotype import CONV_GENOTYPES, Genotype, derive_genotype, load_genotype
 from .ops import CONV_OPS, DARTS_OPS
 from .spaces import ConvSearchSpaceConfig, SearchNetwork
 from . import nn  # Choice, InputChoice, SearchableModel, fix: DARTS over your own model
-from . import train  # callable: dartsnas.train(config, out_dir, train_data=..., test_data=...)
 from .nn import SearchableModel
 
 if TYPE_CHECKING:
-    from .train.search import SearchConfig, SearchResult
+    from .train.final import TrainConfig, TrainResult
+    from .train.search import SearchResult
+    from .train.search_config import SearchConfig
 
 __version__ = "0.1.0"
 
-_LAZY = {"SearchConfig": "train.search", "SearchResult": "train.search", "TrainConfig": "train.final",
+_LAZY = {"SearchConfig": "train.search_config", "SearchResult": "train.search",  "TrainConfig": "train.final",
          "TrainResult": "train.final", "recipe": "train.final", "evaluate_checkpoint": "train.final",
          "search_model": "train.search_model", "ModelSearchConfig": "train.search_model",
          "ModelSearchResult": "train.search_model"}
@@ -24,6 +25,13 @@ def search(config: "SearchConfig", out_dir: str, **kwargs: Any) -> "SearchResult
     """A conv search (:func:`dartsnas.train.search.search`); ``train_data`` / ``val_data`` take torch
     Datasets of (CHW image, label) in place of ``config.dataset``."""
     from .train.search import search as run
+    return run(config, out_dir, **kwargs)
+
+
+def train_network(config: "TrainConfig", out_dir: str, **kwargs: Any) -> "TrainResult":
+    """The training of a final network (:func:`dartsnas.train.final.train`); ``train_data`` /
+    ``test_data`` take torch Datasets of (CHW image, label) in place of ``config.dataset``."""
+    from .train.final import train as run
     return run(config, out_dir, **kwargs)
 
 
@@ -38,5 +46,5 @@ __all__ = [
     "ConvSearchSpaceConfig", "DartsError", "DataError", "Genotype", "GenotypeError",
     "ModelSearchConfig", "ModelSearchResult", "SearchConfig", "SearchNetwork", "SearchResult", "SearchableModel",
     "TrainConfig", "TrainResult", "derive_genotype", "evaluate_checkpoint", "load_genotype", "nn", "recipe", "search",
-    "search_model", "train", "__version__",
+    "search_model", "train_network", "__version__",
 ]

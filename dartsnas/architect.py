@@ -324,8 +324,9 @@ class Architect:
         self.model = model
         self.w_optimizer = w_optimizer
         self.order = order
-        #: A differentiable function of α alone added to the α objective (the same on every rank).
-        self.penalty: Callable[[], torch.Tensor] | None = None
+        #: Terms of α's objective besides the validation loss, each a differentiable function of α alone
+        #: (the same on every rank): a method's regulariser, a cost budget's penalty.
+        self.terms: list[Callable[[], torch.Tensor]] = []
         self.fd_step, self.fd_scheme = fd_step, fd_scheme
         self.grad_clip = grad_clip
         self.train_loss = train_loss or _model_loss
@@ -375,12 +376,12 @@ class Architect:
         return self.sync([g.detach() for g in grads])
 
     def step(self, train_batch: Batch, val_batch: Batch, xi: float) -> list[torch.Tensor]:
-        """One Adam step on α: the gradient of the configured order, plus that of :attr:`penalty`
-        (a function of α alone, such as a cost penalty) when one is set."""
+        """One Adam step on α: the gradient of the configured order, plus those of the :attr:`terms`
+        (functions of α alone, such as a cost penalty), each added in turn."""
         grads = self.alpha_grad(train_batch, val_batch, xi)
         params = self.model.arch_parameters()
-        if self.penalty is not None:
-            extra = torch.autograd.grad(self.penalty(), params, allow_unused=True)
+        for term in self.terms:
+            extra = torch.autograd.grad(term(), params, allow_unused=True)
             grads = [g if e is None else g + e.to(g.dtype) for g, e in zip(grads, extra)]
         for p, g in zip(params, grads):
             p.grad = g

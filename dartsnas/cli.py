@@ -17,13 +17,14 @@ from typing import Any, Sequence
 
 from . import __version__
 from .errors import ConfigError, DartsError, Interrupted
+from .flags import add_flags, given_fields, load_config_file
 from .genotype import CONV_GENOTYPES, load_genotype
+from .spaces import SEARCH_SPACES, space_of_genotype
 
 
 def _config_flags(p: argparse.ArgumentParser, cls: type, exclude: Sequence[str] = ()) -> None:
     """The flags of a command's config (one per field, see :mod:`dartsnas.config`), --config FILE and
     the run-directory flags."""
-    from .config import add_flags
     run = add_flags(p, cls, exclude=exclude)["run"]
     run.add_argument("--config", type=Path, default=None, metavar="FILE",
                      help="options from a JSON or TOML file (keys as in a run's config.json, or spelt as flags); "
@@ -31,24 +32,13 @@ def _config_flags(p: argparse.ArgumentParser, cls: type, exclude: Sequence[str] 
     _out_flags(run)
 
 
-def _search_flags(p: argparse.ArgumentParser) -> None:
-    from .train.search import SearchConfig
-    _config_flags(p, SearchConfig)
+def _runs() -> dict[str, Any]:
+    from .train.commands import RUNS
+    return RUNS
 
 
-def _search_rnn_flags(p: argparse.ArgumentParser) -> None:
-    from .train.search_rnn import RNNSearchConfig
-    _config_flags(p, RNNSearchConfig)
-
-
-def _train_flags(p: argparse.ArgumentParser, genotype: bool = True) -> None:
-    from .train.final import TrainConfig
-    _config_flags(p, TrainConfig, () if genotype else ("genotype",))
-
-
-def _train_rnn_flags(p: argparse.ArgumentParser, genotype: bool = True) -> None:
-    from .train.final_rnn import RNNTrainConfig
-    _config_flags(p, RNNTrainConfig, () if genotype else ("genotype",))
+def _spaces() -> list[Any]:
+    return [SEARCH_SPACES.get(name) for name in SEARCH_SPACES]
 
 
 def _devices_flag(p: argparse.ArgumentParser) -> None:
@@ -72,43 +62,52 @@ def _out_flags(g: argparse._ArgumentGroup) -> None:
                    help="also write TensorBoard events to RUN_DIR/tensorboard (needs the tensorboard package)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """A mistake in the flags is one line naming it and where the help is, not the whole usage."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dartsnas", description="DARTS: differentiable architecture search (Liu et al., ICLR 2019)")
     parser.add_argument("--version", action="version", version=f"dartsnas {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    runs = _runs()
     p = sub.add_parser("search", help="search a cell with DARTS")
-    spaces = p.add_subparsers(dest="space", required=True, metavar="SPACE")
-    for name, flags, text in (("cnn", _search_flags, "convolutional cells (normal + reduction)"),
-                              ("rnn", _search_rnn_flags, "a recurrent cell (language modelling)")):
-        q = spaces.add_parser(name, help=text)
-        flags(q)
+    kinds = p.add_subparsers(dest="space", required=True, metavar="SPACE")
+    for space in _spaces():
+        q = kinds.add_parser(space.name, help=space.help)
+        _config_flags(q, runs[space.search_kind].config)
         _seeds_flags(q)
 
     p = sub.add_parser("train", help="train a final network from a genotype")
     kinds = p.add_subparsers(dest="space", required=True, metavar="SPACE")
-    _train_flags(kinds.add_parser("cnn", help="the CIFAR or ImageNet network of conv cells"))
-    _train_rnn_flags(kinds.add_parser("rnn", help="the recurrent language model of a recurrent cell"))
+    for space in _spaces():
+        _config_flags(kinds.add_parser(space.name, help=space.train_help), runs[space.train_kind].config)
 
     p = sub.add_parser("select", help="train candidate genotypes briefly, rank them on validation, keep the best")
     kinds = p.add_subparsers(dest="space", required=True, metavar="SPACE")
-    for space, flags in (("cnn", _train_flags), ("rnn", _train_rnn_flags)):
-        q = kinds.add_parser(space, help=f"{space} candidates; every training flag of 'train {space}' sets the budget")
+    for space in _spaces():
+        q = kinds.add_parser(space.name, help=f"{space.name} candidates; every training flag of 'train {space.name}' "
+                             "sets the budget")
         q.add_argument("candidates", nargs="*", help="genotype JSON files, search run directories or built-in names")
-        flags(q, genotype=False)
+        _config_flags(q, runs[space.train_kind].config, ("genotype",))
         _devices_flag(q)
 
     p = sub.add_parser("random-search", help="sample genotypes uniformly from the search space and select among them")
     kinds = p.add_subparsers(dest="space", required=True, metavar="SPACE")
-    for space, flags in (("cnn", _train_flags), ("rnn", _train_rnn_flags)):
-        q = kinds.add_parser(space, help=f"{space} cells; every training flag of 'train {space}' sets the budget")
+    for space in _spaces():
+        q = kinds.add_parser(space.name, help=f"{space.name} cells; every training flag of 'train {space.name}' sets "
+                             "the budget")
         g = q.add_argument_group("sampling")
         g.add_argument("--samples", type=int, required=True, help="number of genotypes K")
-        g.add_argument("--nodes", type=int, default=None, help=f"intermediate nodes [{4 if space == 'cnn' else 8}]")
+        g.add_argument("--nodes", type=int, default=None, help=f"intermediate nodes [{space.default_nodes}]")
         g.add_argument("--ops", nargs="+", default=None, metavar="OP", help="op set, or a named one (darts, s1-s4) [the DARTS ops]")
         g.add_argument("--no-train", action="store_true", help="only write the sampled genotypes")
-        flags(q, genotype=False)
+        _config_flags(q, runs[space.train_kind].config, ("genotype",))
         _devices_flag(q)
 
     p = sub.add_parser("eval", help="evaluate a trained network on a test split (JSON)")
@@ -155,7 +154,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("latency-table", help="time every candidate op at every shape of the final network "
                        "(JSON table for search cnn --cost latency)")
-    from .config import add_flags
     from .latency import LatencyConfig
     add_flags(p, LatencyConfig)["run"].add_argument("--out", type=Path, required=True, help="the table file to write")
     p.add_argument("--quiet", action="store_true", help="no line per op")
@@ -163,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plot", help="draw the cells of a genotype (one file per cell type)")
     p.add_argument("genotype", help="built-in name, genotype.json, run directory or checkpoint")
     p.add_argument("--out", required=True, type=Path, help="FILE.png|svg|pdf|dot (suffixed _normal, _reduce, ...)")
-    p.add_argument("--space", choices=("cnn", "rnn"), default=None, help="[from the file; cnn for built-in names]")
+    p.add_argument("--space", choices=SEARCH_SPACES.names(), default=None, help="[from the file; cnn for built-in names]")
     p.add_argument("--format", choices=("png", "svg", "pdf", "dot"), default=None, help="[from --out's suffix]")
     p.add_argument("--engine", choices=("matplotlib", "graphviz"), default="matplotlib",
                    help="cell-diagram renderer; graphviz uses the dot program where installed [matplotlib]")
@@ -174,26 +172,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("genotype", help="validate a genotype and print its canonical JSON")
     p.add_argument("genotype", help=f"built-in name ({', '.join(CONV_GENOTYPES.names())}) or JSON file")
-    p.add_argument("--space", choices=("cnn", "rnn"), default="cnn", help="search space of the genotype [cnn]")
+    p.add_argument("--space", choices=SEARCH_SPACES.names(), default="cnn", help="search space of the genotype [cnn]")
     return parser
 
 
 def _given(cls: type, args: argparse.Namespace) -> dict[str, Any]:
     """The fields of config class ``cls`` that --config FILE and then the flags given set."""
-    from .config import given_fields, load_config_file
     from_file = load_config_file(args.config, cls) if getattr(args, "config", None) is not None else {}
     return {**from_file, **given_fields(cls, args)}
 
 
-def _config(cls: type, kind: str, args: argparse.Namespace, make: Any = None) -> Any:
-    """The run's config: the checkpoint's on --resume, else defaults; --config FILE and the flags
-    given override both."""
+def _config(command: Any, args: argparse.Namespace) -> Any:
+    """The run's config: the checkpoint's on --resume, else the command's defaults (a dataset's
+    recipe); --config FILE and the flags given override both."""
     from .train.checkpoint import CHECKPOINT, load_checkpoint
-    given = _given(cls, args)
+    given = _given(command.config, args)
     if args.resume and (args.out / CHECKPOINT).is_file():  # without one yet, the run starts afresh
-        saved = load_checkpoint(args.out / CHECKPOINT, kind=kind)["config"]
-        return dataclasses.replace(cls.from_dict(saved), **given)
-    return make(**given) if make else cls(**given)
+        saved = load_checkpoint(args.out / CHECKPOINT, kind=command.kind)["config"]
+        return dataclasses.replace(command.config.from_dict(saved), **given)
+    return command.build(**given)
+
+
+def _run(kind: str, args: argparse.Namespace) -> int:
+    """Run the command ``kind`` (``search-cnn``, ``train-rnn``, ...) into --out."""
+    command = _runs()[kind]
+    command.run(_config(command, args), args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
+                tensorboard=args.tensorboard)
+    if not args.quiet and command.written is not None:
+        what = "weights" if command.written.endswith(".pt") else "genotype"
+        print(f"{what} written to {args.out / command.written}")
+    return 0
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
@@ -201,18 +209,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         return _search_seeds(args)
     if args.devices is not None:
         raise ConfigError("--devices applies to several searches: give --seeds too")
-    if args.space == "rnn":
-        from .train import search_rnn as mod
-        mod.search_rnn(_config(mod.RNNSearchConfig, mod.KIND, args), args.out, resume=args.resume,
-                       overwrite=args.overwrite, quiet=args.quiet, tensorboard=args.tensorboard)
-    else:
-        from .train import search as mod
-        make = lambda **given: mod.search_recipe(given.pop("dataset", "cifar10"), **given)  # noqa: E731
-        mod.search(_config(mod.SearchConfig, mod.KIND, args, make), args.out, resume=args.resume,
-                   overwrite=args.overwrite, quiet=args.quiet, tensorboard=args.tensorboard)
-    if not args.quiet:
-        print(f"genotype written to {args.out / 'genotype.json'}")
-    return 0
+    return _run(SEARCH_SPACES.get(args.space).search_kind, args)
 
 
 def _not_under_torchrun(command: str) -> None:
@@ -227,13 +224,8 @@ def _search_seeds(args: argparse.Namespace) -> int:
     _not_under_torchrun("search --seeds")
     if "seed" in vars(args):
         raise ConfigError("give either --seed or --seeds, not both")
-    if args.space == "rnn":
-        from .train.search_rnn import RNNSearchConfig
-        config = RNNSearchConfig(**_given(RNNSearchConfig, args))
-    else:
-        from .train.search import SearchConfig, search_recipe
-        given = _given(SearchConfig, args)
-        config = search_recipe(given.pop("dataset", "cifar10"), **given)
+    command = _runs()[SEARCH_SPACES.get(args.space).search_kind]
+    config = command.build(**_given(command.config, args))
     paths = search_seeds(args.space, config, args.seeds, args.out, devices=args.devices, resume=args.resume,
                          overwrite=args.overwrite, log=(lambda m: None) if args.quiet else print)
     for path in paths.values():
@@ -244,13 +236,8 @@ def _search_seeds(args: argparse.Namespace) -> int:
 def _selection_config(args: argparse.Namespace) -> Any:
     """The short-training budget of select / random-search: the paper's (CIFAR-10: 100 epochs with a
     held-out half of the training split; PTB: 300 epochs) unless flags say otherwise."""
-    if args.space == "rnn":
-        from .train.final_rnn import RNNTrainConfig
-        return RNNTrainConfig(**{"epochs": 300, **_given(RNNTrainConfig, args)})
-    from .train.final import TrainConfig, recipe
-    given = _given(TrainConfig, args)
-    dataset = given.pop("dataset", "cifar10")
-    return recipe(dataset, **{"epochs": 100, "train_portion": 0.5, **given})
+    command = _runs()[SEARCH_SPACES.get(args.space).train_kind]
+    return command.build(**{**command.selection, **_given(command.config, args)})
 
 
 def _cmd_select(args: argparse.Namespace) -> int:
@@ -268,9 +255,8 @@ def _cmd_random_search(args: argparse.Namespace) -> int:
     _not_under_torchrun("random-search")
     config = None if args.no_train else _selection_config(args)
     ops = args.ops
-    if args.space == "cnn" and ops is not None:
-        from .ops import resolve_op_set
-        ops = resolve_op_set(ops)  # a named op set: --ops s2 (or S2)
+    if ops is not None:
+        ops = SEARCH_SPACES.get(args.space).resolve_ops(ops)  # a named op set: --ops s2 (or S2)
     result = random_search(args.space, args.samples, getattr(args, "seed", 0), args.out, config, nodes=args.nodes,
                            ops=ops, devices=args.devices, resume=args.resume, overwrite=args.overwrite,
                            log=(lambda m: None) if args.quiet else print)
@@ -283,19 +269,7 @@ def _cmd_random_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    if args.space == "rnn":
-        from .train import final_rnn as mod
-        mod.train_rnn(_config(mod.RNNTrainConfig, mod.KIND, args), args.out, resume=args.resume,
-                      overwrite=args.overwrite, quiet=args.quiet, tensorboard=args.tensorboard)
-        return 0
-    from .train.final import KIND, TrainConfig, recipe, train
-    make = lambda **given: recipe(given.pop("dataset", "cifar10"), **given)
-    config = _config(TrainConfig, KIND, args, make)
-    train(config, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
-          tensorboard=args.tensorboard)
-    if not args.quiet:
-        print(f"weights written to {args.out / 'model.pt'}")
-    return 0
+    return _run(SEARCH_SPACES.get(args.space).train_kind, args)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -337,70 +311,12 @@ def _cmd_derive(args: argparse.Namespace) -> int:
     return 0
 
 
-RNN_DEFAULTS = {"ptb": dict(emsize=850, vocab_size=10000), "wt2": dict(emsize=700, vocab_size=33278)}
-
-
-def _cmd_summary(args: argparse.Namespace) -> int:
-    import json
-    if args.network in RNN_DEFAULTS:
-        from .nets.recurrent import RNNConfig, build_rnn_model
-        from .nets.summary import count_parameters
-        d = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in RNN_DEFAULTS[args.network].items()}
-        model = build_rnn_model(load_genotype(args.genotype, "rnn"),
-                                RNNConfig(vocab_size=d["vocab_size"], emsize=d["emsize"], nhid=d["emsize"]))
-        print(json.dumps({"network": args.network, "genotype": args.genotype, "emsize": d["emsize"],
-                          "nhid": d["emsize"], "vocab_size": d["vocab_size"],
-                          "params": count_parameters(model)["params"]}))
-        return 0
-    from .nets import FINAL_NETWORKS, NetworkConfig, build_network
-    from .nets.summary import summarize
-    d = {k: getattr(args, k) if getattr(args, k) is not None else v
-         for k, v in FINAL_NETWORKS[args.network].items()}
-    d["in_channels"] = args.in_channels
-    for k, v in d.items():
-        if v < 1:
-            raise ConfigError(f"--{k.replace('_', '-')} must be >= 1, got {v}")
-    genotype = load_genotype(args.genotype)
-    net = build_network(args.network, NetworkConfig(genotype, init_channels=d["init_channels"],
-                                                    layers=d["layers"], num_classes=d["num_classes"],
-                                                    in_channels=d["in_channels"]))
-    shape = (d["in_channels"], d["image_size"], d["image_size"])
-    info = {"network": args.network, "genotype": args.genotype, "init_channels": d["init_channels"],
-            "layers": d["layers"], "num_classes": d["num_classes"], **summarize(net, shape)}
-    if args.latency is not None:
-        from .latency import LatencyConfig, Timer
-        timing = LatencyConfig(runtime=args.latency, device=args.device, threads=args.threads, repeats=args.repeats)
-        timing.validate()
-        timer = Timer(args.latency, args.device, args.threads, repeats=args.repeats, rounds=timing.rounds)
-        info.update(latency_ms=timer(net, shape), latency=timer.describe())
-    print(json.dumps(info))
-    return 0
-
-
-def _cmd_latency_table(args: argparse.Namespace) -> int:
-    import json
-    from .config import given_fields
-    from .latency import LatencyConfig, latency_table
-    from .train.checkpoint import atomic_write_text
-    config = LatencyConfig(**given_fields(LatencyConfig, args))
-    log = None if args.quiet else (lambda line: print(line, file=sys.stderr))
-    table = latency_table(config, log=log)
-    atomic_write_text(args.out, json.dumps(table.to_dict()) + "\n")
-    m = table.measurement
-    print(json.dumps({"out": str(args.out), "runtime": m["runtime"], "device": m["device_name"],
-                      "threads": m["threads"], "op_shapes": m["distinct_op_shapes"],
-                      "reference_network_ms": round(m["reference_network_ms"], 4),
-                      "fixed_ms": round(table.fixed["latency"], 4)}))
-    return 0
-
-
 def _cmd_genotype(args: argparse.Namespace) -> int:
     print(load_genotype(args.genotype, args.space).to_json())
     return 0
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from .genotype import Genotype, RecurrentGenotype
     from .plot import plot_alphas, plot_curves, plot_evolution, plot_genotype
     from .train.checkpoint import load_checkpoint
     spec = Path(args.genotype)
@@ -418,16 +334,39 @@ def _cmd_plot(args: argparse.Namespace) -> int:
         data = load_checkpoint(spec).get("genotype")
         if not isinstance(data, dict):
             raise ConfigError(f"{spec}: checkpoint holds no genotype")
-        genotype = (RecurrentGenotype if "recurrent" in data else Genotype).from_dict(data, source=str(spec))
+        genotype = space_of_genotype(data).genotype.from_dict(data, source=str(spec))
     else:
         space = args.space
         if space is None:
-            path = spec / "genotype.json" if spec.is_dir() else spec
-            space = "rnn" if path.is_file() and '"recurrent"' in path.read_text(errors="replace") else "cnn"
+            space = _space_of_file(spec)
         genotype = load_genotype(args.genotype, space)
     for path in plot_genotype(genotype, args.out, args.format, engine=args.engine):
         print(path)
     return 0
+
+
+def _space_of_file(spec: Path) -> str:
+    """The space of a genotype file (or a run directory's genotype.json), from what it holds; cnn
+    when it is no file (a built-in name)."""
+    import json
+    path = spec / "genotype.json" if spec.is_dir() else spec
+    if not path.is_file():
+        return "cnn"
+    try:
+        data = json.loads(path.read_text(errors="replace"))
+    except ValueError:
+        return "cnn"  # load_genotype names what is wrong with the file
+    return space_of_genotype(data).name if isinstance(data, dict) else "cnn"
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    from .cli_tools import summary
+    return summary(args)
+
+
+def _cmd_latency_table(args: argparse.Namespace) -> int:
+    from .cli_tools import latency_table
+    return latency_table(args)
 
 
 COMMANDS = {"search": _cmd_search, "derive": _cmd_derive, "genotype": _cmd_genotype,

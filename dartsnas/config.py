@@ -7,9 +7,9 @@ argparse group. From that single declaration come
 
 - :meth:`Config.validate`: the bounds of every field, then the command's own cross-field ``check()``;
 - :meth:`Config.to_dict` / :meth:`Config.from_dict`: the JSON round trip of checkpoints and config.json;
-- :func:`add_flags`: the command's flags (type, help with the command's default, ``--no-x`` for
-  switches that default on);
-- :func:`load_config_file`: ``--config FILE`` (JSON or TOML, keys spelt as fields or as flags).
+- :func:`dartsnas.flags.add_flags`: the command's flags (type, help with the command's default,
+  ``--no-x`` for switches that default on), and :func:`dartsnas.flags.load_config_file`: ``--config
+  FILE`` (JSON or TOML, keys spelt as fields or as flags).
 
 A command changes a group's default with ``@configclass(batch_size=96)`` instead of declaring the field
 again. Errors name the field in Python (``batch_size must be >= 1``) and the flag at the command line
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -107,6 +106,9 @@ def _kind(f: dataclasses.Field) -> tuple[type, bool, bool]:
 @dataclass
 class Config:
     """What every command config does: validation, the dict round trip, resume rules."""
+
+    def __post_init__(self) -> None:
+        """A group that derives or converts fields on construction extends this (and calls super())."""
 
     def fields(self) -> tuple[dataclasses.Field, ...]:
         return dataclasses.fields(self)
@@ -198,129 +200,6 @@ def check_field(f: dataclasses.Field, value: Any) -> None:
     raise ConfigError(f"{name} must {bound}{note}, got {value}", names=(f.name,))
 
 
-# -- the command line ------------------------------------------------------------------------------
-
-
-#: The order of the argparse groups in a command's help.
-GROUP_ORDER = ("options", "data", "corpus", "search space", "network", "optimisation", "sampled search",
-               "progressive search (P-DARTS)", "cost", "collapse", "timing", "final network", "run")
-
-
-def add_flags(parser: argparse.ArgumentParser, cls: type, *, exclude: Sequence[str] = ()
-              ) -> dict[str, argparse._ArgumentGroup]:
-    """One flag per field of ``cls`` (but ``exclude``), in argparse groups titled by ``cls.TITLES``
-    (group key -> title; the key itself otherwise), helped by ``cls.FLAG_HELP`` where a command says
-    more than the group. Flags default to SUPPRESS: only flags given on the command line reach a
-    config. Returns the groups, for the command's own flags."""
-    defaults = cls()
-    titles = getattr(cls, "TITLES", {})
-    keys = {f.metadata["group"] for f in dataclasses.fields(cls) if f.metadata and f.metadata.get("cli", True)}
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    for key in sorted(keys | {"run"}, key=lambda k: GROUP_ORDER.index(k) if k in GROUP_ORDER else len(GROUP_ORDER)):
-        groups[key] = parser if key == "options" else parser.add_argument_group(titles.get(key, key))
-    for f in dataclasses.fields(cls):
-        if f.name in exclude or not f.metadata or not f.metadata.get("cli", True):
-            continue
-        kwargs = _flag_kwargs(f, getattr(defaults, f.name), cls)
-        groups[f.metadata["group"]].add_argument(flag_of(f), **kwargs)
-    return groups
-
-
-def _help(f: dataclasses.Field, default: Any, cls: type) -> str:
-    meta = f.metadata
-    text = getattr(cls, "FLAG_HELP", {}).get(f.name) or meta["help"]
-    if f.name == "dataset" and getattr(cls, "DATASET_COMMAND", ""):
-        from .data.table import dataset_help
-        text = dataset_help(cls.DATASET_COMMAND)
-    shown = meta.get("default_text")
-    if shown is None and not _is_switch(f):
-        shown = "" if default is None else " ".join(map(str, default)) if isinstance(default, tuple) else str(default)
-    if shown:
-        text = f"{text} [{shown}]" if text else f"[{shown}]"
-    return text
-
-
-def _flag_kwargs(f: dataclasses.Field, default: Any, cls: type) -> dict[str, Any]:
-    meta = f.metadata
-    kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": _help(f, default, cls)}
-    if _is_switch(f):
-        kwargs["action"] = "store_false" if f.default is True else "store_true"
-        return kwargs
-    scalar, _, sequence = _kind(f)
-    if meta.get("parse") is not None:
-        kwargs["type"] = meta["parse"]
-    elif scalar is not str:
-        kwargs["type"] = scalar
-    if sequence:
-        kwargs["nargs"] = "+"
-    if meta.get("choices") is not None and not sequence:
-        kwargs["choices"] = meta["choices"]
-    if meta.get("metavar"):
-        kwargs["metavar"] = meta["metavar"]
-    return kwargs
-
-
-def given_fields(cls: type, args: argparse.Namespace) -> dict[str, Any]:
-    """The fields of ``cls`` that flags set (absent when not given)."""
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    return {k: _typed(known[k], v) for k, v in vars(args).items() if k in known}
-
-
-def load_config_file(path: str | Path, cls: type) -> dict[str, Any]:
-    """The fields a JSON or TOML file sets (keys spelt as fields, batch_size, or as flags, batch-size;
-    a ``kind`` key, as config.json has, is ignored). Errors name the file and the key."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"--config {path}: cannot be read ({e.strerror or e})") from None
-    try:
-        if path.suffix.lower() == ".toml":
-            import tomllib
-            data = tomllib.loads(text)
-        else:
-            data = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ConfigError(f"--config {path}: not valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'} "
-                          f"({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"--config {path}: must hold a table of options, not {type(data).__name__}")
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    out = {}
-    for key, value in data.items():
-        name = key.replace("-", "_").lstrip("_")
-        if name == "kind":
-            continue
-        if name not in known:
-            raise ConfigError(f"--config {path}: unknown option {key!r} (not a field of {cls.__name__})")
-        out[name] = _checked_type(known[name], _typed(known[name], value), path, key)
-    return out
-
-
-def _checked_type(f: dataclasses.Field, value: Any, path: Path, key: str) -> Any:
-    scalar, optional, sequence = _kind(f)
-    if value is None:
-        if optional:
-            return None
-    elif sequence:
-        if isinstance(value, tuple) and all(isinstance(v, scalar) and not isinstance(v, bool) or scalar is bool
-                                            for v in value):
-            return value
-    elif scalar is bool:
-        if isinstance(value, bool):
-            return value
-    elif scalar is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif scalar is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif isinstance(value, str):
-        return value
-    want = f"a list of {scalar.__name__}" if sequence else scalar.__name__
-    raise ConfigError(f"--config {path}: {key} must be {want}{' or null' if optional else ''}, got {value!r}")
-
-
 # -- the shared groups -------------------------------------------------------------------------------
 
 
@@ -399,30 +278,6 @@ class ArchStep(Config):
 
 
 @dataclass
-class Sampler(Config):
-    """GDAS (Dong & Yang, CVPR 2019): each forward pass computes one candidate per decision, drawn by
-    hard Gumbel-softmax over α, its gradient straight through the relaxed weights at temperature τ."""
-
-    sampler: str = option("none", "gdas: every edge (Choice) computes one candidate, drawn by hard Gumbel-softmax over "
-                          "α (GDAS); a step costs about one candidate's work instead of all of them", group="sampled search",
-                          choices=("none", "gdas"))
-    tau_max: float = option(10.0, "GDAS: the Gumbel-softmax temperature τ at the first epoch, annealed linearly to "
-                            "--tau-min at the last", group="sampled search", above=0)
-    tau_min: float = option(0.1, "GDAS: τ at the last epoch", group="sampled search", above=0)
-
-    def check(self) -> None:
-        super().check()
-        if self.sampler == "gdas":
-            if getattr(self, "order", "first") != "first":
-                raise ConfigError("{sampler} gdas needs {order} first: each forward pass draws its own candidates, so "
-                                  "the unrolled step and its Hessian-vector product would see different networks",
-                                  names=("sampler", "order"))
-            if self.tau_min > self.tau_max:
-                raise ConfigError(f"{{tau_min}} {self.tau_min} is above {{tau_max}} {self.tau_max}",
-                                  names=("tau_min", "tau_max"))
-
-
-@dataclass
 class ArchWarmup(Config):
     arch_start_epoch: int = option(0, "first epoch (0-based) with α steps; before it only w trains (PC-DARTS: 15)",
                                    group="optimisation", min=0)
@@ -460,123 +315,6 @@ class Curvature(Config):
 
 
 @dataclass
-class ImageData(Config):
-    """Where the images come from, and how a user's own images are read."""
-
-    dataset: str = option("cifar10", group="data")  # the command's table of datasets gives the choices
-    data_dir: str | None = option(None, "folder holding the dataset, or imagefolder's root (train/<class>/, optional "
-                                  "val/<class>/), or arrays' .npz file (x_train, y_train[, x_test, y_test]); "
-                                  "$DARTSNAS_DATA when absent", group="data", default_text="data", resumable=True)
-    download: bool = option(False, "fetch the official dataset archive (md5-checked) if missing", group="data",
-                            resumable=True)
-    verify: bool = option(True, "skip the official md5 check (for your own files in the CIFAR format)", group="data",
-                          resumable=True)
-    image_size: int | None = option(None, "imagefolder: resize the shorter side to S and centre-crop S x S (images of "
-                                    "mixed sizes need it); imagenet: the crop size, 224 if not given", group="data", min=1,
-                                    default_text="as they are")
-    skip_bad_images: bool = option(False, "skip unreadable image files (the count is reported) instead of stopping",
-                                   group="data", resumable=True)
-    flip: bool = option(True, "no random horizontal flips for your own images (text, digits, anything with a "
-                        "direction)", group="data")
-    memory_gb: float = option(2.0, "your own images are held in memory up to this decoded size, streamed above it",
-                              group="data", min=0, resumable=True)
-    workers: int = option(2, "decoding processes for streamed images", group="data", min=0, resumable=True)
-
-    #: The command whose column of the dataset table gives the datasets it accepts.
-    DATASET_COMMAND = ""
-
-    def check(self) -> None:
-        super().check()
-        from .data.table import datasets_for
-        accepted = datasets_for(self.DATASET_COMMAND)
-        if self.dataset not in accepted:
-            shown = [name for name in accepted if name != "python"]
-            raise ConfigError(f"{{dataset}} must be one of {', '.join(shown)}, got {self.dataset!r}", names=("dataset",))
-
-    def own_data_options(self, info: dict[str, Any] | None = None) -> Any:
-        """The loading options these fields give; ``info`` (a trained model's data) fixes the classes,
-        statistics and resize of evaluation and prediction."""
-        from .data import OwnDataOptions
-        if info is None:
-            return OwnDataOptions(image_size=self.image_size, skip_bad_images=self.skip_bad_images, flip=self.flip,
-                                  memory_gb=self.memory_gb)
-        return OwnDataOptions(image_size=info["resize"], skip_bad_images=self.skip_bad_images, flip=self.flip,
-                              memory_gb=self.memory_gb, stats=(tuple(info["mean"]), tuple(info["std"])),
-                              classes=info["classes"])
-
-
-@dataclass
-class CorpusData(Config):
-    """A language-modelling corpus and the AWD-LSTM model and objective around a recurrent cell."""
-
-    data_dir: str | None = option(None, "corpus folder: train/valid/test .txt, ptb.*.txt or wiki.*.tokens",
-                                  group="corpus", resumable=True)
-    train_split: str = option("train", "split that trains w", group="corpus")
-    val_split: str = option("valid", "split for α / model selection", group="corpus")
-    emsize: int = option(300, group="corpus", min=1)
-    nhid: int = option(300, group="corpus", min=1)
-    bptt: int = option(35, group="corpus", min=1)
-    max_seq_len_delta: int = option(20, "jitter of the random window length (AWD-LSTM)", group="corpus", min=0)
-    eval_batch_size: int = option(10, group="corpus", min=1)
-    tar: float = option(1e-3, "temporal activation regularisation β", group="corpus", min=0)
-    ar: float = option(0.0, cli=False)  # AWD-LSTM's activation regularisation: not applied (no dropped output)
-    dropout: float = option(0.75, group="corpus", min=0, below=1)
-    dropout_h: float = option(0.25, group="corpus", min=0, below=1)
-    dropout_x: float = option(0.75, group="corpus", min=0, below=1)
-    dropout_i: float = option(0.2, group="corpus", min=0, below=1)
-    dropout_e: float = option(0.0, group="corpus", min=0, below=1)
-
-    def check(self) -> None:
-        super().check()
-        if self.data_dir is None:
-            raise ConfigError("{data_dir} is required: a folder with train/valid/test text files", names=("data_dir",))
-
-
-#: The costs a search can aim at: counted (multiply-adds, parameters) or measured (latency, ms).
-COST_KINDS = ("macs", "params", "latency")
-#: How the expected cost enters α's objective (see CostBudget.cost_penalty).
-COST_PENALTIES = ("derived", "hinge", "linear")
-
-
-@dataclass
-class CostBudget(Config):
-    """A budget the search aims at: the expected cost of the final network joins α's objective."""
-
-    cost: str | None = option(None, "the cost whose expectation under softmax(α) joins α's objective", group="cost",
-                              choices=COST_KINDS, default_text="none")
-    cost_target: float | None = option(None, "the budget in --cost's units, a K/M/G suffix allowed (e.g. 300M "
-                                       "multiply-adds, 2.5M parameters, 4 ms); needed with --cost", group="cost",
-                                       above=0, default_text="none", parse=parse_amount)
-    cost_weight: float = option(1.0, "λ of the cost penalty", group="cost", min=0)
-    cost_penalty: str = option("derived", "derived: λ E[cost]/target while the cell derived now costs more than the "
-                               "budget, nothing once it fits (lands at the budget, docs/budget.md); hinge: λ max(0, "
-                               "E[cost]/target - 1), while the expectation is above it; linear: λ E[cost]/target "
-                               "(ProxylessNAS), always", group="cost", choices=COST_PENALTIES)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.cost_target, str):  # "300M" from a config file or Python
-            try:
-                self.cost_target = parse_amount(self.cost_target)
-            except argparse.ArgumentTypeError as e:
-                raise ConfigError(f"{{cost_target}}: {e}", names=("cost_target",)) from None
-
-    def check(self) -> None:
-        super().check()
-        if self.cost is not None and self.cost_target is None:
-            raise ConfigError("{cost} needs {cost_target}, the budget", names=("cost", "cost_target"))
-
-    def budget_penalty(self, expected: Any, derived: float) -> Any:
-        """λ times the expected cost over the budget: the part above it (hinge), all of it while the
-        derived cell (cost ``derived``) is over budget (derived), or all of it always (linear)."""
-        ratio = expected / self.cost_target
-        if self.cost_penalty == "hinge":
-            return self.cost_weight * (ratio - 1).relu()
-        if self.cost_penalty == "derived" and derived <= self.cost_target:
-            return ratio * 0.0  # within the budget: no push, the same graph
-        return self.cost_weight * ratio
-
-
-@dataclass
 class Compile(Config):
     compile: bool = option(False, "torch.compile (see the command's help)", group="run", resumable=True)
 
@@ -600,6 +338,5 @@ def check_resumable(saved: Config, asked: Config, path: Path, log: Callable[[str
         raise CheckpointError(f"{path}: checkpoint was written with {was}, this run asks for {now}")
 
 
-__all__ = ["COST_KINDS", "COST_PENALTIES", "ArchStep", "ArchWarmup", "Compile", "Config", "CostBudget", "CorpusData",
-           "Curvature", "Epochs", "FastConv", "ImageData", "Momentum", "RunOptions", "Sampler", "Seed", "add_flags", "check_field", "check_resumable", "configclass", "flag_of",
-           "given_fields", "load_config_file", "option"]
+__all__ = ["ArchStep", "ArchWarmup", "Compile", "Config", "Curvature", "Epochs", "FastConv",
+           "Momentum", "RunOptions", "Seed", "check_field", "check_resumable", "configclass", "flag_of", "option"]

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
-from .spaces.base import ArchitectureSplit, GumbelSampler, is_recomputing, mixing_weights, recomputed, sampled_sum
+from .spaces.base import ArchitectureSplit, is_recomputing, mixing_weights, recomputed, sampled_sum
 
 #: A choice's pick: a candidate's name (Choice) or the chosen input indices (InputChoice).
 Pick = Any
@@ -215,7 +215,7 @@ class SearchableModel(ArchitectureSplit, nn.Module):
             shared = members[0][1].alpha
             for _, module in members:
                 module.alpha = shared  # one Parameter: named_parameters() lists it once
-        self.sampler: GumbelSampler | None = None
+        self.sampler: Any = None  # GDAS: a methods.gdas.GumbelSampler
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return [members[0][1].alpha for members in self.groups.values()]

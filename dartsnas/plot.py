@@ -9,63 +9,21 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .errors import ConfigError, DartsError
 from .genotype import Genotype, RecurrentGenotype, edge_row
+from .layout import CellLayout
+from .spaces import space_of_genotype
 from .ops import CONV_OPS, RNN_OPS
 
 FORMATS = ("png", "svg", "pdf", "dot")
 
 
-@dataclass
-class CellLayout:
-    """Node positions and labelled edges of one cell; ``kind`` is input, node or output."""
-
-    name: str
-    nodes: list[tuple[str, float, float, str]]   # (label, x, y, kind)
-    edges: list[tuple[str, str, str]]            # (source, target, op; "" for fixed connections)
-
-
-def cell_layout(name: str, edges: Sequence[tuple[str, int]], concat: Sequence[int], *, k: int,
-                inputs: Sequence[str], output: str, first_node_fixed: bool = False) -> CellLayout:
-    """Lay out a cell whose node i takes ``k`` (op, state) pairs; states 0.. are ``inputs`` then nodes.
-
-    With ``first_node_fixed`` (recurrent cells) all inputs feed node 0 through a fixed connection
-    and the genotype's states are numbered from that node.
-    """
-    n_nodes = len(edges) // k + (1 if first_node_fixed else 0)
-    labels = list(inputs)
-    step = 2.0  # horizontal distance between columns, in the same units as the vertical ones
-    nodes = [(lab, 0.0, 1.2 * ((len(inputs) - 1) / 2 - i), "input") for i, lab in enumerate(inputs)]
-    for i in range(n_nodes):
-        nodes.append((str(i), step * (1 + i), 0.9 if i % 2 == 0 else -0.9, "node"))
-    nodes.append((output, step * (n_nodes + 1), 0.0, "output"))
-    out: list[tuple[str, str, str]] = []
-    if first_node_fixed:
-        out.extend((lab, "0", "") for lab in inputs)
-        state = lambda idx: str(idx)
-        first = 1
-    else:
-        state = lambda idx: labels[idx] if idx < len(inputs) else str(idx - len(inputs))
-        first = 0
-    for pos, (op, idx) in enumerate(edges):
-        out.append((state(idx), str(first + pos // k), op))
-    out.extend((state(idx), output, "") for idx in concat)
-    return CellLayout(name, nodes, out)
-
-
-def genotype_layouts(genotype: Genotype | RecurrentGenotype) -> list[CellLayout]:
-    """One layout per cell type: normal and reduce (not a fixed reduction cell: nothing was searched
-    there), or recurrent."""
-    if isinstance(genotype, RecurrentGenotype):
-        return [cell_layout("recurrent", genotype.recurrent, genotype.concat, k=1, inputs=("x_{t}", "h_{t-1}"),
-                            output="h_{t}", first_node_fixed=True)]
-    cells = ("normal", "reduce") if genotype.reduce_cell is None else ("normal",)
-    return [cell_layout(cell, getattr(genotype, cell), getattr(genotype, f"{cell}_concat"), k=2,
-                        inputs=("c_{k-2}", "c_{k-1}"), output="c_{k}") for cell in cells]
+def genotype_layouts(genotype: Any) -> list[CellLayout]:
+    """One layout per cell type, as the genotype's space lays its cells out."""
+    return space_of_genotype(genotype.to_dict()).layouts(genotype)
 
 
 def op_colors() -> dict[str, str]:

@@ -18,9 +18,9 @@ from dartsnas.architect import Architect
 from dartsnas.cost import CostTable
 from dartsnas.data import BatchLoader, load_dataset, split_portion
 from dartsnas.distributed import Distributed, convert_sync_batchnorm
-from dartsnas.regularizers import perturb_mixing_weights
+from dartsnas.methods.sdarts import perturb_mixing_weights
 from dartsnas.spaces import ConvSearchSpaceConfig, SearchNetwork
-from dartsnas.train.search import search_step
+from dartsnas.train.bilevel import search_step
 
 
 def one_step(dist: Distributed, order: str, batch: int, sync_bn: bool, grad_clip: float, regularizer: str,
@@ -45,7 +45,7 @@ def one_step(dist: Distributed, order: str, batch: int, sync_bn: bool, grad_clip
     if cost:  # a multiply-add penalty on α, the same on every rank
         table = CostTable.build(model.config.ops, model.config.nodes, init_channels=8, layers=3, image_size=(8, 8),
                                 in_channels=1)
-        arch.penalty = lambda: table.expected("macs", *model.arch_weights(), *model.edge_weights()) / 1e4  # noqa: E731
+        arch.terms.append(lambda: table.expected("macs", *model.arch_weights(), *model.edge_weights()) / 1e4)
     net = dist.wrap(model, ignore=model.arch_parameters(), broadcast_buffers=not sync_bn)
     train_batch, val_batch = train.next_batch(), val.next_batch()
     grads = arch.alpha_grad(train_batch, val_batch, xi=0.1)

@@ -121,7 +121,7 @@ def test_unknown_order_and_bad_step_are_refused(tiny_net):
 @pytest.mark.parametrize("order,scheme", [("first", "central"), ("second", "central"), ("second", "forward")])
 def test_a_search_step_never_reads_a_value_back_to_the_host(setup, monkeypatch, order, scheme):
     """On a GPU every .item(), bool() or float() of a tensor stalls the step until the device catches up."""
-    from dartsnas.train.search import search_step
+    from dartsnas.train.bilevel import search_step
     net, opt, train, val = setup()
     arch = Architect(net, opt, order=order, fd_scheme=scheme)
 

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from dartsnas.cli import _config, build_parser, main
-from dartsnas.config import Config, flag_of, load_config_file
+from dartsnas.config import Config, flag_of
+from dartsnas.flags import load_config_file
 from dartsnas.errors import CheckpointError, ConfigError
 from dartsnas.train.final import TrainConfig
 from dartsnas.train.final_rnn import RNNTrainConfig

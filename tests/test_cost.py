@@ -10,7 +10,7 @@ from dartsnas.genotype import Genotype
 from dartsnas.nets import NetworkConfig, build_network
 from dartsnas.nets.summary import summarize
 from dartsnas.ops import DARTS_OPS
-from dartsnas.protocol import sample_genotype
+from dartsnas.spaces.cnn import sample_genotype
 
 
 def test_op_costs_are_the_hand_counts():
@@ -104,7 +104,7 @@ def test_the_architect_adds_a_penalty_gradient_to_the_alpha_gradient(tiny_net, o
     arch = Architect(net, opt, order=order, grad_clip=5.0)
     plain = arch.alpha_grad(train, val, 0.1)
     before = [a.detach().clone() for a in net.arch_parameters()]
-    arch.penalty = lambda: 3 * net.alpha_normal.square().sum()
+    arch.terms.append(lambda: 3 * net.alpha_normal.square().sum())
     got = arch.step(train, val, 0.1)
     torch.testing.assert_close(got[0], plain[0] + 6 * before[0])
     torch.testing.assert_close(got[1], plain[1])  # the penalty does not involve α_reduce
@@ -202,7 +202,7 @@ def test_derivation_within_a_budget_on_random_alphas_fits_and_keeps_cells_valid(
 
 
 def test_the_derived_penalty_pushes_only_while_the_derived_cell_is_over_budget():
-    from dartsnas.config import CostBudget
+    from dartsnas.methods.budget import CostBudget
     expected = torch.tensor(3.0, requires_grad=True)
     over = CostBudget(cost="macs", cost_target=2.0, cost_weight=4.0, cost_penalty="derived")
     grad, = torch.autograd.grad(over.budget_penalty(expected, derived=2.5), expected)

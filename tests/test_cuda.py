@@ -80,7 +80,7 @@ def test_device_augmentation_is_its_cpu_definition_on_the_same_draws():
 @pytest.mark.parametrize("order", ["first", "second"])
 @needs_cuda
 def test_a_cuda_search_step_reads_nothing_back_to_the_host(tiny_net, monkeypatch, order):
-    from dartsnas.train.search import search_step
+    from dartsnas.train.bilevel import search_step
     net, opt = _net_and_optimizer(tiny_net, torch.float32, CUDA)
     arch = Architect(net, opt, order=order, grad_clip=5.0)
     train, val = _batch(8, 0, device=CUDA), _batch(8, 1, device=CUDA)

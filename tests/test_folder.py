@@ -124,7 +124,7 @@ def test_folder_batches_resume_mid_pass_with_the_same_crops(image_root):
 
 def test_imagenet_search_takes_pc_darts_recipe_and_resumes_bit_identical(image_root, tmp_path):
     from dartsnas.train.checkpoint import load_checkpoint
-    from dartsnas.train.search import search_recipe
+    from dartsnas.train.search_config import search_recipe
     pc = search_recipe("imagenet")
     assert (pc.stem, pc.partial_channels, pc.batch_size, pc.lr, pc.arch_lr, pc.arch_start_epoch, pc.warmup_epochs,
             tuple(pc.sample)) == ("imagenet", 2, 1024, 0.5, 6e-3, 35, 5, (0.1, 0.025))

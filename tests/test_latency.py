@@ -9,7 +9,7 @@ from dartsnas.cost import CostTable
 from dartsnas.errors import ConfigError
 from dartsnas.latency import LatencyConfig, Timer, latency_table
 from dartsnas.nets import NetworkConfig, build_network
-from dartsnas.protocol import sample_genotype
+from dartsnas.spaces.cnn import sample_genotype
 
 OPS = ("skip_connect", "sep_conv_3x3", "max_pool_3x3")
 TINY = dict(init_channels=4, layers=3, nodes=2, ops=OPS, repeats=3, warmup=1)

@@ -222,7 +222,7 @@ def test_python_api_searches_and_trains_on_torch_datasets(tmp_path):
                     train_data=Shapes(64, 0), val_data=Shapes(32, 1), log=logged.append)
     assert "train_data: 64 images 3x12x12, 2 classes, streamed" in logged[0]
     assert "val_data: 32 images" in logged[1] and "32 val images" in logged[2]
-    trained = dartsnas.train(dartsnas.recipe("python", genotype=str(tmp_path / "search"), init_channels=4, layers=3,
+    trained = dartsnas.train_network(dartsnas.recipe("python", genotype=str(tmp_path / "search"), init_channels=4, layers=3,
                                              batch_size=16, epochs=1, steps_per_epoch=2, auxiliary_weight=0),
                              tmp_path / "train", train_data=Shapes(64, 0), test_data=Shapes(32, 1), quiet=True)
     assert trained.model_path.is_file() and "test_top1" in trained.metrics[0]

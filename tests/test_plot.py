@@ -3,7 +3,8 @@ import pytest
 from dartsnas.cli import main
 from dartsnas.errors import ConfigError
 from dartsnas.genotype import load_genotype
-from dartsnas.plot import cell_layout, genotype_layouts, op_colors, plot_genotype, to_dot
+from dartsnas.layout import cell_layout
+from dartsnas.plot import genotype_layouts, op_colors, plot_genotype, to_dot
 
 
 def test_conv_layout_as_data():

@@ -12,8 +12,10 @@ import pytest
 from dartsnas.cli import main
 from dartsnas.genotype import Genotype, RecurrentGenotype, load_genotype
 from dartsnas.ops import DARTS_OPS, RNN_DARTS_OPS
-from dartsnas.protocol import (Job, leaderboard, run_jobs, sample_genotype, sample_genotypes,
-                               sample_recurrent_genotype)
+from dartsnas.jobs import Job, run_jobs
+from dartsnas.protocol import leaderboard, sample_genotypes
+from dartsnas.spaces.cnn import sample_genotype
+from dartsnas.spaces.rnn import sample_recurrent_genotype
 
 pytest.importorskip("sklearn")  # the bundled digits
 

@@ -4,10 +4,10 @@ import torch
 from torch import nn
 
 from dartsnas.architect import Architect
-from dartsnas.regularizers import perturb_mixing_weights
+from dartsnas.methods.sdarts import perturb_mixing_weights
 from dartsnas.spaces import ConvSearchSpaceConfig, SearchNetwork
 from dartsnas.spaces.base import recomputed
-from dartsnas.train.search import search_step
+from dartsnas.train.bilevel import search_step
 
 
 def _net(recompute, seed=0, **kw):

@@ -11,9 +11,11 @@ import torch
 from dartsnas.architect import Architect
 from dartsnas.errors import ConfigError, Interrupted
 from dartsnas.ops import OP_SETS, Noise
-from dartsnas.regularizers import darts_minus_beta, perturb_mixing_weights, sdarts_epsilon
+from dartsnas.methods.darts_minus import darts_minus_beta
+from dartsnas.methods.sdarts import perturb_mixing_weights, sdarts_epsilon
 from dartsnas.spaces import ConvSearchSpaceConfig, SearchNetwork
-from dartsnas.train.search import Search, SearchConfig, search_step
+from dartsnas.train.bilevel import search_step
+from dartsnas.train.search import Search, SearchConfig
 
 
 def test_schedules():
@@ -126,7 +128,7 @@ def test_s1_has_its_own_op_pair_on_every_edge(tmp_path):
     from dartsnas.genotype import derive_genotype
     from dartsnas.ops import CONV_OPS, EDGE_OP_SETS
     from dartsnas.plot import plot_alphas
-    from dartsnas.protocol import sample_genotype
+    from dartsnas.spaces.cnn import sample_genotype
     table = EDGE_OP_SETS["s1"]
     assert all(len(table[c]) == 14 and all(len(pair) == 2 for pair in table[c]) for c in ("normal", "reduce"))
     assert table["normal"][5] == ("max_pool_3x3", "skip_connect") and table["reduce"][6] == ("max_pool_3x3", "sep_conv_3x3")

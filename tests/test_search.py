@@ -9,7 +9,8 @@ from dartsnas.cli import main
 from dartsnas.errors import CheckpointError, ConfigError
 from dartsnas.genotype import Genotype
 from dartsnas.train.checkpoint import load_checkpoint, read_metrics
-from dartsnas.train.search import SearchConfig, cosine_lr, derive_from_checkpoint, search
+from dartsnas.train.common import cosine_lr
+from dartsnas.train.search import SearchConfig, derive_from_checkpoint, search
 
 TINY = dict(dataset="digits", init_channels=4, layers=3, batch_size=16, steps_per_epoch=3)
 TINY_FLAGS = ["--dataset", "digits", "--init-channels", "4", "--layers", "3", "--batch-size", "16",
@@ -177,7 +178,7 @@ def test_partial_channel_search_with_an_alpha_warm_up(tmp_path):
 def test_search_step_under_bf16_autocast_keeps_alpha_and_its_gradient_in_float32(tiny_net, order):
     """The CUDA fast path autocasts the search step to bf16; CPU autocast runs the same code here."""
     from dartsnas.architect import Architect
-    from dartsnas.train.search import search_step
+    from dartsnas.train.bilevel import search_step
     net = tiny_net(num_classes=5)
     opt = torch.optim.SGD(net.weight_parameters(), lr=0.1, momentum=0.9)
     arch = Architect(net, opt, order=order, lr=0.01)

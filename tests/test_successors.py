@@ -14,9 +14,10 @@ from dartsnas.genotype import SKIP_OP
 from dartsnas.nn import Choice
 from dartsnas.ops import DARTS_OPS
 from dartsnas.spaces import ConvSearchSpaceConfig, SearchCell, SearchNetwork
-from dartsnas.spaces.base import GumbelSampler, gdas_tau
+from dartsnas.methods.gdas import GumbelSampler, gdas_tau
 from dartsnas.train.checkpoint import load_checkpoint
-from dartsnas.train.search import Search, SearchConfig, derive_from_checkpoint, pdarts_skip_dropout, search
+from dartsnas.methods.pdarts import pdarts_skip_dropout
+from dartsnas.train.search import Search, SearchConfig, derive_from_checkpoint, search
 from dartsnas.train.search_model import search_model
 
 TINY = dict(dataset="digits", init_channels=4, nodes=2, batch_size=16, steps_per_epoch=2)
@@ -338,7 +339,8 @@ def test_skip_dropout_drops_the_identity_only_in_training():
 
 
 def test_select_names_each_candidates_method(tmp_path):
-    from dartsnas.protocol import candidate_method, leaderboard, markdown_table, search_method
+    from dartsnas.methods import method_name as search_method
+    from dartsnas.protocol import candidate_method, leaderboard, markdown_table
     assert search_method({"progressive": True}) == "p-darts"
     assert search_method({"sampler": "gdas"}) == "gdas"
     assert search_method({"partial_channels": 2, "order": "second"}) == "pc-darts (second order)"

@@ -1,12 +1,86 @@
-"""Search spaces, registered by name: ``SEARCH_SPACES.get("cnn")`` (the conv cells' network) and
-``"rnn"`` (the recurrent cell's language model); each is built from its space config. The search
-commands look their network up here, so a space registered by a user joins the same loop."""
+"""Search spaces, registered by name: ``cnn`` (DARTS's conv cells, :mod:`.cnn`) and ``rnn`` (its
+recurrent cell, :mod:`.rnn`). The commands read this registry: ``search SPACE``, ``train SPACE``,
+``select SPACE``, ``random-search SPACE`` and ``plot`` exist for every space registered here, so a new
+space is one module (a :class:`SearchSpace` subclass, registered) plus its tests; see
+``docs/architecture.md`` ("A new search space")."""
+from __future__ import annotations
+
+import random
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from ..errors import ConfigError
 from ..registry import Registry
+
+
+class SearchSpace:
+    """What a search space supplies to the commands.
+
+    - ``search_kind`` / ``train_kind``: the commands (``train.commands.RUNS``) that search it and
+      train its final networks; ``help``: its line in ``dartsnas search --help``;
+    - ``genotype`` (the class of its derived architectures) and ``builtins`` (its named genotypes),
+      ``owns(data)``: whether a genotype's JSON dict is of this space;
+    - ``build(space_config)``: its search model (a network with α) from its space config;
+    - ``derive(space_config, arch, max_skip)``: the genotype of α (a dict of the model's architecture
+      tensors, from the network or a checkpoint: one derivation for both);
+    - ``final_network(genotype, **sizes)``: the network a genotype trains as;
+    - ``sample(rng, nodes, ops)``: a uniform random genotype (random search), with ``default_nodes``,
+      ``default_ops`` and ``resolve_ops`` (named op sets);
+    - ``layouts(genotype)``: the cells to draw (``plot``);
+    - ``cost_table(...)``: the table of what each candidate costs in the final network, where the
+      space prices its cells (a budgeted search).
+    """
+
+    name = ""
+    help = ""
+    search_kind = ""
+    train_kind = ""
+    genotype: type = object
+    builtins: Registry
+    default_nodes = 4
+    default_ops: tuple[str, ...] = ()
+
+    def owns(self, data: Mapping[str, Any]) -> bool:
+        raise NotImplementedError
+
+    def build(self, space_config: Any) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def derive(self, space_config: Any, arch: Mapping[str, torch.Tensor], max_skip: int | None = None) -> Any:
+        raise NotImplementedError
+
+    def final_network(self, genotype: Any, **sizes: Any) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def resolve_ops(self, ops: Sequence[str]) -> tuple[str, ...]:
+        return tuple(ops)
+
+    def sample(self, rng: random.Random, nodes: int, ops: Sequence[str]) -> Any:
+        raise NotImplementedError
+
+    def layouts(self, genotype: Any) -> list[Any]:
+        raise NotImplementedError
+
+    def cost_table(self, *args: Any, **kwargs: Any) -> Any:
+        raise ConfigError(f"the {self.name} space has no cost table: a cost budget does not apply to it")
+
 
 SEARCH_SPACES: Registry = Registry("search space")
 
+
+def space_of_genotype(data: Mapping[str, Any]) -> SearchSpace:
+    """The registered space whose genotypes look like ``data`` (a genotype's JSON dict)."""
+    for name in SEARCH_SPACES:
+        if SEARCH_SPACES.get(name).owns(data):
+            return SEARCH_SPACES.get(name)
+    return SEARCH_SPACES.get("cnn")
+
+
 from .conv import ConvSearchSpaceConfig, MixedOp, SearchCell, SearchNetwork  # noqa: E402
 from .recurrent import RecurrentSearchModel, RecurrentSearchSpaceConfig, SearchRecurrentCell  # noqa: E402
+from . import cnn, rnn  # noqa: E402,F401  (registration)
 
 __all__ = ["SEARCH_SPACES", "ConvSearchSpaceConfig", "MixedOp", "RecurrentSearchModel",
-           "RecurrentSearchSpaceConfig", "SearchCell", "SearchNetwork", "SearchRecurrentCell"]
+           "RecurrentSearchSpaceConfig", "SearchCell", "SearchNetwork", "SearchRecurrentCell", "SearchSpace",
+           "space_of_genotype"]

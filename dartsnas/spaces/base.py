@@ -93,53 +93,6 @@ def is_recomputing(module: nn.Module) -> bool:
     return module.__dict__.get(_INSIDE, 0) > 0
 
 
-#: How a search mixes the candidates of an edge: all of them weighted by softmax(α) (DARTS), or one
-#: sampled by hard Gumbel-softmax (GDAS).
-SAMPLERS = ("none", "gdas")
-
-
-class GumbelSampler:
-    """GDAS's sampler (Dong & Yang, CVPR 2019): per row of α, the candidate that maximises
-    log softmax(α) + Gumbel noise (so drawn with probability softmax(α), whatever τ), and its
-    straight-through weights ``one_hot - p.detach() + p`` with p = softmax((log softmax(α) + g) / τ):
-    the forward pass sees exactly one candidate (weight 1), the gradient flows through the relaxed p,
-    sharper as τ falls. The noise comes from its own seeded generator (on the CPU, so it is the same
-    on every device and rank) whose state a checkpoint keeps. Outside training it picks argmax α, noise-free."""
-
-    def __init__(self, seed: int, tau: float = 10.0) -> None:
-        self.tau = float(tau)
-        self.generator = torch.Generator().manual_seed(int(seed))
-
-    def sample(self, alpha: torch.Tensor, training: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """(straight-through weights, picked index per row) for α of shape (..., candidates)."""
-        if not training:
-            index = alpha.detach().argmax(-1)
-            return F.one_hot(index, alpha.shape[-1]).to(alpha.dtype), index
-        logp = torch.log_softmax(alpha if alpha.dtype in (torch.float32, torch.float64) else alpha.float(), -1)
-        while True:  # an exponential draw of exactly 0 gives infinite noise: draw again, as GDAS does
-            noise = torch.empty(alpha.shape, dtype=logp.dtype).exponential_(generator=self.generator)
-            gumbel = -noise.log()
-            if torch.isfinite(gumbel).all():
-                break
-        probs = F.softmax((logp + gumbel.to(logp.device)) / self.tau, dim=-1)
-        index = probs.detach().argmax(-1)
-        hard = F.one_hot(index, alpha.shape[-1]).to(probs.dtype)
-        return hard - probs.detach() + probs, index
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"tau": self.tau, "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.tau = float(state["tau"])
-        self.generator.set_state(state["generator"])
-
-
-def gdas_tau(epoch: int, epochs: int, tau_max: float, tau_min: float) -> float:
-    """GDAS's temperature at ``epoch`` (0-based): linear from ``tau_max`` at the first epoch to
-    ``tau_min`` at the last."""
-    return tau_min + (tau_max - tau_min) * (epochs - 1 - min(epoch, epochs - 1)) / max(epochs - 1, 1)
-
-
 def sampled_sum(weights: torch.Tensor, index: int, output: torch.Tensor) -> torch.Tensor:
     """GDAS's mixture of one computed candidate: ``weights[index] * output`` plus the other weights as
     scalars. Their value is 0 (straight-through one-hot), so the output is the candidate's, but each

@@ -11,138 +11,17 @@ softmax(α) x softmax(β).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
 from ..genotype import Genotype, derive_genotype, num_edges
-from ..ops import (CONV_OPS, DARTS_OPS, EDGE_OP_SETS, FactorizedReduce, ReLUConvBN, build_op, edge_ops,
-                   is_preactivated, is_zero_op, resolve_op_set, unknown_op_error)
+from ..ops import FactorizedReduce, ReLUConvBN, build_op, is_preactivated, is_zero_op
 from ..nets.conv import FIXED_REDUCTION
-from . import SEARCH_SPACES
-from .base import RECOMPUTE_MODES, SAMPLERS, ArchitectureSplit, GumbelSampler, mixing_weights, recomputed, sampled_sum
-
-
-@dataclass
-class ConvSearchSpaceConfig:
-    """Shape of a convolutional search network; the defaults are the paper's CIFAR-10 search."""
-
-    init_channels: int = 16
-    layers: int = 8
-    nodes: int = 4
-    num_classes: int = 10
-    in_channels: int = 3
-    stem_multiplier: int = 3
-    ops: tuple[str, ...] = field(default_factory=lambda: DARTS_OPS)
-    partial_channels: int = 1  # K of PC-DARTS; 1 is plain DARTS
-    auxiliary_skip: bool = False  # DARTS-: a skip beside every mixed op, weighted by SearchNetwork.aux_beta
-    recompute: str = "none"  # activations recomputed in backward: none, per cell or per edge (mixed op)
-    stem: str = "cifar"  # cifar: one stride-1 conv; imagenet: PC-DARTS's three stride-2 convs (8x fewer pixels)
-    # P-DARTS's pruned spaces: the candidate ops of every edge, per cell type ({"normal": ((op, ...), ...),
-    # "reduce": ...}, node-major, as many ops on every edge), replacing ``ops`` on each edge.
-    edge_op_sets: dict[str, tuple[tuple[str, ...], ...]] | None = None
-    sampler: str = "none"  # gdas: one op per edge sampled by hard Gumbel-softmax (GDAS), computed alone
-    sampler_seed: int = 0  # the seed of the sampler's own random stream
-    reduce_cell: str = "searched"  # gdas: GDAS's fixed reduction cell; only the normal cell is searched
-
-    def __post_init__(self) -> None:
-        self.ops = resolve_op_set(self.ops)
-
-    def validate(self) -> None:
-        for name in ("init_channels", "layers", "nodes", "num_classes", "in_channels",
-                     "stem_multiplier"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.layers < 3:
-            # Reductions sit at layers//3 and 2*layers//3: fewer than 3 cells would make a cell
-            # both the first and a reduction, which the space does not define.
-            raise ConfigError(f"{{layers}} must be >= 3 (reductions at L/3 and 2L/3), got {self.layers}",
-                              names=("layers",))
-        if not self.ops:
-            raise ConfigError("the op set is empty")
-        if self.edge_op_sets is not None:
-            self._check_edge_op_sets()
-        elif len(self.ops) == 1 and self.ops[0] in EDGE_OP_SETS:  # per-edge op sets: RobustDARTS's S1
-            self.edge_ops("normal")  # raises ConfigError unless the cell has the set's edges
-        else:
-            for op in self.ops:
-                if op not in CONV_OPS:
-                    raise unknown_op_error(op)
-            if len(set(self.ops)) != len(self.ops):
-                raise ConfigError(f"repeated op in the op set {list(self.ops)}")
-            if all(op == "none" for op in self.ops):
-                raise ConfigError("the op set needs at least one op other than 'none'")
-        if self.partial_channels < 1:
-            raise ConfigError(f"{{partial_channels}} must be >= 1, got {self.partial_channels}", names=("partial_channels",))
-        if self.init_channels % self.partial_channels:
-            raise ConfigError(f"{{partial_channels}} {self.partial_channels} must divide {{init_channels}} "
-                              f"{self.init_channels}", names=("partial_channels", "init_channels"))
-        if self.stem not in STEMS:
-            raise ConfigError(f"{{stem}} must be one of {', '.join(STEMS)}, got {self.stem!r}", names=("stem",))
-        if self.stem == "imagenet" and self.init_channels < 2:
-            raise ConfigError(f"{{init_channels}} must be >= 2 with {{stem}} imagenet, got {self.init_channels}",
-                              names=("init_channels", "stem"))
-        if self.recompute not in RECOMPUTE_MODES:
-            raise ConfigError(f"{{recompute}} must be one of {', '.join(RECOMPUTE_MODES)}, got {self.recompute!r}",
-                              names=("recompute",))
-        if self.sampler not in SAMPLERS:
-            raise ConfigError(f"{{sampler}} must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}",
-                              names=("sampler",))
-        if self.reduce_cell not in REDUCE_CELLS:
-            raise ConfigError(f"{{reduce_cell}} must be one of {', '.join(REDUCE_CELLS)}, got {self.reduce_cell!r}",
-                              names=("reduce_cell",))
-        if self.reduce_cell != "searched" and self.partial_channels > 1:
-            raise ConfigError("{reduce_cell} gdas and {partial_channels} do not combine: the fixed reduction cell "
-                              "has no edges to weight", names=("reduce_cell", "partial_channels"))
-        if self.auxiliary_skip and self.partial_channels > 1:
-            raise ConfigError("{regularizer} darts-minus and {partial_channels} do not combine: the auxiliary skip "
-                              "of DARTS- spans every channel, PC-DARTS mixes a part of them",
-                              names=("regularizer", "partial_channels"))
-
-    def edge_ops(self, cell: str) -> tuple[tuple[str, ...], ...]:
-        """The candidate ops of every edge of the ``cell`` ("normal" or "reduce") cells, node-major."""
-        if self.edge_op_sets is not None:
-            return tuple(tuple(ops) for ops in self.edge_op_sets[cell])
-        return edge_ops(self.ops, num_edges(self.nodes), cell)
-
-    def _check_edge_op_sets(self) -> None:
-        sets = self.edge_op_sets
-        if not isinstance(sets, dict) or set(sets) != {"normal", "reduce"}:
-            raise ConfigError("edge_op_sets needs the op sets of the 'normal' and the 'reduce' cell's edges")
-        widths = set()
-        for cell, rows in sets.items():
-            if len(rows) != num_edges(self.nodes):
-                raise ConfigError(f"edge_op_sets[{cell!r}] names {len(rows)} edges; a {self.nodes}-node cell has "
-                                  f"{num_edges(self.nodes)}")
-            for e, ops in enumerate(rows):
-                for op in ops:
-                    if op not in CONV_OPS:
-                        raise unknown_op_error(op)
-                if not ops or len(set(ops)) != len(ops):
-                    raise ConfigError(f"edge_op_sets[{cell!r}] edge {e}: {list(ops)} is empty or repeats an op")
-                widths.add(len(ops))
-        if len(widths) != 1:
-            raise ConfigError(f"edge_op_sets: every edge needs as many ops (α is one matrix), got {sorted(widths)}")
-
-    @property
-    def reduction_layers(self) -> tuple[int, int]:
-        return (self.layers // 3, 2 * self.layers // 3)
-
-    @property
-    def downsampling(self) -> int:
-        """How many times smaller the last cells' maps are than the input (the smallest image it takes)."""
-        return STEMS[self.stem] * 4
-
-
-#: The reduction cell of a search: searched like the normal one, or GDAS's fixed one (GDAS-FRC).
-REDUCE_CELLS = ("searched", "gdas")
-
-#: Search-network stems and their downsampling: CIFAR's stride-1 conv, or PC-DARTS's ImageNet stem
-#: (two stride-2 convs to s0, a third to s1) for large images.
-STEMS = {"cifar": 1, "imagenet": 8}
+from .base import ArchitectureSplit, mixing_weights, recomputed, sampled_sum
+from .conv_config import ConvSearchSpaceConfig
 
 
 FIXED_REDUCTION_TYPES = tuple(FIXED_REDUCTION.values())
@@ -182,17 +61,19 @@ class MixedOp(nn.Module):
         # P-DARTS: dropout on the identity (skip_connect at stride 1) with this rate, set per epoch.
         self.identity = {i for i, name in enumerate(op_names) if name == "skip_connect" and stride == 1}
         self.skip_dropout = 0.0
+        self.aux_beta = 0.0  # DARTS-: the auxiliary skip's weight, set per epoch
 
     @property
     def uses_relu(self) -> bool:
         return any(self.preactivated[i] for i in self.active)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor,
-                x_relu: torch.Tensor | None = None, aux_beta: float = 0.0, index: int | None = None) -> torch.Tensor:
-        """``x_relu`` (relu(x), shared by all edges leaving a node) saves recomputing it per op;
-        ``aux_beta`` weights DARTS-'s auxiliary skip; ``index`` (GDAS) is the one op computed."""
-        if self.aux is not None and aux_beta:
-            return self._mix(x, weights, x_relu, index) + aux_beta * self.aux(x)
+                x_relu: torch.Tensor | None = None, index: int | None = None) -> torch.Tensor:
+        """``weights``: the edge's mixing weights (softmax(α), or a sampler's straight-through ones with
+        ``index`` the one op computed); ``x_relu`` (relu(x), shared by all edges leaving a node) saves
+        recomputing it per op."""
+        if self.aux is not None and self.aux_beta:
+            return self._mix(x, weights, x_relu, index) + self.aux_beta * self.aux(x)
         if self.partial > 1:
             c = x.shape[1] // self.partial
             rest = x[:, c:]
@@ -250,8 +131,7 @@ class SearchCell(nn.Module):
         self.relu = nn.ReLU(inplace=False)
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
-                edge_weights: torch.Tensor | None = None, aux_beta: float = 0.0,
-                index: list[int] | None = None) -> torch.Tensor:
+                edge_weights: torch.Tensor | None = None, index: list[int] | None = None) -> torch.Tensor:
         """``edge_weights`` (PC-DARTS's per-node softmax of β, one per edge) scale each edge's output;
         ``index`` (GDAS) names the one op each edge computes."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
@@ -263,9 +143,9 @@ class SearchCell(nn.Module):
                 edge = self.edges[row + j]
                 pick = None if index is None else index[row + j]
                 if self.recompute_edges:
-                    y = recomputed(edge, h, weights[row + j], relus[j], aux_beta, pick)
+                    y = recomputed(edge, h, weights[row + j], relus[j], pick)
                 else:
-                    y = edge(h, weights[row + j], relus[j], aux_beta, pick)
+                    y = edge(h, weights[row + j], relus[j], pick)
                 if edge_weights is not None:
                     y = edge_weights[row + j] * y
                 s = y if s is None else s + y
@@ -285,7 +165,6 @@ def edge_softmax(beta: torch.Tensor, nodes: int) -> torch.Tensor:
     return torch.cat(parts)
 
 
-@SEARCH_SPACES.register("cnn")
 class SearchNetwork(ArchitectureSplit, nn.Module):
     """The DARTS search network: stem, ``layers`` search cells, global pooling, classifier.
 
@@ -345,11 +224,24 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
         if config.partial_channels > 1:
             self.beta_normal = nn.Parameter(1e-3 * torch.randn(shape[0]))
             self.beta_reduce = nn.Parameter(1e-3 * torch.randn(shape[0]))
-        # Set by a search loop, not learned: DARTS-'s auxiliary-skip weight, and SDARTS-RS's perturbed
-        # mixing weights (normal, reduce) that replace softmax(α) in its weight steps.
-        self.aux_beta = 0.0
+        # Set by a search method, not learned: SDARTS-RS's perturbed mixing weights (normal, reduce) that
+        # replace softmax(α) in its weight steps, and GDAS's sampler (methods.gdas.GumbelSampler) that
+        # draws one op per edge in every forward pass.
         self.mixing_override: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.sampler = GumbelSampler(config.sampler_seed) if config.sampler == "gdas" else None
+        self.sampler = None
+        self._aux_beta = 0.0
+
+    @property
+    def aux_beta(self) -> float:
+        """DARTS-: the weight of every mixed op's auxiliary skip."""
+        return self._aux_beta
+
+    @aux_beta.setter
+    def aux_beta(self, value: float) -> None:
+        self._aux_beta = value
+        for cell in self.cells:
+            for edge in getattr(cell, "edges", ()):  # a fixed reduction cell has none
+                edge.aux_beta = value
 
     def set_skip_dropout(self, rate: float) -> None:
         """P-DARTS: the dropout rate on every identity (skip_connect) candidate."""
@@ -401,8 +293,7 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
             if isinstance(cell, FIXED_REDUCTION_TYPES):
                 s0, s1 = s1, cell(s0, s1)
                 continue
-            args = (s0, s1, w_reduce, e_reduce, self.aux_beta, i_reduce) if cell.reduction else \
-                (s0, s1, w_normal, e_normal, self.aux_beta, i_normal)
+            args = (s0, s1, w_reduce, e_reduce, i_reduce) if cell.reduction else (s0, s1, w_normal, e_normal, i_normal)
             s0, s1 = s1, (recomputed(cell, *args) if per_cell else cell(*args))
         return self.classifier(torch.flatten(self.global_pooling(s1), 1))
 
@@ -410,18 +301,36 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
         """Cross-entropy of the logits; the architect differentiates this w.r.t. w and α."""
         return F.cross_entropy(self(inputs), targets)
 
-    def ranking_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def arch_state(self) -> dict[str, torch.Tensor]:
+        """The architecture tensors by name, as the state dict holds them (what derivation reads)."""
+        return {name: p for name, p in self.named_parameters() if name.startswith(("alpha_", "beta_"))}
+
+    def ranking_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The rows derivation ranks (edges, ops) by: softmax(α), times softmax(β) with PC-DARTS."""
-        w_normal, w_reduce = self.arch_weights()
-        if self.partial:  # PC-DARTS ranks edges by α·β
-            e_normal, e_reduce = self.edge_weights()
-            w_normal, w_reduce = w_normal * e_normal[:, None], w_reduce * e_reduce[:, None]
-        return w_normal, w_reduce
+        return ranking_weights(self.arch_state(), self.config.nodes)
 
     def genotype(self, max_skip: int | None = None) -> Genotype:
-        w_normal, w_reduce = self.ranking_weights()
-        if w_reduce is None:  # a fixed reduction cell: only the normal cell is derived
-            normal = derive_genotype(w_normal, w_normal, self.config.edge_ops("normal"), max_skip=max_skip)
-            return normal.with_fixed_reduction(self.config.reduce_cell)
-        return derive_genotype(w_normal, w_reduce, self.config.edge_ops("normal"), max_skip=max_skip,
-                               reduce_op_names=self.config.edge_ops("reduce"))
+        return derive_conv_genotype(self.config, self.arch_state(), max_skip)
+
+
+def ranking_weights(arch: Mapping[str, torch.Tensor], nodes: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """softmax(α) of the normal and reduction edges (reduce: None with a fixed reduction cell), times
+    softmax(β) over each node's incoming edges with PC-DARTS (its β in ``arch``)."""
+    w_normal = mixing_weights(arch["alpha_normal"])
+    w_reduce = mixing_weights(arch["alpha_reduce"]) if "alpha_reduce" in arch else None
+    if "beta_normal" in arch:  # PC-DARTS ranks edges by α·β
+        w_normal = w_normal * edge_softmax(arch["beta_normal"], nodes)[:, None]
+        w_reduce = w_reduce * edge_softmax(arch["beta_reduce"], nodes)[:, None]
+    return w_normal, w_reduce
+
+
+def derive_conv_genotype(config: ConvSearchSpaceConfig, arch: Mapping[str, torch.Tensor],
+                         max_skip: int | None = None) -> Genotype:
+    """The top-k genotype of the architecture tensors ``arch`` (a network's, or a checkpoint's) in the
+    space ``config``: per node the two strongest non-zero incoming edges; a fixed reduction cell named."""
+    w_normal, w_reduce = ranking_weights(arch, config.nodes)
+    if w_reduce is None:  # a fixed reduction cell: only the normal cell is derived
+        normal = derive_genotype(w_normal, w_normal, config.edge_ops("normal"), max_skip=max_skip)
+        return normal.with_fixed_reduction(config.reduce_cell)
+    return derive_genotype(w_normal, w_reduce, config.edge_ops("normal"), max_skip=max_skip,
+                           reduce_op_names=config.edge_ops("reduce"))

@@ -16,7 +16,6 @@ from ..errors import ConfigError
 from ..genotype import RecurrentGenotype, derive_recurrent_genotype, num_edges
 from ..nets.recurrent import HighwayCell, RNNConfig, RNNLanguageModel
 from ..ops import RNN_DARTS_OPS, RNN_OPS
-from . import SEARCH_SPACES
 from .base import ArchitectureSplit, mixing_weights
 
 
@@ -88,7 +87,6 @@ class SearchRecurrentCell(HighwayCell):
         return states[1:].mean(0)
 
 
-@SEARCH_SPACES.register("rnn")
 class RecurrentSearchModel(ArchitectureSplit, RNNLanguageModel):
     """The recurrent search language model with its α (one row per edge, one column per op)."""
 
@@ -118,4 +116,4 @@ class RecurrentSearchModel(ArchitectureSplit, RNNLanguageModel):
             self.cell.weights = None
 
     def genotype(self) -> RecurrentGenotype:
-        return derive_recurrent_genotype(self.arch_weights(), self.space.ops)
+        return derive_recurrent_genotype(self.arch_weights(), self.space.ops)  # = spaces.rnn's derive

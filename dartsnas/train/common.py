@@ -1,6 +1,5 @@
-"""Small helpers of the runs: devices, autocast, learning-rate schedules. The loop is in :mod:`.loop`,
-the config groups in :mod:`dartsnas.config`; the names below them are kept for code that imported
-them from here."""
+"""Small helpers of the runs: devices, autocast, learning-rate schedules, torch Datasets from Python.
+The loop is in :mod:`.loop`, the config groups in :mod:`dartsnas.config`."""
 from __future__ import annotations
 
 import contextlib
@@ -49,12 +48,3 @@ def python_data_config(config: Any, data: Any, second: Any, second_name: str = "
         raise ConfigError("dataset 'python' stands for torch Datasets passed from Python: give train_data")
     return config
 
-
-# Moved in the redesign (one loop, one config system); the old names keep working.
-from ..config import CorpusData, RunOptions, check_resumable  # noqa: E402,F401
-from ..config import Curvature as CurvatureOptions  # noqa: E402,F401
-from ..config import ImageData as ImageDataFields  # noqa: E402,F401
-from .loop import CHECKPOINT_SECONDS, Run, stop_signals  # noqa: E402,F401
-from .meters import ClipMeter, EpochMeter, evaluate  # noqa: E402,F401
-from .rng import rng_state, seed_everything, set_rng_state  # noqa: E402,F401
-from .rundir import CLASSES, DATA_INFO, RUN_FILES, RUN_MARKER, check_run_dir, start_run_dir  # noqa: E402,F401

@@ -24,7 +24,8 @@ from ..errors import CheckpointError, ConfigError
 from ..genotype import Genotype, load_genotype
 from ..nets import NETWORKS, RESIZE_HINT, NetworkConfig, build_network, check_input_size
 from .checkpoint import CHECKPOINT, load_checkpoint, model_file, save_checkpoint
-from ..config import Compile, Epochs, FastConv, ImageData, Momentum, RunOptions, Seed, configclass, option
+from ..config import Compile, Epochs, FastConv, Momentum, RunOptions, Seed, configclass, option
+from ..data.options import ImageData
 from ..data.table import DATASET_TABLE
 from .common import autocast, cosine_lr, python_data_config, resolve_device
 from .loop import Run, batch_source, set_lr

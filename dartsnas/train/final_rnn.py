@@ -14,14 +14,15 @@ from typing import Any, Callable
 
 import torch
 
-from ..config import Compile, CorpusData, Epochs, RunOptions, Seed, configclass, option
+from ..config import Compile, Epochs, RunOptions, Seed, configclass, option
+from ..data.options import CorpusData
 from ..data.text import Corpus, batchify
 from ..errors import CheckpointError, ConfigError
 from ..genotype import RecurrentGenotype, load_genotype
 from ..nets.recurrent import RNNConfig, build_rnn_model
 from .checkpoint import CHECKPOINT, load_checkpoint, model_file, save_checkpoint
 from .common import resolve_device
-from .lm import evaluate_lm, train_lm_epoch
+from .lm import evaluate_lm, stream_rows, train_lm_epoch
 from .loop import Run
 from .rng import seed_everything
 
@@ -95,8 +96,8 @@ class RNNTraining(Run):
         self.vocab_size = corpus.vocab_size
         self.log(f"corpus {config.data_dir}: vocabulary {corpus.vocab_size:,}; {config.train_split} "
                  f"{corpus[config.train_split].numel():,} tokens")
-        self.train_data = self.stream_rows(corpus[config.train_split], config.batch_size * self.dist.world_size)
-        self.val_data = self.stream_rows(corpus[config.val_split], config.eval_batch_size)
+        self.train_data = stream_rows(self, corpus[config.train_split], config.batch_size * self.dist.world_size)
+        self.val_data = stream_rows(self, corpus[config.val_split], config.eval_batch_size)
         seed_everything(config.seed)
         self.model = self.place_model(build_rnn_model(self.genotype, config.model_config(corpus.vocab_size)))
         self.net = self.dist.wrap(self.model)

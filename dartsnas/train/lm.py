@@ -11,10 +11,15 @@ import torch
 import torch.nn.functional as F
 
 from ..architect import requires_grad_off
-from ..data.text import get_window
+from ..data.text import batchify, get_window, rank_rows
 from ..distributed import Distributed
 from .meters import ClipMeter
 
+
+
+def stream_rows(run: Any, tokens: torch.Tensor, rows: int) -> torch.Tensor:
+    """``run``'s rank's rows of ``tokens`` batchified into ``rows`` streams, on its device."""
+    return rank_rows(batchify(tokens, rows), run.dist.rank, run.dist.world_size).to(run.device)
 
 def window_length(bptt: int, max_delta: int, generator: torch.Generator) -> int:
     """AWD-LSTM's random BPTT length: around bptt (bptt/2 with probability 0.05), at least 5."""

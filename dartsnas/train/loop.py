@@ -26,9 +26,10 @@ from typing import Any, Callable, Iterator, Protocol
 
 import torch
 
-from ..data.text import batchify, rank_rows
+from ..config import check_resumable
 from ..distributed import Distributed, convert_sync_batchnorm
 from ..errors import CheckpointError, DartsError, Interrupted
+from .common import resolve_device
 from .hooks import Hook, TensorBoardLog
 from .progress import Progress
 from .rng import RankStreams
@@ -114,8 +115,6 @@ class Run:
              log: Callable[[str], None], tensorboard: bool = False) -> dict[str, Any] | None:
         """Validate the config, the run directory and the options before anything is written; on
         ``resume``, load the checkpoint and check that it fits. Returns it (None for a fresh run)."""
-        from ..config import check_resumable
-        from .common import resolve_device
         config.validate()
         self.hooks: list[Any] = [TensorBoardLog()] if tensorboard else []
         device = resolve_device(config.device)
@@ -189,10 +188,6 @@ class Run:
         if split:
             self.streams.split()
         return model
-
-    def stream_rows(self, tokens: torch.Tensor, rows: int) -> torch.Tensor:
-        """This rank's rows of ``tokens`` batchified into ``rows`` streams, on this rank's device."""
-        return rank_rows(batchify(tokens, rows), self.dist.rank, self.dist.world_size).to(self.device)
 
     def write_text(self, name: str, text: str) -> None:
         self.dir.write_text(name, text)
@@ -270,8 +265,6 @@ class Run:
                 hook.epoch_saved(self, record)
             self.log(line(record))
         return self.finish()
-
-    run = fit  # the name before the one loop
 
     def run_steps(self, state: EpochState, step: Callable[[int], tuple[int, bool, dict[str, Any]]], steps: int, *,
                   unit: str = "img", shown_total: int | None = None,
@@ -354,11 +347,6 @@ class Run:
     def bad_step(self, step: int, what: str = "loss or gradient") -> None:
         """A non-finite value at ``step`` of this epoch: skip it while --skip-nonfinite allows, else stop."""
         self.guard.bad(f"epoch {self.epoch + 1}, step {step}", what)
-
-    def check_arch_finite(self, step: int, arch: list[torch.Tensor]) -> None:
-        """After an α step: non-finite α cannot be skipped, so the run stops."""
-        if not all(bool(torch.isfinite(a).all()) for a in arch):
-            self.bad_step(step, "architecture weights α")
 
     def check_epoch_loss(self, loss: float, steps: int) -> float:
         """The epoch's mean training loss, stopping the run if it is not finite."""

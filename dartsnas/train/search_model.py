@@ -21,19 +21,19 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import default_collate
 
-from ..architect import Architect
+from ..choice_cost import ChoiceCosts
+from ..config import ArchStep, ArchWarmup, Epochs, Momentum, RunOptions, Seed, configclass, option
 from ..data import DatasetBatches, random_split
 from ..errors import ConfigError
+from ..methods import check_methods
+from ..methods.budget import CostBudget
+from ..methods.gdas import GdasOptions
 from ..nn import Choice, SearchableModel, fix
-from ..config import ArchStep, ArchWarmup, CostBudget, Epochs, Momentum, RunOptions, Sampler, Seed, configclass, option
-from ..cost import ChoiceCosts, round_cost
-from ..spaces.base import GumbelSampler
+from .bilevel import BilevelSearch, load_loaders_state, loaders_state, search_step
 from .common import cosine_lr
-from .hooks import SamplerSchedule
-from .loop import Run, batch_source, set_lr
+from .loop import batch_source, set_lr
 from .meters import ClipMeter
 from .rng import seed_everything
-from .search import bilevel_state, load_bilevel_state, search_step
 
 KIND = "search-model"
 CHOICES = "choices.json"
@@ -41,7 +41,7 @@ COSTS = "choice_costs.json"
 
 
 @configclass(epochs=10)
-class ModelSearchConfig(RunOptions, Seed, ArchWarmup, Sampler, ArchStep, Momentum, Epochs, CostBudget):
+class ModelSearchConfig(RunOptions, Seed, ArchWarmup, GdasOptions, ArchStep, Momentum, Epochs, CostBudget):
     """The bilevel optimisation of a model search; defaults are the paper's CIFAR-10 search settings."""
 
     train_portion: float = option(0.5, "without val_data: the part of train_data that trains w; the rest trains α",
@@ -53,6 +53,10 @@ class ModelSearchConfig(RunOptions, Seed, ArchWarmup, Sampler, ArchStep, Momentu
     FLAG_HELP = {"cost": "macs, params or latency: the expected cost of the model the choices make, per example "
                          "(each candidate counted, or timed in PyTorch, at the shapes it is called with), joins "
                          "α's objective"}
+
+    def check(self) -> None:
+        super().check()
+        check_methods(self)
 
 
 @dataclass
@@ -74,7 +78,24 @@ def _classification(outputs: Any, targets: Any) -> bool:
             and targets.dim() == 1 and not targets.is_floating_point())
 
 
-class ModelSearch(Run):
+class ChoicePrices:
+    """What a budgeted model search prices (methods.budget.Prices): each choice's candidates, counted
+    (or timed) at the shapes they are called with."""
+
+    def __init__(self, model: SearchableModel, costs: ChoiceCosts) -> None:
+        self.model, self.costs = model, costs
+
+    def expected(self, kind: str) -> torch.Tensor:
+        return self.costs.expected(kind, self.model)
+
+    def of(self, picks: dict[str, Any]) -> dict[str, float]:
+        return self.costs.of_picks(picks)
+
+    def top_k(self) -> dict[str, Any]:
+        return self.model.picks()
+
+
+class ModelSearch(BilevelSearch):
     """A resumable search of a user model's choices writing into ``out_dir``."""
 
     kind, what = KIND, "model"
@@ -101,24 +122,15 @@ class ModelSearch(Run):
         self.eval_loader = DatasetBatches(val_data, val_idx, batch_size=max(config.batch_size, 256), shuffle=False,
                                           device=self.device, rank=dist.rank, world_size=dist.world_size)
         seed_everything(config.seed)
-        self.model = self.place_model(space)
+        self.select_methods()
+        model = self.place_model(space)
         first = default_collate([train_data[int(self.train_loader.indices[0])]])[0]
-        self.model.check_reached(first.to(self.device) if isinstance(first, torch.Tensor) else first)
-        self.w_optimizer = torch.optim.SGD(self.model.weight_parameters(), lr=config.lr, momentum=config.momentum,
-                                           weight_decay=config.weight_decay)
-        self.architect = Architect(self.model, self.w_optimizer, order=config.order, lr=config.arch_lr,
-                                   betas=tuple(config.arch_betas), weight_decay=config.arch_weight_decay,
-                                   fd_step=config.fd_step, fd_scheme=config.fd_scheme, grad_clip=config.grad_clip,
-                                   sync=dist.average)
-        self.costs = None
-        if config.cost is not None:
-            self.costs = self.open_costs(first)
-            self.architect.penalty = self.cost_penalty
-        if config.sampler == "gdas":  # after the costs are counted: they need every candidate run
-            self.model.sampler = GumbelSampler(config.seed + 13)
-            self.hooks.append(SamplerSchedule(config, self.model.sampler))
-        self.net = dist.wrap(self.model, ignore=self.model.arch_parameters(), broadcast_buffers=not config.sync_bn,
-                             find_unused=config.sampler == "gdas")
+        model.check_reached(first.to(self.device) if isinstance(first, torch.Tensor) else first)
+        self.model = model
+        if config.cost is not None:  # before GDAS's sampler attaches: the costs need every candidate run
+            self.prices = ChoicePrices(model, self.open_costs(first))
+        self.bilevel(model, momentum=config.momentum)
+        self.wrap()
         self.begin(saved)
 
     def open_costs(self, example: Any) -> ChoiceCosts:
@@ -138,16 +150,12 @@ class ModelSearch(Run):
         costs.expected(self.config.cost, self.model)  # names a kind the table lacks now, not at the first step
         return costs
 
-    def cost_penalty(self) -> torch.Tensor:
-        cfg = self.config
-        derived = self.costs.of_picks(self.model.picks())[cfg.cost] if cfg.cost_penalty == "derived" else 0.0
-        return cfg.budget_penalty(self.costs.expected(cfg.cost, self.model), derived)
-
     def state_dict(self) -> dict[str, Any]:
-        return {**bilevel_state(self), "choices": self.model.picks()}
+        return {**self.bilevel_state(), **loaders_state(self), "choices": self.model.picks()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        load_bilevel_state(self, state)
+        self.load_bilevel_state(state)
+        load_loaders_state(self, state)
 
     def train_epoch(self) -> dict[str, Any]:
         cfg, model = self.config, self.model
@@ -162,7 +170,7 @@ class ModelSearch(Run):
             val_batch = self.val_loader.next_batch()
             loss, out, grad_norm, ok = search_step(model, self.architect, self.w_optimizer, (x, y), val_batch, xi,
                                                    cfg.grad_clip, finite=self.all_finite if check else None,
-                                                   update_alpha=self.epoch >= cfg.arch_start_epoch, net=self.net,
+                                                   update_alpha=self.alpha_moves(), net=self.net,
                                                    loss_fn=model.loss_fn)
             if check:
                 self.check_arch_finite(i + 1, model.arch_parameters())
@@ -210,12 +218,7 @@ class ModelSearch(Run):
     def epoch_summary(self, record: dict[str, Any]) -> Callable[[dict[str, Any]], str]:
         picks = self.model.picks()
         record.update({"choice_alphas": self.model.weights(), "choices": picks})
-        cost, kind = "", self.config.cost
-        if self.costs is not None:
-            with torch.no_grad():
-                record["expected_cost"] = round_cost(kind, float(self.costs.expected(kind, self.model)))
-            record["derived_cost"] = round_cost(kind, self.costs.of_picks(picks)[kind])
-            cost = f" | {kind} E {record['expected_cost']:.4g} derived {record['derived_cost']:.4g}"
+        cost = "".join(m.record(self, record, picks) for m in self.methods)
 
         def line(r: dict[str, Any]) -> str:
             acc = f" acc {r['val_acc']:.4f}" if "val_acc" in r else ""

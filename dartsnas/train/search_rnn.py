@@ -14,16 +14,16 @@ from typing import Any, Callable
 
 import torch
 
-from ..architect import Architect
-from ..config import ArchStep, Compile, CorpusData, Curvature, Epochs, RunOptions, Seed, configclass, option
+from ..config import ArchStep, Compile, Curvature, Epochs, RunOptions, Seed, configclass, option
+from ..data.options import CorpusData
 from ..data.text import Corpus, get_window
 from ..genotype import RecurrentGenotype
 from ..ops import RNN_DARTS_OPS
 from ..spaces import SEARCH_SPACES, RecurrentSearchSpaceConfig
+from .bilevel import BilevelSearch
 from .checkpoint import GENOTYPE, tensors_to_lists
-from .hooks import curvature_text, watch_curvature
-from .lm import evaluate_lm, lm_weight_loss, train_lm_epoch
-from .loop import Run
+from .hooks import curvature_text
+from .lm import evaluate_lm, lm_weight_loss, stream_rows, train_lm_epoch
 from .rng import seed_everything
 
 KIND = "search-rnn"
@@ -37,12 +37,14 @@ class RNNSearchConfig(RunOptions, Compile, Seed, Curvature, ArchStep, Epochs, Co
     nodes: int = option(8, "intermediate nodes of the cell", group="corpus", min=1)
     ops: tuple[str, ...] = option(factory=lambda: RNN_DARTS_OPS, cli=False)
 
+    #: The search space this config searches (spaces.SEARCH_SPACES).
+    SPACE = "rnn"
     TITLES = {"collapse": "collapse (Zela et al., 2020)", "corpus": "corpus and model"}
     FLAG_HELP = {"compile": "fuse the cell's time step with torch.compile (about 1.7x faster on CPU after a "
                             "one-off compilation of a minute or two)"}
 
 
-class RNNSearch(Run):
+class RNNSearch(BilevelSearch):
     """A resumable recurrent DARTS search writing into ``out_dir``."""
 
     kind, what = KIND, "search"
@@ -57,28 +59,22 @@ class RNNSearch(Run):
                  f"{corpus[config.train_split].numel():,} tokens, {config.val_split} "
                  f"{corpus[config.val_split].numel():,} tokens")
         rows = config.batch_size * self.dist.world_size  # the global batch's streams
-        self.train_data = self.stream_rows(corpus[config.train_split], rows)
-        self.val_data = self.stream_rows(corpus[config.val_split], rows)
-        self.eval_data = self.stream_rows(corpus[config.val_split], config.eval_batch_size)
+        self.train_data = stream_rows(self, corpus[config.train_split], rows)
+        self.val_data = stream_rows(self, corpus[config.val_split], rows)
+        self.eval_data = stream_rows(self, corpus[config.val_split], config.eval_batch_size)
         seed_everything(config.seed)
-        space = RecurrentSearchSpaceConfig(
+        self.select_methods()
+        self.space = RecurrentSearchSpaceConfig(
             vocab_size=corpus.vocab_size, emsize=config.emsize, nhid=config.nhid, nodes=config.nodes,
             dropout=config.dropout, dropout_h=config.dropout_h, dropout_x=config.dropout_x,
             dropout_i=config.dropout_i, dropout_e=config.dropout_e, ops=tuple(config.ops))
-        self.model = self.place_model(SEARCH_SPACES.get("rnn")(space))
+        model = self.place_model(SEARCH_SPACES.get(config.SPACE).build(self.space))
         if config.compile:
-            self.model.cell.compile_step()
-        self.w_optimizer = torch.optim.SGD(self.model.weight_parameters(), lr=config.lr,
-                                           weight_decay=config.weight_decay)
-        # The reference's recurrent architect uses Adam's default betas (the conv one uses 0.5).
-        # The virtual step is the weight step: clipped at --grad-clip, on NLL + TAR.
-        self.architect = Architect(self.model, self.w_optimizer, order=config.order, lr=config.arch_lr,
-                                   betas=tuple(config.arch_betas), weight_decay=config.arch_weight_decay,
-                                   fd_step=config.fd_step, fd_scheme=config.fd_scheme, grad_clip=config.grad_clip,
-                                   train_loss=functools.partial(lm_weight_loss, tar=config.tar, ar=config.ar),
-                                   sync=self.dist.average)
-        self.net = self.dist.wrap(self.model, ignore=self.model.arch_parameters(),
-                                  broadcast_buffers=not config.sync_bn)
+            model.cell.compile_step()
+        # The reference's recurrent architect uses Adam's default betas (the conv one uses 0.5), and
+        # its SGD no momentum. The virtual step is the weight step: clipped at --grad-clip, on NLL + TAR.
+        self.bilevel(model, train_loss=functools.partial(lm_weight_loss, tar=config.tar, ar=config.ar))
+        self.wrap()
         self.lengths = torch.Generator().manual_seed(config.seed)
         fixed = []
         if config.hessian_every:  # the eigenvalue's fixed validation windows, each from a zero state
@@ -86,19 +82,14 @@ class RNNSearch(Run):
             windows = [get_window(self.val_data, k * config.bptt, config.bptt)
                        for k in range(min(config.hessian_batches, max(1, (self.val_data.shape[1] - 1) // config.bptt)))]
             fixed = [(x, y, self.model.init_hidden(rows)) for x, y in windows]
-        self.curvature = watch_curvature(config, self.model, fixed, lambda: self.model.genotype().to_dict(), self.dist)
-        self.hooks.append(self.curvature)
+        self.watch(fixed, lambda: self.model.genotype().to_dict())
         self.begin(saved)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "w_optimizer": self.w_optimizer.state_dict(),
-                "architect": self.architect.state_dict(), "lengths": self.lengths.get_state(),
-                "genotype": self.model.genotype().to_dict()}
+        return {**self.bilevel_state(), "lengths": self.lengths.get_state(), "genotype": self.model.genotype().to_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.w_optimizer.load_state_dict(state["w_optimizer"])
-        self.architect.load_state_dict(state["architect"])
+        self.load_bilevel_state(state)
         self.lengths.set_state(state["lengths"])
 
     def train_epoch(self) -> dict[str, float]:
@@ -136,10 +127,7 @@ class RNNSearch(Run):
                           f"  genotype {genotype.to_json()}")
 
     def finish(self) -> tuple[RecurrentGenotype, list[dict[str, Any]]]:
-        genotype = self.model.genotype()
-        if self.curvature.stops():
-            self.log(self.curvature.reason())
-            genotype = RecurrentGenotype.from_dict(self.curvature.kept_genotype())
+        genotype = self.kept_genotype(self.model.genotype())
         self.write_text(GENOTYPE, genotype.to_json() + "\n")
         return genotype, self.metrics.read()
 

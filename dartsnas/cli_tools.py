@@ -1,0 +1,68 @@
+"""The command line's reports on final networks: ``summary`` (size, multiply-adds, latency) and
+``latency-table`` (the per-op latency table of a budgeted search)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import ConfigError
+from .flags import given_fields
+from .genotype import load_genotype
+
+
+RNN_DEFAULTS = {"ptb": dict(emsize=850, vocab_size=10000), "wt2": dict(emsize=700, vocab_size=33278)}
+
+
+def summary(args: argparse.Namespace) -> int:
+    """dartsnas summary: parameters and multiply-adds (and latency) of a final network, as JSON."""
+    import json
+    if args.network in RNN_DEFAULTS:
+        from .nets.recurrent import RNNConfig, build_rnn_model
+        from .nets.summary import count_parameters
+        d = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in RNN_DEFAULTS[args.network].items()}
+        model = build_rnn_model(load_genotype(args.genotype, "rnn"),
+                                RNNConfig(vocab_size=d["vocab_size"], emsize=d["emsize"], nhid=d["emsize"]))
+        print(json.dumps({"network": args.network, "genotype": args.genotype, "emsize": d["emsize"],
+                          "nhid": d["emsize"], "vocab_size": d["vocab_size"],
+                          "params": count_parameters(model)["params"]}))
+        return 0
+    from .nets import FINAL_NETWORKS, NetworkConfig, build_network
+    from .nets.summary import summarize
+    d = {k: getattr(args, k) if getattr(args, k) is not None else v
+         for k, v in FINAL_NETWORKS[args.network].items()}
+    d["in_channels"] = args.in_channels
+    for k, v in d.items():
+        if v < 1:
+            raise ConfigError(f"--{k.replace('_', '-')} must be >= 1, got {v}")
+    genotype = load_genotype(args.genotype)
+    net = build_network(args.network, NetworkConfig(genotype, init_channels=d["init_channels"],
+                                                    layers=d["layers"], num_classes=d["num_classes"],
+                                                    in_channels=d["in_channels"]))
+    shape = (d["in_channels"], d["image_size"], d["image_size"])
+    info = {"network": args.network, "genotype": args.genotype, "init_channels": d["init_channels"],
+            "layers": d["layers"], "num_classes": d["num_classes"], **summarize(net, shape)}
+    if args.latency is not None:
+        from .latency import LatencyConfig, Timer
+        timing = LatencyConfig(runtime=args.latency, device=args.device, threads=args.threads, repeats=args.repeats)
+        timing.validate()
+        timer = Timer(args.latency, args.device, args.threads, repeats=args.repeats, rounds=timing.rounds)
+        info.update(latency_ms=timer(net, shape), latency=timer.describe())
+    print(json.dumps(info))
+    return 0
+
+
+def latency_table(args: argparse.Namespace) -> int:
+    """dartsnas latency-table: every candidate op timed at every shape of the final network."""
+    import json
+    from .latency import LatencyConfig, latency_table as measure
+    from .train.checkpoint import atomic_write_text
+    config = LatencyConfig(**given_fields(LatencyConfig, args))
+    log = None if args.quiet else (lambda line: print(line, file=sys.stderr))
+    table = measure(config, log=log)
+    atomic_write_text(args.out, json.dumps(table.to_dict()) + "\n")
+    m = table.measurement
+    print(json.dumps({"out": str(args.out), "runtime": m["runtime"], "device": m["device_name"],
+                      "threads": m["threads"], "op_shapes": m["distinct_op_shapes"],
+                      "reference_network_ms": round(m["reference_network_ms"], 4),
+                      "fixed_ms": round(table.fixed["latency"], 4)}))
+    return 0

@@ -1,0 +1,128 @@
+"""Search methods, registered by name: DARTS and the successors that change how it searches.
+
+A method is one module holding one :class:`SearchMethod` subclass (and its config group, if it has
+flags). A search asks the registry which methods its config selects (:func:`methods_of`) and lets
+each one play its part; DARTS itself (``darts``) is the base every search starts from. See
+``docs/architecture.md`` ("A new method") for the parts and a worked example.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ..registry import Registry
+from ..train.hooks import Hook
+
+
+class SearchMethod(Hook):
+    """One method's part in a bilevel search; every part is optional.
+
+    A method is a hook of the run (``epoch_start`` / ``epoch_end`` / ``epoch_saved`` / ``stops``, a
+    ``key`` and ``state_dict`` for what it keeps across a resume), and besides:
+
+    - ``applies(config)``: whether a search config selects it (its flags);
+    - ``check(config)``: its cross-field rules, before any data is read;
+    - ``label(config)``: its part of the method's name (leaderboards, ``select``);
+    - ``space_options(config)``: the fields of the search space's config it sets;
+    - ``attach(run)``: once the search network, its optimisers and the architect exist (and again
+      when a stage rebuilds them): the sampler of the mixing weights, the terms it adds to α's
+      objective (``run.architect.terms``);
+    - ``perturb(run)``: the mixing weights the weight step sees instead of softmax(α), or None;
+    - ``alpha_moves(run)``: whether this epoch takes α steps (None: not this method's call);
+    - ``schedule(run)``: before an epoch, (epoch, epochs, record fields) of the learning-rate schedule
+      where the method runs its own (P-DARTS's stages), else None;
+    - ``record(run, record, genotype)``: its fields of the epoch's record, and its part of the line;
+    - ``run_state(run)`` / ``load_run_state(state)``: entries at the top of the checkpoint.
+    """
+
+    name = ""
+    #: Whether the weight step leaves some weights without gradients (DistributedDataParallel must look).
+    unused_parameters = False
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    @classmethod
+    def applies(cls, config: Any) -> bool:
+        return False
+
+    @classmethod
+    def check(cls, config: Any) -> None:
+        """Raise a ConfigError naming the fields that do not combine (called by the config's check)."""
+
+    @classmethod
+    def label(cls, config: dict[str, Any]) -> str:
+        return ""
+
+    @classmethod
+    def space_options(cls, config: Any) -> dict[str, Any]:
+        return {}
+
+    def attach(self, run: Any) -> None:
+        pass
+
+    def perturb(self, run: Any) -> Callable[[], Any] | None:
+        return None
+
+    def alpha_moves(self, run: Any) -> bool | None:
+        return None
+
+    def schedule(self, run: Any) -> tuple[int, int, dict[str, Any]] | None:
+        return None
+
+    def record(self, run: Any, record: dict[str, Any], genotype: Any) -> str:
+        return ""
+
+    def prefix(self, record: dict[str, Any]) -> str:
+        """Its part of the epoch line's start (after the epoch count)."""
+        return ""
+
+    def describe(self) -> str:
+        """Its part of the run's first line."""
+        return ""
+
+    def run_state(self, run: Any) -> dict[str, Any]:
+        return {}
+
+    def load_run_state(self, state: dict[str, Any]) -> None:
+        pass
+
+
+SEARCH_METHODS: Registry = Registry("search method")
+
+
+def methods_of(config: Any) -> list[SearchMethod]:
+    """The methods ``config`` selects, in the registry's order, each made for this run."""
+    return [cls(config) for cls in (SEARCH_METHODS.get(name) for name in SEARCH_METHODS) if cls.applies(config)]
+
+
+def space_options_of(config: Any) -> dict[str, Any]:
+    """The fields of the search space's config that the methods ``config`` selects set."""
+    options: dict[str, Any] = {}
+    for name in SEARCH_METHODS:
+        cls = SEARCH_METHODS.get(name)
+        if cls.applies(config):
+            options.update(cls.space_options(config))
+    return options
+
+
+def check_methods(config: Any) -> None:
+    """Every registered method's rules for ``config`` (a method not selected checks nothing)."""
+    for name in SEARCH_METHODS:
+        SEARCH_METHODS.get(name).check(config)
+
+
+#: How a label joins a method's name: a regulariser (+...), then the order ( (...)), then a budget (, ...).
+_SUFFIXES = ("+", " ", ",")
+
+
+def method_name(config: dict[str, Any]) -> str:
+    """The name of the method a search run's config (its config.json) ran: the first method that
+    names itself (p-darts, gdas, pc-darts; darts otherwise), then what the others add."""
+    parts = [SEARCH_METHODS.get(name).label(config) for name in SEARCH_METHODS]
+    head = next((p for p in parts if p and not p.startswith(_SUFFIXES)), "darts")
+    return head + "".join(sorted((p for p in parts if p.startswith(_SUFFIXES)), key=lambda p: _SUFFIXES.index(p[0])))
+
+
+from . import darts, pdarts, gdas, pcdarts, sdarts, darts_minus, budget  # noqa: E402,F401  (registration)
+
+__all__ = ["SEARCH_METHODS", "SearchMethod", "check_methods", "method_name", "methods_of", "space_options_of"]
