@@ -235,7 +235,7 @@ def test_python_api_names():
 
 
 def test_a_models_candidates_are_counted_at_the_shapes_they_are_called_with():
-    from dartsnas.cost import ChoiceCosts
+    from dartsnas.choice_cost import ChoiceCosts
     torch.manual_seed(0)
     model = SearchableModel(Net())
     costs = ChoiceCosts.measure(model, (torch.randn(1, 1, 6, 6),))
@@ -264,7 +264,7 @@ def test_a_models_candidates_are_counted_at_the_shapes_they_are_called_with():
 
 
 def test_a_models_candidates_timed_predict_the_fixed_model():
-    from dartsnas.cost import ChoiceCosts
+    from dartsnas.choice_cost import ChoiceCosts
     from dartsnas.latency import Timer
     torch.manual_seed(0)
     model = SearchableModel(Net())
@@ -285,7 +285,7 @@ def test_search_model_aims_at_a_budget_and_resumes_with_its_table(tmp_path):
     budget = dict(cost="macs", cost_target="2k", cost_penalty="linear", cost_weight=5.0)
     plain, cheap = run("plain"), run("cheap", **budget)
     table = json.loads((tmp_path / "cheap" / "choice_costs.json").read_text())
-    from dartsnas.cost import ChoiceCosts
+    from dartsnas.choice_cost import ChoiceCosts
     costs = ChoiceCosts.from_dict(table)
     assert cheap.metrics[-1]["derived_cost"] == costs.of_picks(cheap.choices)["macs"]
     assert costs.of_picks(cheap.choices)["macs"] < costs.of_picks(plain.choices)["macs"]
@@ -304,7 +304,7 @@ def test_search_model_aims_at_a_budget_and_resumes_with_its_table(tmp_path):
 
 
 def test_a_choice_called_twice_costs_twice():
-    from dartsnas.cost import ChoiceCosts
+    from dartsnas.choice_cost import ChoiceCosts
 
     class Twice(nn.Module):
         def __init__(self):

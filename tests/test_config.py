@@ -10,6 +10,7 @@ from dartsnas.flags import load_config_file
 from dartsnas.errors import CheckpointError, ConfigError
 from dartsnas.train.final import TrainConfig
 from dartsnas.train.final_rnn import RNNTrainConfig
+from dartsnas.train.commands import RUNS
 from dartsnas.train.search import KIND as SEARCH_KIND
 from dartsnas.train.search import SearchConfig
 from dartsnas.train.search_model import ModelSearchConfig
@@ -85,7 +86,7 @@ def _parse(*argv):
 def test_config_files_set_fields_and_flags_override_them(tmp_path, suffix, text):
     path = tmp_path / f"c{suffix}"
     path.write_text(text)
-    config = _config(SearchConfig, SEARCH_KIND, _parse("search", "cnn", "--config", str(path), "--lr", "0.2",
+    config = _config(RUNS[SEARCH_KIND], _parse("search", "cnn", "--config", str(path), "--lr", "0.2",
                                                         "--out", str(tmp_path / "run")))
     assert config == SearchConfig(dataset="digits", lr=0.2, ops=("skip_connect", "sep_conv_3x3"), max_skip=1)
 
@@ -110,7 +111,7 @@ def test_a_runs_config_json_runs_the_same_config_again(tmp_path):
     search(config, tmp_path / "run", quiet=True)
     written = json.loads((tmp_path / "run" / "config.json").read_text())
     assert written["kind"] == "search-cnn" and written["ops"] == ["skip_connect", "sep_conv_3x3"]
-    again = _config(SearchConfig, SEARCH_KIND, _parse("search", "cnn", "--config", str(tmp_path / "run" / "config.json"),
+    again = _config(RUNS[SEARCH_KIND], _parse("search", "cnn", "--config", str(tmp_path / "run" / "config.json"),
                                                        "--out", str(tmp_path / "b")))
     assert again == config
 

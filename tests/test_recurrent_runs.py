@@ -71,7 +71,7 @@ def test_switch_to_averaged_sgd_on_the_non_monotone_trigger_and_resume(tmp_path,
     monkeypatch.setattr(final_rnn, "evaluate_lm", lambda model, data, bptt, **kw: next(losses))
     cfg = RNNTrainConfig(**{**TINY, "steps_per_epoch": 1}, test_split="test", test_batch_size=128, nonmono=1,
                          epochs=5)
-    records = final_rnn.RNNTraining(cfg, tmp_path, quiet=True).run()
+    records = final_rnn.RNNTraining(cfg, tmp_path, quiet=True).fit()
     # epoch 4: 4.6 > min(losses before the last 1) = 4.0 -> switch; epoch 5 runs averaged SGD
     assert [r.get("optimizer") for r in records[:5]] == ["sgd", "sgd", "sgd", "sgd", "asgd"]
     assert [bool(r.get("switched_to_asgd")) for r in records[:5]] == [False, False, False, True, False]
@@ -106,7 +106,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     with torch.no_grad():
         run.model.cell.W0.fill_(float("nan"))
     with pytest.raises(DartsError, match="non-finite loss or gradient at epoch 2, step 1"):
-        run.run()
+        run.fit()
     kept = load_checkpoint(tmp_path)
     assert kept["epoch"] == 1 and all(torch.isfinite(t).all() for t in kept["model"].values())
     assert torch.equal(kept["model"]["cell.W0"], good["model"]["cell.W0"])

@@ -154,7 +154,7 @@ def test_conv_search_stops_on_a_non_finite_loss_without_writing_a_checkpoint(tmp
     with torch.no_grad():
         run.model.classifier.weight.fill_(float("inf"))
     with pytest.raises(DartsError, match="non-finite (loss or gradient|architecture weights α) at epoch 1, step 1: stopped"):
-        run.run()
+        run.fit()
     assert not (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "genotype.json").exists()
 
 
@@ -167,7 +167,7 @@ def test_partial_channel_search_with_an_alpha_warm_up(tmp_path):
     run.epoch = 0
     run.train_epoch()  # epoch 0 < arch_start_epoch: only w trains
     assert torch.equal(run.model.alpha_normal, alpha0) and torch.equal(run.model.beta_normal, beta0)
-    run.run()
+    run.fit()
     state = load_checkpoint(tmp_path)
     assert not torch.equal(state["model"]["alpha_normal"], alpha0)
     assert not torch.equal(state["model"]["beta_normal"], beta0)  # β learns with α

@@ -63,7 +63,7 @@ def _saved_activation_bytes(model, x):
 
 def test_partial_channels_shapes_memory_and_alpha_beta_derivation():
     from dartsnas.spaces.conv import MixedOp, SearchNetwork, channel_shuffle
-from dartsnas.spaces.conv_config import ConvSearchSpaceConfig
+    from dartsnas.spaces.conv_config import ConvSearchSpaceConfig
     torch.manual_seed(0)
     x = torch.randn(2, 8, 6, 6)
     for stride in (1, 2):

@@ -109,7 +109,8 @@ def test_a_gdas_forward_pass_computes_one_op_per_edge_darts_all_of_them():
     torch.manual_seed(0)
     space = dict(init_channels=4, layers=3, nodes=2, num_classes=10, in_channels=1)
     x = torch.randn(2, 1, 8, 8)
-    gdas = SearchNetwork(ConvSearchSpaceConfig(**space, sampler="gdas"))
+    gdas = SearchNetwork(ConvSearchSpaceConfig(**space))
+    gdas.sampler = GumbelSampler(seed=13)  # what the GDAS method attaches
     darts = SearchNetwork(ConvSearchSpaceConfig(**space))
     edges = 3 * 5  # 3 cells of 5 edges
     assert _op_calls(gdas, x) == edges
