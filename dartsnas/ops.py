@@ -78,6 +78,14 @@ def unknown_op_error(op: str) -> ConfigError:
                        f"alone: {sets} (any case)")
 
 
+def nonzero_ops(ops: Sequence[str]) -> list[str]:
+    """The ops of ``ops`` a derived cell can hold (all but 'none'); an error if none is left."""
+    active = [op for op in ops if op != "none"]
+    if not active:
+        raise ConfigError("the op set needs at least one op other than 'none'")
+    return active
+
+
 def edge_ops(ops: Sequence[str], num_edges: int, cell: str) -> tuple[tuple[str, ...], ...]:
     """The op names of each of a cell's ``num_edges`` edges (``cell``: "normal" or "reduce"): the op
     set on every edge, or a per-edge set of EDGE_OP_SETS named as ``ops=("s1",)``."""

@@ -11,20 +11,12 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ..cost import CostTable
-from ..errors import ConfigError
 from ..genotype import CONV_GENOTYPES, Genotype, edge_row, num_edges
 from ..layout import CellLayout, cell_layout
 from ..nets import NetworkConfig, build_network
-from ..ops import DARTS_OPS, edge_ops, resolve_op_set
+from ..ops import DARTS_OPS, edge_ops, nonzero_ops, resolve_op_set
 from . import SEARCH_SPACES, SearchSpace
 from .conv import ConvSearchSpaceConfig, SearchNetwork, derive_conv_genotype
-
-
-def _active(ops: Sequence[str]) -> list[str]:
-    active = [op for op in ops if op != "none"]
-    if not active:
-        raise ConfigError("the op set needs at least one op other than 'none'")
-    return active
 
 
 def sample_genotype(rng: random.Random, nodes: int = 4, ops: Sequence[str] = DARTS_OPS) -> Genotype:
@@ -36,7 +28,7 @@ def sample_genotype(rng: random.Random, nodes: int = 4, ops: Sequence[str] = DAR
         edges = []
         for i in range(nodes):
             for j in sorted(rng.sample(range(i + 2), 2)):
-                edges.append((rng.choice(_active(names[edge_row(i, j, 2)])), j))
+                edges.append((rng.choice(nonzero_ops(names[edge_row(i, j, 2)])), j))
         return tuple(edges)
 
     concat = tuple(range(2, 2 + nodes))

@@ -9,11 +9,10 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..errors import ConfigError
 from ..genotype import RNN_GENOTYPES, RecurrentGenotype, derive_recurrent_genotype
 from ..layout import CellLayout, cell_layout
 from ..nets.recurrent import RNNConfig, build_rnn_model
-from ..ops import RNN_DARTS_OPS
+from ..ops import RNN_DARTS_OPS, nonzero_ops
 from . import SEARCH_SPACES, SearchSpace
 from .base import mixing_weights
 from .recurrent import RecurrentSearchModel, RecurrentSearchSpaceConfig
@@ -22,9 +21,7 @@ from .recurrent import RecurrentSearchModel, RecurrentSearchSpaceConfig
 def sample_recurrent_genotype(rng: random.Random, nodes: int = 8,
                               ops: Sequence[str] = RNN_DARTS_OPS) -> RecurrentGenotype:
     """A uniform recurrent cell: node i (1-based) takes one state < i through a non-zero op."""
-    active = [op for op in ops if op != "none"]
-    if not active:
-        raise ConfigError("the op set needs at least one op other than 'none'")
+    active = nonzero_ops(ops)
     return RecurrentGenotype(recurrent=tuple((rng.choice(active), rng.randrange(i)) for i in range(1, nodes + 1)),
                              concat=tuple(range(1, nodes + 1)))
 
