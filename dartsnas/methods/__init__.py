@@ -87,7 +87,24 @@ class SearchMethod(Hook):
         pass
 
 
+class Regularizer(SearchMethod):
+    """A method chosen by ``--regularizer NAME``, its registered name (SDARTS-RS, DARTS-)."""
+
+    @classmethod
+    def applies(cls, config: Any) -> bool:
+        return getattr(config, "regularizer", "none") == cls.name
+
+    @classmethod
+    def label(cls, config: dict[str, Any]) -> str:
+        return f"+{cls.name}" if config.get("regularizer") == cls.name else ""
+
+
 SEARCH_METHODS: Registry = Registry("search method")
+
+
+def regularizers() -> tuple[str, ...]:
+    """The choices of ``--regularizer``: none, or a registered :class:`Regularizer`."""
+    return ("none", *(name for name in SEARCH_METHODS if issubclass(SEARCH_METHODS.get(name), Regularizer)))
 
 
 def methods_of(config: Any) -> list[SearchMethod]:
@@ -125,4 +142,5 @@ def method_name(config: dict[str, Any]) -> str:
 
 from . import darts, pdarts, gdas, pcdarts, sdarts, darts_minus, budget  # noqa: E402,F401  (registration)
 
-__all__ = ["SEARCH_METHODS", "SearchMethod", "check_methods", "method_name", "methods_of", "space_options_of"]
+__all__ = ["SEARCH_METHODS", "Regularizer", "SearchMethod", "check_methods", "method_name", "methods_of",
+           "regularizers", "space_options_of"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import SEARCH_METHODS, SearchMethod
+from . import SEARCH_METHODS, Regularizer
 
 
 def darts_minus_beta(epoch: int, epochs: int) -> float:
@@ -16,16 +16,8 @@ def darts_minus_beta(epoch: int, epochs: int) -> float:
 
 
 @SEARCH_METHODS.register("darts-minus")
-class DartsMinus(SearchMethod):
+class DartsMinus(Regularizer):
     name = "darts-minus"
-
-    @classmethod
-    def applies(cls, config: Any) -> bool:
-        return getattr(config, "regularizer", "none") == "darts-minus"
-
-    @classmethod
-    def label(cls, config: dict[str, Any]) -> str:
-        return "+darts-minus" if config.get("regularizer") == "darts-minus" else ""
 
     @classmethod
     def space_options(cls, config: Any) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import Config, option
-from . import SEARCH_METHODS, SearchMethod
+from . import SEARCH_METHODS, Regularizer
 
 SDARTS_EPSILON_START = 0.03
 #: The noise's seed: the run's seed plus this.
@@ -43,20 +43,12 @@ def perturb_mixing_weights(weights: torch.Tensor, epsilon: float, generator: tor
 
 
 @SEARCH_METHODS.register("sdarts-rs")
-class SdartsRS(SearchMethod):
+class SdartsRS(Regularizer):
     name = "sdarts-rs"
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         self.smoothing = torch.Generator().manual_seed(config.seed + SMOOTHING_SEED_OFFSET)  # the same on every rank
-
-    @classmethod
-    def applies(cls, config: Any) -> bool:
-        return getattr(config, "regularizer", "none") == "sdarts-rs"
-
-    @classmethod
-    def label(cls, config: dict[str, Any]) -> str:
-        return "+sdarts-rs" if config.get("regularizer") == "sdarts-rs" else ""
 
     def epoch_start(self, run: Any, record: dict[str, Any]) -> None:
         record["sdarts_epsilon"] = self.epsilon(run)

@@ -8,7 +8,7 @@ from typing import Any
 from ..config import ArchStep, ArchWarmup, Curvature, Epochs, FastConv, Momentum, RunOptions, Seed, configclass, option
 from ..data.options import ImageData
 from ..errors import ConfigError
-from ..methods import check_methods, space_options_of
+from ..methods import check_methods, regularizers, space_options_of
 from ..methods.budget import CostBudget
 from ..methods.gdas import GdasOptions
 from ..methods.pcdarts import PartialChannelOptions
@@ -17,8 +17,8 @@ from ..methods.sdarts import SmoothingOptions
 from ..ops import DARTS_OPS, resolve_op_set
 from ..spaces.conv_config import REDUCE_CELLS, ConvSearchSpaceConfig
 
-#: The regularisers of --regularizer: SDARTS-RS (methods/sdarts.py) and DARTS- (methods/darts_minus.py).
-REGULARIZERS = ("none", "sdarts-rs", "darts-minus")
+#: The choices of --regularizer: the registered regularising methods (SDARTS-RS, DARTS-).
+REGULARIZERS = regularizers()
 
 
 @configclass()
