@@ -10,7 +10,6 @@ genotype), ``checkpoint.pt`` (everything needed to resume) and, at the end, ``ge
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import torch
 from ..cost import CostTable
 from ..errors import CheckpointError
 from ..genotype import SKIP_OP, Genotype
+from ..methods.pdarts import stage_space
 from ..nets import RESIZE_HINT, check_input_size
 from ..spaces import SEARCH_SPACES
 from ..spaces.conv import ConvSearchSpaceConfig, ranking_weights
@@ -252,8 +252,7 @@ def derive_from_checkpoint(path: str | Path, max_skip: int | None = None) -> Gen
         raise CheckpointError(f"{path}: checkpoint holds no α")
     space = config.space()
     if state.get("edge_ops") is not None:  # P-DARTS: the ops the last stage's edges kept
-        space = dataclasses.replace(space, edge_op_sets={cell: tuple(tuple(ops) for ops in rows)
-                                                         for cell, rows in state["edge_ops"].items()})
+        space = stage_space(space, space.layers, state["edge_ops"])
     max_skip = config.max_skip if max_skip is None else max_skip
     genotype = SEARCH_SPACES.get(config.SPACE).derive(space, arch, max_skip)
     if config.cost_derive == "budget":
