@@ -199,8 +199,8 @@ def _run(kind: str, args: argparse.Namespace) -> int:
     command.run(_config(command, args), args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
                 tensorboard=args.tensorboard)
     if not args.quiet and command.written is not None:
-        what = "weights" if command.written.endswith(".pt") else "genotype"
-        print(f"{what} written to {args.out / command.written}")
+        what, name = command.written
+        print(f"{what} written to {args.out / name}")
     return 0
 
 

@@ -31,7 +31,8 @@ class RunCommand:
     config: type
     run: Callable[..., Any]
     make: Callable[..., Any] | None = None
-    written: str | None = None
+    #: what a finished run reports it wrote: (what, file in the run directory)
+    written: tuple[str, str] | None = None
     #: select / random-search: the short training's defaults (the paper's budget)
     selection: dict[str, Any] = field(default_factory=dict)
     score: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
@@ -44,9 +45,9 @@ class RunCommand:
 
 
 RUNS: dict[str, RunCommand] = {c.kind: c for c in (
-    RunCommand(SEARCH_CNN, SearchConfig, search, make=search_recipe, written="genotype.json"),
-    RunCommand(SEARCH_RNN, RNNSearchConfig, search_rnn, written="genotype.json"),
-    RunCommand(TRAIN_CNN, TrainConfig, train, make=recipe, written="model.pt",
+    RunCommand(SEARCH_CNN, SearchConfig, search, make=search_recipe, written=("genotype", "genotype.json")),
+    RunCommand(SEARCH_RNN, RNNSearchConfig, search_rnn, written=("genotype", "genotype.json")),
+    RunCommand(TRAIN_CNN, TrainConfig, train, make=recipe, written=("weights", "model.pt"),
                selection={"epochs": 100, "train_portion": 0.5}, score=_val_top1),
     RunCommand(TRAIN_RNN, RNNTrainConfig, train_rnn, selection={"epochs": 300}, score=_val_ppl),
 )}
