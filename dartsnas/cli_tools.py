@@ -8,6 +8,7 @@ import sys
 from .errors import ConfigError
 from .flags import given_fields
 from .genotype import load_genotype
+from .spaces import SEARCH_SPACES
 
 
 RNN_DEFAULTS = {"ptb": dict(emsize=850, vocab_size=10000), "wt2": dict(emsize=700, vocab_size=33278)}
@@ -17,16 +18,15 @@ def summary(args: argparse.Namespace) -> int:
     """dartsnas summary: parameters and multiply-adds (and latency) of a final network, as JSON."""
     import json
     if args.network in RNN_DEFAULTS:
-        from .nets.recurrent import RNNConfig, build_rnn_model
         from .nets.summary import count_parameters
         d = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in RNN_DEFAULTS[args.network].items()}
-        model = build_rnn_model(load_genotype(args.genotype, "rnn"),
-                                RNNConfig(vocab_size=d["vocab_size"], emsize=d["emsize"], nhid=d["emsize"]))
+        model = SEARCH_SPACES.get("rnn").final_network(load_genotype(args.genotype, "rnn"), vocab_size=d["vocab_size"],
+                                                       emsize=d["emsize"], nhid=d["emsize"])
         print(json.dumps({"network": args.network, "genotype": args.genotype, "emsize": d["emsize"],
                           "nhid": d["emsize"], "vocab_size": d["vocab_size"],
                           "params": count_parameters(model)["params"]}))
         return 0
-    from .nets import FINAL_NETWORKS, NetworkConfig, build_network
+    from .nets import FINAL_NETWORKS
     from .nets.summary import summarize
     d = {k: getattr(args, k) if getattr(args, k) is not None else v
          for k, v in FINAL_NETWORKS[args.network].items()}
@@ -35,9 +35,9 @@ def summary(args: argparse.Namespace) -> int:
         if v < 1:
             raise ConfigError(f"--{k.replace('_', '-')} must be >= 1, got {v}")
     genotype = load_genotype(args.genotype)
-    net = build_network(args.network, NetworkConfig(genotype, init_channels=d["init_channels"],
-                                                    layers=d["layers"], num_classes=d["num_classes"],
-                                                    in_channels=d["in_channels"]))
+    net = SEARCH_SPACES.get("cnn").final_network(genotype, network=args.network, init_channels=d["init_channels"],
+                                                 layers=d["layers"], num_classes=d["num_classes"],
+                                                 in_channels=d["in_channels"])
     shape = (d["in_channels"], d["image_size"], d["image_size"])
     info = {"network": args.network, "genotype": args.genotype, "init_channels": d["init_channels"],
             "layers": d["layers"], "num_classes": d["num_classes"], **summarize(net, shape)}
