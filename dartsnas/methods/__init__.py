@@ -102,21 +102,25 @@ class Regularizer(SearchMethod):
 SEARCH_METHODS: Registry = Registry("search method")
 
 
+def registered() -> list[type[SearchMethod]]:
+    """The registered method classes, in the registry's order (the order their parts run in)."""
+    return [SEARCH_METHODS.get(name) for name in SEARCH_METHODS]
+
+
 def regularizers() -> tuple[str, ...]:
     """The choices of ``--regularizer``: none, or a registered :class:`Regularizer`."""
-    return ("none", *(name for name in SEARCH_METHODS if issubclass(SEARCH_METHODS.get(name), Regularizer)))
+    return ("none", *(cls.name for cls in registered() if issubclass(cls, Regularizer)))
 
 
 def methods_of(config: Any) -> list[SearchMethod]:
     """The methods ``config`` selects, in the registry's order, each made for this run."""
-    return [cls(config) for cls in (SEARCH_METHODS.get(name) for name in SEARCH_METHODS) if cls.applies(config)]
+    return [cls(config) for cls in registered() if cls.applies(config)]
 
 
 def space_options_of(config: Any) -> dict[str, Any]:
     """The fields of the search space's config that the methods ``config`` selects set."""
     options: dict[str, Any] = {}
-    for name in SEARCH_METHODS:
-        cls = SEARCH_METHODS.get(name)
+    for cls in registered():
         if cls.applies(config):
             options.update(cls.space_options(config))
     return options
@@ -124,8 +128,8 @@ def space_options_of(config: Any) -> dict[str, Any]:
 
 def check_methods(config: Any) -> None:
     """Every registered method's rules for ``config`` (a method not selected checks nothing)."""
-    for name in SEARCH_METHODS:
-        SEARCH_METHODS.get(name).check(config)
+    for cls in registered():
+        cls.check(config)
 
 
 #: How a label joins a method's name: a regulariser (+...), then the order ( (...)), then a budget (, ...).
@@ -135,7 +139,7 @@ _SUFFIXES = ("+", " ", ",")
 def method_name(config: dict[str, Any]) -> str:
     """The name of the method a search run's config (its config.json) ran: the first method that
     names itself (p-darts, gdas, pc-darts; darts otherwise), then what the others add."""
-    parts = [SEARCH_METHODS.get(name).label(config) for name in SEARCH_METHODS]
+    parts = [cls.label(config) for cls in registered()]
     head = next((p for p in parts if p and not p.startswith(_SUFFIXES)), "darts")
     return head + "".join(sorted((p for p in parts if p.startswith(_SUFFIXES)), key=lambda p: _SUFFIXES.index(p[0])))
 
