@@ -25,6 +25,8 @@ from .conv_config import ConvSearchSpaceConfig
 
 
 FIXED_REDUCTION_TYPES = tuple(FIXED_REDUCTION.values())
+#: The search network's architecture tensors: α per cell type, PC-DARTS's β (absent ones are skipped).
+ARCH_TENSORS = ("alpha_normal", "alpha_reduce", "beta_normal", "beta_reduce")
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -303,7 +305,7 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
 
     def arch_state(self) -> dict[str, torch.Tensor]:
         """The architecture tensors by name, as the state dict holds them (what derivation reads)."""
-        return {name: p for name, p in self.named_parameters() if name.startswith(("alpha_", "beta_"))}
+        return {name: p for name in ARCH_TENSORS if (p := getattr(self, name, None)) is not None}
 
     def ranking_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The rows derivation ranks (edges, ops) by: softmax(α), times softmax(β) with PC-DARTS."""

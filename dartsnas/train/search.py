@@ -24,7 +24,7 @@ from ..genotype import SKIP_OP, Genotype
 from ..methods.pdarts import stage_space
 from ..nets import RESIZE_HINT, check_input_size
 from ..spaces import SEARCH_SPACES
-from ..spaces.conv import ConvSearchSpaceConfig, ranking_weights
+from ..spaces.conv import ARCH_TENSORS, ConvSearchSpaceConfig, ranking_weights
 from .bilevel import BilevelSearch, load_loaders_state, loaders_state, search_step
 from .checkpoint import GENOTYPE, load_checkpoint, tensors_to_lists
 from .common import autocast, cosine_lr, python_data_config
@@ -247,7 +247,7 @@ def derive_from_checkpoint(path: str | Path, max_skip: int | None = None) -> Gen
     ops, kept within the budget with ``cost_derive="budget"`` (the run's cost table)."""
     state = load_checkpoint(path, kind=KIND)
     config = SearchConfig.from_dict(state["config"])
-    arch = {name: t for name, t in state["model"].items() if name.startswith(("alpha_", "beta_"))}
+    arch = {name: state["model"][name] for name in ARCH_TENSORS if name in state["model"]}
     if "alpha_normal" not in arch:
         raise CheckpointError(f"{path}: checkpoint holds no α")
     space = config.space()
