@@ -37,10 +37,6 @@ def _runs() -> dict[str, Any]:
     return RUNS
 
 
-def _spaces() -> list[Any]:
-    return [SEARCH_SPACES.get(name) for name in SEARCH_SPACES]
-
-
 def _devices_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--devices", nargs="+", default=None, metavar="DEVICE",
                    help="run jobs side by side, one per entry (e.g. cuda:0 cuda:1, or cpu cpu) "
@@ -78,19 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
     runs = _runs()
     p = sub.add_parser("search", help="search a cell with DARTS")
     kinds = p.add_subparsers(dest="space", required=True, metavar="SPACE")
-    for space in _spaces():
+    for space in SEARCH_SPACES.values():
         q = kinds.add_parser(space.name, help=space.help)
         _config_flags(q, runs[space.search_kind].config)
         _seeds_flags(q)
 
     p = sub.add_parser("train", help="train a final network from a genotype")
     kinds = p.add_subparsers(dest="space", required=True, metavar="SPACE")
-    for space in _spaces():
+    for space in SEARCH_SPACES.values():
         _config_flags(kinds.add_parser(space.name, help=space.train_help), runs[space.train_kind].config)
 
     p = sub.add_parser("select", help="train candidate genotypes briefly, rank them on validation, keep the best")
     kinds = p.add_subparsers(dest="space", required=True, metavar="SPACE")
-    for space in _spaces():
+    for space in SEARCH_SPACES.values():
         q = kinds.add_parser(space.name, help=f"{space.name} candidates; every training flag of 'train {space.name}' "
                              "sets the budget")
         q.add_argument("candidates", nargs="*", help="genotype JSON files, search run directories or built-in names")
@@ -99,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("random-search", help="sample genotypes uniformly from the search space and select among them")
     kinds = p.add_subparsers(dest="space", required=True, metavar="SPACE")
-    for space in _spaces():
+    for space in SEARCH_SPACES.values():
         q = kinds.add_parser(space.name, help=f"{space.name} cells; every training flag of 'train {space.name}' sets "
                              "the budget")
         g = q.add_argument_group("sampling")

@@ -36,7 +36,7 @@ SELECT = {
 def test_every_registered_method_has_its_flags_here():
     assert set(SEARCH_METHODS.names()) == set(SELECT)
     assert set(SEARCH_SPACES.names()) == set(TINY)
-    assert all(isinstance(SEARCH_SPACES.get(name), SearchSpace) for name in SEARCH_SPACES)
+    assert all(isinstance(space, SearchSpace) for space in SEARCH_SPACES.values())
 
 
 @pytest.mark.parametrize("method", list(SELECT))

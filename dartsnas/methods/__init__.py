@@ -99,28 +99,24 @@ class Regularizer(SearchMethod):
         return f"+{cls.name}" if config.get("regularizer") == cls.name else ""
 
 
+#: The method classes; their order (registration's) is the order their parts run in.
 SEARCH_METHODS: Registry = Registry("search method")
-
-
-def registered() -> list[type[SearchMethod]]:
-    """The registered method classes, in the registry's order (the order their parts run in)."""
-    return [SEARCH_METHODS.get(name) for name in SEARCH_METHODS]
 
 
 def regularizers() -> tuple[str, ...]:
     """The choices of ``--regularizer``: none, or a registered :class:`Regularizer`."""
-    return ("none", *(cls.name for cls in registered() if issubclass(cls, Regularizer)))
+    return ("none", *(cls.name for cls in SEARCH_METHODS.values() if issubclass(cls, Regularizer)))
 
 
 def methods_of(config: Any) -> list[SearchMethod]:
     """The methods ``config`` selects, in the registry's order, each made for this run."""
-    return [cls(config) for cls in registered() if cls.applies(config)]
+    return [cls(config) for cls in SEARCH_METHODS.values() if cls.applies(config)]
 
 
 def space_options_of(config: Any) -> dict[str, Any]:
     """The fields of the search space's config that the methods ``config`` selects set."""
     options: dict[str, Any] = {}
-    for cls in registered():
+    for cls in SEARCH_METHODS.values():
         if cls.applies(config):
             options.update(cls.space_options(config))
     return options
@@ -128,7 +124,7 @@ def space_options_of(config: Any) -> dict[str, Any]:
 
 def check_methods(config: Any) -> None:
     """Every registered method's rules for ``config`` (a method not selected checks nothing)."""
-    for cls in registered():
+    for cls in SEARCH_METHODS.values():
         cls.check(config)
 
 
@@ -139,7 +135,7 @@ _SUFFIXES = ("+", " ", ",")
 def method_name(config: dict[str, Any]) -> str:
     """The name of the method a search run's config (its config.json) ran: the first method that
     names itself (p-darts, gdas, pc-darts; darts otherwise), then what the others add."""
-    parts = [cls.label(config) for cls in registered()]
+    parts = [cls.label(config) for cls in SEARCH_METHODS.values()]
     head = next((p for p in parts if p and not p.startswith(_SUFFIXES)), "darts")
     return head + "".join(sorted((p for p in parts if p.startswith(_SUFFIXES)), key=lambda p: _SUFFIXES.index(p[0])))
 

@@ -71,10 +71,7 @@ SEARCH_SPACES: Registry = Registry("search space")
 
 def space_of_genotype(data: Mapping[str, Any]) -> SearchSpace:
     """The registered space whose genotypes look like ``data`` (a genotype's JSON dict)."""
-    for name in SEARCH_SPACES:
-        if SEARCH_SPACES.get(name).owns(data):
-            return SEARCH_SPACES.get(name)
-    return SEARCH_SPACES.get("cnn")
+    return next((space for space in SEARCH_SPACES.values() if space.owns(data)), SEARCH_SPACES.get("cnn"))
 
 
 from .conv import ConvSearchSpaceConfig, MixedOp, SearchCell, SearchNetwork  # noqa: E402
