@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, DartsError
-from .genotype import Genotype, RecurrentGenotype, edge_row
+from .genotype import edge_row
 from .layout import CellLayout
 from .spaces import space_of_genotype
 from .ops import CONV_OPS, RNN_OPS
@@ -151,7 +151,7 @@ def plot_alphas(run_dir: str | os.PathLike, out: str | os.PathLike) -> list[Path
     """softmax(α) of every op on every edge against the epoch, one panel per edge and one figure per
     cell type; a dot marks the op derivation picks on that edge at that epoch. A P-DARTS run's stages
     (stages.json) are dashed lines; an op's curve ends where its edge's stage pruned it."""
-    from .ops import DARTS_OPS, RNN_DARTS_OPS, edge_ops
+    from .ops import edge_ops
     plt = _pyplot()
     records, config = read_run(run_dir)
     if "choice_alphas" in records[0]:
@@ -163,10 +163,10 @@ def plot_alphas(run_dir: str | os.PathLike, out: str | os.PathLike) -> list[Path
     written = []
     stages_file = Path(run_dir) / "stages.json"
     stages = json.loads(stages_file.read_text()) if stages_file.is_file() else []
+    space = space_of_genotype(records[0]["genotype"])
+    ops = config.get("ops") or space.default_ops
+    num_inputs, k = space.cell_inputs, space.edges_per_node
     for cell, first in records[0]["alphas"].items():
-        recurrent = cell == "recurrent"
-        ops = config.get("ops") or (RNN_DARTS_OPS if recurrent else DARTS_OPS)
-        num_inputs, k = (1, 1) if recurrent else (2, 2)
         epochs = [r["epoch"] for r in records]
         n_edges = len(first)
         names = edge_ops(ops, n_edges, cell)  # the op set on every edge, or S1's pair per edge
@@ -291,12 +291,13 @@ def plot_evolution(run_dir: str | os.PathLike, out: str | os.PathLike, cell: str
     if "genotype" not in records[0]:
         raise ConfigError(f"{run_dir}: metrics hold no genotype per epoch (not a search run)")
     first = records[0]["genotype"]
-    cell = cell or ("recurrent" if "recurrent" in first else "normal")
+    space = space_of_genotype(first)
+    cell = cell or space.cell_types[0]
     frames = []
     with tempfile.TemporaryDirectory() as tmp:
         for r in records:
             g = r["genotype"]
-            genotype = RecurrentGenotype.from_dict(g) if "recurrent" in g else Genotype.from_dict(g)
+            genotype = space.genotype.from_dict(g)
             layout = next(lay for lay in genotype_layouts(genotype) if lay.name == cell)
             layout.name = f"{cell}, epoch {r['epoch']}"
             path = draw(layout, Path(tmp) / f"{r['epoch']}.png")

@@ -120,7 +120,7 @@ def test_unknown_checkpoint_fields_and_several_differing_fields_are_named(tmp_pa
     with pytest.raises(CheckpointError, match="unknown config field"):
         SearchConfig.from_dict({"nope": 1})
     from dartsnas.config import check_resumable
-    with pytest.raises(CheckpointError, match=r"written with seed=0, layers=8, this run asks for seed=1, layers=5"):
+    with pytest.raises(CheckpointError, match=r"written with layers=8, seed=0, this run asks for layers=5, seed=1"):
         check_resumable(SearchConfig(), SearchConfig(layers=5, seed=1, epochs=3), tmp_path / "c.pt", print)
 
 

@@ -10,8 +10,9 @@ it), :mod:`.images` (the dataset type and the batch loaders), :mod:`.decoding` (
 from __future__ import annotations
 
 import os
-from typing import Callable
+from typing import Any, Callable
 
+from ..errors import ConfigError
 from ..registry import Registry
 from .bundled import load_digits
 from .cifar import load_cifar10
@@ -45,18 +46,43 @@ def load_dataset(name: str, split: str = "train", *, data_dir: str | os.PathLike
 
 
 def load_splits(name: str, data_dir: str | os.PathLike | None, *, download: bool = False, verify: bool = True,
-                options: OwnDataOptions | None = None, train: bool = True,
-                test: bool = True) -> tuple[ImageDataset | None, ImageDataset | None]:
-    """The training and test splits of a named dataset (each only if asked for). A user's own images
-    are normalised with their training images' statistics, or ``options.stats`` (a trained model's)."""
+                options: OwnDataOptions | None = None, train: bool = True, test: bool = True,
+                train_data: Any = None, test_data: Any = None,
+                test_what: str = "test_data") -> tuple[ImageDataset | None, ImageDataset | None]:
+    """The training and test splits of a dataset held in memory or streamed, each only if asked for:
+    a named one, a user's own images (normalised with their training images' statistics, or
+    ``options.stats``, a trained model's), or torch Datasets passed from Python (``train_data``,
+    ``test_data``: the second is the search's α images, named ``test_what`` in errors). The one
+    dispatch of the search and the training."""
+    options = options or OwnDataOptions()
+    if name == PYTHON_DATASET:
+        return _python_splits(options, train, test, train_data, test_data, test_what)
     if name in OWN_DATASETS:
-        return load_own_data(name, data_root(data_dir), options or OwnDataOptions(), train=train, test=test)
+        return load_own_data(name, data_root(data_dir), options, train=train, test=test)
     common = dict(data_dir=data_dir, download=download, verify=verify)
     return (load_dataset(name, "train", **common) if train else None,
             load_dataset(name, "test", **common) if test else None)
 
 
+def _python_splits(options: OwnDataOptions, train: bool, test: bool, train_data: Any, test_data: Any,
+                   test_what: str) -> tuple[ImageDataset | None, ImageDataset | None]:
+    train_ds = from_torch_dataset(train_data, options, what="train_data") if train else None
+    if not test or test_data is None:
+        if train_ds is None:
+            raise ConfigError("a model trained on torch Datasets is evaluated on test_data (a torch Dataset)")
+        return train_ds, None
+    classes, stats = ((train_ds.classes, (train_ds.mean, train_ds.std)) if train_ds is not None
+                      else (options.classes, options.stats))
+    return train_ds, from_torch_dataset(test_data, options, classes=classes, stats=stats, what=test_what)
+
+
+def is_folder_dataset(name: str) -> bool:
+    """Whether ``name`` is read from ImageNet's class folders, decoded per image (not held in memory)."""
+    entry = dataset_entry(name)
+    return entry is not None and entry.kind == "folder"
+
+
 __all__ = ["DATASET_TABLE", "OWN_DATASETS", "PAPER_SPLIT", "PYTHON_DATASET", "OwnDataOptions", "dataset_entry",
-           "datasets_for", "from_torch_dataset", "load_splits", "random_split", "search_split", "split_by_dataset",
-           "stratified_split", "BatchLoader", "DATASETS", "DatasetBatches", "ImageDataset", "load_cifar10",
+           "datasets_for", "from_torch_dataset", "is_folder_dataset", "load_splits", "random_split", "search_split",
+           "split_by_dataset", "stratified_split", "BatchLoader", "DATASETS", "DatasetBatches", "ImageDataset", "load_cifar10",
            "load_dataset", "load_digits", "split_portion"]

@@ -19,6 +19,7 @@ class SearchSpace:
 
     - ``search_kind`` / ``train_kind``: the commands (``train.commands.RUNS``) that search it and
       train its final networks; ``help``: its line in ``dartsnas search --help``;
+    - ``options``: its config group (the fields of its search config that shape its model);
     - ``genotype`` (the class of its derived architectures) and ``builtins`` (its named genotypes),
       ``owns(data)``: whether a genotype's JSON dict is of this space;
     - ``build(space_config)``: its search model (a network with α) from its space config;
@@ -27,7 +28,9 @@ class SearchSpace:
     - ``final_network(genotype, **sizes)``: the network a genotype trains as;
     - ``sample(rng, nodes, ops)``: a uniform random genotype (random search), with ``default_nodes``,
       ``default_ops`` and ``resolve_ops`` (named op sets);
-    - ``layouts(genotype)``: the cells to draw (``plot``);
+    - ``layouts(genotype)``: the cells to draw (``plot``); ``cell_types`` (the cells a genotype holds,
+      α per type), ``cell_inputs`` (the states before a cell's first node) and ``edges_per_node``
+      (the k of the derivation's top-k);
     - ``cost_table(...)``: the table of what each candidate costs in the final network, where the
       space prices its cells (a budgeted search).
     """
@@ -40,6 +43,10 @@ class SearchSpace:
     builtins: Registry
     default_nodes = 4
     default_ops: tuple[str, ...] = ()
+    options: type = object
+    cell_types: tuple[str, ...] = ()
+    cell_inputs = 2
+    edges_per_node = 2
 
     def owns(self, data: Mapping[str, Any]) -> bool:
         raise NotImplementedError

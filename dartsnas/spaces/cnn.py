@@ -6,10 +6,12 @@ final network."""
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
 
+from ..config import Config, option
 from ..cost import CostTable
 from ..genotype import CONV_GENOTYPES, Genotype, edge_row, num_edges
 from ..layout import CellLayout, cell_layout
@@ -17,6 +19,36 @@ from ..nets import NetworkConfig, build_network
 from ..ops import DARTS_OPS, edge_ops, nonzero_ops, resolve_op_set
 from . import SEARCH_SPACES, SearchSpace
 from .conv import ConvSearchSpaceConfig, SearchNetwork, derive_conv_genotype
+
+
+@dataclass
+class ConvSpaceOptions(Config):
+    """The conv space's config group: the search network's size, its candidate ops, its stem and what
+    it recomputes (a method's own fields of :class:`ConvSearchSpaceConfig` come from its group)."""
+
+    init_channels: int = option(16, "C", group="search space", min=1)
+    layers: int = option(8, "cells L", group="search space", min=1)
+    nodes: int = option(4, "intermediate nodes N per cell", group="search space", min=1)
+    ops: tuple[str, ...] = option(
+        help="candidate op set, or a named one (any case): darts, or RobustDARTS's reduced spaces s2 (skip_connect, "
+             "sep_conv_3x3), s3 (none too), s4 (noise, sep_conv_3x3), s1 (two ops per edge, chosen per edge; 4 nodes)",
+        factory=lambda: DARTS_OPS, group="search space", metavar="OP")
+    stem: str = option("cifar", "cifar: a stride-1 conv (the paper's, for small images); imagenet: PC-DARTS's three "
+                       "stride-2 convs, the cells see 1/8 of the pixels (large images, e.g. --image-size 128 or 224)",
+                       group="search space", choices=("cifar", "imagenet"))
+    recompute: str = option("none", "activations recomputed in backward instead of kept: per cell or per edge (mixed "
+                            "op); less memory for more compute, the same numbers", group="search space",
+                            choices=("none", "cell", "edge"), resumable=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.ops = resolve_op_set(self.ops)  # a named op set: --ops s2 (or S2)
+
+    def space_config(self, num_classes: int, in_channels: int, **method_fields: Any) -> ConvSearchSpaceConfig:
+        """The search network of these options, for the data's classes and channels."""
+        return ConvSearchSpaceConfig(init_channels=self.init_channels, layers=self.layers, nodes=self.nodes,
+                                     num_classes=num_classes, in_channels=in_channels, ops=tuple(self.ops),
+                                     recompute=self.recompute, stem=self.stem, **method_fields)
 
 
 def sample_genotype(rng: random.Random, nodes: int = 4, ops: Sequence[str] = DARTS_OPS) -> Genotype:
@@ -41,6 +73,8 @@ class DartsConvSpace(SearchSpace):
     train_help = "the CIFAR or ImageNet network of conv cells"
     search_kind, train_kind = "search-cnn", "train-cnn"
     genotype = Genotype
+    options = ConvSpaceOptions
+    cell_types, cell_inputs, edges_per_node = ("normal", "reduce"), 2, 2
     builtins = CONV_GENOTYPES
     default_nodes, default_ops = 4, DARTS_OPS
 
@@ -66,8 +100,8 @@ class DartsConvSpace(SearchSpace):
     def layouts(self, genotype: Genotype) -> list[CellLayout]:
         """Normal and reduce (not a fixed reduction cell: nothing was searched there)."""
         cells = ("normal", "reduce") if genotype.reduce_cell is None else ("normal",)
-        return [cell_layout(cell, getattr(genotype, cell), getattr(genotype, f"{cell}_concat"), k=2,
-                            inputs=("c_{k-2}", "c_{k-1}"), output="c_{k}") for cell in cells]
+        return [cell_layout(cell, getattr(genotype, cell), getattr(genotype, f"{cell}_concat"),
+                            k=self.edges_per_node, inputs=("c_{k-2}", "c_{k-1}"), output="c_{k}") for cell in cells]
 
     def cost_table(self, ops: Sequence[str], nodes: int, *, image_size: tuple[int, int], num_classes: int,
                    in_channels: int, network: str, init_channels: int, layers: int,

@@ -17,8 +17,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from ..data import (PYTHON_DATASET, BatchLoader, ImageDataset, data_root, from_torch_dataset, load_splits,
-                    split_by_dataset, stratified_split)
+from ..data import (PYTHON_DATASET, BatchLoader, data_root, is_folder_dataset, load_splits, split_by_dataset,
+                    stratified_split)
 from ..data.folder import FolderLoader, folder_datasets, folder_info
 from ..errors import CheckpointError, ConfigError
 from ..genotype import Genotype, load_genotype
@@ -26,7 +26,6 @@ from ..nets import NETWORKS, RESIZE_HINT, NetworkConfig, build_network, check_in
 from .checkpoint import CHECKPOINT, load_checkpoint, model_file, save_checkpoint
 from ..config import Compile, Epochs, FastConv, Momentum, RunOptions, Seed, configclass, option
 from ..data.options import ImageData
-from ..data.table import DATASET_TABLE
 from .common import autocast, cosine_lr, python_data_config, resolve_device
 from .loop import Run, batch_source, set_lr
 from .meters import ClassifierEpoch, EpochMeter, evaluate
@@ -62,13 +61,10 @@ class TrainConfig(RunOptions, Compile, FastConv, Seed, Momentum, Epochs, ImageDa
 
     def check(self) -> None:
         super().check()
-        if self.train_portion < 1.0 and DATASET_KINDS.get(self.dataset) == "folder":
+        if self.train_portion < 1.0 and is_folder_dataset(self.dataset):
             raise ConfigError(f"{{train_portion}} below 1 is not available for {self.dataset}", names=("train_portion",))
 
 
-#: Named datasets held in memory, ImageNet's class folders (the ImageNet recipe's per-image augmentation
-#: in DataLoader workers), and a user's own images (imagefolder, arrays, torch Datasets from Python).
-DATASET_KINDS = {entry.name: "own" if entry.kind == "python" else entry.kind for entry in DATASET_TABLE}
 #: A user's data without a test split: this share of the training images is held out to test on.
 HELD_OUT = 0.1
 _OWN = dict(cutout=0)
@@ -104,8 +100,7 @@ def build_loaders(config: TrainConfig, device: torch.device, *, train_split: boo
     share of each global batch). ``info``, a trained model's data, fixes how a user's test images
     are read when the training split is not loaded."""
     common = dict(device=device, channels_last=config.channels_last, rank=rank, world_size=world_size)
-    kind = DATASET_KINDS[config.dataset]
-    if kind == "folder":
+    if is_folder_dataset(config.dataset):
         root = data_root(config.data_dir)
         size = config.image_size or 224
         train_ds, test_ds, classes = folder_datasets(root, image_size=size, seed=config.seed)
@@ -119,11 +114,9 @@ def build_loaders(config: TrainConfig, device: torch.device, *, train_split: boo
                                         workers=config.workers, seed=config.seed, **common)
         return out
     common["workers"] = config.workers
-    if kind == "own":
-        train, test = _own_splits(config, train_split, train_data, test_data, info)
-    else:
-        train, test = load_splits(config.dataset, config.data_dir, download=config.download, verify=config.verify,
-                                  train=train_split)
+    train, test = load_splits(config.dataset, config.data_dir, download=config.download, verify=config.verify,
+                              options=config.own_data_options(info), train=train_split, train_data=train_data,
+                              test_data=test_data)
     first = train if train is not None else test
     out = {"num_classes": first.num_classes, "in_channels": first.in_channels,
            "info": info or first.info(), "description": "; ".join(d.description for d in (train, test) if d)}
@@ -144,23 +137,6 @@ def build_loaders(config: TrainConfig, device: torch.device, *, train_split: boo
         out["train"] = BatchLoader(train, indices, batch_size=config.batch_size, cutout=config.cutout,
                                    seed=config.seed, drop_last=True, **common)
     return out
-
-
-def _own_splits(config: TrainConfig, train_split: bool, train_data: Any, test_data: Any,
-                info: dict[str, Any] | None) -> tuple[ImageDataset | None, ImageDataset | None]:
-    """A user's training and test images (from --data-dir, or torch Datasets passed from Python)."""
-    options = config.own_data_options(info)
-    if config.dataset != PYTHON_DATASET:
-        return load_splits(config.dataset, config.data_dir, options=options, train=train_split)
-    train = None
-    if train_split:
-        train = from_torch_dataset(train_data, options, what="train_data")
-    if test_data is None:
-        if train is None:
-            raise ConfigError("a model trained on torch Datasets is evaluated on test_data (a torch Dataset)")
-        return train, None
-    classes, stats = (train.classes, (train.mean, train.std)) if train is not None else (options.classes, options.stats)
-    return train, from_torch_dataset(test_data, options, classes=classes, stats=stats, what="test_data")
 
 
 def network_config(config: TrainConfig, genotype: Genotype, num_classes: int, in_channels: int) -> NetworkConfig:

@@ -14,7 +14,7 @@ from ..methods.gdas import GdasOptions
 from ..methods.pcdarts import PartialChannelOptions
 from ..methods.pdarts import ProgressiveOptions
 from ..methods.sdarts import SmoothingOptions
-from ..ops import DARTS_OPS, resolve_op_set
+from ..spaces.cnn import ConvSpaceOptions
 from ..spaces.conv_config import REDUCE_CELLS, ConvSearchSpaceConfig
 
 #: The choices of --regularizer: the registered regularising methods (SDARTS-RS, DARTS-).
@@ -23,23 +23,10 @@ REGULARIZERS = regularizers()
 
 @configclass()
 class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, GdasOptions, ArchStep, Momentum, Epochs, ImageData,
-                   CostBudget, PartialChannelOptions, SmoothingOptions, ProgressiveOptions):
+                   CostBudget, PartialChannelOptions, SmoothingOptions, ProgressiveOptions, ConvSpaceOptions):
     """Everything that defines a conv search; defaults are the paper's CIFAR-10 settings."""
 
     train_portion: float = option(0.5, "part of the training split that trains w; the rest trains α", above=0, below=1)
-    init_channels: int = option(16, "C", group="search space", min=1)
-    layers: int = option(8, "cells L", group="search space", min=1)
-    nodes: int = option(4, "intermediate nodes N per cell", group="search space", min=1)
-    ops: tuple[str, ...] = option(
-        help="candidate op set, or a named one (any case): darts, or RobustDARTS's reduced spaces s2 (skip_connect, "
-             "sep_conv_3x3), s3 (none too), s4 (noise, sep_conv_3x3), s1 (two ops per edge, chosen per edge; 4 nodes)",
-        factory=lambda: DARTS_OPS, group="search space", metavar="OP")
-    stem: str = option("cifar", "cifar: a stride-1 conv (the paper's, for small images); imagenet: PC-DARTS's three "
-                       "stride-2 convs, the cells see 1/8 of the pixels (large images, e.g. --image-size 128 or 224)",
-                       group="search space", choices=("cifar", "imagenet"))
-    recompute: str = option("none", "activations recomputed in backward instead of kept: per cell or per edge (mixed "
-                            "op); less memory for more compute, the same numbers", group="search space",
-                            choices=("none", "cell", "edge"), resumable=True)
     max_skip: int | None = option(None, "cap on skip_connects in the derived normal cell", group="optimisation", min=0,
                                   default_text="none")
     regularizer: str = option("none", "sdarts-rs: weight steps see softmax(α) + U(-ε, ε) (SDARTS-RS); darts-minus: an "
@@ -71,15 +58,10 @@ class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, GdasOption
     FLAG_HELP = {"cost": "macs, params or latency: the expected cost of the final network (--cost-network, "
                          "--cost-layers, --cost-channels, or --latency-table's) joins α's objective"}
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.ops = resolve_op_set(self.ops)  # a named op set: --ops s2 (or S2)
-
     def space(self, num_classes: int = 10, in_channels: int = 3) -> ConvSearchSpaceConfig:
-        """The search network this config builds, for the data's classes and channels."""
-        return ConvSearchSpaceConfig(init_channels=self.init_channels, layers=self.layers, nodes=self.nodes,
-                                     num_classes=num_classes, in_channels=in_channels, ops=tuple(self.ops),
-                                     recompute=self.recompute, stem=self.stem, **space_options_of(self))
+        """The search network this config builds, for the data's classes and channels: the space's
+        options and the fields the selected methods set."""
+        return self.space_config(num_classes, in_channels, **space_options_of(self))
 
     def check(self) -> None:
         super().check()

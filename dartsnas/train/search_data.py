@@ -7,8 +7,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..data import (OWN_DATASETS, PYTHON_DATASET, BatchLoader, ImageDataset, data_root, from_torch_dataset,
-                    load_dataset, load_splits, search_split)
+from ..data import BatchLoader, data_root, is_folder_dataset, load_splits, search_split
 from ..data.folder import FolderBatches, ImageFolderDataset, find_split, folder_info, list_images
 from ..data.splits import sample_per_class
 
@@ -32,7 +31,9 @@ class SearchLoaders:
 def image_search_loaders(config: Any, common: dict[str, Any], drop_last: bool, train_data: Any,
                          val_data: Any) -> SearchLoaders:
     """Images held in memory or streamed: the training split cut at ``train_portion`` (or α's own images)."""
-    data, alpha_data = load_search_data(config, train_data, val_data)
+    data, alpha_data = load_splits(config.dataset, config.data_dir, download=config.download, verify=config.verify,
+                                   options=config.own_data_options(), test=val_data is not None,
+                                   train_data=train_data, test_data=val_data, test_what="val_data")
     description = [data.description]
     if alpha_data is None:
         train_idx, val_idx = search_split(data, config.train_portion, config.seed)
@@ -75,23 +76,8 @@ def imagenet_search_loaders(config: Any, common: dict[str, Any], drop_last: bool
         image_size=(size, size), info=folder_info("imagenet", classes, size), description=description)
 
 
-def load_search_data(config: Any, train_data: Any,
-                     val_data: Any) -> tuple[ImageDataset, ImageDataset | None]:
-    """The search's training images and, where given apart, the images that train α."""
-    options = config.own_data_options()
-    if config.dataset == PYTHON_DATASET:
-        data = from_torch_dataset(train_data, options, what="train_data")
-        alpha = None if val_data is None else from_torch_dataset(
-            val_data, options, classes=data.classes, stats=(data.mean, data.std), what="val_data")
-        return data, alpha
-    if config.dataset in OWN_DATASETS:
-        return load_splits(config.dataset, config.data_dir, options=options, test=False)[0], None
-    return load_dataset(config.dataset, "train", data_dir=config.data_dir, download=config.download,
-                        verify=config.verify), None
-
-
 def search_loaders(config: Any, common: dict[str, Any], drop_last: bool, train_data: Any,
                    val_data: Any) -> SearchLoaders:
     """The search's batches of ``config.dataset``: ImageNet's class folders sampled, or images."""
-    build = imagenet_search_loaders if config.dataset == "imagenet" else image_search_loaders
+    build = imagenet_search_loaders if is_folder_dataset(config.dataset) else image_search_loaders
     return build(config, common, drop_last, train_data, val_data)

@@ -14,12 +14,12 @@ from typing import Any, Callable
 
 import torch
 
-from ..config import ArchStep, Compile, Curvature, Epochs, RunOptions, Seed, configclass, option
+from ..config import ArchStep, Compile, Curvature, Epochs, RunOptions, Seed, configclass
 from ..data.options import CorpusData
 from ..data.text import Corpus, get_window
 from ..genotype import RecurrentGenotype
-from ..ops import RNN_DARTS_OPS
-from ..spaces import SEARCH_SPACES, RecurrentSearchSpaceConfig
+from ..spaces import SEARCH_SPACES
+from ..spaces.rnn import RecurrentSpaceOptions
 from .bilevel import BilevelSearch
 from .checkpoint import GENOTYPE, tensors_to_lists
 from .hooks import curvature_text
@@ -30,12 +30,9 @@ KIND = "search-rnn"
 
 
 @configclass(batch_size=256, lr=20.0, weight_decay=5e-7, grad_clip=0.25, arch_lr=3e-3, arch_betas=(0.9, 0.999))
-class RNNSearchConfig(RunOptions, Compile, Seed, Curvature, ArchStep, Epochs, CorpusData):
+class RNNSearchConfig(RunOptions, Compile, Seed, Curvature, ArchStep, Epochs, CorpusData, RecurrentSpaceOptions):
     """A recurrent search; defaults are the reference search on Penn Treebank (the reference's recurrent
     architect uses Adam's default betas, the conv one 0.5)."""
-
-    nodes: int = option(8, "intermediate nodes of the cell", group="corpus", min=1)
-    ops: tuple[str, ...] = option(factory=lambda: RNN_DARTS_OPS, cli=False)
 
     #: The search space this config searches (spaces.SEARCH_SPACES).
     SPACE = "rnn"
@@ -64,10 +61,10 @@ class RNNSearch(BilevelSearch):
         self.eval_data = stream_rows(self, corpus[config.val_split], config.eval_batch_size)
         seed_everything(config.seed)
         self.select_methods()
-        self.space = RecurrentSearchSpaceConfig(
-            vocab_size=corpus.vocab_size, emsize=config.emsize, nhid=config.nhid, nodes=config.nodes,
-            dropout=config.dropout, dropout_h=config.dropout_h, dropout_x=config.dropout_x,
-            dropout_i=config.dropout_i, dropout_e=config.dropout_e, ops=tuple(config.ops))
+        self.space = config.space_config(
+            corpus.vocab_size, emsize=config.emsize, nhid=config.nhid, dropout=config.dropout,
+            dropout_h=config.dropout_h, dropout_x=config.dropout_x, dropout_i=config.dropout_i,
+            dropout_e=config.dropout_e)
         model = self.place_model(SEARCH_SPACES.get(config.SPACE).build(self.space))
         if config.compile:
             model.cell.compile_step()
