@@ -55,8 +55,10 @@ def latency_table(args: argparse.Namespace) -> int:
     """dartsnas latency-table: every candidate op timed at every shape of the final network."""
     import json
     from .latency import LatencyConfig, latency_table as measure
-    from .train.checkpoint import atomic_write_text
+    from .train.checkpoint import atomic_write_text, check_writable_file
     config = LatencyConfig(**given_fields(LatencyConfig, args))
+    config.validate()
+    check_writable_file(args.out)  # before minutes of timing
     log = None if args.quiet else (lambda line: print(line, file=sys.stderr))
     table = measure(config, log=log)
     atomic_write_text(args.out, json.dumps(table.to_dict()) + "\n")

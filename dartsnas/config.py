@@ -34,17 +34,20 @@ def option(default: Any = _UNSET, help: str = "", *, factory: Callable[[], Any] 
            group: str = "options", min: float | None = None, above: float | None = None, max: float | None = None,
            below: float | None = None, choices: Sequence[str] | None = None, note: str = "",
            default_text: str | None = None, flag: str | None = None, metavar: str | None = None,
-           cli: bool = True, resumable: bool = False, parse: Callable[[str], Any] | None = None) -> Any:
+           cli: bool = True, resumable: bool = False, parse: Callable[[str], Any] | None = None,
+           finite: bool = True) -> Any:
     """A config field with what its flag and its checks need.
 
     ``min``/``max`` are inclusive bounds, ``above``/``below`` exclusive ones; ``note`` follows the
     bound in the error (``> 0 (inf: no clipping)``); ``default_text`` replaces the default shown in
     the help (``[as they are]``; "" shows none); ``cli=False`` keeps a field off the command line;
-    ``resumable`` fields may change when a run resumes; ``parse`` reads the flag's text (argparse type).
+    ``resumable`` fields may change when a run resumes; ``parse`` reads the flag's text (argparse type,
+    and a string in a config file); ``finite=False`` lets a float be infinite (``--grad-clip inf``).
     """
     meta = {"help": help, "group": group, "min": min, "above": above, "max": max, "below": below,
             "choices": tuple(choices) if choices is not None else None, "note": note, "default_text": default_text,
-            "flag": flag, "metavar": metavar, "cli": cli, "resumable": resumable, "parse": parse}
+            "flag": flag, "metavar": metavar, "cli": cli, "resumable": resumable, "parse": parse,
+            "finite": finite}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -152,6 +155,9 @@ class Config:
 
 
 def _plain(value: Any) -> Any:
+    """JSON data: tuples as lists, an infinite float as "inf" (JSON has no Infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
     return list(value) if isinstance(value, tuple) else value
 
 
@@ -161,6 +167,8 @@ def _typed(f: dataclasses.Field, value: Any) -> Any:
     if sequence and isinstance(value, list):
         return tuple(value)
     if scalar is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if scalar is float and not sequence and isinstance(value, str) and value.lower() in ("inf", "-inf", "nan"):
         return float(value)
     return value
 
@@ -182,6 +190,9 @@ def check_field(f: dataclasses.Field, value: Any) -> None:
         return
     lo, lo_open = (meta["above"], True) if meta.get("above") is not None else (meta.get("min"), False)
     hi, hi_open = (meta["below"], True) if meta.get("below") is not None else (meta.get("max"), False)
+    if isinstance(value, float) and math.isinf(value) and meta.get("finite", True):
+        raise ConfigError(f"{name} must be a finite number, got {value} (a number too large for a float "
+                          "becomes inf)", names=(f.name,))
     bad = (lo is not None and (value <= lo if lo_open else value < lo)) or \
           (hi is not None and (value >= hi if hi_open else value > hi)) or \
           (isinstance(value, float) and math.isnan(value))
@@ -246,7 +257,7 @@ class Epochs(Config):
     batch_size: int = option(64, group="optimisation", min=1)
     lr: float = option(0.025, "weight learning rate", group="optimisation", above=0)
     weight_decay: float = option(3e-4, group="optimisation", min=0)
-    grad_clip: float = option(5.0, group="optimisation", above=0, note="(inf: no clipping)")
+    grad_clip: float = option(5.0, group="optimisation", above=0, note="(inf: no clipping)", finite=False)
     steps_per_epoch: int | None = option(None, "cap the steps of an epoch (smoke runs)", group="optimisation", min=1)
 
 

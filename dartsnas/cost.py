@@ -28,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import ConfigError
 from .genotype import SKIP_OP, ZERO_OP, Genotype
-from .nets import NetworkConfig, build_network
+from .nets import NETWORKS, NetworkConfig, build_network, check_input_size
 from .nets.summary import count_macs, count_parameters
 from .ops import build_op, edge_ops
 
@@ -84,6 +84,7 @@ class CostTable:
               in_channels: int = 3) -> "CostTable":
         """The table of the final network ``network`` (C=``init_channels``, L=``layers``) on
         ``image_size`` inputs, for the candidate ``ops`` of a search with ``nodes`` nodes per cell."""
+        check_input_size(f"the cost's final network {network}", NETWORKS.get(network).downsampling, *image_size)
         num_edges = sum(2 + k for k in range(nodes))
         names = {cell: [list(e) for e in edge_ops(tuple(ops), num_edges, cell)] for cell in ("normal", "reduce")}
         reference = _reference_genotype(nodes)

@@ -26,6 +26,7 @@ from torch import nn
 
 from . import __version__
 from .errors import CheckpointError, ConfigError, DataError
+from .train.checkpoint import check_writable_file
 
 FORMATS = ("onnx", "torchscript")
 METADATA = "dartsnas"               # ONNX metadata key
@@ -75,6 +76,7 @@ def load_trained(path: str | os.PathLike) -> tuple[Deployable, dict[str, Any]]:
 
 def export_model(run: str | os.PathLike, fmt: str, out: str | os.PathLike) -> Path:
     """Write ``run``'s trained network to ``out`` as ``fmt`` (onnx or torchscript); returns ``out``."""
+    check_writable_file(out)
     model, meta = load_trained(run)
     return write_export(model, meta, fmt, out)
 
@@ -85,6 +87,7 @@ def write_export(model: Deployable, meta: dict[str, Any], fmt: str, out: str | o
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     out = Path(out)
+    check_writable_file(out)
     C, (H, W) = meta["in_channels"], meta["image_size"]
     example = torch.rand(2, C, H, W)  # batch 2: a batch of 1 would be specialised into the graph
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -109,6 +109,12 @@ def load_config_file(path: str | Path, cls: type) -> dict[str, Any]:
 
 def _checked_type(f: dataclasses.Field, value: Any, path: Path, key: str) -> Any:
     scalar, optional, sequence = _kind(f)
+    parse = f.metadata.get("parse")
+    if isinstance(value, str) and parse is not None and not sequence:  # cost_target = "300K", as on the command line
+        try:
+            return parse(value)
+        except (argparse.ArgumentTypeError, ValueError) as e:
+            raise ConfigError(f"--config {path}: {key}: {e}") from None
     if value is None:
         if optional:
             return None

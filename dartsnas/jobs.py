@@ -3,7 +3,9 @@ directory each. Jobs run as separate processes (``python -m dartsnas.jobs JOB.js
 per device, from a :class:`concurrent.futures.ThreadPoolExecutor` with one worker per device: a job
 that crashes or is killed takes only itself down, and a finished job leaves a ``.done.json`` beside
 its run directory so that re-running the protocol skips it (an unfinished one resumes from its
-checkpoint)."""
+checkpoint). A job ends with its driver: killed, even by SIGKILL, the driver leaves no job running
+(the job sees its parent go and stops at its next step boundary, checkpointed), and a rerun's job
+waits for a run directory whose process is still alive instead of running beside it."""
 from __future__ import annotations
 
 import concurrent.futures
@@ -15,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -23,6 +26,12 @@ from .errors import ConfigError, DartsError, Interrupted
 from .train.checkpoint import CHECKPOINT, GENOTYPE, METRICS, atomic_write_text, read_metrics
 from .train.commands import RUNS
 from .train.loop import stop_signals
+from .train.rundir import lock_holder
+
+#: How often a job looks whether its driver is still there, and whether a run directory is free.
+POLL_SECONDS = 0.5
+#: The driver's pid, given to each job process: the job ends when that process is gone.
+PARENT_ENV = "DARTSNAS_JOB_PARENT"
 
 
 @dataclass
@@ -69,10 +78,16 @@ def summarize(job: Job) -> dict[str, Any]:
 
 
 def run_job(job: Job) -> dict[str, Any]:
-    """Run one job in this process: resume it if its checkpoint exists, else start it afresh."""
+    """Run one job in this process: resume it if its checkpoint exists, else start it afresh (once
+    no other live process runs in its directory: a killed driver's job finishing its step)."""
     command = RUNS[job.command]
     config = command.config.from_dict(job.config)
     out = Path(job.out)
+    holder = lock_holder(out)
+    if holder is not None:
+        print(f"{job.name}: waiting for pid {holder.get('pid')} on {holder.get('host')} to leave {out}", flush=True)
+        while lock_holder(out) is not None:
+            time.sleep(POLL_SECONDS)
     resume = (out / CHECKPOINT).is_file()
     command.run(config, out, resume=resume, overwrite=not resume, quiet=False)  # per-epoch lines into the log
     summary = summarize(job)
@@ -110,7 +125,7 @@ def run_jobs(jobs: Sequence[Job], devices: Sequence[str] | None = None, *,
             spec = job.beside(".job.json")
             atomic_write_text(spec, json.dumps(dataclasses.asdict(
                 dataclasses.replace(job, config={**job.config, "device": device}))) + "\n")
-            env = dict(os.environ)
+            env = {**os.environ, PARENT_ENV: str(os.getpid())}
             if device == "cpu" and cpu_workers > 1:
                 env.setdefault("OMP_NUM_THREADS", str(threads))
             log(f"{job.name}: running on {device} (log: {job.log_file})")
@@ -184,11 +199,25 @@ def _run_pending(jobs: Sequence[Job], work: Callable[[Job], dict[str, Any]], wor
     return {job.name: results[job.name] for job in jobs}
 
 
+def end_with_parent(parent: int) -> None:
+    """Stop this process (SIGTERM: the run checkpoints at its next step boundary) once ``parent``, the
+    driver that started it, is gone, whatever killed it; portable, by a watching thread."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(POLL_SECONDS)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
+
+
 def _main(argv: Sequence[str]) -> int:
     """The job process: ``python -m dartsnas.jobs JOB.json``."""
     if len(argv) != 1:
         print("usage: python -m dartsnas.jobs JOB.json", file=sys.stderr)
         return 2
+    parent = os.environ.get(PARENT_ENV)
+    if parent is not None:
+        end_with_parent(int(parent))
     try:
         job = Job(**json.loads(Path(argv[0]).read_text()))
         if job.command not in RUNS:

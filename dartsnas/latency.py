@@ -28,7 +28,7 @@ from .config import Config, configclass, option
 from .cost import CostTable
 from .errors import ConfigError
 from .export import onnx_graph
-from .nets import FINAL_NETWORKS
+from .nets import FINAL_NETWORKS, NETWORKS, check_input_size
 from .ops import DARTS_OPS, build_op, resolve_op_set
 
 RUNTIMES = ("torch", "onnxruntime")
@@ -84,6 +84,7 @@ class LatencyConfig(Config):
             raise ConfigError(f"{{device}} must be cpu, cuda or cuda:N, got {self.device!r}", names=("device",))
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError("{device} cuda: no CUDA device here", names=("device",))
+        check_input_size(f"--network {self.network}", NETWORKS.get(self.network).downsampling, *self.size)
 
 
 class Timer:

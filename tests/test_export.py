@@ -112,3 +112,16 @@ def test_export_refuses_what_it_cannot_export(trained, tmp_path):
     with pytest.raises(ConfigError, match="--format must be one of onnx, torchscript"):
         export_model(trained / "train", "tflite", tmp_path / "x.tflite")
     assert not list(tmp_path.iterdir())
+
+
+def test_export_onto_a_directory_or_under_a_file_is_one_line_before_any_work(trained, tmp_path, capsys):
+    (tmp_path / "taken").mkdir()
+    assert main(["export", str(trained / "train"), "--format", "torchscript", "--out", str(tmp_path / "taken")]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == f"dartsnas: error: --out {tmp_path / 'taken'} is a directory; give a file name"
+    (tmp_path / "file").write_text("x")
+    assert main(["export", str(trained / "train"), "--format", "torchscript",
+                 "--out", str(tmp_path / "file" / "m.pt")]) == 1
+    err = capsys.readouterr().err
+    assert "its directory" in err and "exists and is not a directory" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "taken"] and not list((tmp_path / "taken").iterdir())

@@ -147,3 +147,24 @@ def test_imagenet_search_takes_pc_darts_recipe_and_resumes_bit_identical(image_r
         assert torch.equal(tensor, b["model"][name]), name
     strip = lambda rs: [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in rs]  # noqa: E731
     assert strip(records) == strip(read_metrics(tmp_path / "b" / "metrics.jsonl"))
+
+
+def test_an_undecodable_image_in_an_imagenet_search_leaves_nothing_and_keeps_the_overwritten_run(image_root, tmp_path,
+                                                                                                 capsys):
+    """The folders are decoded per batch, so a bad file shows at the first batch: by then nothing is
+    written yet, and an --overwrite has not removed the run it was to replace."""
+    flags = ["search", "cnn", "--dataset", "imagenet", "--data-dir", str(image_root), "--image-size", "48",
+             "--init-channels", "4", "--layers", "3", "--nodes", "2", "--batch-size", "2", "--epochs", "1",
+             "--arch-start-epoch", "0", "--sample", "0.5", "0.5", "--workers", "0", "--quiet"]
+    kept = tmp_path / "kept"
+    assert main([*flags, "--out", str(kept)]) == 0
+    before = {p.name: p.read_bytes() for p in kept.iterdir()}
+    for path in (image_root / "train").rglob("*.JPEG"):
+        path.write_bytes(b"not an image")
+    capsys.readouterr()
+    assert main([*flags, "--out", str(tmp_path / "fresh")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "not an image" not in err, err
+    assert not (tmp_path / "fresh").exists()
+    assert main([*flags, "--overwrite", "--out", str(kept)]) == 1
+    assert {p.name: p.read_bytes() for p in kept.iterdir()} == before

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 
 FORMAT_VERSION = 1
 CHECKPOINT = "checkpoint.pt"
@@ -35,6 +35,30 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def check_writable_dir(path: str | os.PathLike, flag: str = "--out") -> None:
+    """Refuse, before any work, a directory that cannot be made or written into (tried: made if
+    missing, a probe file written and removed); the error names the flag and the reason."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path} exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"{flag} {path}: cannot be written ({e.strerror or e})") from None
+
+
+def check_writable_file(path: str | os.PathLike, flag: str = "--out") -> None:
+    """Refuse, before any work, an output file that cannot be written: a directory, or in a
+    directory that cannot be made or written."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path} is a directory; give a file name")
+    check_writable_dir(path.parent, flag=f"{flag} {path}: its directory")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -282,7 +282,7 @@ def train(config: TrainConfig, out_dir: str | Path, **kwargs: Any) -> TrainResul
     ``train_data`` (and ``test_data``, evaluated each epoch) may be any torch Dataset of (CHW image,
     label), uint8 or float in [0, 1], in place of ``config.dataset`` (recorded as ``python``).
     """
-    return TrainResult(Training(config, out_dir, **kwargs).execute(), Path(out_dir))
+    return TrainResult(Training.launch(config, out_dir, **kwargs), Path(out_dir))
 
 
 def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, data_dir: str | None = None,

@@ -175,6 +175,7 @@ class RNNTraining(Run):
         return self.metrics.read()
 
     def _save_model(self) -> None:
+        self.dir.write_started()  # the first epoch's best model comes before its metrics line
         if self.dist.is_main:
             save_checkpoint(self.out / MODEL, {"kind": "model-rnn", "config": self.config.to_dict(),
                                                "genotype": self.genotype.to_dict(), "vocab_size": self.vocab_size,
@@ -183,7 +184,7 @@ class RNNTraining(Run):
 
 def train_rnn(config: RNNTrainConfig, out_dir: str | Path, **kwargs: Any) -> list[dict[str, Any]]:
     """Train (or with ``resume=True`` continue) a recurrent genotype; the last record is the test result."""
-    return RNNTraining(config, out_dir, **kwargs).execute()
+    return RNNTraining.launch(config, out_dir, **kwargs)
 
 
 def evaluate_perplexity(path: str | Path, *, split: str = "test", data_dir: str | None = None,

@@ -225,6 +225,20 @@ class Run:
 
     # -- the loop ------------------------------------------------------------------------------------
 
+    @classmethod
+    def launch(cls, *args: Any, **kwargs: Any) -> Any:
+        """Build the run and run it. A run that fails while it is being built (data found bad, a
+        table that does not fit) leaves nothing behind: its directory is released, and removed if
+        the run made it."""
+        run = cls.__new__(cls)
+        try:
+            run.__init__(*args, **kwargs)
+        except BaseException:
+            if getattr(run, "dir", None) is not None:
+                run.dir.close()
+            raise
+        return run.execute()
+
     def execute(self) -> Any:
         """The epochs, under the stop-signal handlers and the determinism switch; leaves the process
         group afterwards if the run joined it."""
@@ -242,6 +256,7 @@ class Run:
             self.net = None
             gc.collect()
             self.dist.close()
+            self.dir.close()
 
     def fit(self) -> Any:
         """Epochs until the last (or a hook stops the run), then the run's result files."""

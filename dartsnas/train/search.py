@@ -121,7 +121,7 @@ class Search(BilevelSearch):
         """The run's cost table: its file in the run directory (a resumed run keeps it), else the
         space's table of the final network (or the latency table given); written there."""
         cfg, path = self.config, self.out / COST_TABLE
-        if path.is_file():
+        if self.dir.started and path.is_file():  # a resumed run's; a fresh run's own, never an old run's
             return CostTable.read(path)
         table = self.search_space.cost_table(cfg.ops, cfg.nodes, network=cfg.cost_network, init_channels=cfg.cost_channels,
                                              layers=cfg.cost_layers, latency_table=cfg.latency_table, **self.data_shape)
@@ -238,7 +238,7 @@ def search(config: SearchConfig, out_dir: str | Path, **kwargs: Any) -> SearchRe
     (CHW image, label), uint8 or float in [0, 1]: the search then runs on them instead of
     ``config.dataset`` (recorded as ``python``; a resumed run needs them again).
     """
-    return Search(config, out_dir, **kwargs).execute()
+    return Search.launch(config, out_dir, **kwargs)
 
 
 def derive_from_checkpoint(path: str | Path, max_skip: int | None = None) -> Genotype:

@@ -137,7 +137,7 @@ class ModelSearch(BilevelSearch):
         """The run's cost table: its file in the run directory (a resumed run keeps it), else each
         candidate counted (and timed, for latency) on ``example`` and written there."""
         path = self.out / COSTS
-        if path.is_file():
+        if self.dir.started and path.is_file():  # a resumed run's; a fresh run's own, never an old run's
             costs = ChoiceCosts.from_dict(json.loads(path.read_text()))
         else:
             timer = None
@@ -270,5 +270,5 @@ def search_model(model: torch.nn.Module, train_data: Any, val_data: Any = None, 
     if unknown:
         raise ConfigError(f"unknown search option(s) {', '.join(unknown)} (see ModelSearchConfig)")
     config = dataclasses.replace(config or ModelSearchConfig(), **options)
-    return ModelSearch(model, config, out_dir, train_data=train_data, val_data=val_data, loss_fn=loss_fn,
-                       resume=resume, overwrite=overwrite, quiet=quiet, log=log).execute()
+    return ModelSearch.launch(model, config, out_dir, train_data=train_data, val_data=val_data, loss_fn=loss_fn,
+                              resume=resume, overwrite=overwrite, quiet=quiet, log=log)

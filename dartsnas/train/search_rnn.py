@@ -131,4 +131,4 @@ class RNNSearch(BilevelSearch):
 
 def search_rnn(config: RNNSearchConfig, out_dir: str | Path, **kwargs: Any) -> tuple[RecurrentGenotype, list]:
     """Run (or with ``resume=True`` continue) a recurrent search; returns the genotype and metrics."""
-    return RNNSearch(config, out_dir, **kwargs).execute()
+    return RNNSearch.launch(config, out_dir, **kwargs)
