@@ -305,14 +305,15 @@ class Architect:
     The virtual step of ``second`` and ``exact`` is the step ``w_optimizer`` takes: SGD's learning
     rate (``xi``), momentum and weight decay are read from it; ``grad_clip`` must be the max norm
     the weight step passes to ``clip_grad_norm_`` over the model's weights (None: no clipping), and
-    ``train_loss(model, *batch)`` the weight step's objective when it is not ``model.loss``.
+    ``train_loss(model, *batch)`` the weight step's objective when it is not ``model.loss``;
+    ``arch_grad_clip`` clips α's gradient norm before its Adam step.
     """
 
     def __init__(self, model: nn.Module, w_optimizer: torch.optim.Optimizer, *, order: str = "first",
                  lr: float = 3e-4, betas: tuple[float, float] = (0.5, 0.999),
                  weight_decay: float = 1e-3, fd_step: float = 0.01, fd_scheme: str = "central",
                  grad_clip: float | None = None, train_loss: TrainLoss | None = None,
-                 sync: Sync | None = None) -> None:
+                 sync: Sync | None = None, arch_grad_clip: float | None = None) -> None:
         if order not in ORDERS:
             raise ConfigError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
         if fd_scheme not in FD_SCHEMES:
@@ -329,6 +330,7 @@ class Architect:
         self.terms: list[Callable[[], torch.Tensor]] = []
         self.fd_step, self.fd_scheme = fd_step, fd_scheme
         self.grad_clip = grad_clip
+        self.arch_grad_clip = arch_grad_clip
         self.train_loss = train_loss or _model_loss
         self.sync = sync or _no_sync
         self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=lr, betas=betas,
@@ -385,6 +387,8 @@ class Architect:
             grads = [g if e is None else g + e.to(g.dtype) for g, e in zip(grads, extra)]
         for p, g in zip(params, grads):
             p.grad = g
+        if self.arch_grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, self.arch_grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grads

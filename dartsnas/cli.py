@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("derive", help="print the genotype a search checkpoint derives to")
     p.add_argument("checkpoint", type=Path, help="checkpoint.pt or a run directory")
     p.add_argument("--max-skip", type=int, default=None, help="override the run's skip_connect cap")
+    p.add_argument("--derivation", choices=("top-k", "gdas"), default=None,
+                   help="override the run's: top-k (DARTS) or gdas (the two strongest (op, input) pairs per node)")
 
     p = sub.add_parser("summary", help="parameters and multiply-adds of a final network (JSON)")
     p.add_argument("--genotype", default="DARTS_V2", help="built-in name, JSON file or run directory [DARTS_V2]")
@@ -303,7 +305,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_derive(args: argparse.Namespace) -> int:
     from .train.search import derive_from_checkpoint
-    print(derive_from_checkpoint(args.checkpoint, max_skip=args.max_skip).to_json())
+    print(derive_from_checkpoint(args.checkpoint, max_skip=args.max_skip, derivation=args.derivation).to_json())
     return 0
 
 

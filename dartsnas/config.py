@@ -281,6 +281,8 @@ class ArchStep(Config):
     arch_lr: float = option(3e-4, "Adam learning rate of α", group="optimisation", above=0)
     arch_weight_decay: float = option(1e-3, group="optimisation", min=0)
     arch_betas: tuple[float, float] = option(factory=lambda: (0.5, 0.999), cli=False)
+    arch_grad_clip: float | None = option(None, "clip α's gradient norm before its step (P-DARTS and PC-DARTS's "
+                                          "ImageNet search: 5)", group="optimisation", above=0, default_text="none")
     order: str = option("first", "architecture gradient", group="optimisation", choices=("first", "second", "exact"))
     fd_step: float = option(0.01, "finite-difference step of --order second, divided by the gradient norm",
                             group="optimisation", above=0)

@@ -169,13 +169,15 @@ def per_edge_op_names(op_names: Sequence[str] | Sequence[Sequence[str]], num_edg
 
 
 def derive_cell(weights: torch.Tensor, op_names: Sequence[str] | Sequence[Sequence[str]], *, num_inputs: int,
-                k: int, excluded: frozenset[tuple[int, int]] = frozenset()) -> list[Edge]:
+                k: int, excluded: frozenset[tuple[int, int]] = frozenset(), pairs: bool = False) -> list[Edge]:
     """Keep, for each intermediate node, the ``k`` strongest incoming edges with their best op.
 
     ``weights`` holds one row per edge (softmax(α), node-major: node i has ``num_inputs + i``
     incoming edges); ``op_names`` names its columns, for all edges or per edge. An edge's strength is
     its strongest non-``none`` op weight; ties keep the lower input index and the earlier op.
-    ``excluded`` lists (edge row, op column) never chosen.
+    ``excluded`` lists (edge row, op column) never chosen. ``pairs``: GDAS's rule
+    (``genotype()`` of search_model_gdas_nasnet.py), the ``k`` strongest non-``none`` (op, input)
+    pairs of the node, two of which may share an input; ties keep the earlier input, then op.
     """
     w = weights.detach().double().cpu()
     num_edges = w.shape[0]
@@ -193,11 +195,14 @@ def derive_cell(weights: torch.Tensor, op_names: Sequence[str] | Sequence[Sequen
             cands = [(w[row + j, o].item(), o) for o in usable[row + j] if (row + j, o) not in excluded]
             if not cands:
                 continue
+            if pairs:
+                best.extend((value, j, op) for value, op in cands)
+                continue
             value, op = max(cands, key=lambda t: (t[0], -t[1]))
             best.append((value, j, op))
         if len(best) < k:
             raise GenotypeError(f"node {node + num_inputs} has fewer than {k} usable incoming edges")
-        best.sort(key=lambda t: (-t[0], t[1]))
+        best.sort(key=lambda t: (-t[0], t[1], t[2]))
         gene.extend((names[row + j][op], j) for _, j, op in best[:k])
         row += n_in
         node += 1
@@ -206,18 +211,20 @@ def derive_cell(weights: torch.Tensor, op_names: Sequence[str] | Sequence[Sequen
 
 def derive_genotype(weights_normal: torch.Tensor, weights_reduce: torch.Tensor,
                     op_names: Sequence[str] | Sequence[Sequence[str]], *, max_skip: int | None = None,
-                    reduce_op_names: Sequence[str] | Sequence[Sequence[str]] | None = None) -> Genotype:
+                    reduce_op_names: Sequence[str] | Sequence[Sequence[str]] | None = None,
+                    pairs: bool = False) -> Genotype:
     """Derive a conv Genotype (k=2) from the softmax of α_normal and α_reduce.
 
     ``op_names`` names the columns (one op set, or one per edge as in RobustDARTS's S1);
     ``reduce_op_names`` those of the reduction cell where they differ. ``max_skip`` caps the
     skip_connects of the normal cell: while there are too many, the weakest chosen skip_connect is
-    excluded and the cell derived again (a guard against skip collapse).
+    excluded and the cell derived again (a guard against skip collapse). ``pairs``: GDAS's rule
+    (:func:`derive_cell`).
     """
     nodes = _nodes_from_edges(weights_normal.shape[0], num_inputs=2)
     concat = tuple(range(2, 2 + nodes))
     excluded: set[tuple[int, int]] = set()
-    normal = derive_cell(weights_normal, op_names, num_inputs=2, k=2)
+    normal = derive_cell(weights_normal, op_names, num_inputs=2, k=2, pairs=pairs)
     names = per_edge_op_names(op_names, weights_normal.shape[0])
     if max_skip is not None:
         while sum(op == SKIP_OP for op, _ in normal) > max_skip:
@@ -225,9 +232,9 @@ def derive_genotype(weights_normal: torch.Tensor, weights_reduce: torch.Tensor,
             weakest = min(rows, key=lambda r: (weights_normal[r, list(names[r]).index(SKIP_OP)].item(), -r))
             excluded.add((weakest, list(names[weakest]).index(SKIP_OP)))
             normal = derive_cell(weights_normal, op_names, num_inputs=2, k=2,
-                                 excluded=frozenset(excluded))
+                                 excluded=frozenset(excluded), pairs=pairs)
     reduce = derive_cell(weights_reduce, op_names if reduce_op_names is None else reduce_op_names,
-                         num_inputs=2, k=2)
+                         num_inputs=2, k=2, pairs=pairs)
     return Genotype(tuple(normal), concat, tuple(reduce), concat)
 
 

@@ -133,11 +133,12 @@ def test_imagenet_search_takes_pc_darts_recipe_and_resumes_bit_identical(image_r
              "--arch-start-epoch", "0", "--sample", "0.34", "0.34", "--workers", "1", "--quiet"]
     assert main([*flags, "--out", str(tmp_path / "a")]) == 0
     config = json.loads((tmp_path / "a" / "config.json").read_text())
-    assert (config["stem"], config["partial_channels"], config["warmup_epochs"], config["lr_min"]) == \
-        ("imagenet", 2, 5, 0.0)
+    assert (config["stem"], config["partial_channels"], config["lr_min"], config["arch_grad_clip"],
+            config["recipe"]) == ("imagenet", 2, 0.0, 5.0, "pcdarts-imagenet")
     records = read_metrics(tmp_path / "a" / "metrics.jsonl")
     assert [r["steps"] for r in records] == [3, 3]  # 3 classes x 2 images train w, in batches of 2
-    assert records[0]["lr"] == pytest.approx(0.5 / 5) and records[1]["lr"] == pytest.approx(0.5 * 2 / 5 * 0.5)
+    # batch 2: no warm-up (the script warms up only above batch 256), the cosine from 0.5 to 0
+    assert config["warmup_epochs"] == 0 and [r["lr"] for r in records] == pytest.approx([0.5, 0.25])
     assert (tmp_path / "a" / "genotype.json").is_file()
     # cut after the first epoch, resumed: the same α, weights and metrics
     assert main([*flags, "--epochs", "1", "--out", str(tmp_path / "b")]) == 0

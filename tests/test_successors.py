@@ -61,8 +61,9 @@ def test_gdas_tau_anneals_linearly_from_tau_max_to_tau_min():
 
 def test_gdas_alpha_gradient_is_the_hand_computed_straight_through_one_on_a_small_cell():
     """One node, two edges from the cell's inputs: the loss <c, edge0 + edge1>. Edge e computes only
-    op k_e; GDAS's straight-through gradient w.r.t. its weights h is <c, op_k(x)> for k_e and the sum of c
-    for the others (they enter as 0-valued scalars); then through p = softmax((log softmax(α) + g)/τ)."""
+    op k_e, as op_k(x) h_k (GDAS's DARTS-space MixedOp.forward_gdas): the gradient w.r.t. its weights h is
+    <c, op_k(x)> for k_e and 0 for the others (the NAS-Bench-201 cell's form would give them the sum of
+    c); then through p = softmax((log softmax(α) + g)/τ)."""
     torch.manual_seed(0)
     C, tau = 4, 2.5
     cell = SearchCell(1, C, C, C, reduction=False, reduction_prev=False, op_names=(DARTS_OPS,) * 2).double()
@@ -85,7 +86,7 @@ def test_gdas_alpha_gradient_is_the_hand_computed_straight_through_one_on_a_smal
         expected = torch.zeros_like(alpha)
         for e in range(2):
             k = int(index[e])
-            u = torch.full((len(DARTS_OPS),), float(c.sum()), dtype=torch.float64)  # dL/dh for the others
+            u = torch.zeros(len(DARTS_OPS), dtype=torch.float64)  # dL/dh: the others are not in the output
             u[k] = (c * cell.edges[e].ops[k](inputs[e])).sum()
             v = p[e] * (u - (u * p[e]).sum())          # through the softmax over z
             expected[e] = (v - s[e] * v.sum()) / tau   # through z = (log softmax(α) + g) / τ

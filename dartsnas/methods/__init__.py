@@ -37,6 +37,8 @@ class SearchMethod(Hook):
     name = ""
     #: Whether the weight step leaves some weights without gradients (DistributedDataParallel must look).
     unused_parameters = False
+    #: Whether a step updates w first, then α on the updated w (GDAS); DARTS's Algorithm 1 is α first.
+    weights_first = False
 
     def __init__(self, config: Any) -> None:
         self.config = config

@@ -83,6 +83,7 @@ class Gdas(SearchMethod):
     name = "gdas"
     key = "sampler"
     unused_parameters = True  # the unsampled candidates get no gradient
+    weights_first = True  # GDAS.py search_func: the w step on the base batch, then the α step
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)

@@ -94,9 +94,11 @@ def is_recomputing(module: nn.Module) -> bool:
 
 
 def sampled_sum(weights: torch.Tensor, index: int, output: torch.Tensor) -> torch.Tensor:
-    """GDAS's mixture of one computed candidate: ``weights[index] * output`` plus the other weights as
-    scalars. Their value is 0 (straight-through one-hot), so the output is the candidate's, but each
-    receives the sum of the output's gradient, as in GDAS's code; the others are never computed."""
+    """GDAS's mixture of one computed candidate in the NAS-Bench-201 cell's form
+    (``NAS201SearchCell.forward_gdas``): ``weights[index] * output`` plus the other weights as scalars.
+    Their value is 0 (straight-through one-hot), so the output is the candidate's, but each receives
+    the sum of the output's gradient; the others are never computed. (The DARTS space's cell takes
+    ``weights[index] * output`` alone, as GDAS's DARTS-space ``MixedOp.forward_gdas``.)"""
     out = weights[index].to(output.dtype) * output
     others = torch.cat([weights[:index], weights[index + 1:]])
     return out + others.sum().to(output.dtype) if others.numel() else out

@@ -39,6 +39,9 @@ class ConvSpaceOptions(Config):
     recompute: str = option("none", "activations recomputed in backward instead of kept: per cell or per edge (mixed "
                             "op); less memory for more compute, the same numbers", group="search space",
                             choices=("none", "cell", "edge"), resumable=True)
+    derivation: str = option("top-k", "top-k: per node the two strongest incoming edges, each with its best op "
+                             "(DARTS); gdas: the two strongest (op, input) pairs, maybe from one input (GDAS's "
+                             "genotype(); GDAS's recipes' default)", group="search space", choices=("top-k", "gdas"))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -48,7 +51,8 @@ class ConvSpaceOptions(Config):
         """The search network of these options, for the data's classes and channels."""
         return ConvSearchSpaceConfig(init_channels=self.init_channels, layers=self.layers, nodes=self.nodes,
                                      num_classes=num_classes, in_channels=in_channels, ops=tuple(self.ops),
-                                     recompute=self.recompute, stem=self.stem, **method_fields)
+                                     recompute=self.recompute, stem=self.stem, derivation=self.derivation,
+                                     **method_fields)
 
 
 def sample_genotype(rng: random.Random, nodes: int = 4, ops: Sequence[str] = DARTS_OPS) -> Genotype:

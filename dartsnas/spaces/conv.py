@@ -20,7 +20,7 @@ from torch import nn
 from ..genotype import Genotype, derive_genotype, num_edges
 from ..ops import FactorizedReduce, ReLUConvBN, build_op, is_preactivated, is_zero_op
 from ..nets.conv import FIXED_REDUCTION
-from .base import ArchitectureSplit, mixing_weights, recomputed, sampled_sum
+from .base import ArchitectureSplit, mixing_weights, recomputed
 from .conv_config import ConvSearchSpaceConfig
 
 
@@ -95,8 +95,9 @@ class MixedOp(nn.Module):
 
     def _mix(self, x: torch.Tensor, weights: torch.Tensor, x_relu: torch.Tensor | None,
              index: int | None = None) -> torch.Tensor:
-        if index is not None:
-            return sampled_sum(weights, index, self._op(index, x, x_relu))
+        if index is not None:  # GDAS's DARTS-space MixedOp.forward_gdas (xautodl search_cells.py): op_k(x) h_k alone
+            y = self._op(index, x, x_relu)
+            return weights[index].to(y.dtype) * y
         if not self.active:
             return self.ops[0](x)
         out = None
@@ -185,14 +186,17 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
         self.config = config
         C, nodes = config.init_channels, config.nodes
         if config.stem == "imagenet":
-            # PC-DARTS's ImageNet search: s0 at 1/4 of the input, s1 at 1/8, so the first cell reduces s0.
+            # PC-DARTS's ImageNet search (model_search_imagenet.py, Network.__init__): at 3C channels
+            # (stem_multiplier x C), 3 -> 3C/2 -> 3C to s0 at 1/4 of the input, 3C -> 3C to s1 at 1/8;
+            # the first cell reduces s0.
+            S = config.stem_multiplier * C
             self.stem0 = nn.Sequential(
-                nn.Conv2d(config.in_channels, C // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C // 2),
+                nn.Conv2d(config.in_channels, S // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(S // 2),
                 nn.ReLU(inplace=True),
-                nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C))
-            self.stem1 = nn.Sequential(nn.ReLU(inplace=False), nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False),
-                                       nn.BatchNorm2d(C))
-            C_prev_prev, C_prev, C_curr = C, C, C
+                nn.Conv2d(S // 2, S, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(S))
+            self.stem1 = nn.Sequential(nn.ReLU(inplace=False), nn.Conv2d(S, S, 3, stride=2, padding=1, bias=False),
+                                       nn.BatchNorm2d(S))
+            C_prev_prev, C_prev, C_curr = S, S, C
             reduction_prev = True
         else:
             C_curr = config.stem_multiplier * C
@@ -329,10 +333,12 @@ def ranking_weights(arch: Mapping[str, torch.Tensor], nodes: int) -> tuple[torch
 def derive_conv_genotype(config: ConvSearchSpaceConfig, arch: Mapping[str, torch.Tensor],
                          max_skip: int | None = None) -> Genotype:
     """The top-k genotype of the architecture tensors ``arch`` (a network's, or a checkpoint's) in the
-    space ``config``: per node the two strongest non-zero incoming edges; a fixed reduction cell named."""
+    space ``config``: per node the two strongest non-zero incoming edges (or, ``derivation`` gdas, the
+    two strongest (op, input) pairs); a fixed reduction cell named."""
     w_normal, w_reduce = ranking_weights(arch, config.nodes)
+    pairs = config.derivation == "gdas"
     if w_reduce is None:  # a fixed reduction cell: only the normal cell is derived
-        normal = derive_genotype(w_normal, w_normal, config.edge_ops("normal"), max_skip=max_skip)
+        normal = derive_genotype(w_normal, w_normal, config.edge_ops("normal"), max_skip=max_skip, pairs=pairs)
         return normal.with_fixed_reduction(config.reduce_cell)
     return derive_genotype(w_normal, w_reduce, config.edge_ops("normal"), max_skip=max_skip,
-                           reduce_op_names=config.edge_ops("reduce"))
+                           reduce_op_names=config.edge_ops("reduce"), pairs=pairs)

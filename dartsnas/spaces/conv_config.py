@@ -30,6 +30,7 @@ class ConvSearchSpaceConfig:
     # "reduce": ...}, node-major, as many ops on every edge), replacing ``ops`` on each edge.
     edge_op_sets: dict[str, tuple[tuple[str, ...], ...]] | None = None
     reduce_cell: str = "searched"  # gdas: GDAS's fixed reduction cell; only the normal cell is searched
+    derivation: str = "top-k"  # gdas: per node the two strongest (op, input) pairs, as GDAS's genotype()
 
     def __post_init__(self) -> None:
         self.ops = resolve_op_set(self.ops)
@@ -65,12 +66,12 @@ class ConvSearchSpaceConfig:
                               f"{self.init_channels}", names=("partial_channels", "init_channels"))
         if self.stem not in STEMS:
             raise ConfigError(f"{{stem}} must be one of {', '.join(STEMS)}, got {self.stem!r}", names=("stem",))
-        if self.stem == "imagenet" and self.init_channels < 2:
-            raise ConfigError(f"{{init_channels}} must be >= 2 with {{stem}} imagenet, got {self.init_channels}",
-                              names=("init_channels", "stem"))
         if self.recompute not in RECOMPUTE_MODES:
             raise ConfigError(f"{{recompute}} must be one of {', '.join(RECOMPUTE_MODES)}, got {self.recompute!r}",
                               names=("recompute",))
+        if self.derivation not in DERIVATIONS:
+            raise ConfigError(f"{{derivation}} must be one of {', '.join(DERIVATIONS)}, got {self.derivation!r}",
+                              names=("derivation",))
         if self.reduce_cell not in REDUCE_CELLS:
             raise ConfigError(f"{{reduce_cell}} must be one of {', '.join(REDUCE_CELLS)}, got {self.reduce_cell!r}",
                               names=("reduce_cell",))
@@ -117,6 +118,9 @@ class ConvSearchSpaceConfig:
         return STEMS[self.stem] * 4
 
 
+#: How a conv genotype is derived: DARTS's top-k (the two strongest incoming edges per node, each with
+#: its best op) or GDAS's (the two strongest (op, input) pairs of the node).
+DERIVATIONS = ("top-k", "gdas")
 #: The reduction cell of a search: searched like the normal one, or GDAS's fixed one (GDAS-FRC).
 REDUCE_CELLS = ("searched", "gdas")
 

@@ -21,9 +21,10 @@ def search_step(model: torch.nn.Module, architect: Architect, w_optimizer: torch
                 lr: float, grad_clip: float, finite: Callable[..., bool] | None = None,
                 update_alpha: bool = True, net: torch.nn.Module | None = None,
                 loss_fn: Callable[[Any, Any], torch.Tensor] = F.cross_entropy,
-                perturb: Callable[[], Any] | None = None
+                perturb: Callable[[], Any] | None = None, weights_first: bool = False
                 ) -> tuple[torch.Tensor, Any, torch.Tensor, bool]:
-    """One step of Algorithm 1: an α step on ``val_batch``, then a w step on ``train_batch``.
+    """One step of Algorithm 1: an α step on ``val_batch``, then a w step on ``train_batch`` (with
+    ``weights_first``, GDAS's order: the w step, then the α step on the updated weights).
 
     Returns the training loss, outputs (logits), (pre-clipping) weight-gradient norm and whether w
     was updated, without syncing unless ``finite`` is given: then the weights are updated only if
@@ -32,7 +33,7 @@ def search_step(model: torch.nn.Module, architect: Architect, w_optimizer: torch
     ``loss_fn(outputs, targets)`` is the weight step's loss (a user model's, in a model search);
     ``perturb()`` gives the mixing weights the weight step sees instead of softmax(α) (SDARTS-RS).
     """
-    if update_alpha:
+    if update_alpha and not weights_first:
         architect.step(train_batch, val_batch, lr)
     x, y = train_batch
     if perturb is not None:
@@ -51,6 +52,8 @@ def search_step(model: torch.nn.Module, architect: Architect, w_optimizer: torch
     ok = finite is None or finite(loss, grad_norm)
     if ok:
         w_optimizer.step()
+    if update_alpha and weights_first:
+        architect.step(train_batch, val_batch, lr)
     return loss.detach(), logits.detach(), grad_norm, ok
 
 
@@ -60,6 +63,11 @@ class BilevelSearch(Run):
 
     methods: list[SearchMethod]
     curvature: CurvatureWatch
+
+    @property
+    def weights_first(self) -> bool:
+        """Whether a selected method updates w before α in a step (GDAS)."""
+        return any(m.weights_first for m in self.methods)
 
     def select_methods(self) -> None:
         """The methods the config selects, hooked into the run's epochs."""
@@ -80,7 +88,8 @@ class BilevelSearch(Run):
         self.architect = Architect(model, self.w_optimizer, order=cfg.order, lr=cfg.arch_lr,
                                    betas=tuple(cfg.arch_betas), weight_decay=cfg.arch_weight_decay,
                                    fd_step=cfg.fd_step, fd_scheme=cfg.fd_scheme, grad_clip=cfg.grad_clip,
-                                   train_loss=train_loss, sync=self.dist.average)
+                                   train_loss=train_loss, sync=self.dist.average,
+                                   arch_grad_clip=cfg.arch_grad_clip)
         for method in self.methods:
             method.attach(self)
 

@@ -41,7 +41,7 @@ class RunCommand:
         """The config of these fields: the command's recipe for the dataset, then the fields."""
         if self.make is None:
             return self.config(**given)
-        return self.make(given.pop("dataset", "cifar10"), **given)
+        return self.make(given.pop("dataset", None), **given)
 
 
 RUNS: dict[str, RunCommand] = {c.kind: c for c in (

@@ -81,8 +81,9 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
-def recipe(dataset: str, **overrides: Any) -> TrainConfig:
-    """The config for ``dataset``: the paper's recipe for it, then ``overrides``."""
+def recipe(dataset: str | None = None, **overrides: Any) -> TrainConfig:
+    """The config for ``dataset`` (None: CIFAR-10): the paper's recipe for it, then ``overrides``."""
+    dataset = dataset or "cifar10"
     return TrainConfig(**{"dataset": dataset, **RECIPES.get(dataset, {}), **overrides})
 
 

@@ -10,6 +10,8 @@ genotype), ``checkpoint.pt`` (everything needed to resume) and, at the end, ``ge
 """
 from __future__ import annotations
 
+import dataclasses
+
 import itertools
 import json
 from dataclasses import dataclass
@@ -168,7 +170,7 @@ class Search(BilevelSearch):
                 loss, logits, grad_norm, ok = search_step(
                     model, self.architect, self.w_optimizer, (x, y), val_batch, xi, cfg.grad_clip,
                     finite=self.all_finite if check else None, update_alpha=update_alpha,
-                    net=self.net, perturb=perturb)
+                    net=self.net, perturb=perturb, weights_first=self.weights_first)
             if check:
                 self.check_arch_finite(i + 1, model.arch_parameters())
             if ok:
@@ -180,7 +182,7 @@ class Search(BilevelSearch):
 
     def epoch_start(self) -> dict[str, Any]:
         """The epoch's learning rate: cosine over the run (or a method's own schedule, P-DARTS's per
-        stage), warmed up over --warmup-epochs."""
+        stage); over the first --warmup-epochs N, lr x (e+1)/N instead."""
         cfg = self.config
         epoch, epochs, extra = self.epoch, cfg.epochs, {}
         for method in self.methods:
@@ -188,8 +190,8 @@ class Search(BilevelSearch):
             if own is not None:
                 epoch, epochs, extra = own
         lr = cosine_lr(epoch, epochs, cfg.lr, cfg.lr_min)
-        if self.epoch < cfg.warmup_epochs:
-            lr *= (self.epoch + 1) / cfg.warmup_epochs
+        if self.epoch < cfg.warmup_epochs:  # PC-DARTS's ImageNet search: flat, lr x (e+1)/N
+            lr = cfg.lr * (self.epoch + 1) / cfg.warmup_epochs
         set_lr(self.w_optimizer, lr)
         return {"lr": lr, **extra}
 
@@ -241,16 +243,20 @@ def search(config: SearchConfig, out_dir: str | Path, **kwargs: Any) -> SearchRe
     return Search.launch(config, out_dir, **kwargs)
 
 
-def derive_from_checkpoint(path: str | Path, max_skip: int | None = None) -> Genotype:
-    """The genotype α in a search checkpoint derives to (``max_skip`` overrides the run's), by the
-    space's derivation that the network uses: ranked by α·β with PC-DARTS, the last P-DARTS stage's
-    ops, kept within the budget with ``cost_derive="budget"`` (the run's cost table)."""
+def derive_from_checkpoint(path: str | Path, max_skip: int | None = None, derivation: str | None = None) -> Genotype:
+    """The genotype α in a search checkpoint derives to (``max_skip`` and ``derivation``, top-k or
+    gdas, override the run's), by the space's derivation that the network uses: ranked by α·β with
+    PC-DARTS, the last P-DARTS stage's ops, kept within the budget with ``cost_derive="budget"``
+    (the run's cost table)."""
     state = load_checkpoint(path, kind=KIND)
     config = SearchConfig.from_dict(state["config"])
     arch = {name: state["model"][name] for name in ARCH_TENSORS if name in state["model"]}
     if "alpha_normal" not in arch:
         raise CheckpointError(f"{path}: checkpoint holds no α")
     space = config.space()
+    if derivation is not None:
+        space = dataclasses.replace(space, derivation=derivation)
+        space.validate()
     if state.get("edge_ops") is not None:  # P-DARTS: the ops the last stage's edges kept
         space = stage_space(space, space.layers, state["edge_ops"])
     max_skip = config.max_skip if max_skip is None else max_skip

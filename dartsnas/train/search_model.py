@@ -171,7 +171,7 @@ class ModelSearch(BilevelSearch):
             loss, out, grad_norm, ok = search_step(model, self.architect, self.w_optimizer, (x, y), val_batch, xi,
                                                    cfg.grad_clip, finite=self.all_finite if check else None,
                                                    update_alpha=self.alpha_moves(), net=self.net,
-                                                   loss_fn=model.loss_fn)
+                                                   loss_fn=model.loss_fn, weights_first=self.weights_first)
             if check:
                 self.check_arch_finite(i + 1, model.arch_parameters())
             if ok:
