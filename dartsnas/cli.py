@@ -19,6 +19,7 @@ from . import __version__
 from .errors import ConfigError, DartsError, Interrupted
 from .flags import add_flags, given_fields, load_config_file
 from .genotype import CONV_GENOTYPES, load_genotype
+from .protocol import SamplingConfig
 from .spaces import SEARCH_SPACES, space_of_genotype
 
 
@@ -98,11 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     for space in SEARCH_SPACES.values():
         q = kinds.add_parser(space.name, help=f"{space.name} cells; every training flag of 'train {space.name}' sets "
                              "the budget")
-        g = q.add_argument_group("sampling")
-        g.add_argument("--samples", type=int, required=True, help="number of genotypes K")
-        g.add_argument("--nodes", type=int, default=None, help=f"intermediate nodes [{space.default_nodes}]")
-        g.add_argument("--ops", nargs="+", default=None, metavar="OP", help="op set, or a named one (darts, s1-s4) [the DARTS ops]")
-        g.add_argument("--no-train", action="store_true", help="only write the sampled genotypes")
+        sampling = add_flags(q, SamplingConfig)["sampling"]
+        sampling.add_argument("--no-train", action="store_true", help="only write the sampled genotypes")
         _config_flags(q, runs[space.train_kind].config, ("genotype",))
         _devices_flag(q)
 
@@ -251,12 +249,14 @@ def _cmd_select(args: argparse.Namespace) -> int:
 def _cmd_random_search(args: argparse.Namespace) -> int:
     from .protocol import random_search
     _not_under_torchrun("random-search")
+    sampling = SamplingConfig(**given_fields(SamplingConfig, args))
+    sampling.validate()
     config = None if args.no_train else _selection_config(args)
-    ops = args.ops
+    ops = sampling.ops
     if ops is not None:
         ops = SEARCH_SPACES.get(args.space).resolve_ops(ops)  # a named op set: --ops s2 (or S2)
-    result = random_search(args.space, args.samples, getattr(args, "seed", 0), args.out, config, nodes=args.nodes,
-                           ops=ops, devices=args.devices, resume=args.resume, overwrite=args.overwrite,
+    result = random_search(args.space, sampling.samples, getattr(args, "seed", 0), args.out, config,
+                           nodes=sampling.nodes, ops=ops, devices=args.devices, resume=args.resume, overwrite=args.overwrite,
                            log=(lambda m: None) if args.quiet else print)
     if config is None:
         for path in result:

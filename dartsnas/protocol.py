@@ -13,6 +13,7 @@ import random
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from .config import Config, option
 from .errors import ConfigError, DartsError
 from .genotype import load_genotype
 from .methods import method_name
@@ -167,6 +168,23 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists():
         path.unlink()
+
+
+@dataclasses.dataclass
+class SamplingConfig(Config):
+    """random-search's sampling: how many genotypes, with how many nodes, from which ops (None: the
+    search space's own, 4 nodes and the DARTS ops for cnn, 8 and the recurrent ops for rnn)."""
+
+    samples: int | None = option(None, "number of genotypes K (required)", group="sampling", min=1,
+                                 default_text="")
+    nodes: int | None = option(None, "intermediate nodes", group="sampling", min=1, default_text="the space's")
+    ops: tuple[str, ...] | None = option(None, "op set, or a named one (darts, s1-s4)", group="sampling",
+                                         metavar="OP", default_text="the space's")
+
+    def check(self) -> None:
+        super().check()
+        if self.samples is None:
+            raise ConfigError("{samples} is required: the number of genotypes K", names=("samples",))
 
 
 def random_search(space: str, samples: int, seed: int, out: str | Path, config: Any | None = None, *,

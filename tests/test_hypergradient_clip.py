@@ -140,7 +140,7 @@ def reference_hypergradient(model, opt, train, val, xi, max_norm, train_loss, cl
             return F.cross_entropy(out, batch[1]) if len(batch) == 2 else F.nll_loss(out[0], batch[1])
         if train_loss is None:
             return F.cross_entropy(functional_call(model, full, (batch[0],)), batch[1])
-        log_prob, _, raw = functional_call(model, full, (batch[0], batch[2]))
+        log_prob, _, raw, _ = functional_call(model, full, (batch[0], batch[2]))
         return F.nll_loss(log_prob, batch[1]) + TAR * (raw[1:] - raw[:-1]).pow(2).mean()
 
     def upper(alpha):

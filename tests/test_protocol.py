@@ -70,6 +70,24 @@ def test_random_search_no_train_writes_reproducible_samples(tmp_path, capsys):
     assert "already holds samples" in capsys.readouterr().err
 
 
+def test_random_search_sampling_options_are_config_fields_with_bounds(tmp_path, capsys):
+    from dartsnas.protocol import SamplingConfig
+    out = tmp_path / "s"
+    assert main(["random-search", "cnn", "--samples", "2", "--nodes", "2", "--ops", "S2", "--no-train",
+                 "--out", str(out)]) == 0
+    for f in sorted((out / "samples").iterdir()):
+        g = load_genotype(str(f))
+        assert len(g.normal) == 4 and {op for op, _ in g.normal + g.reduce} <= {"skip_connect", "sep_conv_3x3"}
+    capsys.readouterr()
+    for flags, message in ((["--samples", "0"], "--samples must be >= 1, got 0"),
+                           (["--samples", "2", "--nodes", "0"], "--nodes must be >= 1, got 0"),
+                           ([], "--samples is required")):
+        assert main(["random-search", "cnn", *flags, "--no-train", "--out", str(tmp_path / "x")]) == 1
+        assert capsys.readouterr().err.strip() == f"dartsnas: error: {message}" + (
+            ": the number of genotypes K" if not flags else "")
+    assert SamplingConfig(samples=3).nodes is None  # the space's own
+
+
 def test_leaderboard_ranks_by_validation_and_puts_failures_last():
     results = {"a": {"name": "a", "status": "done", "metric": "val_top1", "score": 0.5},
                "b": {"name": "b", "status": "failed", "error": "boom"},

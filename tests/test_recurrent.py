@@ -84,8 +84,8 @@ def test_derived_cell_step_against_a_hand_written_highway_recurrence():
 def test_search_model_shapes_and_k1_derivation():
     model = RecurrentSearchModel(RecurrentSearchSpaceConfig(vocab_size=40, emsize=8, nhid=8))
     assert model.alpha.shape == (36, 5)
-    logp, last, raw = model(torch.randint(0, 40, (7, 3)), model.init_hidden(3))
-    assert logp.shape == (21, 40) and last.shape == (3, 8) and raw.shape == (7, 3, 8)
+    logp, last, raw, dropped = model(torch.randint(0, 40, (7, 3)), model.init_hidden(3))
+    assert logp.shape == (21, 40) and last.shape == (3, 8) and raw.shape == dropped.shape == (7, 3, 8)
     w = torch.full((36, 5), 0.1)
     w[0, RNN_DARTS_OPS.index("sigmoid")] = 0.5                   # node 1 <- state 0
     w[1 + 1, RNN_DARTS_OPS.index("relu")] = 0.6                   # node 2 <- state 1
@@ -179,3 +179,23 @@ def test_compiled_time_step_gives_the_eager_search_step():
         results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert hasattr(model.cell, "_compiled_step")
     torch.testing.assert_close(results[1], results[0], rtol=1e-9, atol=1e-10)
+
+
+def test_activation_regularisation_adds_alpha_times_the_mean_square_of_the_dropped_outputs():
+    """DARTS's rnn/train.py (AWD-LSTM): loss = NLL + α·mean(dropped_rnn_h²) of the last layer, the
+    cell's outputs after the output dropout, beside TAR's β·mean((h_t - h_{t-1})²) on them before it."""
+    from dartsnas.train.lm import lm_weight_loss
+    from dartsnas.train.final_rnn import RNNTrainConfig
+    model = build_rnn_model(load_genotype("DARTS_V2", "rnn"), RNNConfig(vocab_size=30, emsize=8, nhid=8)).train()
+    x, y = torch.randint(0, 30, (6, 4)), torch.randint(0, 30, (24,))
+    h = model.init_hidden(4)
+
+    def loss(tar, ar):
+        torch.manual_seed(5)  # the same dropout masks in each call
+        return lm_weight_loss(model, x, y, h, tar=tar, ar=ar)[0]
+    torch.manual_seed(5)
+    _, _, raw, dropped = model(x, h)
+    assert not torch.equal(raw, dropped)  # the output dropout acted
+    torch.testing.assert_close(loss(0.0, 2.0) - loss(0.0, 0.0), 2.0 * dropped.pow(2).mean())
+    torch.testing.assert_close(loss(1.0, 2.0) - loss(0.0, 2.0), (raw[1:] - raw[:-1]).pow(2).mean())
+    assert RNNTrainConfig(data_dir="x", ar=2.0).ar == 2.0

@@ -69,7 +69,8 @@ class CorpusData(Config):
     max_seq_len_delta: int = option(20, "jitter of the random window length (AWD-LSTM)", group="corpus", min=0)
     eval_batch_size: int = option(10, group="corpus", min=1)
     tar: float = option(1e-3, "temporal activation regularisation β", group="corpus", min=0)
-    ar: float = option(0.0, cli=False)  # AWD-LSTM's activation regularisation: not applied (no dropped output)
+    ar: float = option(0.0, "activation regularisation α: α·mean(h²) of the cell's outputs after the output "
+                       "dropout (AWD-LSTM; DARTS's rnn/train.py --alpha, default 0)", group="corpus", min=0)
     dropout: float = option(0.75, group="corpus", min=0, below=1)
     dropout_h: float = option(0.25, group="corpus", min=0, below=1)
     dropout_x: float = option(0.75, group="corpus", min=0, below=1)

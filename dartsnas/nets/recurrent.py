@@ -147,19 +147,22 @@ class RNNLanguageModel(nn.Module):
     def init_hidden(self, batch_size: int) -> torch.Tensor:
         return self.encoder.weight.new_zeros(batch_size, self.config.nhid)
 
-    def forward(self, inputs: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, inputs: torch.Tensor,
+                hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log-probabilities, the state after the window, the cell's outputs ``raw`` (T, B, H), and
+        those outputs after the output dropout, which activation regularisation penalises)."""
         cfg = self.config
         emb = embedded_dropout(self.encoder, inputs, cfg.dropout_e if self.training else 0.0)
         emb = locked_dropout(emb, cfg.dropout_i, self.training)
         raw = self.cell(emb, hidden)
         out = locked_dropout(raw, cfg.dropout, self.training)
         log_prob = F.log_softmax(self.decoder(out.view(-1, cfg.nhid)), dim=-1)
-        return log_prob, raw[-1], raw
+        return log_prob, raw[-1], raw, out
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor,
              hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean next-token NLL and the state after the window (carried to the next window)."""
-        log_prob, last, _ = self(inputs, hidden)
+        log_prob, last, _, _ = self(inputs, hidden)
         return F.nll_loss(log_prob, targets), last
 
 

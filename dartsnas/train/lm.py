@@ -39,7 +39,7 @@ def evaluate_lm(model: torch.nn.Module, data: torch.Tensor, bptt: int, dist: Dis
         hidden = model.init_hidden(data.shape[0])
         for start in range(0, data.shape[1] - 1, bptt):
             x, y = get_window(data, start, bptt)
-            log_prob, hidden, _ = model(x, hidden)
+            log_prob, hidden, _, _ = model(x, hidden)
             sums[0] += F.nll_loss(log_prob, y, reduction="sum").double()
             sums[1] += y.numel()
     model.train(was_training)
@@ -49,7 +49,8 @@ def evaluate_lm(model: torch.nn.Module, data: torch.Tensor, bptt: int, dist: Dis
 
 
 def tar_ar_penalty(raw: torch.Tensor, dropped: torch.Tensor | None, tar: float, ar: float) -> torch.Tensor:
-    """β·mean((h_t - h_{t-1})²) + α·mean(dropped h²) (Merity et al., 2017)."""
+    """β·mean((h_t - h_{t-1})²) + α·mean(dropped h²) (Merity et al., 2017; DARTS's rnn/train.py):
+    TAR on the cell's outputs, AR on them after the output dropout."""
     penalty = tar * (raw[1:] - raw[:-1]).pow(2).mean() if tar else raw.new_zeros(())
     if ar and dropped is not None:
         penalty = penalty + ar * dropped.pow(2).mean()
@@ -63,9 +64,9 @@ def lm_weight_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.
     One function for the weight step and the architect's virtual step, so that the second-order
     hypergradient differentiates the objective the weights really follow.
     """
-    log_prob, new_hidden, raw = model(inputs, hidden)
+    log_prob, new_hidden, raw, dropped = model(inputs, hidden)
     nll = F.nll_loss(log_prob, targets)
-    return nll + tar_ar_penalty(raw, None, tar, ar), nll, new_hidden
+    return nll + tar_ar_penalty(raw, dropped, tar, ar), nll, new_hidden
 
 
 class LMEpoch:
