@@ -128,7 +128,7 @@ def test_imagenet_search_takes_pc_darts_recipe_and_resumes_bit_identical(image_r
     pc = search_recipe("imagenet")
     assert (pc.stem, pc.partial_channels, pc.batch_size, pc.lr, pc.arch_lr, pc.arch_start_epoch, pc.warmup_epochs,
             tuple(pc.sample)) == ("imagenet", 2, 1024, 0.5, 6e-3, 35, 5, (0.1, 0.025))
-    flags = ["search", "cnn", "--dataset", "imagenet", "--data-dir", str(image_root), "--image-size", "48",
+    flags = ["search", "cnn", "--dataset", "imagenet", "--data-dir", str(image_root), "--image-size", "32",
              "--init-channels", "4", "--layers", "3", "--nodes", "2", "--batch-size", "2", "--epochs", "2",
              "--arch-start-epoch", "0", "--sample", "0.34", "0.34", "--workers", "1", "--quiet"]
     assert main([*flags, "--out", str(tmp_path / "a")]) == 0
