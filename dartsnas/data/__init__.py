@@ -17,7 +17,9 @@ from ..registry import Registry
 from .bundled import load_digits
 from .cifar import load_cifar10
 from .images import BatchLoader, DatasetBatches, ImageDataset
-from .own import OwnDataOptions, from_torch_dataset, load_own_data
+from .build import OwnDataOptions
+from .own import load_own_data
+from .torchdata import from_torch_dataset
 from .splits import random_split, search_split, split_by_dataset, split_portion, stratified_split
 from .table import DATASET_TABLE, OWN_DATASETS, PAPER_SPLIT, PYTHON_DATASET, dataset_entry, datasets_for
 

@@ -9,14 +9,13 @@ import torch
 
 from ..errors import ConfigError, DataError
 from .augment import cutout, normalize, random_crop, random_flip
-from .splits import split_portion  # noqa: F401 (its home before the data package was split)
 from .streaming import stream_batches
 
 
 @dataclass
 class ImageDataset:
     """A whole image split: images [N, C, H, W] (a uint8 tensor, a float one in [0, 1], or
-    :class:`~dartsnas.data.own.StreamedImages` decoded on demand) and int64 labels [N].
+    :class:`~dartsnas.data.streaming.StreamedImages` decoded on demand) and int64 labels [N].
 
     ``classes`` names the labels; ``resize`` is the size images were resized and centre-cropped to
     when they were read (None: used as they are). Both travel with a trained model, so that exported

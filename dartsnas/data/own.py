@@ -19,13 +19,9 @@ from pathlib import Path
 
 from ..errors import DataError
 from .arrays import load_arrays
-from .build import DEFAULT_MEMORY_GB, STATS_SAMPLE, OwnDataOptions, channel_stats, check_classes, finish_dataset  # noqa: F401
-from .classfolders import IMAGE_EXTENSIONS, SPLIT_DIRS, class_folders, load_folder  # noqa: F401
-from .decoding import GREY_MODES, Decoding, as_image, colour_by_content, decode_all, resize_and_centre_crop  # noqa: F401
+from .build import OwnDataOptions
+from .classfolders import load_folder
 from .images import ImageDataset
-from .splits import stratified_split  # noqa: F401
-from .streaming import StreamedImages, stream_batches  # noqa: F401
-from .torchdata import from_torch_dataset  # noqa: F401
 
 
 def load_own_data(name: str, path: str | os.PathLike, options: OwnDataOptions, *, train: bool = True,
@@ -42,7 +38,3 @@ def load_own_data(name: str, path: str | os.PathLike, options: OwnDataOptions, *
     if name == "arrays":
         return load_arrays(Path(path), options, train=train, test=test)
     raise DataError(f"unknown dataset kind {name!r}")
-
-
-__all__ = ["IMAGE_EXTENSIONS", "OwnDataOptions", "StreamedImages", "channel_stats", "from_torch_dataset",
-           "load_own_data", "resize_and_centre_crop", "stratified_split"]
