@@ -174,7 +174,7 @@ def read_image(path: str | os.PathLike, meta: dict[str, Any]) -> torch.Tensor:
     (or to the model's input size), scaled to [0, 1]; [C, H, W] float32."""
     from PIL import Image, UnidentifiedImageError
 
-    from .data.own import resize_and_centre_crop
+    from .data.decoding import resize_and_centre_crop
     H, W = meta["image_size"]
     try:
         with Image.open(path) as img:

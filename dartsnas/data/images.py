@@ -112,7 +112,7 @@ class BatchOrder:
         else:
             self._order = self.indices
         self._pos = 0
-        self._stream = None
+        self._close_stream()
 
     def _exhausted(self) -> bool:
         limit = min(len(self) * self.global_batch, len(self.indices))
@@ -146,13 +146,22 @@ class BatchOrder:
         """This rank's images of the global batch at ``pos``, decoded by ``workers`` processes that
         run ahead through the rest of the pass (``images.batch(rows)``, see ``stream_batches``); they
         are (re)started wherever the batch taken is not the one they were going to give."""
+        limit = min(len(self) * self.global_batch, len(self.indices))
         if self._stream is None or self._stream_pos != pos:
-            limit = min(len(self) * self.global_batch, len(self.indices))
+            self._close_stream()
             batches = [self._rows(self._order[p:p + self.global_batch]).tolist()
                        for p in range(pos, limit, self.global_batch)]
             self._stream = stream_batches(images, batches, workers)
         self._stream_pos = pos + self.global_batch
-        return next(self._stream)
+        batch = next(self._stream)
+        if self._stream_pos >= limit:  # the pass's last batch: its workers end now, not at garbage collection
+            self._close_stream()
+        return batch
+
+    def _close_stream(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(),
@@ -163,7 +172,7 @@ class BatchOrder:
         self.generator.set_state(state["generator"])
         self._order = state["order"]
         self._pos = int(state["pos"])
-        self._stream = None
+        self._close_stream()
 
 
 class BatchLoader(BatchOrder):
