@@ -58,6 +58,7 @@ def test_gradients_and_the_step_equal_the_plain_run_bit_for_bit(mode, order):
         assert torch.equal(state_plain[key], state_lean[key]), key
 
 
+@pytest.mark.slow  # 40 s of the 2-core budget; the slow set (CI's second command) runs it
 @pytest.mark.parametrize("kw", [dict(partial_channels=2), dict(regularizer="darts-minus"),
                                 dict(regularizer="sdarts-rs")], ids=["pc-darts", "darts-minus", "sdarts-rs"])
 def test_recomputation_with_partial_channels_and_the_regularisers(kw):
