@@ -148,8 +148,8 @@ class Run:
         return saved
 
     def begin(self, saved: dict[str, Any] | None, data_info: dict[str, Any] | None = None) -> None:
-        """After the run is built: restore the checkpoint (or start the directory afresh), write the
-        resolved config (and the data's description), open TensorBoard."""
+        """After the run is built: restore the checkpoint, write the resolved config (and the data's
+        description; a fresh run's wait for its first record), open TensorBoard."""
         if saved is not None:
             try:
                 self.load_state_dict(saved)
@@ -163,8 +163,6 @@ class Run:
                                       f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
             self.dir.keep_epochs(self.epoch)
             self.log(f"resumed from {self.dir.checkpoint} after epoch {self.epoch}")
-        else:
-            self.dir.start()
         self.dir.write_json(CONFIG, {"kind": self.kind, **self.config.to_dict()})
         if data_info is not None:
             self.dir.write_data_info(data_info)

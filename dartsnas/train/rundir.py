@@ -158,10 +158,6 @@ class RunDir:
             except OSError:
                 pass  # not empty: something else is there
 
-    def start(self) -> None:
-        """A fresh run: its files wait until its first record (:meth:`write_started`)."""
-        self.started = False
-
     def write_started(self) -> None:
         """Rank 0 clears the directory (an overwritten run's files), marks it and writes what waited."""
         if self.started:

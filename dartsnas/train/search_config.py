@@ -21,6 +21,40 @@ from ..spaces.conv_config import REDUCE_CELLS, ConvSearchSpaceConfig
 REGULARIZERS = regularizers()
 
 
+#: The published search scripts' settings by name (docs/successors.md gives each value beside the
+#: authors' file and line). A recipe sets defaults: a flag or a config file's key overrides any of them.
+_DARTS = dict(epochs=50, batch_size=64, lr=0.025, lr_min=0.001, momentum=0.9, weight_decay=3e-4, grad_clip=5.0,
+              arch_lr=3e-4, arch_weight_decay=1e-3, init_channels=16, layers=8, train_portion=0.5)
+_GDAS = dict(sampler="gdas", derivation="gdas", epochs=250, batch_size=256, lr=0.025, lr_min=0.001, momentum=0.9,
+             weight_decay=5e-4, grad_clip=5.0, arch_lr=3e-4, arch_weight_decay=1e-3, tau_max=10.0, tau_min=0.1,
+             init_channels=16, layers=6, train_portion=0.5)
+SEARCH_RECIPES: dict[str, dict[str, Any]] = {
+    # DARTS's cnn/train_search.py: with --unrolled (the paper's second order), and without
+    "darts": {**_DARTS, "order": "second"},
+    "darts-v1": {**_DARTS, "order": "first"},
+    # P-DARTS's train_search.py: 3 stages of 25 epochs (5, 11, 17 cells; 8, 5, 3 ops), batch 96, α's
+    # learning rate 6e-4 and gradient norm clipped at 5, a cosine schedule to 0
+    "pdarts": dict(progressive=True, stage_layers=(5, 11, 17), stage_ops=(8, 5, 3), stage_dropout=(0.1, 0.4, 0.7),
+                   stage_epochs=25, stage_warmup=10, max_skip=2, batch_size=96, lr=0.025, lr_min=0.0, momentum=0.9,
+                   weight_decay=3e-4, grad_clip=5.0, arch_lr=6e-4, arch_weight_decay=1e-3, arch_grad_clip=5.0,
+                   init_channels=16, train_portion=0.5, order="first"),
+    # PC-DARTS's train_search.py (CIFAR-10): K=4, batch 256, lr 0.1 to 0, α from epoch 15 at 6e-4
+    "pcdarts": dict(partial_channels=4, epochs=50, batch_size=256, lr=0.1, lr_min=0.0, momentum=0.9,
+                    weight_decay=3e-4, grad_clip=5.0, arch_lr=6e-4, arch_weight_decay=1e-3, arch_start_epoch=15,
+                    init_channels=16, layers=8, train_portion=0.5, order="first"),
+    # PC-DARTS's train_search_imagenet.py: 10% / 2.5% of each class for w / α, K=2, the three-conv stem,
+    # batch 1024 with lr 0.5 warmed up over 5 epochs (only above batch 256), α frozen for the first 35
+    # of 50 epochs, α's learning rate 6e-3 and gradient norm clipped at 5
+    "pcdarts-imagenet": dict(dataset="imagenet", stem="imagenet", partial_channels=2, epochs=50, batch_size=1024,
+                             lr=0.5, lr_min=0.0, momentum=0.9, weight_decay=3e-4, grad_clip=5.0, warmup_epochs=5,
+                             arch_lr=6e-3, arch_weight_decay=1e-3, arch_start_epoch=35, arch_grad_clip=5.0,
+                             init_channels=16, layers=8, image_size=224, workers=4, order="first"),
+    # GDAS (AutoDL-Projects: configs/search-opts/GDAS-NASNet-CIFAR.config, search-archs/GDAS-NASNet-CIFAR.config,
+    # exps/NAS-Bench-201-algos/GDAS.py): 250 epochs, batch 256, weight decay 5e-4, τ 10 to 0.1, N=2 (6 cells)
+    "gdas": _GDAS,
+    "gdas-frc": {**_GDAS, "reduce_cell": "gdas"},
+}
+
 @configclass()
 class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, GdasOptions, ArchStep, Momentum, Epochs, ImageData,
                    CostBudget, PartialChannelOptions, SmoothingOptions, ProgressiveOptions, ConvSpaceOptions):
@@ -50,8 +84,7 @@ class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, GdasOption
     recipe: str = option("none", "a published search script's settings, any flag overriding them: darts (second "
                          "order), darts-v1, pdarts, pcdarts, pcdarts-imagenet, gdas, gdas-frc (docs/successors.md); "
                          "none: dartsnas's defaults. --progressive, --sampler gdas and --dataset imagenet imply "
-                         "theirs", choices=("none", "darts", "darts-v1", "pdarts", "pcdarts", "pcdarts-imagenet",
-                                            "gdas", "gdas-frc"))
+                         "theirs", choices=("none", *SEARCH_RECIPES))
     sample: tuple[float, float] = option(
         help="imagenet: the parts of every class of the training images sampled to train w and α (PC-DARTS: 0.1 and "
              "0.025)", factory=lambda: (0.1, 0.025), group="data", metavar="P")
@@ -86,39 +119,6 @@ class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, GdasOption
         self.space().validate()  # before any data is read
 
 
-#: The published search scripts' settings by name (docs/successors.md gives each value beside the
-#: authors' file and line). A recipe sets defaults: a flag or a config file's key overrides any of them.
-_DARTS = dict(epochs=50, batch_size=64, lr=0.025, lr_min=0.001, momentum=0.9, weight_decay=3e-4, grad_clip=5.0,
-              arch_lr=3e-4, arch_weight_decay=1e-3, init_channels=16, layers=8, train_portion=0.5)
-_GDAS = dict(sampler="gdas", derivation="gdas", epochs=250, batch_size=256, lr=0.025, lr_min=0.001, momentum=0.9, weight_decay=5e-4,
-             grad_clip=5.0, arch_lr=3e-4, arch_weight_decay=1e-3, tau_max=10.0, tau_min=0.1, init_channels=16,
-             layers=6, train_portion=0.5)
-SEARCH_RECIPES: dict[str, dict[str, Any]] = {
-    # DARTS's cnn/train_search.py: with --unrolled (the paper's second order), and without
-    "darts": {**_DARTS, "order": "second"},
-    "darts-v1": {**_DARTS, "order": "first"},
-    # P-DARTS's train_search.py: 3 stages of 25 epochs (5, 11, 17 cells; 8, 5, 3 ops), batch 96, α's
-    # learning rate 6e-4 and gradient norm clipped at 5, a cosine schedule to 0
-    "pdarts": dict(progressive=True, stage_layers=(5, 11, 17), stage_ops=(8, 5, 3), stage_dropout=(0.1, 0.4, 0.7),
-                   stage_epochs=25, stage_warmup=10, max_skip=2, batch_size=96, lr=0.025, lr_min=0.0, momentum=0.9,
-                   weight_decay=3e-4, grad_clip=5.0, arch_lr=6e-4, arch_weight_decay=1e-3, arch_grad_clip=5.0,
-                   init_channels=16, train_portion=0.5, order="first"),
-    # PC-DARTS's train_search.py (CIFAR-10): K=4, batch 256, lr 0.1 to 0, α from epoch 15 at 6e-4
-    "pcdarts": dict(partial_channels=4, epochs=50, batch_size=256, lr=0.1, lr_min=0.0, momentum=0.9,
-                    weight_decay=3e-4, grad_clip=5.0, arch_lr=6e-4, arch_weight_decay=1e-3, arch_start_epoch=15,
-                    init_channels=16, layers=8, train_portion=0.5, order="first"),
-    # PC-DARTS's train_search_imagenet.py: 10% / 2.5% of each class for w / α, K=2, the three-conv stem,
-    # batch 1024 with lr 0.5 warmed up over 5 epochs (only above batch 256), α frozen for the first 35
-    # of 50 epochs, α's learning rate 6e-3 and gradient norm clipped at 5
-    "pcdarts-imagenet": dict(dataset="imagenet", stem="imagenet", partial_channels=2, epochs=50, batch_size=1024,
-                             lr=0.5, lr_min=0.0, momentum=0.9, weight_decay=3e-4, grad_clip=5.0, warmup_epochs=5,
-                             arch_lr=6e-3, arch_weight_decay=1e-3, arch_start_epoch=35, arch_grad_clip=5.0,
-                             init_channels=16, layers=8, image_size=224, workers=4, order="first"),
-    # GDAS (AutoDL-Projects: configs/search-opts/GDAS-NASNet-CIFAR.config, search-archs/GDAS-NASNet-CIFAR.config,
-    # exps/NAS-Bench-201-algos/GDAS.py): 250 epochs, batch 256, weight decay 5e-4, τ 10 to 0.1, N=2 (6 cells)
-    "gdas": _GDAS,
-    "gdas-frc": {**_GDAS, "reduce_cell": "gdas"},
-}
 #: What a run's config implies when no --recipe is given: its dataset's or its method's recipe.
 DATASET_RECIPES = {"imagenet": "pcdarts-imagenet"}
 
