@@ -231,7 +231,8 @@ def compare_tensors(a: Path, b: Path, key: str | None) -> str | None:
 
 #: Config fields added after the base commit, with the value that keeps the base's behaviour: a run's
 #: config.json that holds one at that value (and the base's does not) is the same run.
-ADDED_FIELDS = {"recipe": "none", "derivation": "top-k", "arch_grad_clip": None}
+ADDED_FIELDS = {"recipe": "none", "derivation": "top-k", "arch_grad_clip": None, "search_network": "darts",
+                "nesterov": False}
 
 
 def without_added_fields(a, b):

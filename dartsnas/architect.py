@@ -9,7 +9,8 @@ three ways (``order``):
 ``second``
     the paper's approximation (equations 6-8), with the virtual step w' the weight step that
     really happens: w' = w − ξ(c·g + λw + μ·buf), g = ∇w L_train(w, α), ξ the current weight
-    learning rate, λ, μ, buf the weight optimizer's weight decay, momentum and momentum buffer,
+    learning rate, λ, μ, buf the weight optimizer's weight decay, momentum and momentum buffer
+    (Nesterov's w' = w − ξ((1 + μ)(c·g + λw) + μ²·buf) scales the implicit term by 1 + μ),
     c = min(1, max_norm / (‖g‖ + 1e-6)) the factor of ``clip_grad_norm_`` (1 without clipping),
     taken as a constant of the step:
     ∇α L_val(w', α) − ξ·c·(∇α L_train(w⁺, α) − ∇α L_train(w⁻, α)) / (2ε),
@@ -171,9 +172,10 @@ def first_order_alpha_grad(model: SearchModel, val_batch: Batch) -> tuple[list[t
 def virtual_step(weights: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], xi: float,
                  momentum: Sequence[float], weight_decay: Sequence[float],
                  buffers: Sequence[torch.Tensor | None],
-                 clip: torch.Tensor | None = None) -> list[torch.Tensor]:
+                 clip: torch.Tensor | None = None, nesterov: Sequence[bool] = ()) -> list[torch.Tensor]:
     """The weight step ``clip_grad_norm_`` then ``torch.optim.SGD.step()`` (no dampening) would take:
-    w − ξ(μ·buf + c·g + λ·w) per tensor, in SGD's order of operations; ``clip`` is c
+    w − ξ·b with b = μ·buf + d and d = c·g + λ·w per tensor (b = d at the first step, no buffer yet),
+    or w − ξ(d + μ·b) where ``nesterov`` (per tensor), in SGD's order of operations; ``clip`` is c
     (:func:`clip_factor`; None for 1).
 
     Tensors sharing (λ, μ) are stepped together by foreach kernels (hundreds of small tensors per
@@ -181,18 +183,20 @@ def virtual_step(weights: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
     """
     if clip is not None:  # (the foreach product with a tensor has no working backward for the tensor)
         grads = [g * clip for g in grads] if clip.requires_grad else torch._foreach_mul(list(grads), clip)
-    groups: dict[tuple[float, float], list[int]] = {}
-    for i, (mu, wd, buf) in enumerate(zip(momentum, weight_decay, buffers)):
-        groups.setdefault((float(wd), float(mu) if buf is not None else 0.0), []).append(i)
+    nesterov = list(nesterov) or [False] * len(weights)
+    groups: dict[tuple[float, float, bool, bool], list[int]] = {}
+    for i, (mu, wd, buf, nest) in enumerate(zip(momentum, weight_decay, buffers, nesterov)):
+        groups.setdefault((float(wd), float(mu), buf is not None, bool(nest) and bool(mu)), []).append(i)
     out: list[torch.Tensor] = [torch.empty(0)] * len(weights)
-    for (wd, mu), idx in groups.items():
+    for (wd, mu, has_buffer, nest), idx in groups.items():
         w = [weights[i] for i in idx]
         d = [grads[i] for i in idx]
         if wd:
             d = torch._foreach_add(d, w, alpha=wd)
-        if mu:  # SGD's buffer update μ·buf + d
-            d = torch._foreach_add(torch._foreach_mul([buffers[i] for i in idx], mu), d)
-        for i, t in zip(idx, torch._foreach_add(w, d, alpha=-xi)):
+        b = torch._foreach_add(torch._foreach_mul([buffers[i] for i in idx], mu), d) if mu and has_buffer else d
+        if nest:
+            d = torch._foreach_add(d, b, alpha=mu)
+        for i, t in zip(idx, torch._foreach_add(w, d if nest else b, alpha=-xi)):
             out[i] = t
     return out
 
@@ -203,7 +207,7 @@ FD_SCHEMES = ("central", "forward")
 def unrolled_weights(model: SearchModel, train_batch: Batch, *, xi: float, momentum: Sequence[float],
                      weight_decay: Sequence[float], buffers: Sequence[torch.Tensor | None],
                      grad_clip: float | None = None, train_loss: TrainLoss = _model_loss,
-                     sync: Sync = _no_sync, alpha_grad: bool = False
+                     sync: Sync = _no_sync, alpha_grad: bool = False, nesterov: Sequence[bool] = ()
                      ) -> tuple[list[torch.Tensor], torch.Tensor | None, list[torch.Tensor] | None]:
     """w' of the virtual step: the weights after the step the weight optimizer would take on
     ``train_batch`` (gradient averaged over ranks, clipped, then SGD). Returns w' (detached), the
@@ -217,7 +221,8 @@ def unrolled_weights(model: SearchModel, train_batch: Batch, *, xi: float, momen
     grads, g_alpha = sync(out[:len(weights)]), (list(out[len(weights):]) if alpha_grad else None)
     with torch.no_grad():
         clip = clip_factor(grads, grad_clip)
-        return virtual_step([w.detach() for w in weights], grads, xi, momentum, weight_decay, buffers, clip), clip, g_alpha
+        return (virtual_step([w.detach() for w in weights], grads, xi, momentum, weight_decay, buffers, clip, nesterov),
+                clip, g_alpha)
 
 
 def second_order_alpha_grad(model: SearchModel, train_batch: Batch, val_batch: Batch, *, xi: float,
@@ -225,7 +230,7 @@ def second_order_alpha_grad(model: SearchModel, train_batch: Batch, val_batch: B
                             buffers: Sequence[torch.Tensor | None],
                             fd_step: float = 0.01, scheme: str = "central",
                             grad_clip: float | None = None, train_loss: TrainLoss = _model_loss,
-                            sync: Sync = _no_sync) -> tuple[list[torch.Tensor], Any]:
+                            sync: Sync = _no_sync, nesterov: Sequence[bool] = ()) -> tuple[list[torch.Tensor], Any]:
     """The paper's second-order approximation (equation 8), through the weight step that happens.
 
     ``scheme="central"`` is the paper's central difference (∇α L_train(w⁺) − ∇α L_train(w⁻)) / 2ε:
@@ -244,13 +249,15 @@ def second_order_alpha_grad(model: SearchModel, train_batch: Batch, val_batch: B
             unrolled, clip, g_zero = unrolled_weights(model, train_batch, xi=xi, momentum=momentum,
                                                       weight_decay=weight_decay, buffers=buffers,
                                                       grad_clip=grad_clip, train_loss=train_loss,
-                                                      sync=sync, alpha_grad=forward)
+                                                      sync=sync, alpha_grad=forward, nesterov=nesterov)
         unrolled = [u.requires_grad_() for u in unrolled]
         val_loss, extra = _split(_loss_at(model, names, unrolled, val_batch, full=True))
         out = torch.autograd.grad(val_loss, [*alphas, *unrolled])
         dalpha, v = list(out[:len(alphas)]), sync(out[len(alphas):])
         del unrolled, out
         with torch.no_grad():
+            # Nesterov's step moves w' by ξ(1 + μ)·c·g: its tensors' directions are scaled by 1 + μ
+            v = [vi * (1 + mu) if nest else vi for vi, mu, nest in zip(v, momentum, nesterov)] if any(nesterov) else v
             # ε = fd_step / ‖v‖ stays a device tensor: no host-device synchronisation in the step.
             # v = 0 gives εv = 0, so both passes see w and the difference is exactly zero.
             norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(v)))
@@ -277,7 +284,7 @@ def exact_alpha_grad(model: SearchModel, train_batch: Batch, val_batch: Batch, *
                      momentum: Sequence[float], weight_decay: Sequence[float],
                      buffers: Sequence[torch.Tensor | None], grad_clip: float | None = None,
                      differentiate_clip: bool = True, train_loss: TrainLoss = _model_loss,
-                     sync: Sync = _no_sync) -> tuple[list[torch.Tensor], Any]:
+                     sync: Sync = _no_sync, nesterov: Sequence[bool] = ()) -> tuple[list[torch.Tensor], Any]:
     """d/dα L_val(w'(α), α) through the one-step unrolled weights (double backward).
 
     With ``grad_clip``, w' is the clipped step and the clip factor c(α) = max_norm / (‖g(α)‖ + 1e-6)
@@ -294,7 +301,7 @@ def exact_alpha_grad(model: SearchModel, train_batch: Batch, val_batch: Batch, *
         if clip is not None and not differentiate_clip:
             clip = clip.detach()
         detached = [w.detach() for w in weights]
-        unrolled = virtual_step(detached, grads, xi, momentum, weight_decay, buffers, clip)
+        unrolled = virtual_step(detached, grads, xi, momentum, weight_decay, buffers, clip, nesterov)
         val_loss, extra = _split(_loss_at(model, names, unrolled, val_batch, full=True))
         return list(torch.autograd.grad(val_loss, alphas)), extra
 
@@ -339,17 +346,18 @@ class Architect:
 
     def _weight_step_terms(self) -> dict[str, Any]:
         """What the virtual step needs of the weight step: per weight tensor the SGD momentum, weight
-        decay and momentum buffer of w_optimizer; the clip norm and the training objective."""
+        decay, momentum buffer and Nesterov flag of w_optimizer; the clip norm and the training objective."""
         group_of = {}
         for group in self.w_optimizer.param_groups:
             for p in group["params"]:
                 group_of[id(p)] = group
-        terms: dict[str, Any] = {"momentum": [], "weight_decay": [], "buffers": [],
+        terms: dict[str, Any] = {"momentum": [], "weight_decay": [], "buffers": [], "nesterov": [],
                                  "grad_clip": self.grad_clip, "train_loss": self.train_loss}
         for _, p in self.model.named_weight_parameters():
             group = group_of.get(id(p), {})
             terms["momentum"].append(group.get("momentum", 0.0))
             terms["weight_decay"].append(group.get("weight_decay", 0.0))
+            terms["nesterov"].append(group.get("nesterov", False))
             terms["buffers"].append(self.w_optimizer.state.get(p, {}).get("momentum_buffer"))
         return terms
 

@@ -267,11 +267,15 @@ class Momentum(Config):
 
     lr_min: float = option(0.001, "end of the cosine schedule", group="optimisation", min=0)
     momentum: float = option(0.9, group="optimisation", min=0)
+    nesterov: bool = option(False, "Nesterov momentum (GDAS's recipe; the second-order virtual step takes it too)",
+                            group="optimisation")
 
     def check(self) -> None:
         super().check()
         if self.lr_min > self.lr:
             raise ConfigError(f"{{lr_min}} {self.lr_min} is above {{lr}} {self.lr}", names=("lr_min", "lr"))
+        if self.nesterov and not self.momentum:
+            raise ConfigError("{nesterov} needs a {momentum} above 0", names=("nesterov", "momentum"))
 
 
 @dataclass

@@ -59,22 +59,24 @@ def tiny_net():
     return make
 
 
-def stepped_search_net(tiny_net, smooth: bool = False):
-    """A float64 tiny search network with random α after one real w step (SGD has momentum buffers),
-    its optimizer and a (train, val) batch pair: the setting of the hypergradient tests."""
+def stepped_search_net(tiny_net, smooth: bool = False, nesterov: bool = False, step: bool = True):
+    """A float64 tiny search network with random α after one real w step (SGD has momentum buffers;
+    none with ``step`` False), its optimizer and a (train, val) batch pair: the setting of the
+    hypergradient tests."""
     net = tiny_net(dtype=torch.float64)
     if smooth:
         make_smooth(net)
     with torch.no_grad():
         for a in net.arch_parameters():
             a.normal_(0, 0.5)
-    opt = torch.optim.SGD(net.weight_parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4)
+    opt = torch.optim.SGD(net.weight_parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4, nesterov=nesterov)
     g = torch.Generator().manual_seed(1)
     train = (torch.randn(8, 3, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 5, (8,), generator=g))
     val = (torch.randn(8, 3, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 5, (8,), generator=g))
-    net.loss(*train).backward()
-    opt.step()
-    opt.zero_grad()
+    if step:
+        net.loss(*train).backward()
+        opt.step()
+        opt.zero_grad()
     return net, opt, train, val
 
 

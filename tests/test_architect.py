@@ -31,6 +31,21 @@ def test_second_order_matches_exact_with_a_smooth_activation_and_small_step(setu
     assert _cos(first, exact) < 0.99
 
 
+def test_second_order_with_nesterov_matches_exact_and_differs_from_plain_momentum(tiny_net):
+    """Nesterov's step moves w' by ξ(1 + μ)c·g: the finite difference must scale its direction so, or it
+    misses the exact hypergradient by that factor on the implicit term."""
+    net, opt, train, val = stepped_search_net(tiny_net, smooth=True, nesterov=True)
+    exact = Architect(net, opt, order="exact").alpha_grad(train, val, xi=0.5)
+    second = Architect(net, opt, order="second", fd_step=1e-4).alpha_grad(train, val, xi=0.5)
+    err = (torch.cat([g.flatten() for g in second]) - torch.cat([g.flatten() for g in exact])).norm()
+    assert err / torch.cat([g.flatten() for g in exact]).norm() < 1e-3
+    plain_opt = torch.optim.SGD(net.weight_parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4)
+    plain_opt.load_state_dict({**opt.state_dict(), "param_groups": [{**opt.state_dict()["param_groups"][0],
+                                                                      "nesterov": False}]})
+    plain = Architect(net, plain_opt, order="exact").alpha_grad(train, val, xi=0.5)
+    assert _cos(plain, exact) < 0.9999
+
+
 def test_forward_difference_also_converges_and_central_is_closer_at_a_coarse_step(setup):
     net, opt, train, val = setup(smooth=True)
     exact = torch.cat([g.flatten() for g in Architect(net, opt, order="exact").alpha_grad(train, val, xi=0.5)])

@@ -11,12 +11,13 @@ from dartsnas.cli import main
 from dartsnas.errors import ConfigError
 from dartsnas.genotype import derive_genotype
 from dartsnas.methods.gdas import GumbelSampler
-from dartsnas.ops import FactorizedReduce
+from dartsnas.ops import DilatedDepthwiseConv2d, FactorizedReduce
 from dartsnas.spaces import ConvSearchSpaceConfig, SearchNetwork
 from dartsnas.train.bilevel import search_step
 from dartsnas.train.search_config import SEARCH_RECIPES, search_recipe
 
 OPS = ("none", "skip_connect", "sep_conv_3x3")
+OPS_DARTS = ConvSearchSpaceConfig().ops
 
 
 def rows(*values):
@@ -137,8 +138,8 @@ def test_recipes_set_the_authors_defaults_and_any_flag_overrides_them():
             pdarts.max_skip) == ("pdarts", 96, 6e-4, 0.0, 5.0, 75, 2)
     assert search_recipe(progressive=True, batch_size=32).batch_size == 32
     gdas = search_recipe(sampler="gdas")
-    assert (gdas.recipe, gdas.epochs, gdas.batch_size, gdas.weight_decay, gdas.layers, gdas.derivation) == \
-        ("gdas", 250, 256, 5e-4, 6, "gdas")
+    assert (gdas.recipe, gdas.epochs, gdas.batch_size, gdas.weight_decay, gdas.layers, gdas.derivation,
+            gdas.search_network, gdas.nesterov) == ("gdas", 250, 256, 5e-4, 6, "gdas", "gdas", True)
     assert search_recipe(sampler="gdas", reduce_cell="gdas").recipe == "gdas-frc"
     assert search_recipe(recipe="darts").order == "second" and search_recipe(recipe="darts-v1").order == "first"
     pc = search_recipe(recipe="pcdarts")
@@ -160,14 +161,54 @@ def test_a_gdas_search_records_its_recipe_and_derivation_and_derive_can_take_the
     assert main(["search", "cnn", "--recipe", "gdas", "--dataset", "digits", "--init-channels", "4", "--epochs", "1",
                  "--batch-size", "16", "--steps-per-epoch", "2", "--quiet", "--out", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
-    assert (config["recipe"], config["derivation"], config["layers"], config["weight_decay"], config["sampler"]) == \
-        ("gdas", "gdas", 6, 5e-4, "gdas")
+    assert (config["recipe"], config["derivation"], config["layers"], config["weight_decay"], config["sampler"],
+            config["search_network"], config["nesterov"]) == ("gdas", "gdas", 6, 5e-4, "gdas", "gdas", True)
     capsys.readouterr()
     assert main(["derive", str(out)]) == 0
     assert json.loads(capsys.readouterr().out) == json.loads((out / "genotype.json").read_text())
     assert main(["derive", str(out), "--derivation", "top-k"]) == 0
     top_k = json.loads(capsys.readouterr().out)
     assert all(len({j for _, j in top_k["normal"][2 * i:2 * i + 2]}) == 2 for i in range(4))  # distinct inputs
+
+
+@pytest.mark.parametrize("C, N, frc, authors", [(4, 1, False, 75806), (8, 1, True, 29058), (16, 2, False, 1343258)])
+def test_gdas_search_network_has_the_authors_parts_and_parameter_count(C, N, frc, authors):
+    """xautodl 1.0.0's NASNetworkGDAS(_FRC)(C, N, 4, 4, 3, 10, DARTS_SPACE, affine=False, True) has
+    ``authors`` parameters (α included; counted with it installed). benchmarks/against_xautodl.py holds
+    the forward pass, ∇w and ∇α against it in float64, weights copied across."""
+    config = ConvSearchSpaceConfig(init_channels=C, layers=3 * N, num_classes=10, search_network="gdas",
+                                   reduce_cell="gdas" if frc else "searched")
+    net = SearchNetwork(config)
+    assert sum(p.numel() for p in net.parameters()) == authors
+    bn, relu = net.lastact
+    assert isinstance(bn, torch.nn.BatchNorm2d) and bn.affine and isinstance(relu, torch.nn.ReLU)
+    edges = [edge for cell in net.cells for edge in getattr(cell, "edges", ())]
+    pools = [op for edge in edges for name, op in zip(OPS_DARTS, edge.ops) if "pool" in name]
+    assert pools and all(isinstance(op, (torch.nn.AvgPool2d, torch.nn.MaxPool2d)) for op in pools)  # no BN after
+    convs = [m for cell in net.cells for m in cell.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all((m.bias is None) == isinstance(m, DilatedDepthwiseConv2d) for m in convs)  # depthwise ones lack one
+    assert net.stem[0].bias is None
+    darts = SearchNetwork(ConvSearchSpaceConfig(init_channels=C, layers=3 * N, num_classes=10,
+                                                reduce_cell="gdas" if frc else "searched"))
+    assert darts.lastact is None and all(m.bias is None for m in darts.modules() if isinstance(m, torch.nn.Conv2d))
+    x = torch.randn(2, 3, 8, 8)
+    assert net(x).shape == (2, 10)
+
+
+def test_gdas_search_network_biases_cancel_in_training_batch_norm_but_not_in_evaluation():
+    """Why GDAS's biases are built: before a non-affine BatchNorm they change nothing in training, but the
+    running mean holds only part of them, so the evaluation figures differ."""
+    torch.manual_seed(0)
+    net = SearchNetwork(ConvSearchSpaceConfig(init_channels=4, layers=3, num_classes=5, search_network="gdas")).double()
+    zeroed = copy.deepcopy(net)
+    with torch.no_grad():
+        for m in zeroed.modules():
+            if isinstance(m, torch.nn.Conv2d) and m.bias is not None:
+                m.bias.zero_()
+    x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
+    torch.testing.assert_close(zeroed(x), net(x), rtol=1e-12, atol=1e-12)
+    net.eval(), zeroed.eval()
+    assert (zeroed(x) - net(x)).abs().max() > 1e-3
 
 
 def test_the_imagenet_warm_up_is_flat(tmp_path):
@@ -187,3 +228,15 @@ def test_gumbel_sampler_is_unchanged_by_the_form_of_the_mixed_op():
     sampler = GumbelSampler(seed=3, tau=1.0)
     weights, index = sampler.sample(torch.zeros(2, 4))
     assert torch.equal(weights.detach(), torch.nn.functional.one_hot(index, 4).float())
+
+
+def test_the_recurrent_search_recipes_are_darts_script_with_its_order():
+    from dartsnas.train.commands import RUNS
+    build = RUNS["search-rnn"].build
+    darts, v1, plain = build(recipe="darts"), build(recipe="darts-v1"), build()
+    assert (darts.order, v1.order, plain.order, plain.recipe, darts.recipe) == ("second", "first", "first", "none", "darts")
+    assert (darts.lr, darts.batch_size, darts.grad_clip, darts.weight_decay, darts.arch_lr, darts.tar, darts.dropout_x) \
+        == (20.0, 256, 0.25, 5e-7, 3e-3, 1e-3, 0.75)
+    assert build(recipe="darts", order="first", bptt=20).order == "first"  # a flag overrides the recipe
+    with pytest.raises(ConfigError, match="recipe"):
+        build(recipe="enas")

@@ -75,6 +75,9 @@ def real_step(model, opt, batch, max_norm, xi, train_loss):
 
 
 CASES = {"conv": lambda tiny_net: conv_case(tiny_net),
+         # Nesterov (GDAS's recipe): with momentum buffers, and at the first step (none yet)
+         "conv-nesterov": lambda tiny_net: (*stepped_search_net(tiny_net, nesterov=True), None),
+         "conv-nesterov-first-step": lambda tiny_net: (*stepped_search_net(tiny_net, nesterov=True, step=False), None),
          "rnn": lambda tiny_net: rnn_case(),
          "rnn-momentum": lambda tiny_net: rnn_case(momentum=0.9)}
 

@@ -42,6 +42,9 @@ class ConvSpaceOptions(Config):
     derivation: str = option("top-k", "top-k: per node the two strongest incoming edges, each with its best op "
                              "(DARTS); gdas: the two strongest (op, input) pairs, maybe from one input (GDAS's "
                              "genotype(); GDAS's recipes' default)", group="search space", choices=("top-k", "gdas"))
+    search_network: str = option("darts", "darts: DARTS's search network (a BatchNorm after each pooling candidate); "
+                                 "gdas: GDAS's (none there, and BN + ReLU before the global pooling; GDAS's recipes' "
+                                 "default)", group="search space", choices=("darts", "gdas"))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -52,6 +55,7 @@ class ConvSpaceOptions(Config):
         return ConvSearchSpaceConfig(init_channels=self.init_channels, layers=self.layers, nodes=self.nodes,
                                      num_classes=num_classes, in_channels=in_channels, ops=tuple(self.ops),
                                      recompute=self.recompute, stem=self.stem, derivation=self.derivation,
+                                     search_network=self.search_network,
                                      **method_fields)
 
 

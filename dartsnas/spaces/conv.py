@@ -11,6 +11,7 @@ softmax(α) x softmax(β).
 """
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 import torch
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..genotype import Genotype, derive_genotype, num_edges
-from ..ops import FactorizedReduce, ReLUConvBN, build_op, is_preactivated, is_zero_op
+from ..ops import DilatedDepthwiseConv2d, FactorizedReduce, ReLUConvBN, build_op, is_preactivated, is_zero_op
 from ..nets.conv import FIXED_REDUCTION
 from .base import ArchitectureSplit, mixing_weights, recomputed
 from .conv_config import ConvSearchSpaceConfig
@@ -35,12 +36,24 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
 
 
+def add_conv_biases(module: nn.Module) -> None:
+    """GDAS's cells (xautodl's cell_operations.py, ``bias=not affine``): every convolution but the
+    depthwise ones carries a bias, initialised as ``nn.Conv2d``'s. Before a non-affine BatchNorm in
+    training it cancels (the batch mean removes it, its gradient is 0); it shows in evaluation, where
+    the running mean holds only part of it, and where a conv follows (the fixed reduction cell's)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d) and m.bias is None and not isinstance(m, DilatedDepthwiseConv2d):
+            bound = 1 / math.sqrt(m.in_channels // m.groups * math.prod(m.kernel_size))
+            m.bias = nn.Parameter(torch.empty(m.out_channels).uniform_(-bound, bound))
+
+
 class MixedOp(nn.Module):
     """Sum over candidate ops weighted by softmax(α) for one edge (paper, equation 1); with
     ``partial`` K > 1, over the first C/K channels only (PC-DARTS)."""
 
     def __init__(self, C: int, stride: int, op_names: tuple[str, ...], partial: int = 1,
-                 auxiliary_skip: bool = False) -> None:
+                 auxiliary_skip: bool = False, pool_bn: bool = True) -> None:
+        """``pool_bn``: a non-affine BatchNorm after each pooling candidate (DARTS's MixedOp; GDAS's has none)."""
         super().__init__()
         self.partial = partial
         # DARTS- (Chu et al., ICLR 2021): a skip connection beside the mixture, outside α, so that the
@@ -52,7 +65,7 @@ class MixedOp(nn.Module):
         self.ops = nn.ModuleList()
         for name in op_names:
             op = build_op(name, C, stride, affine=False)
-            if "pool" in name:
+            if "pool" in name and pool_bn:
                 # As in the original: pooled features are rescaled like the conv ops' outputs.
                 op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
             self.ops.append(op)
@@ -112,9 +125,9 @@ class SearchCell(nn.Module):
 
     def __init__(self, nodes: int, C_prev_prev: int, C_prev: int, C: int, reduction: bool,
                  reduction_prev: bool, op_names: tuple[tuple[str, ...], ...], partial: int = 1,
-                 auxiliary_skip: bool = False, recompute_edges: bool = False) -> None:
+                 auxiliary_skip: bool = False, recompute_edges: bool = False, pool_bn: bool = True) -> None:
         """``op_names``: the candidate ops of each edge, node-major; ``recompute_edges``: every mixed op's
-        activations are recomputed in backward instead of kept."""
+        activations are recomputed in backward instead of kept; ``pool_bn``: see :class:`MixedOp`."""
         super().__init__()
         self.recompute_edges = recompute_edges
         self.reduction = reduction
@@ -128,7 +141,7 @@ class SearchCell(nn.Module):
         for i in range(nodes):
             for j in range(2 + i):
                 stride = 2 if reduction and j < 2 else 1
-                self.edges.append(MixedOp(C, stride, op_names[len(self.edges)], partial, auxiliary_skip))
+                self.edges.append(MixedOp(C, stride, op_names[len(self.edges)], partial, auxiliary_skip, pool_bn))
         self._relu_needed = any(edge.uses_relu for edge in self.edges)
         # The ReLU every pre-activated op starts with, computed once per node (see PreReLU).
         self.relu = nn.ReLU(inplace=False)
@@ -208,6 +221,7 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
             reduction_prev = False
         self.cells = nn.ModuleList()
         self.fixed_reduction = config.reduce_cell != "searched"
+        gdas_network = config.search_network == "gdas"
         for i in range(config.layers):
             reduction = i in config.reduction_layers
             if reduction:
@@ -217,10 +231,16 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
             else:
                 cell = SearchCell(nodes, C_prev_prev, C_prev, C_curr, reduction, reduction_prev,
                                   config.edge_ops("reduce" if reduction else "normal"), config.partial_channels,
-                                  config.auxiliary_skip, recompute_edges=config.recompute == "edge")
+                                  config.auxiliary_skip, recompute_edges=config.recompute == "edge",
+                                  pool_bn=not gdas_network)
+            if gdas_network:
+                add_conv_biases(cell)
             self.cells.append(cell)
             reduction_prev = reduction
             C_prev_prev, C_prev = C_prev, (cell.multiplier if isinstance(cell, FIXED_REDUCTION_TYPES) else nodes) * C_curr
+        # GDAS's NASNetworkGDAS (search_model_gdas_nasnet.py, and its _FRC twin): an (affine) BN + ReLU
+        # on the last cell's output before the pooling
+        self.lastact = nn.Sequential(nn.BatchNorm2d(C_prev), nn.ReLU(inplace=False)) if gdas_network else None
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, config.num_classes)
         shape = (num_edges(nodes), len(config.edge_ops("normal")[0]))
@@ -301,6 +321,8 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
                 continue
             args = (s0, s1, w_reduce, e_reduce, i_reduce) if cell.reduction else (s0, s1, w_normal, e_normal, i_normal)
             s0, s1 = s1, (recomputed(cell, *args) if per_cell else cell(*args))
+        if self.lastact is not None:
+            s1 = self.lastact(s1)
         return self.classifier(torch.flatten(self.global_pooling(s1), 1))
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,8 @@ class ConvSearchSpaceConfig:
     edge_op_sets: dict[str, tuple[tuple[str, ...], ...]] | None = None
     reduce_cell: str = "searched"  # gdas: GDAS's fixed reduction cell; only the normal cell is searched
     derivation: str = "top-k"  # gdas: per node the two strongest (op, input) pairs, as GDAS's genotype()
+    # gdas: GDAS's NASNetworkGDAS: no BatchNorm after the pooling candidates, BN + ReLU before the pooling
+    search_network: str = "darts"
 
     def __post_init__(self) -> None:
         self.ops = resolve_op_set(self.ops)
@@ -72,6 +74,9 @@ class ConvSearchSpaceConfig:
         if self.derivation not in DERIVATIONS:
             raise ConfigError(f"{{derivation}} must be one of {', '.join(DERIVATIONS)}, got {self.derivation!r}",
                               names=("derivation",))
+        if self.search_network not in SEARCH_NETWORKS:
+            raise ConfigError(f"{{search_network}} must be one of {', '.join(SEARCH_NETWORKS)}, got "
+                              f"{self.search_network!r}", names=("search_network",))
         if self.reduce_cell not in REDUCE_CELLS:
             raise ConfigError(f"{{reduce_cell}} must be one of {', '.join(REDUCE_CELLS)}, got {self.reduce_cell!r}",
                               names=("reduce_cell",))
@@ -121,6 +126,8 @@ class ConvSearchSpaceConfig:
 #: How a conv genotype is derived: DARTS's top-k (the two strongest incoming edges per node, each with
 #: its best op) or GDAS's (the two strongest (op, input) pairs of the node).
 DERIVATIONS = ("top-k", "gdas")
+#: The search network around the cells: DARTS's (model_search.py) or GDAS's (NASNetworkGDAS, xautodl).
+SEARCH_NETWORKS = ("darts", "gdas")
 #: The reduction cell of a search: searched like the normal one, or GDAS's fixed one (GDAS-FRC).
 REDUCE_CELLS = ("searched", "gdas")
 

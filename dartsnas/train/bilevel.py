@@ -78,13 +78,14 @@ class BilevelSearch(Run):
         """The selected method registered as ``name``, if any."""
         return next((m for m in self.methods if m.name == name), None)
 
-    def bilevel(self, model: torch.nn.Module, *, momentum: float = 0.0, train_loss: TrainLoss | None = None) -> None:
+    def bilevel(self, model: torch.nn.Module, *, momentum: float = 0.0, nesterov: bool = False,
+                train_loss: TrainLoss | None = None) -> None:
         """``model``'s weight optimiser (SGD) and architect (Adam on α, the order and virtual step of the
         config), then each method attached to them."""
         cfg = self.config
         self.model = model
         self.w_optimizer = torch.optim.SGD(model.weight_parameters(), lr=cfg.lr, momentum=momentum,
-                                           weight_decay=cfg.weight_decay)
+                                           weight_decay=cfg.weight_decay, nesterov=nesterov)
         self.architect = Architect(model, self.w_optimizer, order=cfg.order, lr=cfg.arch_lr,
                                    betas=tuple(cfg.arch_betas), weight_decay=cfg.arch_weight_decay,
                                    fd_step=cfg.fd_step, fd_scheme=cfg.fd_scheme, grad_clip=cfg.grad_clip,

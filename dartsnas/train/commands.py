@@ -10,7 +10,7 @@ from .final import KIND as TRAIN_CNN, TrainConfig, recipe, train
 from .final_rnn import KIND as TRAIN_RNN, RNNTrainConfig, train_rnn
 from .search import KIND as SEARCH_CNN, search
 from .search_config import SearchConfig, search_recipe
-from .search_rnn import KIND as SEARCH_RNN, RNNSearchConfig, search_rnn
+from .search_rnn import KIND as SEARCH_RNN, RNNSearchConfig, rnn_search_recipe, search_rnn
 
 
 def _val_top1(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -46,7 +46,7 @@ class RunCommand:
 
 RUNS: dict[str, RunCommand] = {c.kind: c for c in (
     RunCommand(SEARCH_CNN, SearchConfig, search, make=search_recipe, written=("genotype", "genotype.json")),
-    RunCommand(SEARCH_RNN, RNNSearchConfig, search_rnn, written=("genotype", "genotype.json")),
+    RunCommand(SEARCH_RNN, RNNSearchConfig, search_rnn, make=rnn_search_recipe, written=("genotype", "genotype.json")),
     RunCommand(TRAIN_CNN, TrainConfig, train, make=recipe, written=("weights", "model.pt"),
                selection={"epochs": 100, "train_portion": 0.5}, score=_val_top1),
     RunCommand(TRAIN_RNN, RNNTrainConfig, train_rnn, selection={"epochs": 300}, score=_val_ppl),

@@ -192,7 +192,7 @@ class Training(Run):
         if config.compile:
             self.model.compile_cells()
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
-                                         weight_decay=config.weight_decay)
+                                         weight_decay=config.weight_decay, nesterov=config.nesterov)
         self.net = self.dist.wrap(WithAuxiliary(self.model), broadcast_buffers=not config.sync_bn)
         self.begin(saved, self.data_info)
 

@@ -117,7 +117,7 @@ class Search(BilevelSearch):
         model = self.place_model(self.search_space.build(space), cfg.channels_last, split=split)
         if cfg.cost is not None and self.prices is None:
             self.prices = CellPrices(self, self.open_cost_table())
-        self.bilevel(model, momentum=cfg.momentum)
+        self.bilevel(model, momentum=cfg.momentum, nesterov=cfg.nesterov)
 
     def open_cost_table(self) -> CostTable:
         """The run's cost table: its file in the run directory (a resumed run keeps it), else the

@@ -25,7 +25,8 @@ REGULARIZERS = regularizers()
 #: authors' file and line). A recipe sets defaults: a flag or a config file's key overrides any of them.
 _DARTS = dict(epochs=50, batch_size=64, lr=0.025, lr_min=0.001, momentum=0.9, weight_decay=3e-4, grad_clip=5.0,
               arch_lr=3e-4, arch_weight_decay=1e-3, init_channels=16, layers=8, train_portion=0.5)
-_GDAS = dict(sampler="gdas", derivation="gdas", epochs=250, batch_size=256, lr=0.025, lr_min=0.001, momentum=0.9,
+_GDAS = dict(sampler="gdas", derivation="gdas", search_network="gdas", epochs=250, batch_size=256, lr=0.025,
+             lr_min=0.001, momentum=0.9, nesterov=True,
              weight_decay=5e-4, grad_clip=5.0, arch_lr=3e-4, arch_weight_decay=1e-3, tau_max=10.0, tau_min=0.1,
              init_channels=16, layers=6, train_portion=0.5)
 SEARCH_RECIPES: dict[str, dict[str, Any]] = {
@@ -50,7 +51,8 @@ SEARCH_RECIPES: dict[str, dict[str, Any]] = {
                              arch_lr=6e-3, arch_weight_decay=1e-3, arch_start_epoch=35, arch_grad_clip=5.0,
                              init_channels=16, layers=8, image_size=224, workers=4, order="first"),
     # GDAS (AutoDL-Projects: configs/search-opts/GDAS-NASNet-CIFAR.config, search-archs/GDAS-NASNet-CIFAR.config,
-    # exps/NAS-Bench-201-algos/GDAS.py): 250 epochs, batch 256, weight decay 5e-4, τ 10 to 0.1, N=2 (6 cells)
+    # exps/NAS-Bench-201-algos/GDAS.py): 250 epochs, batch 256, Nesterov, weight decay 5e-4, τ 10 to 0.1, N=2
+    # (6 cells), GDAS's search network (NASNetworkGDAS)
     "gdas": _GDAS,
     "gdas-frc": {**_GDAS, "reduce_cell": "gdas"},
 }

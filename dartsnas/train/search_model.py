@@ -129,7 +129,7 @@ class ModelSearch(BilevelSearch):
         self.model = model
         if config.cost is not None:  # before GDAS's sampler attaches: the costs need every candidate run
             self.prices = ChoicePrices(model, self.open_costs(first))
-        self.bilevel(model, momentum=config.momentum)
+        self.bilevel(model, momentum=config.momentum, nesterov=config.nesterov)
         self.wrap()
         self.begin(saved)
 

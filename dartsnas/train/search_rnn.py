@@ -14,7 +14,8 @@ from typing import Any, Callable
 
 import torch
 
-from ..config import ArchStep, Compile, Curvature, Epochs, RunOptions, Seed, configclass
+from ..config import ArchStep, Compile, Curvature, Epochs, RunOptions, Seed, configclass, option
+from ..errors import ConfigError
 from ..data.options import CorpusData
 from ..data.text import Corpus, get_window
 from ..genotype import RecurrentGenotype
@@ -29,6 +30,16 @@ from .rng import seed_everything
 KIND = "search-rnn"
 
 
+#: DARTS's rnn/train_search.py (argparse, L21-66): its defaults are dartsnas's; ``darts`` adds the paper's
+#: second order (README: ``train_search.py --unrolled``), ``darts-v1`` is the first order. Its seed (3) is
+#: not a recipe's: --seed stays 0 unless given.
+_RNN_DARTS = dict(epochs=50, batch_size=256, lr=20.0, weight_decay=5e-7, grad_clip=0.25, arch_lr=3e-3,
+                  arch_weight_decay=1e-3, emsize=300, nhid=300, bptt=35, max_seq_len_delta=20, tar=1e-3, ar=0.0,
+                  dropout=0.75, dropout_h=0.25, dropout_x=0.75, dropout_i=0.2, dropout_e=0.0, nodes=8)
+RNN_SEARCH_RECIPES: dict[str, dict[str, Any]] = {"darts": {**_RNN_DARTS, "order": "second"},
+                                                 "darts-v1": {**_RNN_DARTS, "order": "first"}}
+
+
 @configclass(batch_size=256, lr=20.0, weight_decay=5e-7, grad_clip=0.25, arch_lr=3e-3, arch_betas=(0.9, 0.999))
 class RNNSearchConfig(RunOptions, Compile, Seed, Curvature, ArchStep, Epochs, CorpusData, RecurrentSpaceOptions):
     """A recurrent search; defaults are the reference search on Penn Treebank (the reference's recurrent
@@ -39,6 +50,19 @@ class RNNSearchConfig(RunOptions, Compile, Seed, Curvature, ArchStep, Epochs, Co
     TITLES = {"collapse": "collapse (Zela et al., 2020)", "corpus": "corpus and model"}
     FLAG_HELP = {"compile": "fuse the cell's time step with torch.compile (about 1.7x faster on CPU after a "
                             "one-off compilation of a minute or two)"}
+
+    recipe: str = option("none", "DARTS's search script's settings, any flag overriding them: darts (second order, "
+                         "the paper's), darts-v1 (first order); none: dartsnas's defaults (darts-v1's)",
+                         choices=("none", *RNN_SEARCH_RECIPES))
+
+
+def rnn_search_recipe(dataset: str | None = None, **given: Any) -> RNNSearchConfig:
+    """The recurrent search config of these fields: the recipe they name (``recipe``), then the fields."""
+    name = given.get("recipe") or "none"
+    if name != "none" and name not in RNN_SEARCH_RECIPES:
+        raise ConfigError(f"{{recipe}} must be one of none, {', '.join(RNN_SEARCH_RECIPES)}, got {name!r}",
+                          names=("recipe",))
+    return RNNSearchConfig(**{**RNN_SEARCH_RECIPES.get(name, {}), **given, "recipe": name})
 
 
 class RNNSearch(BilevelSearch):
