@@ -26,7 +26,8 @@ CONFIGS = ["64,32", "300,256"]  # emsize=nhid, batch
 def measure(args: argparse.Namespace) -> dict:
     import torch
 
-    from dartsnas.architect import Architect, requires_grad_off
+    from dartsnas.architect import Architect
+    from dartsnas.autodiff import requires_grad_off
     from dartsnas.spaces import RecurrentSearchModel, RecurrentSearchSpaceConfig
     from dartsnas.train.lm import lm_weight_loss
 

@@ -38,13 +38,14 @@ the end. The result equals one process running the whole global batch.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager, nullcontext
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from contextlib import nullcontext
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
+from .autodiff import frozen_batchnorm_stats, requires_grad_off, same_random_draws
 from .errors import ConfigError
 
 Batch = Sequence[Any]
@@ -70,24 +71,6 @@ def _split(out: Any) -> tuple[torch.Tensor, Any]:
     return out, None
 
 
-@contextmanager
-def same_random_draws(state: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
-    """Run the block from the RNG state ``state`` (or the current one); yields that state.
-
-    The two finite-difference passes must see the same dropout masks, or their difference
-    measures mask noise instead of curvature.
-    """
-    if state is None:
-        state = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            state["cuda"] = torch.cuda.get_rng_state_all()
-    else:
-        torch.set_rng_state(state["cpu"])
-        if "cuda" in state:
-            torch.cuda.set_rng_state_all(state["cuda"])
-    yield state
-
-
 #: The lower level's objective, ``fn(model, *batch)``: the loss the weight step minimises.
 TrainLoss = Callable[..., Any]
 
@@ -107,33 +90,6 @@ class _LossOf(nn.Module):
     def forward(self, *batch: Any) -> Any:
         out = self.fn(self.model, *batch)
         return out if self.full else _split(out)[0]
-
-
-@contextmanager
-def frozen_batchnorm_stats(model: nn.Module) -> Iterator[None]:
-    """Use batch statistics without updating the running ones (the α step must not move them)."""
-    bns = [m for m in model.modules()
-           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    for m in bns:
-        m.track_running_stats = False
-    try:
-        yield
-    finally:
-        for m in bns:
-            m.track_running_stats = True
-
-
-@contextmanager
-def requires_grad_off(params: Sequence[torch.Tensor]) -> Iterator[None]:
-    """Treat ``params`` as constants: autograd neither differentiates nor saves tensors for them."""
-    flags = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in zip(params, flags):
-            p.requires_grad_(flag)
 
 
 def _loss_at(model: nn.Module, names: Sequence[str], weights: Sequence[torch.Tensor],

@@ -23,7 +23,8 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch.func import functional_call
 
-from .architect import _LossOf, _split, frozen_batchnorm_stats, requires_grad_off, same_random_draws
+from .architect import _LossOf, _split
+from .autodiff import frozen_batchnorm_stats, requires_grad_off, same_random_draws
 
 
 def _flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -138,7 +138,7 @@ class Distributed:
             return model
         from torch.nn.parallel import DistributedDataParallel
 
-        from .architect import requires_grad_off
+        from .autodiff import requires_grad_off
         device_ids = [self.local_rank] if next(model.parameters()).is_cuda else None
         # DDP buckets the parameters that require gradients when it is built: α is left out that way.
         # (Ignoring α by name instead left the buckets unreduced in PyTorch 2.13: tested.)

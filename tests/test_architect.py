@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad
 
-from dartsnas.architect import Architect, frozen_batchnorm_stats
+from dartsnas.architect import Architect
+from dartsnas.autodiff import frozen_batchnorm_stats
 from conftest import count_host_reads, stepped_search_net
 
 

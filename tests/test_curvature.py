@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.func import functional_call, hessian
 
-from dartsnas.architect import frozen_batchnorm_stats
+from dartsnas.autodiff import frozen_batchnorm_stats
 from dartsnas.curvature import EarlyStopHessian, dominant_eigenvalue, hessian_vector_product
 
 

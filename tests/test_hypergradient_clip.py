@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad
 
-from dartsnas.architect import Architect, _loss_at, clip_factor, exact_alpha_grad, frozen_batchnorm_stats
+from dartsnas.architect import Architect, _loss_at, clip_factor, exact_alpha_grad
+from dartsnas.autodiff import frozen_batchnorm_stats
 from dartsnas.spaces import RecurrentSearchModel, RecurrentSearchSpaceConfig
 from dartsnas.train.lm import lm_weight_loss
 from conftest import stepped_search_net

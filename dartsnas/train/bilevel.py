@@ -10,7 +10,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from ..architect import Architect, TrainLoss, requires_grad_off
+from ..architect import Architect, TrainLoss
+from ..autodiff import requires_grad_off
 from ..methods import SearchMethod, methods_of
 from .hooks import CurvatureWatch, watch_curvature
 from .loop import Run

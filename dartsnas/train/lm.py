@@ -10,7 +10,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from ..architect import requires_grad_off
+from ..autodiff import requires_grad_off
 from ..data.text import batchify, get_window, rank_rows
 from ..distributed import Distributed
 from .meters import ClipMeter
