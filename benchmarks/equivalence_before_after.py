@@ -236,8 +236,13 @@ ADDED_FIELDS = {"recipe": "none", "derivation": "top-k", "arch_grad_clip": None,
 
 
 def without_added_fields(a, b):
-    if isinstance(a, dict) and isinstance(b, dict) and "kind" in b:
-        b = {k: v for k, v in b.items() if not (k in ADDED_FIELDS and k not in a and v == ADDED_FIELDS[k])}
+    """``b`` without the added fields at their neutral values that ``a`` lacks, at any depth (a run's
+    config, or the config a protocol file or job file holds)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return {k: without_added_fields(a.get(k), v) for k, v in b.items()
+                if not (k in ADDED_FIELDS and k not in a and v == ADDED_FIELDS[k])}
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [without_added_fields(x, y) for x, y in zip(a, b)]
     return b
 
 
@@ -251,8 +256,7 @@ def compare_dirs(base: Path, new: Path) -> list[str]:
             problems.append(f"{rel}: missing after the change")
         else:
             a, b = read_json_file(path, base), read_json_file(other, new)
-            if path.name == "config.json":
-                b = without_added_fields(a, b)
+            b = without_added_fields(a, b)
             if a != b:
                 problems.append(f"{rel}: differs ({first_difference(a, b)})")
     for path in sorted(base.rglob("model.pt")):

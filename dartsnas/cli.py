@@ -130,13 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the run's: top-k (DARTS) or gdas (the two strongest (op, input) pairs per node)")
 
     p = sub.add_parser("summary", help="parameters and multiply-adds of a final network (JSON)")
-    p.add_argument("--genotype", default="DARTS_V2", help="built-in name, JSON file or run directory [DARTS_V2]")
-    p.add_argument("--network", choices=("cifar", "imagenet", "ptb", "wt2"), default="cifar",
-                   help="cifar, imagenet, or the recurrent ptb (850/850, 10k words) / wt2 (700/700, 33,278 words)")
+    p.add_argument("--genotype", default="DARTS_V2", help="built-in name, JSON file or run directory (nb201: or an "
+                   "arch string) [DARTS_V2]")
+    p.add_argument("--network", choices=("cifar", "imagenet", "nb201", "ptb", "wt2"), default="cifar",
+                   help="cifar, imagenet, nb201 (NAS-Bench-201's, of a cell: C=16 N=5; with its benchmark FLOPs), "
+                        "or the recurrent ptb (850/850, 10k words) / wt2 (700/700, 33,278 words)")
     p.add_argument("--emsize", type=int, default=None, help="recurrent networks: embedding = hidden size")
     p.add_argument("--vocab-size", type=int, default=None, help="recurrent networks: vocabulary size")
     p.add_argument("--init-channels", type=int, default=None, help="C [36 cifar, 48 imagenet]")
-    p.add_argument("--layers", type=int, default=None, help="L [20 cifar, 14 imagenet]")
+    p.add_argument("--layers", type=int, default=None, help="L [20 cifar, 14 imagenet; nb201: N cells per stage, 5]")
     p.add_argument("--num-classes", type=int, default=None, help="[10 cifar, 1000 imagenet]")
     p.add_argument("--image-size", type=int, default=None, help="[32 cifar, 224 imagenet]")
     p.add_argument("--in-channels", type=int, default=3, help="image channels [3]")

@@ -34,13 +34,17 @@ def summary(args: argparse.Namespace) -> int:
     for k, v in d.items():
         if v < 1:
             raise ConfigError(f"--{k.replace('_', '-')} must be >= 1, got {v}")
-    genotype = load_genotype(args.genotype)
-    net = SEARCH_SPACES.get("cnn").final_network(genotype, network=args.network, init_channels=d["init_channels"],
+    space = "nb201" if args.network == "nb201" else "cnn"
+    genotype = load_genotype(args.genotype, space)
+    net = SEARCH_SPACES.get(space).final_network(genotype, network=args.network, init_channels=d["init_channels"],
                                                  layers=d["layers"], num_classes=d["num_classes"],
                                                  in_channels=d["in_channels"])
     shape = (d["in_channels"], d["image_size"], d["image_size"])
     info = {"network": args.network, "genotype": args.genotype, "init_channels": d["init_channels"],
             "layers": d["layers"], "num_classes": d["num_classes"], **summarize(net, shape)}
+    if space == "nb201":  # the benchmark's own counts (FLOPs with biases, in millions)
+        from .nets.nb201 import benchmark_cost
+        info["benchmark"] = benchmark_cost(net, (d["image_size"], d["image_size"]), d["in_channels"])
     if args.latency is not None:
         from .latency import LatencyConfig, Timer
         timing = LatencyConfig(runtime=args.latency, device=args.device, threads=args.threads, repeats=args.repeats)

@@ -285,6 +285,9 @@ class CostTable:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ConfigError(f"{path}: not a cost table ({e.__class__.__name__}: {e})") from None
         try:
+            if isinstance(data, dict) and isinstance(data.get("network"), dict) and data["network"].get("network") == "nb201":
+                from .cost201 import CostTable201  # (it imports this module)
+                return CostTable201.from_dict(data)
             return cls.from_dict(data if isinstance(data, dict) else {})
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None

@@ -50,20 +50,20 @@ class Deployable(nn.Module):
 def load_trained(path: str | os.PathLike) -> tuple[Deployable, dict[str, Any]]:
     """The trained network of a run directory, model.pt or checkpoint.pt (eval mode, CPU) and its
     metadata (classes, channels, input size, resize, normalisation, genotype)."""
-    from .genotype import Genotype
+    from .genotype import genotype_from_dict
     from .nets import build_network
     from .train.checkpoint import load_checkpoint, model_file
-    from .train.final import KIND, TrainConfig, network_config
+    from .train.final import CNN_MODEL_KINDS, TrainConfig, network_config
     path = model_file(path)
     state = load_checkpoint(path)
-    if state.get("kind") not in (KIND, "model-cnn"):
+    if state.get("kind") not in CNN_MODEL_KINDS:
         raise CheckpointError(f"{path}: a {state.get('kind')!r} checkpoint, not a trained conv network")
     info = state.get("data")
     if not isinstance(info, dict):
         raise CheckpointError(f"{path}: written by an earlier dartsnas without its data's classes and "
                               "normalisation; retrain it to export or predict")
     config = TrainConfig.from_dict(state["config"])
-    genotype = Genotype.from_dict(state["genotype"], source=str(path))
+    genotype = genotype_from_dict(state["genotype"], source=str(path))
     model = build_network(config.network, network_config(config, genotype, len(info["classes"]), info["in_channels"]))
     try:
         model.load_state_dict(state["model"])

@@ -362,12 +362,28 @@ RNN_GENOTYPES.register("DARTS")(RNN_GENOTYPES.get("DARTS_V2"))
 _SPACES = {"cnn": (CONV_GENOTYPES, Genotype), "rnn": (RNN_GENOTYPES, RecurrentGenotype)}
 
 
+def _space_genotypes(space: str) -> tuple[Registry, type]:
+    if space == "nb201":  # (its module imports this one)
+        from .genotype201 import CELLS201, Cell201
+        return CELLS201, Cell201
+    return _SPACES[space]
+
+
+def genotype_from_dict(data: Any, *, source: str = "genotype") -> Any:
+    """A conv or NAS-Bench-201 genotype from its JSON dict (a trained model's, whichever it holds)."""
+    _, cls = _space_genotypes("nb201" if isinstance(data, dict) and "arch" in data else "cnn")
+    return cls.from_dict(data, source=source)
+
+
 def load_genotype(spec: str | os.PathLike, space: str = "cnn") -> Any:
-    """A genotype of ``space`` (cnn or rnn) from a built-in name, a JSON file, or a run directory."""
-    builtins, cls = _SPACES[space]
+    """A genotype of ``space`` (cnn, nb201 or rnn) from a built-in name, a JSON file, a run directory,
+    or (nb201) an arch string."""
+    builtins, cls = _space_genotypes(space)
     text = os.fspath(spec)
     if text in builtins:
         return builtins.get(text)
+    if space == "nb201" and text.startswith("|"):
+        return cls.from_str(text, source="--genotype")
     path = Path(text)
     if path.is_dir():
         path = path / "genotype.json"

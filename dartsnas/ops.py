@@ -30,6 +30,9 @@ DARTS_OPS: tuple[str, ...] = (
     "dil_conv_5x5",
 )
 
+#: NAS-Bench-201's five candidate ops, in its order (xautodl cell_operations.py NAS_BENCH_201).
+NB201_OPS: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+
 #: Named op sets: the DARTS space and the reduced spaces in which RobustDARTS (Zela et al., 2020) shows
 #: plain DARTS collapsing, the same op set on every edge.
 OP_SETS: dict[str, tuple[str, ...]] = {
@@ -37,6 +40,7 @@ OP_SETS: dict[str, tuple[str, ...]] = {
     "s2": ("skip_connect", "sep_conv_3x3"),
     "s3": ("none", "skip_connect", "sep_conv_3x3"),
     "s4": ("noise", "sep_conv_3x3"),
+    "nb201": NB201_OPS,
 }
 
 _SKIP, _MAX, _AVG = "skip_connect", "max_pool_3x3", "avg_pool_3x3"
@@ -291,6 +295,17 @@ def _dil_conv_3x3(C: int, stride: int, affine: bool) -> nn.Module:
 @CONV_OPS.register("dil_conv_5x5")
 def _dil_conv_5x5(C: int, stride: int, affine: bool) -> nn.Module:
     return DilConv(C, C, 5, stride, 4, 2, affine)
+
+
+# NAS-Bench-201's convolutions (xautodl cell_operations.py ReLUConvBN): ReLU, conv, BN at stride 1 or 2
+@CONV_OPS.register("nor_conv_1x1")
+def _nor_conv_1x1(C: int, stride: int, affine: bool) -> nn.Module:
+    return ReLUConvBN(C, C, 1, stride, 0, affine)
+
+
+@CONV_OPS.register("nor_conv_3x3")
+def _nor_conv_3x3(C: int, stride: int, affine: bool) -> nn.Module:
+    return ReLUConvBN(C, C, 3, stride, 1, affine)
 
 
 @CONV_OPS.register("conv_7x1_1x7")

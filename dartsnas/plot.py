@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, DartsError
-from .genotype import edge_row
 from .layout import CellLayout
 from .spaces import space_of_genotype
 from .ops import CONV_OPS, RNN_OPS
@@ -165,7 +164,6 @@ def plot_alphas(run_dir: str | os.PathLike, out: str | os.PathLike) -> list[Path
     stages = json.loads(stages_file.read_text()) if stages_file.is_file() else []
     space = space_of_genotype(records[0]["genotype"])
     ops = config.get("ops") or space.default_ops
-    num_inputs, k = space.cell_inputs, space.edges_per_node
     for cell, first in records[0]["alphas"].items():
         epochs = [r["epoch"] for r in records]
         n_edges = len(first)
@@ -184,9 +182,8 @@ def plot_alphas(run_dir: str | os.PathLike, out: str | os.PathLike) -> list[Path
                                  squeeze=False)
         picks: dict[int, list[tuple[int, str]]] = {}
         for r in records:
-            pairs = r["genotype"][cell]
-            for pos, (op, j) in enumerate(pairs):
-                picks.setdefault(edge_row(pos // k, j, num_inputs), []).append((r["epoch"], op))
+            for e, op in space.edge_picks(r["genotype"], cell):
+                picks.setdefault(e, []).append((r["epoch"], op))
         for e in range(rows * cols):
             ax = axes[e // cols][e % cols]
             if e >= n_edges:

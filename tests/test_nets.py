@@ -104,7 +104,9 @@ def test_bad_genotypes_fail_before_training():
     bad_in = Genotype(g.normal, g.normal_concat, (("max_pool_3x3", 3),) + g.reduce[1:], g.reduce_concat)
     with pytest.raises(GenotypeError, match="input 3 does not exist"):
         build_network("cifar", NetworkConfig(bad_in))
-    assert set(NETWORKS.names()) == {"cifar", "imagenet"}
+    assert set(NETWORKS.names()) == {"cifar", "imagenet", "nb201"}
+    with pytest.raises(GenotypeError, match="builds a NAS-Bench-201 cell"):
+        build_network("nb201", NetworkConfig(g))
 
 
 def test_imagenet_stem_reduces_224_to_28():

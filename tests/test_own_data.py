@@ -278,4 +278,4 @@ def test_named_op_sets_in_any_case_and_the_error_lists_them(capsys, tmp_path):
     assert main(["search", "cnn", "--dataset", "digits", "--ops", "S9", "--out", str(tmp_path / "run")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("dartsnas: error: unknown op 'S9': the ops are none, ") and err.count("\n") == 1
-    assert "named op set alone: darts, s1, s2, s3, s4 (any case)" in err
+    assert "named op set alone: darts, nb201, s1, s2, s3, s4 (any case)" in err

@@ -16,6 +16,8 @@ PTB = Path(os.environ.get("DARTSNAS_PTB", Path(__file__).resolve().parents[2] / 
 
 TINY = {"cnn": ["--dataset", "digits", "--init-channels", "4", "--layers", "3", "--batch-size", "16",
                 "--steps-per-epoch", "1", "--epochs", "1", "--quiet"],
+        "nb201": ["--dataset", "digits", "--init-channels", "4", "--layers", "1", "--batch-size", "16",
+                  "--steps-per-epoch", "1", "--epochs", "1", "--quiet"],
         "rnn": ["--data-dir", str(PTB), "--train-split", "valid", "--val-split", "test", "--emsize", "8", "--nhid", "8",
                 "--batch-size", "16", "--eval-batch-size", "256", "--steps-per-epoch", "1", "--epochs", "1", "--quiet"]}
 
@@ -40,7 +42,7 @@ def test_every_registered_method_has_its_flags_here():
 
 
 @pytest.mark.parametrize("method", list(SELECT))
-@pytest.mark.parametrize("space", ["cnn", "rnn"])
+@pytest.mark.parametrize("space", ["cnn", "nb201", "rnn"])
 def test_each_space_and_method_takes_a_step_or_is_refused_in_one_line(space, method, tmp_path, capsys):
     if space == "rnn" and not PTB.is_dir():
         pytest.skip(f"no PTB at {PTB}")
@@ -59,7 +61,8 @@ def test_each_space_and_method_takes_a_step_or_is_refused_in_one_line(space, met
                 {k: v for k, v in config.items() if k != "kind"}))]
             assert method in run_methods and run_methods[0] == "darts"
     else:
-        assert space == "rnn", err  # the conv search takes every method
+        # the conv search takes every method; NAS-Bench-201's all but P-DARTS's stages and GDAS's fixed cell
+        assert space == "rnn" or (space, method) in {("nb201", "p-darts"), ("nb201", "gdas-frc")}, err
         assert len(err.splitlines()) == 1 and err.startswith("dartsnas: error: unrecognized arguments: "), err
 
 

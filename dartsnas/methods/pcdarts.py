@@ -37,7 +37,6 @@ class PcDarts(SearchMethod):
 
     def record(self, run: Any, record: dict[str, Any], genotype: Any) -> str:
         """softmax(β) of every edge, beside softmax(α)."""
-        e_normal, e_reduce = run.model.edge_weights()
-        record["edge_weights"] = {"normal": [round(v, 6) for v in e_normal.tolist()],
-                                  "reduce": [round(v, 6) for v in e_reduce.tolist()]}
+        record["edge_weights"] = {cell: [round(v, 6) for v in e.tolist()]
+                                  for cell, e in zip(("normal", "reduce"), run.model.edge_weights()) if e is not None}
         return ""

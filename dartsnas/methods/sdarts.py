@@ -58,7 +58,8 @@ class SdartsRS(Regularizer):
 
     def perturb(self, run: Any) -> Callable[[], Any]:
         epsilon, model = self.epsilon(run), run.model
-        return lambda: tuple(perturb_mixing_weights(w, epsilon, self.smoothing) for w in model.arch_weights())
+        return lambda: tuple(None if w is None else perturb_mixing_weights(w, epsilon, self.smoothing)
+                             for w in model.arch_weights())
 
     def run_state(self, run: Any) -> dict[str, Any]:
         return {"smoothing": self.smoothing.get_state()}

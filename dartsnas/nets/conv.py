@@ -20,7 +20,8 @@ from ..registry import Registry
 NETWORKS: Registry = Registry("network")
 #: Each network's size as the paper trains it (``train cnn``'s recipes, ``summary``'s defaults).
 FINAL_NETWORKS = {"cifar": dict(init_channels=36, layers=20, num_classes=10, image_size=32),
-                  "imagenet": dict(init_channels=48, layers=14, num_classes=1000, image_size=224)}
+                  "imagenet": dict(init_channels=48, layers=14, num_classes=1000, image_size=224),
+                  "nb201": dict(init_channels=16, layers=5, num_classes=10, image_size=32)}
 
 
 def drop_path(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:

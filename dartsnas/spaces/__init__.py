@@ -69,6 +69,12 @@ class SearchSpace:
     def layouts(self, genotype: Any) -> list[Any]:
         raise NotImplementedError
 
+    def edge_picks(self, genotype: Mapping[str, Any], cell: str) -> list[tuple[int, str]]:
+        """(α row, op) of every pick of the ``cell`` cells in a genotype's JSON dict (``plot --alphas``)."""
+        from ..genotype import edge_row
+        k = self.edges_per_node
+        return [(edge_row(pos // k, j, self.cell_inputs), op) for pos, (op, j) in enumerate(genotype[cell])]
+
     def cost_table(self, *args: Any, **kwargs: Any) -> Any:
         raise ConfigError(f"the {self.name} space has no cost table: a cost budget does not apply to it")
 
@@ -83,7 +89,7 @@ def space_of_genotype(data: Mapping[str, Any]) -> SearchSpace:
 
 from .conv import ConvSearchSpaceConfig, MixedOp, SearchCell, SearchNetwork  # noqa: E402
 from .recurrent import RecurrentSearchModel, RecurrentSearchSpaceConfig, SearchRecurrentCell  # noqa: E402
-from . import cnn, rnn  # noqa: E402,F401  (registration)
+from . import cnn, nb201, rnn  # noqa: E402,F401  (registration)
 
 __all__ = ["SEARCH_SPACES", "ConvSearchSpaceConfig", "MixedOp", "RecurrentSearchModel",
            "RecurrentSearchSpaceConfig", "SearchCell", "SearchNetwork", "SearchRecurrentCell", "SearchSpace",

@@ -12,7 +12,7 @@ softmax(α) x softmax(β).
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,7 @@ from torch import nn
 from ..genotype import Genotype, derive_genotype, num_edges
 from ..ops import DilatedDepthwiseConv2d, FactorizedReduce, ReLUConvBN, build_op, is_preactivated, is_zero_op
 from ..nets.conv import FIXED_REDUCTION
-from .base import ArchitectureSplit, mixing_weights, recomputed
+from .base import ArchitectureSplit, mixing_weights, recomputed, sampled_sum
 from .conv_config import ConvSearchSpaceConfig
 
 
@@ -52,9 +52,12 @@ class MixedOp(nn.Module):
     ``partial`` K > 1, over the first C/K channels only (PC-DARTS)."""
 
     def __init__(self, C: int, stride: int, op_names: tuple[str, ...], partial: int = 1,
-                 auxiliary_skip: bool = False, pool_bn: bool = True) -> None:
-        """``pool_bn``: a non-affine BatchNorm after each pooling candidate (DARTS's MixedOp; GDAS's has none)."""
+                 auxiliary_skip: bool = False, pool_bn: bool = True, sampled_form: str = "darts") -> None:
+        """``pool_bn``: a non-affine BatchNorm after each pooling candidate (DARTS's MixedOp; GDAS's has none);
+        ``sampled_form``: GDAS's mixture of the one computed op, its DARTS-space cell's (``darts``) or its
+        NAS-Bench-201 cell's (``nb201``, :func:`~dartsnas.spaces.base.sampled_sum`)."""
         super().__init__()
+        self.sampled_form = sampled_form
         self.partial = partial
         # DARTS- (Chu et al., ICLR 2021): a skip connection beside the mixture, outside α, so that the
         # ops need not compete with skip_connect for the residual path; its weight β decays to 0.
@@ -110,6 +113,8 @@ class MixedOp(nn.Module):
              index: int | None = None) -> torch.Tensor:
         if index is not None:  # GDAS's DARTS-space MixedOp.forward_gdas (xautodl search_cells.py): op_k(x) h_k alone
             y = self._op(index, x, x_relu)
+            if self.sampled_form == "nb201":  # NAS201SearchCell.forward_gdas: + the other h_j as scalars
+                return sampled_sum(weights, index, y)
             return weights[index].to(y.dtype) * y
         if not self.active:
             return self.ops[0](x)
@@ -172,16 +177,104 @@ class SearchCell(nn.Module):
         return torch.cat(states[2:], dim=1)
 
 
-def edge_softmax(beta: torch.Tensor, nodes: int) -> torch.Tensor:
-    """PC-DARTS's edge weights: softmax(β) over each node's incoming edges (node-major rows)."""
+def edge_softmax(beta: torch.Tensor, nodes: int, inputs: int = 2) -> torch.Tensor:
+    """PC-DARTS's edge weights: softmax(β) over each node's incoming edges (node-major rows; node i
+    has ``inputs`` + i of them)."""
     parts, row = [], 0
     for i in range(nodes):
-        parts.append(mixing_weights(beta[row:row + 2 + i]))
-        row += 2 + i
+        parts.append(mixing_weights(beta[row:row + inputs + i]))
+        row += inputs + i
     return torch.cat(parts)
 
 
-class SearchNetwork(ArchitectureSplit, nn.Module):
+class MixedCellsNetwork(ArchitectureSplit, nn.Module):
+    """What a search network of mixed-op cells offers the search methods, whatever its macro
+    structure: α per cell type (``alpha_normal``; ``alpha_reduce`` None where no reduction cell is
+    searched), PC-DARTS's β, GDAS's draws, SDARTS-RS's override, DARTS-'s auxiliary skips and
+    P-DARTS's skip dropout. A subclass builds ``cells`` (each searched one with ``edges`` of
+    :class:`MixedOp`) and sets ``cell_inputs``, the states before a cell's first node."""
+
+    cell_inputs = 2
+
+    def init_arch(self, num_edges: int, num_ops: int, reduce: bool) -> None:
+        """α (and with PC-DARTS β) for the normal cells, and for the reduction cells if ``reduce``;
+        then the methods' hooks, unset."""
+        self.alpha_normal = nn.Parameter(1e-3 * torch.randn(num_edges, num_ops))
+        self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(num_edges, num_ops)) if reduce else None
+        partial = self.config.partial_channels > 1
+        self.beta_normal = nn.Parameter(1e-3 * torch.randn(num_edges)) if partial else None
+        self.beta_reduce = nn.Parameter(1e-3 * torch.randn(num_edges)) if partial and reduce else None
+        # Set by a search method, not learned: SDARTS-RS's perturbed mixing weights (normal, reduce) that
+        # replace softmax(α) in its weight steps, and GDAS's sampler (methods.gdas.GumbelSampler) that
+        # draws one op per edge in every forward pass.
+        self.mixing_override: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self.sampler = None
+        self._aux_beta = 0.0
+
+    def mixed_edges(self) -> list[MixedOp]:
+        return [edge for cell in self.cells for edge in getattr(cell, "edges", ())]  # fixed cells have none
+
+    @property
+    def aux_beta(self) -> float:
+        """DARTS-: the weight of every mixed op's auxiliary skip."""
+        return self._aux_beta
+
+    @aux_beta.setter
+    def aux_beta(self, value: float) -> None:
+        self._aux_beta = value
+        for edge in self.mixed_edges():
+            edge.aux_beta = value
+
+    def set_skip_dropout(self, rate: float) -> None:
+        """P-DARTS: the dropout rate on every identity (skip_connect) candidate."""
+        for edge in self.mixed_edges():
+            edge.skip_dropout = float(rate)
+
+    @property
+    def partial(self) -> bool:
+        return self.config.partial_channels > 1
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [a for a in (self.alpha_normal, self.alpha_reduce, self.beta_normal, self.beta_reduce) if a is not None]
+
+    def edge_weights(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """PC-DARTS: softmax(β) over the incoming edges of each node (float32); (None, None) in plain DARTS."""
+        return tuple(None if b is None else edge_softmax(b, self.config.nodes, self.cell_inputs)
+                     for b in (self.beta_normal, self.beta_reduce))
+
+    def arch_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """softmax(α) per edge, computed in float32 whatever the autocast dtype (reduce: None without a
+        searched reduction cell)."""
+        return (mixing_weights(self.alpha_normal),
+                None if self.alpha_reduce is None else mixing_weights(self.alpha_reduce))
+
+    def sample(self) -> tuple[tuple[torch.Tensor, list[int]], tuple[torch.Tensor, list[int]]]:
+        """GDAS: straight-through weights and the picked op of every edge, for normal and reduction
+        cells (one draw per forward pass, shared by all cells of a type)."""
+        drawn = [self.sampler.sample(a, self.training) if a is not None else (None, None)
+                 for a in (self.alpha_normal, self.alpha_reduce)]
+        return tuple((w, None if i is None else i.tolist()) for w, i in drawn)
+
+    def mixing(self) -> tuple[tuple[Any, Any, Any], tuple[Any, Any, Any]]:
+        """(weights, edge weights, picked ops) of the normal and the reduction cells for this pass."""
+        i_normal = i_reduce = None
+        if self.sampler is not None and self.mixing_override is None:
+            (w_normal, i_normal), (w_reduce, i_reduce) = self.sample()
+        else:
+            w_normal, w_reduce = self.mixing_override or self.arch_weights()
+        e_normal, e_reduce = self.edge_weights()
+        return (w_normal, e_normal, i_normal), (w_reduce, e_reduce, i_reduce)
+
+    def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the logits; the architect differentiates this w.r.t. w and α."""
+        return F.cross_entropy(self(inputs), targets)
+
+    def arch_state(self) -> dict[str, torch.Tensor]:
+        """The architecture tensors by name, as the state dict holds them (what derivation reads)."""
+        return {name: p for name in ARCH_TENSORS if (p := getattr(self, name, None)) is not None}
+
+
+class SearchNetwork(MixedCellsNetwork):
     """The DARTS search network: stem, ``layers`` search cells, global pooling, classifier.
 
     Reduction cells (stride 2, channels doubled) sit at layers//3 and 2*layers//3. BatchNorm is
@@ -243,72 +336,11 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
         self.lastact = nn.Sequential(nn.BatchNorm2d(C_prev), nn.ReLU(inplace=False)) if gdas_network else None
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, config.num_classes)
-        shape = (num_edges(nodes), len(config.edge_ops("normal")[0]))
-        self.alpha_normal = nn.Parameter(1e-3 * torch.randn(shape))
         # GDAS-FRC: no reduction cell to search, no α_reduce
-        self.alpha_reduce = None if self.fixed_reduction else nn.Parameter(1e-3 * torch.randn(shape))
-        if config.partial_channels > 1:
-            self.beta_normal = nn.Parameter(1e-3 * torch.randn(shape[0]))
-            self.beta_reduce = nn.Parameter(1e-3 * torch.randn(shape[0]))
-        # Set by a search method, not learned: SDARTS-RS's perturbed mixing weights (normal, reduce) that
-        # replace softmax(α) in its weight steps, and GDAS's sampler (methods.gdas.GumbelSampler) that
-        # draws one op per edge in every forward pass.
-        self.mixing_override: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.sampler = None
-        self._aux_beta = 0.0
-
-    @property
-    def aux_beta(self) -> float:
-        """DARTS-: the weight of every mixed op's auxiliary skip."""
-        return self._aux_beta
-
-    @aux_beta.setter
-    def aux_beta(self, value: float) -> None:
-        self._aux_beta = value
-        for cell in self.cells:
-            for edge in getattr(cell, "edges", ()):  # a fixed reduction cell has none
-                edge.aux_beta = value
-
-    def set_skip_dropout(self, rate: float) -> None:
-        """P-DARTS: the dropout rate on every identity (skip_connect) candidate."""
-        for cell in self.cells:
-            for edge in getattr(cell, "edges", ()):  # a fixed reduction cell has none
-                edge.skip_dropout = float(rate)
-
-    @property
-    def partial(self) -> bool:
-        return self.config.partial_channels > 1
-
-    def arch_parameters(self) -> list[nn.Parameter]:
-        extra = [self.beta_normal, self.beta_reduce] if self.partial else []
-        return [a for a in (self.alpha_normal, self.alpha_reduce) if a is not None] + extra
-
-    def edge_weights(self) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
-        """PC-DARTS: softmax(β) over the incoming edges of each node (float32); (None, None) in plain DARTS."""
-        if not self.partial:
-            return None, None
-        return edge_softmax(self.beta_normal, self.config.nodes), edge_softmax(self.beta_reduce, self.config.nodes)
-
-    def arch_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """softmax(α) per edge, computed in float32 whatever the autocast dtype (reduce: None with a
-        fixed reduction cell)."""
-        return (mixing_weights(self.alpha_normal),
-                None if self.alpha_reduce is None else mixing_weights(self.alpha_reduce))
-
-    def sample(self) -> tuple[tuple[torch.Tensor, list[int]], tuple[torch.Tensor, list[int]]]:
-        """GDAS: straight-through weights and the picked op of every edge, for normal and reduction
-        cells (one draw per forward pass, shared by all cells of a type)."""
-        drawn = [self.sampler.sample(a, self.training) if a is not None else (None, None)
-                 for a in (self.alpha_normal, self.alpha_reduce)]
-        return tuple((w, None if i is None else i.tolist()) for w, i in drawn)
+        self.init_arch(num_edges(nodes), len(config.edge_ops("normal")[0]), reduce=not self.fixed_reduction)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        i_normal = i_reduce = None
-        if self.sampler is not None and self.mixing_override is None:
-            (w_normal, i_normal), (w_reduce, i_reduce) = self.sample()
-        else:
-            w_normal, w_reduce = self.mixing_override or self.arch_weights()
-        e_normal, e_reduce = self.edge_weights()
+        (w_normal, e_normal, i_normal), (w_reduce, e_reduce, i_reduce) = self.mixing()
         if self.config.stem == "imagenet":
             s0 = self.stem0(x)
             s1 = self.stem1(s0)
@@ -324,14 +356,6 @@ class SearchNetwork(ArchitectureSplit, nn.Module):
         if self.lastact is not None:
             s1 = self.lastact(s1)
         return self.classifier(torch.flatten(self.global_pooling(s1), 1))
-
-    def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of the logits; the architect differentiates this w.r.t. w and α."""
-        return F.cross_entropy(self(inputs), targets)
-
-    def arch_state(self) -> dict[str, torch.Tensor]:
-        """The architecture tensors by name, as the state dict holds them (what derivation reads)."""
-        return {name: p for name in ARCH_TENSORS if (p := getattr(self, name, None)) is not None}
 
     def ranking_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The rows derivation ranks (edges, ops) by: softmax(α), times softmax(β) with PC-DARTS."""

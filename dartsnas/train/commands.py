@@ -10,6 +10,8 @@ from .final import KIND as TRAIN_CNN, TrainConfig, recipe, train
 from .final_rnn import KIND as TRAIN_RNN, RNNTrainConfig, train_rnn
 from .search import KIND as SEARCH_CNN, search
 from .search_config import SearchConfig, search_recipe
+from .nb201 import (SEARCH_KIND as SEARCH_NB201, TRAIN_KIND as TRAIN_NB201, NB201SearchConfig, NB201TrainConfig,
+                    nb201_search_recipe, nb201_train_recipe, search_nb201, train_nb201)
 from .search_rnn import KIND as SEARCH_RNN, RNNSearchConfig, rnn_search_recipe, search_rnn
 
 
@@ -50,4 +52,8 @@ RUNS: dict[str, RunCommand] = {c.kind: c for c in (
     RunCommand(TRAIN_CNN, TrainConfig, train, make=recipe, written=("weights", "model.pt"),
                selection={"epochs": 100, "train_portion": 0.5}, score=_val_top1),
     RunCommand(TRAIN_RNN, RNNTrainConfig, train_rnn, selection={"epochs": 300}, score=_val_ppl),
+    RunCommand(SEARCH_NB201, NB201SearchConfig, search_nb201, make=nb201_search_recipe,
+               written=("genotype", "genotype.json")),
+    RunCommand(TRAIN_NB201, NB201TrainConfig, train_nb201, make=nb201_train_recipe, written=("weights", "model.pt"),
+               selection={"epochs": 12, "train_portion": 0.5}, score=_val_top1),
 )}

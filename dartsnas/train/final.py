@@ -21,7 +21,7 @@ from ..data import (PYTHON_DATASET, BatchLoader, data_root, is_folder_dataset, l
                     stratified_split)
 from ..data.folder import FolderLoader, folder_datasets, folder_info
 from ..errors import CheckpointError, ConfigError
-from ..genotype import Genotype, load_genotype
+from ..genotype import Genotype, genotype_from_dict, load_genotype
 from ..nets import NETWORKS, RESIZE_HINT, NetworkConfig, build_network, check_input_size
 from .checkpoint import CHECKPOINT, load_checkpoint, model_file, save_checkpoint
 from ..config import Compile, Epochs, FastConv, Momentum, RunOptions, Seed, configclass, option
@@ -32,6 +32,8 @@ from .meters import ClassifierEpoch, EpochMeter, evaluate
 from .rng import seed_everything
 
 KIND = "train-cnn"
+#: The runs (and model files) of a trained conv network: train cnn's and train nb201's.
+CNN_MODEL_KINDS = (KIND, "model-cnn", "train-nb201")
 MODEL = "model.pt"
 
 
@@ -42,7 +44,9 @@ class TrainConfig(RunOptions, Compile, FastConv, Seed, Momentum, Epochs, ImageDa
     genotype: str = option("DARTS_V2", "built-in name, genotype.json or search run directory")
     train_portion: float = option(1.0, "train on this part of the training split and report val_* on the held-out "
                                   "rest instead of the test split (the paper's selection)", above=0, max=1)
-    network: str = option("cifar", group="network", choices=("cifar", "imagenet"))
+    network: str = option("cifar", "cifar or imagenet: DARTS's networks of a conv genotype; nb201: NAS-Bench-201's of "
+                          "an arch string (train nb201 has its recipe)", group="network",
+                          choices=("cifar", "imagenet", "nb201"))
     init_channels: int = option(36, "C", group="network", min=1)
     layers: int = option(20, "cells L", group="network", min=1)
     lr_schedule: str = option("cosine", "cosine (to --lr-min) or exponential (lr x gamma^epoch)", group="optimisation",
@@ -171,9 +175,9 @@ class Training(Run):
         saved = self.open(config, out_dir, resume=resume, overwrite=overwrite, quiet=quiet, log=log,
                           tensorboard=tensorboard)
         if saved is not None:
-            self.genotype = Genotype.from_dict(saved["genotype"], source=str(self.out / CHECKPOINT))
+            self.genotype = genotype_from_dict(saved["genotype"], source=str(self.out / CHECKPOINT))
         else:
-            self.genotype = load_genotype(config.genotype)
+            self.genotype = load_genotype(config.genotype, "nb201" if config.network == "nb201" else "cnn")
         self.autocast = autocast(self.device, config.amp)
         data = build_loaders(config, self.device, rank=self.dist.rank, world_size=self.dist.world_size,
                              train_data=train_data, test_data=test_data)
@@ -294,14 +298,14 @@ def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, data_di
     when the caller has already loaded it. A user's images are read as the model's training images were."""
     path = model_file(path)
     state = state if state is not None else load_checkpoint(path)
-    if state.get("kind") not in (KIND, "model-cnn"):
+    if state.get("kind") not in CNN_MODEL_KINDS:
         raise CheckpointError(f"{path}: a {state.get('kind')!r} checkpoint, not a trained conv network")
     config = TrainConfig.from_dict(state["config"])
     config = dataclasses.replace(config, dataset=PYTHON_DATASET if test_data is not None else dataset or config.dataset,
                                  data_dir=data_dir or config.data_dir, verify=verify, batch_size=batch_size,
                                  channels_last=False)
     config.validate()
-    genotype = Genotype.from_dict(state["genotype"], source=str(path))
+    genotype = genotype_from_dict(state["genotype"], source=str(path))
     dev = resolve_device(device)
     same_data = config.dataset == state["config"]["dataset"] or test_data is not None
     data = build_loaders(config, dev, train_split=False, test_data=test_data,

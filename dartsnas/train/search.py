@@ -205,7 +205,7 @@ class Search(BilevelSearch):
         stages = self.method("p-darts")
         layers = stages.layers_text() if stages is not None else f"L={cfg.layers}"
         methods = "".join(m.describe() for m in self.methods)
-        return (f"search cnn: {cfg.order} order{methods}, C={cfg.init_channels} {layers} "
+        return (f"search {self.search_space.name}: {cfg.order} order{methods}, C={cfg.init_channels} {layers} "
                 f"N={cfg.nodes}, {len(self.train_loader.indices)} train / "
                 f"{len(self.val_loader.indices)} val images, {self.where()}")
 
@@ -248,8 +248,11 @@ def derive_from_checkpoint(path: str | Path, max_skip: int | None = None, deriva
     gdas, override the run's), by the space's derivation that the network uses: ranked by α·β with
     PC-DARTS, the last P-DARTS stage's ops, kept within the budget with ``cost_derive="budget"``
     (the run's cost table)."""
-    state = load_checkpoint(path, kind=KIND)
-    config = SearchConfig.from_dict(state["config"])
+    from .nb201 import SEARCH_KIND as NB201, NB201SearchConfig
+    state = load_checkpoint(path)
+    if state.get("kind") not in (KIND, NB201):
+        raise CheckpointError(f"{path}: a {state.get('kind')!r} checkpoint, not a conv search's")
+    config = (NB201SearchConfig if state["kind"] == NB201 else SearchConfig).from_dict(state["config"])
     arch = {name: state["model"][name] for name in ARCH_TENSORS if name in state["model"]}
     if "alpha_normal" not in arch:
         raise CheckpointError(f"{path}: checkpoint holds no α")
