@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -155,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .latency import LatencyConfig
     add_flags(p, LatencyConfig)["run"].add_argument("--out", type=Path, required=True, help="the table file to write")
     p.add_argument("--quiet", action="store_true", help="no line per op")
+    from .bench201.cli import add_parser as add_bench201
+    add_bench201(sub)
 
     p = sub.add_parser("plot", help="draw the cells of a genotype (one file per cell type)")
     p.add_argument("genotype", help="built-in name, genotype.json, run directory or checkpoint")
@@ -359,24 +362,21 @@ def _space_of_file(spec: Path) -> str:
     return space_of_genotype(data).name if isinstance(data, dict) else "cnn"
 
 
-def _cmd_summary(args: argparse.Namespace) -> int:
-    from .cli_tools import summary
-    return summary(args)
-
-
-def _cmd_latency_table(args: argparse.Namespace) -> int:
-    from .cli_tools import latency_table
-    return latency_table(args)
+def _lazy(module: str, name: str) -> Any:
+    """A command whose module is imported when it runs (start-up time of ``dartsnas --help``)."""
+    return lambda args: getattr(importlib.import_module(module, __package__), name)(args)
 
 
 COMMANDS = {"search": _cmd_search, "derive": _cmd_derive, "genotype": _cmd_genotype,
-            "summary": _cmd_summary, "train": _cmd_train, "eval": _cmd_eval, "plot": _cmd_plot,
+            "summary": _lazy(".cli_tools", "summary"), "train": _cmd_train, "eval": _cmd_eval, "plot": _cmd_plot,
             "select": _cmd_select, "random-search": _cmd_random_search, "export": _cmd_export,
-            "predict": _cmd_predict, "latency-table": _cmd_latency_table}
+            "predict": _cmd_predict, "latency-table": _lazy(".cli_tools", "latency_table"),
+            "bench201": _lazy(".bench201.cli", "run")}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from .bench201.cli import normalise_argv
+    args = build_parser().parse_args(normalise_argv(sys.argv[1:] if argv is None else argv))
     try:
         return COMMANDS[args.command](args)
     except Interrupted as e:  # SIGTERM / SIGINT: checkpoint written at a step boundary

@@ -182,3 +182,29 @@ def test_the_conv_space_options_are_refused_in_nb201():
         NB201SearchConfig(cost="latency", cost_target=1.0).validate()
     with pytest.raises(SystemExit):  # not a flag of search nb201
         main(["search", "nb201", "--stem", "imagenet", "--out", "x"])
+
+
+def test_a_search_reports_its_derived_cells_benchmark_figures_every_epoch(nb201_runs, tmp_path):
+    from dartsnas.bench201 import cell_record, run_record, write_nats_dir
+    from dartsnas.genotype201 import benchmark_index
+    records = [json.loads(line) for line in (nb201_runs["darts"] / "metrics.jsonl").read_text().splitlines()]
+    cells = {Cell201.from_dict(r["genotype"]) for r in records}
+    meta = [c.to_str() for c in benchmark_cells()]
+    infos = {}
+    for n, cell in enumerate(sorted(cells, key=str)):
+        run = run_record(dataset="cifar10", seed=777, arch=cell.to_str(), epochs=1, num_classes=10, channels=16,
+                         cells=5, train=[(1.0, 50.0)], evals={"ori-test": [(1.2, 40.0 + n)]}, train_times=[1.0],
+                         eval_times={"ori-test": [0.1]}, params=0.1, flops=10.0, latency=None)
+        infos[benchmark_index(cell)] = {"200": cell_record(benchmark_index(cell), cell.to_str(),
+                                                           {("cifar10", 777): run})}
+    write_nats_dir(tmp_path / "bench", meta, infos)
+    out = tmp_path / "run"
+    assert main(["search", "nb201", *TINY, "--bench201", str(tmp_path / "bench"), "--out", str(out)]) == 0
+    again = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["genotype"] for r in again] == [r["genotype"] for r in records]  # same seed, same cells
+    for r in again:
+        cell = Cell201.from_dict(r["genotype"])
+        n = sorted(cells, key=str).index(cell)
+        assert r["bench201"] == {"index": benchmark_index(cell), "arch": cell.to_str(), "test-accuracy": 40.0 + n}
+    assert main(["search", "nb201", *TINY, "--bench201", str(tmp_path / "none"), "--out", str(tmp_path / "r2")]) == 1
+    assert not (tmp_path / "r2").exists()

@@ -11,9 +11,11 @@ cosine to 0, Nesterov, weight decay 5e-4).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from ..bench201 import Benchmark201
 from ..config import configclass, option
+from ..genotype201 import Cell201
 from ..errors import ConfigError
 from ..spaces.nb201 import NB201Options
 from .final import TrainConfig, Training
@@ -56,6 +58,15 @@ class NB201SearchConfig(NB201Options, SearchConfig):
     cost_layers: int = option(5, "its cells per stage N", group="cost", min=1)
     cost_channels: int = option(16, "its C", group="cost", min=1)
 
+    bench201: str | None = option(None, "a NAS-Bench-201 / NATS-Bench file (or -simple directory, the fastest) or a "
+                                  "benchmark of dartsnas bench201 build: each epoch's derived cell is looked up "
+                                  "(or an evaluated cell isomorphic to it)", group="benchmark", metavar="FILE",
+                                  default_text="none", resumable=True)
+    bench201_dataset: str = option("cifar10", "the benchmark's dataset to report (cifar10, cifar10-valid, cifar100, "
+                                   "ImageNet16-120, or a built benchmark's)", group="benchmark", resumable=True)
+    bench201_epochs: str = option("200", "its training budget: 12 or 200 (a built benchmark's: its --epochs)",
+                                  group="benchmark", resumable=True)
+
     def check(self) -> None:
         for name, neutral in _CONV_ONLY.items():
             if getattr(self, name) != neutral:
@@ -79,7 +90,30 @@ def nb201_search_recipe(dataset: str | None = None, **given: Any) -> NB201Search
 
 
 class NB201Search(Search):
+    """The conv search loop in the NAS-Bench-201 space; with ``bench201``, each epoch's derived cell is
+    looked up in the benchmark (``bench201`` in metrics.jsonl and the epoch's lines)."""
+
     kind = SEARCH_KIND
+
+    def __init__(self, config: NB201SearchConfig, out_dir: str | Path, **kwargs: Any) -> None:
+        self.bench = Benchmark201(config.bench201) if config.bench201 else None  # a bad file: before the run starts
+        super().__init__(config, out_dir, **kwargs)
+
+    def describe(self) -> str:
+        cfg = self.config
+        text = super().describe().replace(f"L={cfg.layers} N={cfg.nodes}", f"{cfg.layers} cells per stage")
+        return text + (f", benchmark {cfg.bench201}" if self.bench is not None else "")
+
+    def epoch_summary(self, record: dict[str, Any]) -> Callable[[dict[str, Any]], str]:
+        line = super().epoch_summary(record)
+        if self.bench is None:
+            return line
+        cfg = self.config
+        index = self.bench.lookup(Cell201.from_dict(record["genotype"]))
+        info = self.bench.query(index, cfg.bench201_dataset, cfg.bench201_epochs)
+        record["bench201"] = {k: info[k] for k in ("index", "arch", "valid-accuracy", "test-accuracy") if k in info}
+        found = " ".join(f"{k.split('-')[0]} {info[k]:.2f}%" for k in ("test-accuracy", "valid-accuracy") if k in info)
+        return lambda r: f"{line(r)}\n  bench201 {cfg.bench201_dataset}@{cfg.bench201_epochs}: {found} (cell {index})"
 
 
 def search_nb201(config: NB201SearchConfig, out_dir: str | Path, **kwargs: Any) -> SearchResult:
