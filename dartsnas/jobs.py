@@ -104,11 +104,13 @@ def default_devices() -> list[str]:
 
 
 def run_jobs(jobs: Sequence[Job], devices: Sequence[str] | None = None, *,
-             log: Callable[[str], None] = print, on_result: Callable[[dict[str, Any]], None] | None = None
-             ) -> dict[str, dict[str, Any]]:
+             log: Callable[[str], None] = print, on_result: Callable[[dict[str, Any]], Any] | None = None,
+             threads: int | None = None) -> dict[str, dict[str, Any]]:
     """Run ``jobs`` in separate processes, at most one per entry of ``devices`` at a time
     (``["cpu", "cpu"]`` runs two CPU jobs side by side). Finished jobs are skipped; a failed job is
-    recorded as ``{"status": "failed", "error": ...}`` and the others go on."""
+    recorded as ``{"status": "failed", "error": ...}`` and the others go on. ``threads`` fixes every
+    CPU job's thread count (else the cores are shared out), so that its numbers do not depend on how
+    many jobs run beside it."""
     devices = list(devices or default_devices())
     if not devices:
         raise ConfigError("--devices needs at least one device")
@@ -116,7 +118,8 @@ def run_jobs(jobs: Sequence[Job], devices: Sequence[str] | None = None, *,
     for d in devices:
         free.put(d)
     cpu_workers = sum(d == "cpu" for d in devices)
-    threads = max(1, (os.cpu_count() or 1) // max(cpu_workers, 1))
+    fixed_threads = threads
+    threads = threads or max(1, (os.cpu_count() or 1) // max(cpu_workers, 1))
 
     def work(job: Job) -> dict[str, Any]:
         device = free.get()
@@ -126,7 +129,9 @@ def run_jobs(jobs: Sequence[Job], devices: Sequence[str] | None = None, *,
             atomic_write_text(spec, json.dumps(dataclasses.asdict(
                 dataclasses.replace(job, config={**job.config, "device": device}))) + "\n")
             env = {**os.environ, PARENT_ENV: str(os.getpid())}
-            if device == "cpu" and cpu_workers > 1:
+            if fixed_threads is not None:
+                env["OMP_NUM_THREADS"] = str(fixed_threads)
+            elif device == "cpu" and cpu_workers > 1:
                 env.setdefault("OMP_NUM_THREADS", str(threads))
             log(f"{job.name}: running on {device} (log: {job.log_file})")
             with open(job.log_file, "a") as logf:

@@ -170,3 +170,49 @@ def test_bad_files_and_queries_get_one_clear_line(files, tmp_path, capsys):
                           ((9, "cifar10", "200", 7), "epoch 7 out of range")]:
         with pytest.raises(Exception, match=message):
             bench.query(*args)
+
+
+BUILD = ["bench201", "build", "--dataset", "digits", "--epochs", "1", "--init-channels", "4", "--layers", "1",
+         "--batch-size", "64", "--quiet"]
+NUMBERS = ("train-loss", "train-accuracy", "valid-loss", "valid-accuracy", "test-loss", "test-accuracy",
+           "valtest-loss", "valtest-accuracy", "flops", "params")
+
+
+def test_a_build_trains_each_cell_once_resumes_with_more_and_the_official_api_reads_it(tmp_path, capsys):
+    out = tmp_path / "digits.pickle.pbz2"
+    assert main([*BUILD, "--cells", "1", "--out", str(out)]) == 0
+    first = Benchmark201(out).evaluated()
+    assert len(first) == 1
+    done = next((tmp_path / "digits.pickle.pbz2.runs" / "runs").glob("*.done.json"))
+    stamp = done.stat().st_mtime_ns
+    assert main([*BUILD, "--cells", "1", "--include", "all-skip", "--resume", "--out", str(out)]) == 0
+    assert done.stat().st_mtime_ns == stamp  # the finished job was skipped, not run again
+    bench = Benchmark201(out)
+    skip = bench.index_of("all-skip")
+    assert bench.evaluated() == sorted([*first, skip])
+    ours = bench.query("all-skip", "digits", "1")
+    assert ours["seeds"] == [777] and 0 < ours["test-accuracy"] <= 100 and ours["flops"] > 0
+    api = nats_bench.create(str(out), "tss", fast_mode=False, verbose=False)
+    theirs = api.get_more_info(skip, "digits", hp="1", is_random=False)
+    cost = api.get_cost_info(skip, "digits", hp="1")
+    expected = {**{k: theirs[k] for k in NUMBERS[:8]}, "flops": cost["flops"], "params": cost["params"]}
+    assert {k: ours[k] for k in NUMBERS} == pytest.approx(expected, rel=1e-12)
+    capsys.readouterr()
+    assert main([*BUILD, "--out", str(tmp_path / "x.json")]) == 1
+    assert "name a .pth" in capsys.readouterr().err
+    assert main([*BUILD, "--cells", "1", "--epochs", "2", "--resume", "--out", str(out)]) == 1
+    assert "built with other settings (epochs)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_build_gives_the_same_numbers_in_one_process_or_two(tmp_path):
+    files = {}
+    for devices in (["cpu"], ["cpu", "cpu"]):
+        out = tmp_path / f"{len(devices)}.pickle.pbz2"
+        assert main([*BUILD, "--cells", "2", "--seeds", "1", "2", "--devices", *devices, "--out", str(out)]) == 0
+        files[len(devices)] = Benchmark201(out)
+    cells = files[1].evaluated()
+    assert len(cells) == 2 and files[2].evaluated() == cells
+    for index in cells:
+        one, two = (files[n].query(index, "digits", "1") for n in (1, 2))
+        assert {k: one[k] for k in NUMBERS} == {k: two[k] for k in NUMBERS}

@@ -148,10 +148,11 @@ def read_file(path: str | os.PathLike) -> tuple[str, list[str], dict[int, dict[s
     else:
         data = _check_top(load_pth(path), path, ("meta_archs", "arch2infos", "evaluated_indexes"))
         fmt, infos = "nb201", {}
+        hps = data.get("dartsnas_hp") if isinstance(data.get("dartsnas_hp"), dict) else PTH_HPS  # a built one's budgets
         for index, entry in data["arch2infos"].items():
             if not isinstance(entry, dict) or set(PTH_HPS) - set(entry):
                 raise BenchmarkError(f"{path}: arch2infos[{index}] needs 'less' and 'full' results")
-            infos[index] = {PTH_HPS[k]: v for k, v in entry.items() if k in PTH_HPS}
+            infos[index] = {str(hps.get(k, PTH_HPS[k])): v for k, v in entry.items() if k in PTH_HPS}
     if not isinstance(infos, dict):
         raise BenchmarkError(f"{path}: arch2infos is not a dict of results")
     return fmt, data["meta_archs"], {int(k): v for k, v in infos.items()}, None
@@ -176,13 +177,20 @@ def _atomic_bytes(path: Path, data: bytes) -> None:
     atomic_write_bytes(path, data)
 
 
-def write_pth(path: str | os.PathLike, meta_archs: list[str], infos: dict[int, dict[str, Any]]) -> None:
+def write_pth(path: str | os.PathLike, meta_archs: list[str], infos: dict[int, dict[str, Any]],
+              epochs: str | None = None) -> None:
     """A NAS-Bench-201 ``.pth`` (v1.1's layout) of ``infos`` (index -> {"12": ..., "200": ...}), written
-    whole or not at all; plain containers only, so ``torch.load(weights_only=True)`` reads it."""
+    whole or not at all; plain containers only, so ``torch.load(weights_only=True)`` reads it. ``epochs``:
+    one budget of another length, stored as both 'less' and 'full' (the format has both), named by its
+    epochs to dartsnas (an extra key the official API ignores)."""
     back = {v: k for k, v in PTH_HPS.items()}
+    if epochs is not None:
+        infos = {i: {"12": e[str(epochs)], "200": e[str(epochs)]} for i, e in infos.items()}
     data = {"meta_archs": list(meta_archs), "total_archs": len(meta_archs),
             "arch2infos": {int(i): {back[hp]: r for hp, r in entry.items()} for i, entry in infos.items()},
             "evaluated_indexes": sorted(int(i) for i in infos)}
+    if epochs is not None:
+        data["dartsnas_hp"] = {"less": str(epochs), "full": str(epochs)}
     buffer = io.BytesIO()
     torch.save(data, buffer)
     _atomic_bytes(Path(path), buffer.getvalue())

@@ -15,7 +15,7 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-from ..genotype201 import Cell201
+from ..genotype201 import CELLS201, Cell201
 from .files import BenchmarkError, read_cell, read_file
 
 #: The epochs (hp) a benchmark trained its cells for: NAS-Bench-201's 'less' and 'full'.
@@ -44,6 +44,8 @@ class Benchmark201:
                 raise BenchmarkError(f"index {arch} out of range: {self.path} holds cells 0..{len(self.meta_archs) - 1}")
             return arch
         text = arch.to_str() if isinstance(arch, Cell201) else str(arch).strip()
+        if text in CELLS201:
+            text = CELLS201.get(text).to_str()
         if text.lstrip("-").isdigit():
             return self.index_of(int(text))
         index = self._index.get(text)

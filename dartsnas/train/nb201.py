@@ -10,6 +10,7 @@ cosine to 0, Nesterov, weight decay 5e-4).
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,6 +20,7 @@ from ..genotype201 import Cell201
 from ..errors import ConfigError
 from ..spaces.nb201 import NB201Options
 from .final import TrainConfig, Training
+from .meters import evaluate
 from .search import Search, SearchResult
 from .search_config import SearchConfig
 
@@ -141,7 +143,21 @@ class NB201TrainConfig(TrainConfig):
 
 
 class NB201Training(Training):
+    """Training the benchmark's network; with a held-out validation split, each epoch is evaluated on it
+    and on the test split (a benchmark's x-valid and x-test), each with its images and seconds."""
+
     kind = TRAIN_KIND
+
+    def evaluate(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for split, loader in (("val", self.val_loader), ("test", self.test_loader)):
+            if loader is None:
+                continue
+            start = time.perf_counter()
+            out.update({f"{split}_{k}": v for k, v in evaluate(self.model, loader, self.dist).items()})
+            out[f"{split}_seconds"] = time.perf_counter() - start
+            out[f"{split}_images"] = len(loader.indices) if hasattr(loader, "indices") else len(loader.dataset)
+        return out
 
 
 def nb201_train_recipe(dataset: str | None = None, **given: Any) -> NB201TrainConfig:
