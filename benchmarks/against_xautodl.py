@@ -10,7 +10,10 @@ biases (``bias=not affine``) are copied too.
     pip install --no-deps xautodl      # its numpy pin does not install beside torch 2.x; it needs none
     python benchmarks/against_xautodl.py [--C 4 --N 1 --batch 4 --size 16]
 
-``--reduce-cell gdas`` holds GDAS-FRC's network (NASNetworkGDAS_FRC) instead.
+``--reduce-cell gdas`` holds GDAS-FRC's network (NASNetworkGDAS_FRC) instead. ``--nb201`` holds the
+NAS-Bench-201 search network against xautodl's TinyNetworkDarts (DARTS's mixture) and its GDAS form
+(NAS201SearchCell.forward_gdas) the same way, and compares the benchmark network's parameters and FLOPs
+(xautodl's get_model_infos) with dartsnas's for ``--cells`` cells (``all``: every one of the 15,625).
 """
 from __future__ import annotations
 
@@ -98,6 +101,69 @@ def grads(loss: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
     return [torch.zeros_like(p) if g is None else g for g, p in zip(out, params)]
 
 
+def nb201(args: argparse.Namespace) -> None:
+    import random
+    from xautodl.models.cell_infers.tiny_network import TinyNetwork
+    from xautodl.models.cell_operations import SearchSpaceNames
+    from xautodl.models.cell_searchs.genotypes import Structure
+    from xautodl.models.cell_searchs.search_model_darts import TinyNetworkDarts
+    from xautodl.utils.flop_benchmark import get_model_infos
+    from dartsnas.genotype201 import benchmark_cells
+    from dartsnas.nets import NetworkConfig, build_network
+    from dartsnas.nets.nb201 import benchmark_cost
+    from dartsnas.spaces.nb201 import NB201SearchSpaceConfig, SearchNetwork201
+
+    torch.manual_seed(args.seed)
+    ours = SearchNetwork201(NB201SearchSpaceConfig(init_channels=args.C, layers=args.N, num_classes=args.classes)).double()
+    with torch.no_grad():
+        ours.alpha_normal.normal_(0, 0.5)
+    theirs = TinyNetworkDarts(args.C, args.N, 4, args.classes, SearchSpaceNames["nas-bench-201"], False, True).double()
+    copy_weights(ours, theirs)
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    x = torch.randn(args.batch, 3, args.size, args.size, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, args.classes, (args.batch,), generator=gen)
+    out = {"network": "TinyNetworkDarts", "C": args.C, "N": args.N, "dtype": "float64"}
+    for form in ("darts", "gdas"):
+        if form == "gdas":
+            ours.sampler = GumbelSampler(args.seed + 2, args.tau)
+            replay = torch.Generator().manual_seed(0)
+            replay.set_state(ours.sampler.generator.get_state())
+            noise = torch.empty(ours.alpha_normal.shape, dtype=torch.float64).exponential_(generator=replay)
+        mine = ours(x)
+        g_ours = grads(F.cross_entropy(mine, y), [*ours.weight_parameters(), ours.alpha_normal])
+        if form == "darts":
+            logits = theirs(x)[1]
+        else:  # TinyNetworkGDAS.forward with dartsnas's draw
+            logp = theirs.arch_parameters.log_softmax(dim=1)
+            probs = F.softmax((logp - noise.log()) / args.tau, dim=1)
+            index = probs.max(-1, keepdim=True)[1]
+            hardwts = torch.zeros_like(probs).scatter_(-1, index, 1.0) - probs.detach() + probs
+            feature = theirs.stem(x)
+            for cell in theirs.cells:
+                feature = cell.forward_gdas(feature, hardwts, index) if hasattr(cell, "forward_gdas") else cell(feature)
+            feature = theirs.global_pooling(theirs.lastact(feature))
+            logits = theirs.classifier(feature.view(feature.size(0), -1))
+        g_theirs = grads(F.cross_entropy(logits, y), [*authors_weights(theirs), theirs.arch_parameters])
+        n = len(g_ours) - 1
+        out[form] = {"logits_max_abs_diff": float((mine - logits).abs().max()),
+                     "grad_w_max_abs_diff": max(float((a - b).abs().max()) for a, b in zip(g_ours[:n], g_theirs[:n])),
+                     "grad_alpha_max_abs_diff": float((g_ours[n] - g_theirs[n]).abs().max()),
+                     "grad_alpha_norm": float(g_ours[n].norm())}
+    cells = list(benchmark_cells())
+    if args.cells != "all":
+        cells = random.Random(args.seed).sample(cells, int(args.cells))
+    worst = {"flops": 0.0, "params": 0.0}
+    for cell in cells:
+        net = build_network("nb201", NetworkConfig(cell, init_channels=16, layers=5, auxiliary=False))
+        flops, params = get_model_infos(TinyNetwork(16, 5, Structure.str2structure(cell.to_str()), 10), (1, 3, 32, 32))
+        cost = benchmark_cost(net)
+        worst = {"flops": max(worst["flops"], abs(cost["flops"] - flops)),
+                 "params": max(worst["params"], abs(cost["params"] - float(params)))}
+    out["benchmark_network"] = {"cells": len(cells), "flops_max_abs_diff": worst["flops"],
+                                "params_max_abs_diff": worst["params"]}
+    print(json.dumps(out))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--C", type=int, default=4)
@@ -108,7 +174,11 @@ def main() -> None:
     p.add_argument("--tau", type=float, default=10.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reduce-cell", choices=("searched", "gdas"), default="searched")
+    p.add_argument("--nb201", action="store_true", help="NAS-Bench-201's networks instead")
+    p.add_argument("--cells", default="200", help="--nb201: cells whose benchmark network is counted (or all)")
     args = p.parse_args()
+    if args.nb201:
+        return nb201(args)
     frc = args.reduce_cell == "gdas"
 
     torch.manual_seed(args.seed)

@@ -208,3 +208,15 @@ def test_a_search_reports_its_derived_cells_benchmark_figures_every_epoch(nb201_
         assert r["bench201"] == {"index": benchmark_index(cell), "arch": cell.to_str(), "test-accuracy": 40.0 + n}
     assert main(["search", "nb201", *TINY, "--bench201", str(tmp_path / "none"), "--out", str(tmp_path / "r2")]) == 1
     assert not (tmp_path / "r2").exists()
+
+
+def test_derive_and_plot_take_a_nas_bench_201_run(nb201_runs, tmp_path, capsys):
+    assert main(["derive", str(nb201_runs["darts"]), "--derivation", "gdas"]) == 1
+    assert "--derivation is the conv space's" in capsys.readouterr().err
+    assert main(["plot", str(nb201_runs["darts"]), "--format", "dot", "--out", str(tmp_path / "cell.dot")]) == 0
+    dot = (tmp_path / "cell_cell.dot").read_text()
+    cell = Cell201.from_json((nb201_runs["darts"] / "genotype.json").read_text())
+    assert dot.count("->") == sum(op != "none" for op, _ in cell.edges)
+    capsys.readouterr()
+    assert main(["genotype", "best-cifar10", "--space", "nb201"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"arch": BEST}

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..bench201 import Benchmark201
+from ..bench201 import Benchmark201, BenchmarkError
 from ..config import configclass, option
 from ..genotype201 import Cell201
 from ..errors import ConfigError
@@ -111,7 +111,12 @@ class NB201Search(Search):
         if self.bench is None:
             return line
         cfg = self.config
-        index = self.bench.lookup(Cell201.from_dict(record["genotype"]))
+        cell = Cell201.from_dict(record["genotype"])
+        try:
+            index = self.bench.lookup(cell)
+        except BenchmarkError:  # a benchmark of some cells: this one (and its class) was not built
+            record["bench201"] = {"arch": cell.to_str(), "evaluated": False}
+            return lambda r: f"{line(r)}\n  bench201: the cell is not in {cfg.bench201}"
         info = self.bench.query(index, cfg.bench201_dataset, cfg.bench201_epochs)
         record["bench201"] = {k: info[k] for k in ("index", "arch", "valid-accuracy", "test-accuracy") if k in info}
         found = " ".join(f"{k.split('-')[0]} {info[k]:.2f}%" for k in ("test-accuracy", "valid-accuracy") if k in info)

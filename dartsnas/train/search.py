@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 
 from ..cost import CostTable
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..genotype import SKIP_OP, Genotype
 from ..methods.pdarts import stage_space
 from ..nets import RESIZE_HINT, check_input_size
@@ -257,6 +257,8 @@ def derive_from_checkpoint(path: str | Path, max_skip: int | None = None, deriva
     if "alpha_normal" not in arch:
         raise CheckpointError(f"{path}: checkpoint holds no α")
     space = config.space()
+    if derivation is not None and state["kind"] == NB201:
+        raise ConfigError("--derivation is the conv space's: a NAS-Bench-201 cell keeps one op per edge")
     if derivation is not None:
         space = dataclasses.replace(space, derivation=derivation)
         space.validate()
