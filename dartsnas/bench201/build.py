@@ -134,40 +134,48 @@ def build(config: BuildConfig, train: Any, out: str | Path, *, devices: Sequence
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_text(plan_file, json.dumps(plan, indent=1) + "\n")
     seeds = plan["config"]["seeds"]
-    jobs = [Job(f"cell_{int(i):06d}_seed{s}", "train-nb201", {**plan["train"], "genotype": arch, "seed": s},
-                str(work / "runs" / f"cell_{int(i):06d}_seed{s}")) for i, arch in plan["cells"].items() for s in seeds]
+    jobs = {(int(i), s): Job(f"cell_{int(i):06d}_seed{s}", "train-nb201", {**plan["train"], "genotype": arch, "seed": s},
+                             str(work / "runs" / f"cell_{int(i):06d}_seed{s}"))
+            for i, arch in plan["cells"].items() for s in seeds}
     meta = [c.to_str() for c in benchmark_cells()]
     hp = str(plan["train"]["epochs"])
+    costs: dict[str, dict[str, Any]] = {}
+    converted: dict[tuple[int, int], tuple[dict[str, Any], float]] = {}  # a finished run's record, made once
+
+    def record_of(index: int, seed: int) -> tuple[dict[str, Any], float]:
+        """A finished job's run record and its training seconds (its files do not change once done)."""
+        if (index, seed) not in converted:
+            arch, out_dir = plan["cells"][str(index)], Path(jobs[index, seed].out)
+            records = [r for r in read_metrics(out_dir / "metrics.jsonl") if "epoch" in r]
+            if arch not in costs:
+                costs[arch] = _cost(arch, plan["train"], json.loads((out_dir / "data.json").read_text()))
+            evals, times = _evals(records)
+            converted[index, seed] = (run_record(
+                dataset=plan["name"], seed=seed, arch=arch, epochs=len(records), num_classes=costs[arch]["classes"],
+                channels=plan["train"]["init_channels"], cells=plan["train"]["layers"],
+                train=[(r["train_loss"], 100 * r["train_acc"]) for r in records], evals=evals,
+                train_times=[r["seconds"] for r in records], eval_times=times, params=costs[arch]["params"],
+                flops=costs[arch]["flops"], latency=None), sum(r["seconds"] for r in records))
+        return converted[index, seed]
 
     def write(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        infos, costs = {}, {}
+        infos, seconds = {}, []
         for index, arch in plan["cells"].items():
             runs = {}
             for s in seeds:
-                job = next(j for j in jobs if j.name == f"cell_{int(index):06d}_seed{s}")
-                if results.get(job.name, {}).get("status") != "done":
-                    continue
-                records = [r for r in read_metrics(Path(job.out) / "metrics.jsonl") if "epoch" in r]
-                if arch not in costs:
-                    costs[arch] = _cost(arch, plan["train"], json.loads((Path(job.out) / "data.json").read_text()))
-                evals, times = _evals(records)
-                runs[(plan["name"], s)] = run_record(
-                    dataset=plan["name"], seed=s, arch=arch, epochs=len(records), num_classes=costs[arch]["classes"],
-                    channels=plan["train"]["init_channels"], cells=plan["train"]["layers"],
-                    train=[(r["train_loss"], 100 * r["train_acc"]) for r in records], evals=evals,
-                    train_times=[r["seconds"] for r in records], eval_times=times, params=costs[arch]["params"],
-                    flops=costs[arch]["flops"], latency=None)
+                if results.get(jobs[int(index), s].name, {}).get("status") == "done":
+                    record, spent = record_of(int(index), s)
+                    runs[(plan["name"], s)] = record
+                    seconds.append(spent)
             if runs:
                 infos[int(index)] = {hp: cell_record(int(index), arch, runs)}
         write_benchmark(out, meta, infos, hp)
-        seconds = [sum(r["seconds"] for r in read_metrics(Path(j.out) / "metrics.jsonl") if "epoch" in r)
-                   for j in jobs if results.get(j.name, {}).get("status") == "done"]
         return {"cells": len(infos), "jobs": len(jobs), "failed": sum(r.get("status") == "failed" for r in results.values()),
                 "train_seconds_per_job": sum(seconds) / len(seconds) if seconds else None, "out": str(out)}
 
     log(f"bench201 build: {len(plan['cells'])} cells x {len(seeds)} seeds on {plan['name']}, {hp} epochs, devices "
         f"{', '.join(devices or default_devices())}, into {out} (runs in {work})")
-    results = run_jobs(jobs, devices, log=log, on_result=write, threads=plan["config"]["threads"])
+    results = run_jobs(list(jobs.values()), devices, log=log, on_result=write, threads=plan["config"]["threads"])
     summary = write(results)
     if summary["failed"]:
         raise DartsError(f"{summary['failed']} of {len(jobs)} jobs failed (their logs are in {work / 'runs'}); the "
