@@ -23,7 +23,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from .errors import CheckpointError, ConfigError
 
@@ -259,6 +259,15 @@ class Epochs(Config):
     weight_decay: float = option(3e-4, group="optimisation", min=0)
     grad_clip: float = option(5.0, group="optimisation", above=0, note="(inf: no clipping)", finite=False)
     steps_per_epoch: int | None = option(None, "cap the steps of an epoch (smoke runs)", group="optimisation", min=1)
+
+
+def with_recipe(recipes: Mapping[str, dict[str, Any]], name: str | None, given: Mapping[str, Any]) -> dict[str, Any]:
+    """A config's fields: the recipe ``name``'s (``none`` or None: no recipe), ``given`` over them, and
+    ``recipe`` naming it; an unknown name is refused, naming the recipes there are."""
+    name = name or "none"
+    if name != "none" and name not in recipes:
+        raise ConfigError(f"{{recipe}} must be one of none, {', '.join(recipes)}, got {name!r}", names=("recipe",))
+    return {**recipes.get(name, {}), **given, "recipe": name}
 
 
 @dataclass

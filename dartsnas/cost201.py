@@ -16,7 +16,7 @@ import torch
 
 from .cost import COST_KINDS, op_cost
 from .errors import ConfigError
-from .genotype201 import Cell201, edges_of
+from .genotype201 import Cell201, edge_inputs, edges_of
 from .nets import NetworkConfig, build_network, check_input_size
 from .nets.nb201 import InferCell201
 from .nets.summary import count_macs, count_parameters
@@ -36,7 +36,7 @@ class CostTable201:
     def build(cls, ops: Sequence[str], nodes: int = 3, *, init_channels: int = 16, layers: int = 5,
               image_size: tuple[int, int] = (32, 32), num_classes: int = 10, in_channels: int = 3) -> "CostTable201":
         check_input_size("the cost's final network nb201", 4, *image_size)
-        empty = Cell201(tuple(("none", j) for i in range(1, nodes + 1) for j in range(i)))
+        empty = Cell201(tuple(("none", j) for j in edge_inputs(nodes)))
         net = build_network("nb201", NetworkConfig(empty, init_channels=init_channels, layers=layers,
                                                    num_classes=num_classes, in_channels=in_channels, auxiliary=False))
         shapes: list[tuple[int, ...]] = []

@@ -34,6 +34,11 @@ def edges_of(nodes: int) -> int:
     return nodes * (nodes + 1) // 2
 
 
+def edge_inputs(nodes: int) -> list[int]:
+    """The node each edge reads, node-major (node i reads 0..i-1): [0, 0, 1, 0, 1, 2] for 3 nodes."""
+    return [j for i in range(1, nodes + 1) for j in range(i)]
+
+
 def _nodes_of(num_edges: int) -> int | None:
     nodes = 0
     while edges_of(nodes) < num_edges:
@@ -51,7 +56,7 @@ class Cell201:
         nodes = _nodes_of(len(self.edges))
         if nodes is None:
             raise GenotypeError(f"a NAS-Bench-201 cell has n(n+1)/2 edges, got {len(self.edges)}")
-        expected = [j for i in range(1, nodes + 1) for j in range(i)]
+        expected = edge_inputs(nodes)
         if [j for _, j in self.edges] != expected:
             raise GenotypeError(f"edges must read inputs {expected} node by node, got {[j for _, j in self.edges]}")
 
@@ -150,8 +155,7 @@ class Cell201:
         for _ in range(n):
             index, k = divmod(index, len(ops))
             picks.append(ops[k])
-        inputs = [j for i in range(1, nodes + 1) for j in range(i)]
-        return cls(tuple(zip(reversed(picks), inputs)))
+        return cls(tuple(zip(reversed(picks), edge_inputs(nodes))))
 
     def unique_str(self) -> str:
         """The cell's expression with ``none`` and skips resolved and every sum sorted: equal for
@@ -223,9 +227,8 @@ def derive_cell201(weights: torch.Tensor, op_names: Sequence[Sequence[str]]) -> 
     nodes = _nodes_of(weights.shape[0])
     if nodes is None:
         raise GenotypeError(f"{weights.shape[0]} rows of α is not the edges of a complete cell")
-    inputs = [j for i in range(1, nodes + 1) for j in range(i)]
     picks = weights.detach().float().argmax(-1).tolist()
-    return Cell201(tuple((op_names[e][k], j) for e, (k, j) in enumerate(zip(picks, inputs))))
+    return Cell201(tuple((op_names[e][k], j) for e, (k, j) in enumerate(zip(picks, edge_inputs(nodes)))))
 
 
 #: Named NAS-Bench-201 cells: the space's best on CIFAR-10, the paper's ResNet cell, and the all-skip cell

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from ..errors import DartsError
+from ..train.checkpoint import atomic_write_bytes
 
 #: The hp keys of NAS-Bench-201's files and what NATS-Bench (and dartsnas) call them.
 PTH_HPS = {"less": "12", "full": "200"}
@@ -172,11 +173,6 @@ def read_cell(directory: Path, index: int) -> dict[str, Any] | None:
 # -- writing ---------------------------------------------------------------------------------------
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    from ..train.checkpoint import atomic_write_bytes
-    atomic_write_bytes(path, data)
-
-
 def write_pth(path: str | os.PathLike, meta_archs: list[str], infos: dict[int, dict[str, Any]],
               epochs: str | None = None) -> None:
     """A NAS-Bench-201 ``.pth`` (v1.1's layout) of ``infos`` (index -> {"12": ..., "200": ...}), written
@@ -193,7 +189,7 @@ def write_pth(path: str | os.PathLike, meta_archs: list[str], infos: dict[int, d
         data["dartsnas_hp"] = {"less": str(epochs), "full": str(epochs)}
     buffer = io.BytesIO()
     torch.save(data, buffer)
-    _atomic_bytes(Path(path), buffer.getvalue())
+    atomic_write_bytes(Path(path), buffer.getvalue())
 
 
 def _bz2_pickle(obj: Any) -> bytes:
@@ -204,14 +200,14 @@ def write_nats_file(path: str | os.PathLike, meta_archs: list[str], infos: dict[
     """NATS-Bench's single topology file (a bz2 pickle) of ``infos``."""
     data = {"meta_archs": list(meta_archs), "total_archs": len(meta_archs),
             "arch2infos": {int(i): dict(e) for i, e in infos.items()}, "evaluated_indexes": {int(i) for i in infos}}
-    _atomic_bytes(Path(path), _bz2_pickle(data))
+    atomic_write_bytes(Path(path), _bz2_pickle(data))
 
 
 def write_nats_dir(directory: str | os.PathLike, meta_archs: list[str], infos: dict[int, dict[str, Any]]) -> None:
     """A NATS-Bench ``-simple`` directory: ``meta.pickle.pbz2`` and one file per cell of ``infos``."""
     directory = Path(directory)
     for index, entry in infos.items():
-        _atomic_bytes(directory / f"{int(index):06d}.pickle.pbz2", _bz2_pickle(dict(entry)))
+        atomic_write_bytes(directory / f"{int(index):06d}.pickle.pbz2", _bz2_pickle(dict(entry)))
     meta = {"meta_archs": list(meta_archs), "total_archs": len(meta_archs), "arch2infos": None,
             "evaluated_indexes": set()}
-    _atomic_bytes(directory / META_FILE, _bz2_pickle(meta))
+    atomic_write_bytes(directory / META_FILE, _bz2_pickle(meta))

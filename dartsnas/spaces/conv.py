@@ -230,10 +230,6 @@ class MixedCellsNetwork(ArchitectureSplit, nn.Module):
         for edge in self.mixed_edges():
             edge.skip_dropout = float(rate)
 
-    @property
-    def partial(self) -> bool:
-        return self.config.partial_channels > 1
-
     def arch_parameters(self) -> list[nn.Parameter]:
         return [a for a in (self.alpha_normal, self.alpha_reduce, self.beta_normal, self.beta_reduce) if a is not None]
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..config import Config, option
 from ..errors import ConfigError
-from ..genotype201 import CELLS201, Cell201, derive_cell201, edges_of
+from ..genotype201 import CELLS201, Cell201, derive_cell201, edge_inputs, edges_of
 from ..layout import CellLayout
 from ..nets import NetworkConfig, build_network
 from ..nets.nb201 import ResNetBlock, stage_layout
@@ -179,7 +179,7 @@ class NB201Options(Config):
 
 def sample_cell201(rng: random.Random, nodes: int = 3, ops: Sequence[str] = NB201_OPS) -> Cell201:
     """A uniform cell of the space: each edge any op, ``none`` included (the benchmark's random search)."""
-    return Cell201(tuple((rng.choice(list(ops)), j) for i in range(1, nodes + 1) for j in range(i)))
+    return Cell201(tuple((rng.choice(list(ops)), j) for j in edge_inputs(nodes)))
 
 
 class NB201Space(SearchSpace):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..bench201 import Benchmark201, BenchmarkError
-from ..config import configclass, option
+from ..config import configclass, option, with_recipe
 from ..genotype201 import Cell201
 from ..errors import ConfigError
 from ..spaces.nb201 import NB201Options
@@ -81,11 +81,7 @@ class NB201SearchConfig(NB201Options, SearchConfig):
 
 def nb201_search_recipe(dataset: str | None = None, **given: Any) -> NB201SearchConfig:
     """The NAS-Bench-201 search config of these fields: the recipe they name, then the fields."""
-    name = given.get("recipe") or "none"
-    if name != "none" and name not in NB201_SEARCH_RECIPES:
-        raise ConfigError(f"{{recipe}} must be one of none, {', '.join(NB201_SEARCH_RECIPES)}, got {name!r}",
-                          names=("recipe",))
-    values = {**NB201_SEARCH_RECIPES.get(name, {}), **given, "recipe": name}
+    values = with_recipe(NB201_SEARCH_RECIPES, given.pop("recipe", None), given)
     if dataset is not None:
         values["dataset"] = dataset
     return NB201SearchConfig(**values)
@@ -101,10 +97,11 @@ class NB201Search(Search):
         self.bench = Benchmark201(config.bench201) if config.bench201 else None  # a bad file: before the run starts
         super().__init__(config, out_dir, **kwargs)
 
+    def shape_text(self) -> str:
+        return f"C={self.config.init_channels}, {self.config.layers} cells per stage"
+
     def describe(self) -> str:
-        cfg = self.config
-        text = super().describe().replace(f"L={cfg.layers} N={cfg.nodes}", f"{cfg.layers} cells per stage")
-        return text + (f", benchmark {cfg.bench201}" if self.bench is not None else "")
+        return super().describe() + (f", benchmark {self.config.bench201}" if self.bench is not None else "")
 
     def epoch_summary(self, record: dict[str, Any]) -> Callable[[dict[str, Any]], str]:
         line = super().epoch_summary(record)

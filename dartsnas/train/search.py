@@ -200,14 +200,18 @@ class Search(BilevelSearch):
         result = evaluate(self.model, self.eval_loader, self.dist)
         return {"val_loss": result["loss"], "val_acc": result["top1"]}
 
-    def describe(self) -> str:
+    def shape_text(self) -> str:
+        """The search network's size, for the run's first line."""
         cfg = self.config
         stages = self.method("p-darts")
         layers = stages.layers_text() if stages is not None else f"L={cfg.layers}"
+        return f"C={cfg.init_channels} {layers} N={cfg.nodes}"
+
+    def describe(self) -> str:
+        cfg = self.config
         methods = "".join(m.describe() for m in self.methods)
-        return (f"search {self.search_space.name}: {cfg.order} order{methods}, C={cfg.init_channels} {layers} "
-                f"N={cfg.nodes}, {len(self.train_loader.indices)} train / "
-                f"{len(self.val_loader.indices)} val images, {self.where()}")
+        return (f"search {self.search_space.name}: {cfg.order} order{methods}, {self.shape_text()}, "
+                f"{len(self.train_loader.indices)} train / {len(self.val_loader.indices)} val images, {self.where()}")
 
     def epoch_summary(self, record: dict[str, Any]) -> Callable[[dict[str, Any]], str]:
         cfg = self.config

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import ArchStep, ArchWarmup, Curvature, Epochs, FastConv, Momentum, RunOptions, Seed, configclass, option
+from ..config import (ArchStep, ArchWarmup, Curvature, Epochs, FastConv, Momentum, RunOptions, Seed, configclass, option,
+                      with_recipe)
 from ..data.options import ImageData
 from ..errors import ConfigError
 from ..methods import check_methods, regularizers, space_options_of
@@ -141,10 +142,7 @@ def search_recipe(dataset: str | None = None, **given: Any) -> SearchConfig:
     (``dataset`` None: the recipe's, else CIFAR-10). PC-DARTS's ImageNet warm-up runs only above
     batch 256, as its script's does."""
     name = given.pop("recipe", None) or implied_recipe(dataset or "cifar10", given)
-    if name != "none" and name not in SEARCH_RECIPES:
-        raise ConfigError(f"{{recipe}} must be one of none, {', '.join(SEARCH_RECIPES)}, got {name!r}",
-                          names=("recipe",))
-    values = {"dataset": "cifar10", **SEARCH_RECIPES.get(name, {}), **given, "recipe": name}
+    values = {"dataset": "cifar10", **with_recipe(SEARCH_RECIPES, name, given)}
     if dataset is not None:
         values["dataset"] = dataset
     if name == "pcdarts-imagenet" and "warmup_epochs" not in given and values["batch_size"] <= 256:

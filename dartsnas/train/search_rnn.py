@@ -14,8 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..config import ArchStep, Compile, Curvature, Epochs, RunOptions, Seed, configclass, option
-from ..errors import ConfigError
+from ..config import ArchStep, Compile, Curvature, Epochs, RunOptions, Seed, configclass, option, with_recipe
 from ..data.options import CorpusData
 from ..data.text import Corpus, get_window
 from ..genotype import RecurrentGenotype
@@ -58,11 +57,7 @@ class RNNSearchConfig(RunOptions, Compile, Seed, Curvature, ArchStep, Epochs, Co
 
 def rnn_search_recipe(dataset: str | None = None, **given: Any) -> RNNSearchConfig:
     """The recurrent search config of these fields: the recipe they name (``recipe``), then the fields."""
-    name = given.get("recipe") or "none"
-    if name != "none" and name not in RNN_SEARCH_RECIPES:
-        raise ConfigError(f"{{recipe}} must be one of none, {', '.join(RNN_SEARCH_RECIPES)}, got {name!r}",
-                          names=("recipe",))
-    return RNNSearchConfig(**{**RNN_SEARCH_RECIPES.get(name, {}), **given, "recipe": name})
+    return RNNSearchConfig(**with_recipe(RNN_SEARCH_RECIPES, given.pop("recipe", None), given))
 
 
 class RNNSearch(BilevelSearch):
