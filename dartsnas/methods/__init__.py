@@ -142,7 +142,7 @@ def method_name(config: dict[str, Any]) -> str:
     return head + "".join(sorted((p for p in parts if p.startswith(_SUFFIXES)), key=lambda p: _SUFFIXES.index(p[0])))
 
 
-from . import darts, pdarts, gdas, pcdarts, sdarts, darts_minus, budget  # noqa: E402,F401  (registration)
+from . import darts, pdarts, gdas, drnas, pcdarts, sdarts, darts_minus, beta_decay, budget  # noqa: E402,F401  (registration)
 
 __all__ = ["SEARCH_METHODS", "Regularizer", "SearchMethod", "check_methods", "method_name", "methods_of",
            "regularizers", "space_options_of"]

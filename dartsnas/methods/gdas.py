@@ -21,8 +21,9 @@ class GdasOptions(Config):
     """GDAS's config group (the conv search and search_model take it)."""
 
     sampler: str = option("none", "gdas: every edge (Choice) computes one candidate, drawn by hard Gumbel-softmax over "
-                          "α (GDAS); a step costs about one candidate's work instead of all of them", group="sampled search",
-                          choices=("none", "gdas"))
+                          "α (GDAS); a step costs about one candidate's work instead of all of them; dirichlet: every edge's "
+                          "mixing weights are a draw from Dirichlet(elu(α) + 1) (DrNAS; cell spaces)", group="sampled search",
+                          choices=("none", "gdas", "dirichlet"))
     tau_max: float = option(10.0, "GDAS: the Gumbel-softmax temperature τ at the first epoch, annealed linearly to "
                             "--tau-min at the last", group="sampled search", above=0)
     tau_min: float = option(0.1, "GDAS: τ at the last epoch", group="sampled search", above=0)

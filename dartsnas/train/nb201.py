@@ -32,6 +32,11 @@ NB201_SEARCH_RECIPES: dict[str, dict[str, Any]] = {
     "darts": {**_SEARCH, "order": "second"},
     "darts-v1": {**_SEARCH, "order": "first"},
     "gdas": {**_SEARCH, "order": "first", "sampler": "gdas", "epochs": 250, "tau_max": 10.0, "tau_min": 0.1},
+    # DrNAS's 201-space/train_search.py and β-DARTS's nasbench201/train_search.py: 100 epochs, batch 64,
+    # lr 0.025 cosine to 0.001, momentum 0.9 (no Nesterov), weight decay 3e-4, α Adam 3e-4 (1e-3), first order
+    "drnas": {**_SEARCH, "order": "first", "sampler": "dirichlet", "epochs": 100, "nesterov": False, "weight_decay": 3e-4},
+    "beta-darts": {**_SEARCH, "order": "first", "regularizer": "beta-decay", "epochs": 100, "nesterov": False,
+                   "weight_decay": 3e-4},
 }
 #: What the conv search has and this space has not (P-DARTS's stages, GDAS-FRC, the conv cells' cost
 #: tables, stems, derivations and search networks): kept off the command line, refused if set.
@@ -46,7 +51,7 @@ class NB201SearchConfig(NB201Options, SearchConfig):
 
     SPACE = "nb201"
     recipe: str = option("none", "xautodl's NAS-Bench-201 search settings, any flag overriding them: darts (DARTS-V2, "
-                         "second order), darts-v1, gdas (250 epochs, τ 10 to 0.1); none: these defaults (darts-v1's)",
+                         "second order), darts-v1, gdas (250 epochs, τ 10 to 0.1), drnas, beta-darts (100 epochs; their scripts); none: these defaults (darts-v1's)",
                          choices=("none", *NB201_SEARCH_RECIPES))
     progressive: bool = option(False, cli=False)
     reduce_cell: str = option("searched", cli=False)

@@ -10,7 +10,9 @@ from ..config import (ArchStep, ArchWarmup, Curvature, Epochs, FastConv, Momentu
 from ..data.options import ImageData
 from ..errors import ConfigError
 from ..methods import check_methods, regularizers, space_options_of
+from ..methods.beta_decay import BetaDecayOptions
 from ..methods.budget import CostBudget
+from ..methods.drnas import DirichletOptions
 from ..methods.gdas import GdasOptions
 from ..methods.pcdarts import PartialChannelOptions
 from ..methods.pdarts import ProgressiveOptions
@@ -55,19 +57,23 @@ SEARCH_RECIPES: dict[str, dict[str, Any]] = {
     # exps/NAS-Bench-201-algos/GDAS.py): 250 epochs, batch 256, Nesterov, weight decay 5e-4, τ 10 to 0.1, N=2
     # (6 cells), GDAS's search network (NASNetworkGDAS)
     "gdas": _GDAS,
+    # β-DARTS's sota/cnn/train_search.py: DARTS's first-order search, 50 epochs, with the Beta-Decay term
+    "beta-darts": {**_DARTS, "order": "first", "regularizer": "beta-decay"},
     "gdas-frc": {**_GDAS, "reduce_cell": "gdas"},
 }
 
 @configclass()
 class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, GdasOptions, ArchStep, Momentum, Epochs, ImageData,
-                   CostBudget, PartialChannelOptions, SmoothingOptions, ProgressiveOptions, ConvSpaceOptions):
+                   CostBudget, PartialChannelOptions, SmoothingOptions, BetaDecayOptions, DirichletOptions, ProgressiveOptions,
+                   ConvSpaceOptions):
     """Everything that defines a conv search; defaults are the paper's CIFAR-10 settings."""
 
     train_portion: float = option(0.5, "part of the training split that trains w; the rest trains α", above=0, below=1)
     max_skip: int | None = option(None, "cap on skip_connects in the derived normal cell", group="optimisation", min=0,
                                   default_text="none")
     regularizer: str = option("none", "sdarts-rs: weight steps see softmax(α) + U(-ε, ε) (SDARTS-RS); darts-minus: an "
-                              "auxiliary skip on every edge, its weight decaying from 1 to 0 (DARTS-)",
+                              "auxiliary skip on every edge, its weight decaying from 1 to 0 (DARTS-); beta-decay: "
+                              "λ x mean logsumexp(α) joins α's objective, λ growing with the epoch (β-DARTS)",
                               group="optimisation", choices=REGULARIZERS)
     warmup_epochs: int = option(0, "linear learning-rate warm-up: epoch e < N uses lr x (e+1)/N (PC-DARTS's ImageNet "
                                 "search: 5, above batch 256)", group="optimisation", min=0)
@@ -86,7 +92,7 @@ class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, GdasOption
                               group="sampled search", choices=REDUCE_CELLS)
     recipe: str = option("none", "a published search script's settings, any flag overriding them: darts (second "
                          "order), darts-v1, pdarts, pcdarts, pcdarts-imagenet, gdas, gdas-frc (docs/successors.md); "
-                         "none: dartsnas's defaults. --progressive, --sampler gdas and --dataset imagenet imply "
+                         "beta-darts; none: dartsnas's defaults. --progressive, --sampler gdas and --dataset imagenet imply "
                          "theirs", choices=("none", *SEARCH_RECIPES))
     sample: tuple[float, float] = option(
         help="imagenet: the parts of every class of the training images sampled to train w and α (PC-DARTS: 0.1 and "
