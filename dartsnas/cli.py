@@ -124,11 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", type=Path, help="image files")
     p.add_argument("--top", type=int, default=5, help="classes per image [5]")
 
-    p = sub.add_parser("derive", help="print the genotype a search checkpoint derives to")
-    p.add_argument("checkpoint", type=Path, help="checkpoint.pt or a run directory")
-    p.add_argument("--max-skip", type=int, default=None, help="override the run's skip_connect cap")
-    p.add_argument("--derivation", choices=("top-k", "gdas"), default=None,
-                   help="override the run's: top-k (DARTS) or gdas (the two strongest (op, input) pairs per node)")
+    from .cli_tools import add_derive
+    add_derive(sub)
 
     p = sub.add_parser("summary", help="parameters and multiply-adds of a final network (JSON)")
     p.add_argument("--genotype", default="DARTS_V2", help="built-in name, JSON file or run directory (nb201: or an "
@@ -308,12 +305,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_derive(args: argparse.Namespace) -> int:
-    from .train.search import derive_from_checkpoint
-    print(derive_from_checkpoint(args.checkpoint, max_skip=args.max_skip, derivation=args.derivation).to_json())
-    return 0
-
-
 def _cmd_genotype(args: argparse.Namespace) -> int:
     print(load_genotype(args.genotype, args.space).to_json())
     return 0
@@ -367,7 +358,7 @@ def _lazy(module: str, name: str) -> Any:
     return lambda args: getattr(importlib.import_module(module, __package__), name)(args)
 
 
-COMMANDS = {"search": _cmd_search, "derive": _cmd_derive, "genotype": _cmd_genotype,
+COMMANDS = {"search": _cmd_search, "derive": _lazy(".cli_tools", "derive"), "genotype": _cmd_genotype,
             "summary": _lazy(".cli_tools", "summary"), "train": _cmd_train, "eval": _cmd_eval, "plot": _cmd_plot,
             "select": _cmd_select, "random-search": _cmd_random_search, "export": _cmd_export,
             "predict": _cmd_predict, "latency-table": _lazy(".cli_tools", "latency_table"),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import Any
 
 from .errors import ConfigError
 from .flags import given_fields
@@ -71,4 +73,35 @@ def latency_table(args: argparse.Namespace) -> int:
                       "threads": m["threads"], "op_shapes": m["distinct_op_shapes"],
                       "reference_network_ms": round(m["reference_network_ms"], 4),
                       "fixed_ms": round(table.fixed["latency"], 4)}))
+    return 0
+
+
+def add_derive(sub: Any) -> None:
+    """The derive command's flags."""
+    p = sub.add_parser("derive", help="print the genotype a search checkpoint derives to")
+    p.add_argument("checkpoint", type=Path, help="checkpoint.pt or a run directory")
+    p.add_argument("--max-skip", type=int, default=None, help="override the run's skip_connect cap")
+    p.add_argument("--derivation", choices=("top-k", "gdas"), default=None,
+                   help="override the run's: top-k (DARTS) or gdas (the two strongest (op, input) pairs per node)")
+    p.add_argument("--method", choices=("top-k", "pt"), default="top-k",
+                   help="top-k: what α derives to; pt: DARTS-PT's selection on the supernet (a run in --out, "
+                        "resumed if run again; its lines on stderr) [top-k]")
+    p.add_argument("--out", type=Path, default=None, help="pt: the selection's run directory [RUN/pt]")
+    p.add_argument("--pt-interval", type=int, default=None, help="pt: fine-tuning epochs between decisions [5]")
+    p.add_argument("--pt-crit", choices=("acc", "loss"), default=None, help="pt: judged by validation accuracy or loss [acc]")
+    p.add_argument("--pt-lr", type=float, default=None, help="pt: the fine-tuning's constant lr [the search's lr / 10]")
+    p.add_argument("--pt-batches", type=int, default=None, help="pt: validation batches per measurement [all]")
+
+
+def derive(args: argparse.Namespace) -> int:
+    """dartsnas derive: the genotype of a search checkpoint (top-k of α, or DARTS-PT's selection)."""
+    from .train.search import derive_from_checkpoint
+    if args.method == "pt":
+        from .train.pt import select_pt
+        genotype = select_pt(args.checkpoint, args.out, log=lambda line: print(line, file=sys.stderr),
+                             pt_interval=args.pt_interval, pt_crit=args.pt_crit, pt_lr=args.pt_lr,
+                             pt_batches=args.pt_batches)
+        print(genotype.to_json())
+        return 0
+    print(derive_from_checkpoint(args.checkpoint, max_skip=args.max_skip, derivation=args.derivation).to_json())
     return 0

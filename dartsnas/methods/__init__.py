@@ -31,7 +31,9 @@ class SearchMethod(Hook):
     - ``schedule(run)``: before an epoch, (epoch, epochs, record fields) of the learning-rate schedule
       where the method runs its own (P-DARTS's stages), else None;
     - ``record(run, record, genotype)``: its fields of the epoch's record, and its part of the line;
-    - ``run_state(run)`` / ``load_run_state(state)``: entries at the top of the checkpoint.
+    - ``run_state(run)`` / ``load_run_state(state)``: entries at the top of the checkpoint;
+    - ``extra_epochs(run)``: epochs the method runs after the search's (DARTS-PT's selection);
+    - ``derive(run)``: the genotype where the method derives it instead of α's top-k, or None.
     """
 
     name = ""
@@ -84,6 +86,12 @@ class SearchMethod(Hook):
 
     def run_state(self, run: Any) -> dict[str, Any]:
         return {}
+
+    def extra_epochs(self, run: Any) -> int:
+        return 0
+
+    def derive(self, run: Any) -> Any:
+        return None
 
     def load_run_state(self, state: dict[str, Any]) -> None:
         pass
@@ -142,7 +150,7 @@ def method_name(config: dict[str, Any]) -> str:
     return head + "".join(sorted((p for p in parts if p.startswith(_SUFFIXES)), key=lambda p: _SUFFIXES.index(p[0])))
 
 
-from . import darts, pdarts, gdas, drnas, pcdarts, sdarts, darts_minus, beta_decay, budget  # noqa: E402,F401  (registration)
+from . import darts, pdarts, gdas, drnas, pcdarts, sdarts, darts_minus, beta_decay, budget, pt  # noqa: E402,F401  (registration)
 
 __all__ = ["SEARCH_METHODS", "Regularizer", "SearchMethod", "check_methods", "method_name", "methods_of",
            "regularizers", "space_options_of"]

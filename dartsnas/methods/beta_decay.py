@@ -54,7 +54,8 @@ class BetaDecay(Regularizer):
         run.architect.terms.append(lambda: self.weight * beta_decay(alphas))
 
     def epoch_start(self, run: Any, record: dict[str, Any]) -> None:
-        self.weight = record["beta_decay_weight"] = beta_decay_weight(run.epoch, self.config.beta_decay_slope)
+        epoch = min(run.epoch, self.config.epochs - 1)  # DARTS-PT's selection after the search keeps the last λ
+        self.weight = record["beta_decay_weight"] = beta_decay_weight(epoch, self.config.beta_decay_slope)
 
     def describe(self) -> str:
         return f", Beta-Decay λ = {self.config.beta_decay_slope:g} x epoch"

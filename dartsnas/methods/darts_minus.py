@@ -11,8 +11,9 @@ from . import SEARCH_METHODS, Regularizer
 
 
 def darts_minus_beta(epoch: int, epochs: int) -> float:
-    """DARTS-'s auxiliary-skip weight in epoch ``epoch`` (0-based): 1 at the start, decaying linearly to 0."""
-    return 1.0 - epoch / epochs
+    """DARTS-'s auxiliary-skip weight in epoch ``epoch`` (0-based): 1 at the start, decaying linearly to 0
+    (and 0 in epochs after the search's: DARTS-PT's selection)."""
+    return max(0.0, 1.0 - epoch / epochs)
 
 
 @SEARCH_METHODS.register("darts-minus")

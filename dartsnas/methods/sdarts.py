@@ -54,7 +54,8 @@ class SdartsRS(Regularizer):
         record["sdarts_epsilon"] = self.epsilon(run)
 
     def epsilon(self, run: Any) -> float:
-        return sdarts_epsilon(run.epoch, self.config.epochs, self.config.sdarts_epsilon)
+        # epochs after the search's (DARTS-PT's selection) keep the full ε
+        return sdarts_epsilon(min(run.epoch, self.config.epochs), self.config.epochs, self.config.sdarts_epsilon)
 
     def perturb(self, run: Any) -> Callable[[], Any]:
         epsilon, model = self.epsilon(run), run.model

@@ -209,6 +209,7 @@ class MixedCellsNetwork(ArchitectureSplit, nn.Module):
         # draws one op per edge in every forward pass.
         self.mixing_override: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self.sampler = None
+        self.projection = None  # DARTS-PT: methods.pt.Projection, its decided, removed and tried candidates
         self._aux_beta = 0.0
 
     def mixed_edges(self) -> list[MixedOp]:
@@ -258,6 +259,8 @@ class MixedCellsNetwork(ArchitectureSplit, nn.Module):
             (w_normal, i_normal), (w_reduce, i_reduce) = self.sample()
         else:
             w_normal, w_reduce = self.mixing_override or self.arch_weights()
+        if self.projection is not None:
+            w_normal, w_reduce = self.projection.apply(w_normal, "normal"), self.projection.apply(w_reduce, "reduce")
         e_normal, e_reduce = self.edge_weights()
         return (w_normal, e_normal, i_normal), (w_reduce, e_reduce, i_reduce)
 

@@ -75,6 +75,9 @@ class BilevelSearch(Run):
         self.methods = methods_of(self.config)
         self.hooks += self.methods
 
+    def total_epochs(self) -> int:
+        return self.config.epochs + sum(m.extra_epochs(self) for m in self.methods)
+
     def method(self, name: str) -> SearchMethod | None:
         """The selected method registered as ``name``, if any."""
         return next((m for m in self.methods if m.name == name), None)

@@ -218,6 +218,10 @@ class Run:
         """The run's first line: the command, its model and data (a command's own), then :meth:`where`."""
         raise NotImplementedError
 
+    def total_epochs(self) -> int:
+        """The run's epochs: the config's, and any a method adds after them (DARTS-PT's selection)."""
+        return self.config.epochs
+
     def where(self) -> str:
         return f"device {self.device}{self.dist.describe()}, out {self.out}"
 
@@ -259,7 +263,7 @@ class Run:
     def fit(self) -> Any:
         """Epochs until the last (or a hook stops the run), then the run's result files."""
         self.log(self.describe())
-        while self.epoch < self.config.epochs and not any(hook.stops() for hook in self.hooks):
+        while self.epoch < self.total_epochs() and not any(hook.stops() for hook in self.hooks):
             start = time.perf_counter()
             record: dict[str, Any] = {"epoch": self.epoch + 1, **self.epoch_start()}
             for hook in self.hooks:
@@ -291,7 +295,7 @@ class Run:
         if saved is not None:
             state.load_state_dict(saved)
             first = int(saved["step"])
-        bar = Progress(steps if shown_total is None else shown_total, f"epoch {self.epoch + 1}/{self.config.epochs}",
+        bar = Progress(steps if shown_total is None else shown_total, f"epoch {self.epoch + 1}/{self.total_epochs()}",
                        unit=unit, enabled=not self.quiet)
         i = first
         while i < steps and (more is None or more()):

@@ -2,6 +2,7 @@
 accumulated on the device so that a step never waits for the host."""
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 
 from ..architect import CLIP_EPS
 from ..distributed import Distributed
+from ..spaces.base import kept_running_stats
 
 
 class EpochMeter:
@@ -88,15 +90,33 @@ class ClipMeter:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: Any, dist: Distributed | None = None) -> dict[str, float]:
-    """Mean loss, top-1 and top-5 accuracy (fractions in [0, 1]) over one pass of ``loader``
-    (data parallel: each rank's share, totalled over the ranks)."""
+def evaluate(model: torch.nn.Module, loader: Any, dist: Distributed | None = None, *, batch_stats: bool = False,
+             batches: int | None = None) -> dict[str, float]:
+    """Mean loss, top-1 and top-5 accuracy (fractions in [0, 1]) over one pass of ``loader`` (or its
+    first ``batches``; data parallel: each rank's share, totalled over the ranks). ``batch_stats``: in
+    training mode, BatchNorm normalising by the batch's statistics (DARTS-PT's measurements), the
+    running ones left as they were."""
     was_training = model.training
-    model.eval()
+    model.train(batch_stats)
     dev = loader.device
     loss_sum, top1, top5 = (torch.zeros((), device=dev) for _ in range(3))
     seen = 0
-    for x, y in loader:
+    kept = kept_running_stats(model) if batch_stats else contextlib.nullcontext()
+    with kept:
+        seen = _evaluate_pass(model, loader, batches, loss_sum, top1, top5)
+    model.train(was_training)
+    if dist is not None and dist.enabled:
+        loss_sum, top1, top5, n = dist.sum(torch.stack([loss_sum, top1, top5, torch.tensor(float(seen), device=dev)]))
+        seen = int(n.item())
+    return {"loss": (loss_sum / seen).item(), "top1": (top1 / seen).item(), "top5": (top5 / seen).item()}
+
+
+def _evaluate_pass(model: torch.nn.Module, loader: Any, batches: int | None, loss_sum: torch.Tensor,
+                   top1: torch.Tensor, top5: torch.Tensor) -> int:
+    seen = 0
+    for i, (x, y) in enumerate(loader):
+        if batches is not None and i >= batches:
+            break
         if y.shape[0] == 0:  # a rank's empty share of a last, short global batch
             continue
         logits = model(x)
@@ -105,11 +125,7 @@ def evaluate(model: torch.nn.Module, loader: Any, dist: Distributed | None = Non
         top1 += hits[:, 0].sum()
         top5 += hits.any(1).sum()
         seen += y.shape[0]
-    model.train(was_training)
-    if dist is not None and dist.enabled:
-        loss_sum, top1, top5, n = dist.sum(torch.stack([loss_sum, top1, top5, torch.tensor(float(seen), device=dev)]))
-        seen = int(n.item())
-    return {"loss": (loss_sum / seen).item(), "top1": (top1 / seen).item(), "top5": (top5 / seen).item()}
+    return seen
 
 
 class ClassifierEpoch:

@@ -135,6 +135,10 @@ class Search(BilevelSearch):
         """The genotype α derives to now: top-k (with --max-skip's cap), kept within the budget with
         --cost-derive budget."""
         cfg = self.config
+        for method in self.methods:
+            own = method.derive(self)
+            if own is not None:  # DARTS-PT's selection
+                return own
         genotype = self.model.genotype(cfg.max_skip)
         if cfg.cost_derive == "budget":
             genotype = self.prices.table.within(genotype, cfg.cost, cfg.cost_target, *self.model.ranking_weights(),
@@ -225,7 +229,7 @@ class Search(BilevelSearch):
         })
         extra = "".join(m.record(self, record, genotype) for m in self.methods)
         prefix = "".join(m.prefix(record) for m in self.methods)
-        return lambda r: (f"epoch {r['epoch']}/{cfg.epochs} {prefix}lr {r['lr']:.5f} "
+        return lambda r: (f"epoch {r['epoch']}/{self.total_epochs()} {prefix}lr {r['lr']:.5f} "
                           f"train loss {r['train_loss']:.4f} acc {r['train_acc']:.4f} | "
                           f"val loss {r['val_loss']:.4f} acc {r['val_acc']:.4f} | "
                           f"skip(normal) {skips}{extra}{curvature_text(r)} | {r['seconds']:.1f}s\n"
@@ -260,6 +264,9 @@ def derive_from_checkpoint(path: str | Path, max_skip: int | None = None, deriva
     arch = {name: state["model"][name] for name in ARCH_TENSORS if name in state["model"]}
     if "alpha_normal" not in arch:
         raise CheckpointError(f"{path}: checkpoint holds no α")
+    if state.get("pt", {}).get("steps"):  # DARTS-PT: the selection's decisions so far
+        from ..methods.pt import projected_arch
+        arch = projected_arch(arch, state["pt"])
     space = config.space()
     if derivation is not None and state["kind"] == NB201:
         raise ConfigError("--derivation is the conv space's: a NAS-Bench-201 cell keeps one op per edge")

@@ -16,6 +16,7 @@ from ..methods.drnas import DirichletOptions
 from ..methods.gdas import GdasOptions
 from ..methods.pcdarts import PartialChannelOptions
 from ..methods.pdarts import ProgressiveOptions
+from ..methods.pt import PTOptions
 from ..methods.sdarts import SmoothingOptions
 from ..spaces.cnn import ConvSpaceOptions
 from ..spaces.conv_config import REDUCE_CELLS, ConvSearchSpaceConfig
@@ -64,8 +65,8 @@ SEARCH_RECIPES: dict[str, dict[str, Any]] = {
 
 @configclass()
 class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, GdasOptions, ArchStep, Momentum, Epochs, ImageData,
-                   CostBudget, PartialChannelOptions, SmoothingOptions, BetaDecayOptions, DirichletOptions, ProgressiveOptions,
-                   ConvSpaceOptions):
+                   CostBudget, PartialChannelOptions, SmoothingOptions, BetaDecayOptions, DirichletOptions, PTOptions,
+                   ProgressiveOptions, ConvSpaceOptions):
     """Everything that defines a conv search; defaults are the paper's CIFAR-10 settings."""
 
     train_portion: float = option(0.5, "part of the training split that trains w; the rest trains α", above=0, below=1)
