@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 from . import __version__
 from .errors import ConfigError, DartsError, Interrupted
+from .zero_cost import add_prerank_flags, prerank_of
 from .flags import add_flags, given_fields, load_config_file
 from .genotype import CONV_GENOTYPES, load_genotype
 from .protocol import SamplingConfig
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("candidates", nargs="*", help="genotype JSON files, search run directories or built-in names")
         _config_flags(q, runs[space.train_kind].config, ("genotype",))
         _devices_flag(q)
+        add_prerank_flags(q)
 
     p = sub.add_parser("random-search", help="sample genotypes uniformly from the search space and select among them")
     kinds = p.add_subparsers(dest="space", required=True, metavar="SPACE")
@@ -104,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         sampling.add_argument("--no-train", action="store_true", help="only write the sampled genotypes")
         _config_flags(q, runs[space.train_kind].config, ("genotype",))
         _devices_flag(q)
+        add_prerank_flags(q)
 
     p = sub.add_parser("eval", help="evaluate a trained network on a test split (JSON)")
     p.add_argument("checkpoint", type=Path, help="model.pt, checkpoint.pt or a training run directory")
@@ -155,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no line per op")
     from .bench201.cli import add_parser as add_bench201
     add_bench201(sub)
+    from .zero_cost import add_parser as add_proxies
+    add_proxies(sub)
 
     p = sub.add_parser("plot", help="draw the cells of a genotype (one file per cell type)")
     p.add_argument("genotype", help="built-in name, genotype.json, run directory or checkpoint")
@@ -242,7 +247,8 @@ def _cmd_select(args: argparse.Namespace) -> int:
     from .protocol import select
     _not_under_torchrun("select")
     rows = select(args.candidates, args.space, _selection_config(args), args.out, devices=args.devices,
-                  resume=args.resume, overwrite=args.overwrite, log=(lambda m: None) if args.quiet else print)
+                  resume=args.resume, overwrite=args.overwrite, log=(lambda m: None) if args.quiet else print,
+                  prerank=prerank_of(args))
     if not args.quiet:
         print((args.out / "leaderboard.md").read_text(), end="")
     return 0 if rows else 1
@@ -259,7 +265,7 @@ def _cmd_random_search(args: argparse.Namespace) -> int:
         ops = SEARCH_SPACES.get(args.space).resolve_ops(ops)  # a named op set: --ops s2 (or S2)
     result = random_search(args.space, sampling.samples, getattr(args, "seed", 0), args.out, config,
                            nodes=sampling.nodes, ops=ops, devices=args.devices, resume=args.resume, overwrite=args.overwrite,
-                           log=(lambda m: None) if args.quiet else print)
+                           log=(lambda m: None) if args.quiet else print, prerank=prerank_of(args))
     if config is None:
         for path in result:
             print(path)
@@ -362,7 +368,7 @@ COMMANDS = {"search": _cmd_search, "derive": _lazy(".cli_tools", "derive"), "gen
             "summary": _lazy(".cli_tools", "summary"), "train": _cmd_train, "eval": _cmd_eval, "plot": _cmd_plot,
             "select": _cmd_select, "random-search": _cmd_random_search, "export": _cmd_export,
             "predict": _cmd_predict, "latency-table": _lazy(".cli_tools", "latency_table"),
-            "bench201": _lazy(".bench201.cli", "run")}
+            "bench201": _lazy(".bench201.cli", "run"), "proxies": _lazy(".zero_cost", "run")}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -103,10 +103,11 @@ def _candidate_name(spec: str, taken: set[str]) -> str:
 
 def select(candidates: Sequence[str], space: str, config: Any, out: str | Path, *,
            devices: Sequence[str] | None = None, resume: bool = False, overwrite: bool = False,
-           log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+           log: Callable[[str], None] = print, prerank: tuple[str, int] | None = None) -> list[dict[str, Any]]:
     """Train every candidate genotype with ``config`` (a TrainConfig or RNNTrainConfig: the short
     budget), rank them on the validation split, write ``leaderboard.json``, ``leaderboard.md`` and
-    the winner's ``genotype.json`` into ``out``; returns the leaderboard rows."""
+    the winner's ``genotype.json`` into ``out``; returns the leaderboard rows. ``prerank`` (a
+    zero-cost proxy, K): only the K candidates it scores highest are trained (``prerank.json``)."""
     out = Path(out)
     command = SEARCH_SPACES.get(space).train_kind
     protocol_file = out / PROTOCOL
@@ -128,10 +129,17 @@ def select(candidates: Sequence[str], space: str, config: Any, out: str | Path, 
         config.validate()
         taken: set[str] = set()
         genotypes, methods = {}, {}
+        loaded = {_candidate_name(spec, taken): (spec, load_genotype(spec, space)) for spec in candidates}
+        if prerank is not None:  # every candidate is checked before anything trains
+            from .zero_cost import prerank as rank
+            kept, scores = rank({n: g for n, (_, g) in loaded.items()}, space, config, *prerank, seed=config.seed)
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / "prerank.json", json.dumps({"proxy": prerank[0], "keep": prerank[1], "scores": scores,
+                                                                "kept": kept}, indent=1) + "\n")
+            log(f"pre-ranked by {prerank[0]}: {len(kept)} of {len(loaded)} candidates kept")
+            loaded = {n: loaded[n] for n in kept}
         (out / "genotypes").mkdir(parents=True, exist_ok=True)
-        for spec in candidates:  # every candidate is checked before anything trains
-            genotype = load_genotype(spec, space)
-            name = _candidate_name(spec, taken)
+        for name, (spec, genotype) in loaded.items():
             path = out / "genotypes" / f"{name}.json"
             atomic_write_text(path, genotype.to_json() + "\n")
             genotypes[name] = str(path)
@@ -189,8 +197,8 @@ class SamplingConfig(Config):
 
 def random_search(space: str, samples: int, seed: int, out: str | Path, config: Any | None = None, *,
                   nodes: int | None = None, ops: Sequence[str] | None = None, devices: Sequence[str] | None = None,
-                  resume: bool = False, overwrite: bool = False,
-                  log: Callable[[str], None] = print) -> list[Path] | list[dict[str, Any]]:
+                  resume: bool = False, overwrite: bool = False, log: Callable[[str], None] = print,
+                  prerank: tuple[str, int] | None = None) -> list[Path] | list[dict[str, Any]]:
     """Sample ``samples`` genotypes (``out/samples/sample_NNN.json``); with a training ``config``,
     select among them as :func:`select` does. Returns the sample files, or the leaderboard."""
     out = Path(out)
@@ -212,7 +220,8 @@ def random_search(space: str, samples: int, seed: int, out: str | Path, config: 
         return paths
     # --resume after a --no-train run starts the selection over the samples already written.
     return select([str(p) for p in paths], space, config, out, devices=devices,
-                  resume=resume and (out / PROTOCOL).is_file(), overwrite=overwrite or not resume, log=log)
+                  resume=resume and (out / PROTOCOL).is_file(), overwrite=overwrite or not resume, log=log,
+                  prerank=prerank)
 
 
 def search_seeds(space: str, config: Any, seeds: Sequence[int], out: str | Path, *,
