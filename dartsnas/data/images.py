@@ -127,6 +127,12 @@ class BatchOrder:
         self._pos += self.global_batch
         return self._make(idx, pos)
 
+    def restart(self) -> None:
+        """Drop the pass under way: the next batch starts a new one (DARTS-PT's capped measurements
+        each read the same first batches)."""
+        self._order = None
+        self._close_stream()
+
     def __iter__(self) -> Iterator[Any]:
         """One pass over the subset (continuing a pass a restored state left unfinished)."""
         if self._exhausted():

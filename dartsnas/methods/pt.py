@@ -186,11 +186,12 @@ class PerturbationSelection(SearchMethod):
         record["lr"] = lr
         run.architect.order = "first"  # their darts-proj's α steps
         step = epoch // cfg.pt_interval
-        if epoch % cfg.pt_interval == 0 and step == self.steps and step < self.total_decisions(run):
-            taken = [self.decide(run, cell, step) for cell in self.cells(run)]
-            self.steps += 1
-            self.decisions += taken
-            record["pt"] = taken
+        if epoch % cfg.pt_interval == 0 and step < self.total_decisions(run):
+            if step == self.steps:
+                self.decisions += [{"step": step, **self.decide(run, cell, step)} for cell in self.cells(run)]
+                self.steps += 1
+            # resumed inside this epoch: the decisions taken before the stop, as the record had them
+            record["pt"] = [d for d in self.decisions if d["step"] == step]
         record["pt_decided"] = self.steps
 
     # -- the decisions ----------------------------------------------------------------------------
@@ -207,15 +208,27 @@ class PerturbationSelection(SearchMethod):
     def draw(self, choices: list[int]) -> int:
         return choices[int(torch.randint(len(choices), (1,), generator=self.order))]
 
+    def candidates(self, run: Any, cell: str, edge: int) -> list[int]:
+        """The ops an edge may keep: all of them, but ``none`` where a node keeps two inputs (the conv
+        space's genotype has no place for it; their DARTS space has no ``none`` at all)."""
+        ops = range(run.model.alpha_normal.shape[1])
+        edge_ops = getattr(run.model.config, "edge_ops", None)
+        if getattr(run.model, "cell_inputs", 1) != 2 or edge_ops is None:
+            return list(ops)
+        names = edge_ops(cell)[edge]
+        return [k for k in ops if names[k] != "none"]
+
     def decide(self, run: Any, cell: str, step: int) -> dict[str, Any]:
         """One decision of ``cell``: an edge's op (the first steps), else a node's two inputs."""
         p, acc = self.projection, self.config.pt_crit == "acc"
         edges = len(p.decided[cell])
         if step < edges:
             edge = self.draw([e for e in range(edges) if p.decided[cell][e] < 0])
-            scores = [self.measure(run, (cell, edge, op)) for op in range(run.model.alpha_normal.shape[1])]
-            best = 0
-            for op, score in enumerate(scores):  # strict: ties keep the first op
+            tried = self.candidates(run, cell, edge)
+            scores: list[float | None] = [None] * run.model.alpha_normal.shape[1]
+            best = tried[0]
+            for op in tried:  # strict: ties keep the first op
+                scores[op] = score = self.measure(run, (cell, edge, op))
                 if (score < scores[best]) if acc else (score > scores[best]):
                     best = op
             p.decided[cell][edge] = best

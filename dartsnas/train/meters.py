@@ -102,8 +102,11 @@ def evaluate(model: torch.nn.Module, loader: Any, dist: Distributed | None = Non
     loss_sum, top1, top5 = (torch.zeros((), device=dev) for _ in range(3))
     seen = 0
     kept = kept_running_stats(model) if batch_stats else contextlib.nullcontext()
+    restart = getattr(loader, "restart", lambda: None) if batches is not None else (lambda: None)
+    restart()  # a capped pass reads the first batches, and leaves no pass half read behind it
     with kept:
         seen = _evaluate_pass(model, loader, batches, loss_sum, top1, top5)
+    restart()
     model.train(was_training)
     if dist is not None and dist.enabled:
         loss_sum, top1, top5, n = dist.sum(torch.stack([loss_sum, top1, top5, torch.tensor(float(seen), device=dev)]))
