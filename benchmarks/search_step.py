@@ -13,7 +13,10 @@ a fresh subprocess so peaks do not leak between configurations.
 
 --methods: darts (every op on every edge), gdas (one sampled op per edge) and p-darts, whose three
 stage networks replace the configuration's L: 5 cells with the 8 ops, 11 with 5 and 17 with 3 per edge
-(the kept sets: skip_connect and the costliest convolutions, an upper bound of what pruning leaves).
+(the kept sets: skip_connect and the costliest convolutions, an upper bound of what pruning leaves);
+drnas (a Dirichlet draw of every edge's mixing weights per pass), beta-darts (DARTS's step with the
+Beta-Decay term in α's objective) and darts-pt (a step of DARTS-PT's fine-tuning, half of the edges
+decided; a measurement is one forward pass of the validation split, without gradient).
 
 A configuration is C,L,batch or C,L,batch,N (N intermediate nodes per cell, default 4).
 """
@@ -62,6 +65,17 @@ def measure(args: argparse.Namespace) -> dict:
     model.to(memory_format=fmt)
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
     arch = Architect(model, w_opt, order=args.order, fd_scheme=args.fd_scheme, grad_clip=5.0)  # as the w step clips
+    if args.method == "drnas":
+        from dartsnas.methods.drnas import DirichletSampler
+        model.sampler = DirichletSampler(0)
+    elif args.method == "beta-darts":
+        from dartsnas.methods.beta_decay import beta_decay
+        arch.terms.append(lambda: 24.5 * beta_decay([model.alpha_normal, model.alpha_reduce]))
+    elif args.method == "darts-pt":
+        from dartsnas.methods.pt import Projection
+        model.projection = Projection(model.alpha_normal.shape[0], ("normal", "reduce"))
+        for cell in ("normal", "reduce"):
+            model.projection.decided[cell][::2] = [3] * len(model.projection.decided[cell][::2])
     batch = lambda: (torch.randn(B, 3, args.size, args.size, device=device).contiguous(memory_format=fmt),
                      torch.randint(0, 10, (B,), device=device))
     amp = autocast(device, not args.no_amp)  # bf16 on CUDA; CPU stays float32
@@ -98,7 +112,7 @@ def main() -> None:
                    help="each configuration on the fast path and on the plain (float32, NCHW) one, and the ratio")
     p.add_argument("--partial-channels", nargs="+", type=int, default=[1], metavar="K",
                    help="PC-DARTS K values to measure (1: plain DARTS), e.g. --partial-channels 1 4")
-    p.add_argument("--methods", nargs="+", default=["darts"], choices=("darts", "gdas", "p-darts"),
+    p.add_argument("--methods", nargs="+", default=["darts"], choices=("darts", "gdas", "p-darts", "drnas", "beta-darts", "darts-pt"),
                    help="search methods to measure (p-darts: its three stage networks) [darts]")
     p.add_argument("--k", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--method", default="darts", help=argparse.SUPPRESS)
