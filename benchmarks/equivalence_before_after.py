@@ -232,7 +232,8 @@ def compare_tensors(a: Path, b: Path, key: str | None) -> str | None:
 #: Config fields added after the base commit, with the value that keeps the base's behaviour: a run's
 #: config.json that holds one at that value (and the base's does not) is the same run.
 ADDED_FIELDS = {"recipe": "none", "derivation": "top-k", "arch_grad_clip": None, "search_network": "darts",
-                "nesterov": False}
+                "nesterov": False, "select": "top-k", "pt_interval": 5, "pt_crit": "acc", "pt_lr": None,
+                "pt_batches": None, "beta_decay_slope": 0.5, "dirichlet_reg": "l2", "dirichlet_kl": 1e-3}
 
 
 def without_added_fields(a, b):

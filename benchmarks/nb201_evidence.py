@@ -39,22 +39,8 @@ def cli(*args: str) -> float:
 
 def kendall_tau(x: list[float], y: list[float]) -> float:
     """Kendall's τ-b (ties in either list counted out)."""
-    concordant = discordant = tx = ty = 0
-    for i in range(len(x)):
-        for j in range(i + 1, len(x)):
-            dx, dy = x[i] - x[j], y[i] - y[j]
-            if dx == 0 and dy == 0:
-                continue
-            if dx == 0:
-                tx += 1
-            elif dy == 0:
-                ty += 1
-            elif dx * dy > 0:
-                concordant += 1
-            else:
-                discordant += 1
-    n = concordant + discordant
-    return (concordant - discordant) / math.sqrt((n + tx) * (n + ty)) if n else float("nan")
+    from dartsnas.zero_cost import rank_correlations
+    return rank_correlations(x, y)["kendall_tau"]
 
 
 def main() -> None:

@@ -53,8 +53,7 @@ def measure(args: argparse.Namespace) -> dict:
     N = rest[0] if rest else 4
     device = torch.device(args.device)
     torch.manual_seed(0)
-    space = ConvSearchSpaceConfig(init_channels=C, layers=L, nodes=N, partial_channels=args.k,
-                                  sampler="gdas" if args.method == "gdas" else "none")
+    space = ConvSearchSpaceConfig(init_channels=C, layers=L, nodes=N, partial_channels=args.k)
     if args.method in PDARTS_STAGES:
         L, kept = PDARTS_STAGES[args.method]
         space.layers = L
@@ -65,7 +64,10 @@ def measure(args: argparse.Namespace) -> dict:
     model.to(memory_format=fmt)
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
     arch = Architect(model, w_opt, order=args.order, fd_scheme=args.fd_scheme, grad_clip=5.0)  # as the w step clips
-    if args.method == "drnas":
+    if args.method == "gdas":  # the sampler lives on the network (methods.gdas), no longer in its config
+        from dartsnas.methods.gdas import GumbelSampler
+        model.sampler = GumbelSampler(0)
+    elif args.method == "drnas":
         from dartsnas.methods.drnas import DirichletSampler
         model.sampler = DirichletSampler(0)
     elif args.method == "beta-darts":

@@ -255,16 +255,21 @@ def test_folder_batches_split_each_global_batch_between_ranks():
 @pytest.mark.parametrize("method", [
     ["--progressive", "--stage-layers", "3", "4", "--stage-ops", "8", "3", "--stage-dropout", "0.1", "0.4",
      "--stage-epochs", "1", "--stage-warmup", "0"],
-    ["--sampler", "gdas", "--epochs", "2"]], ids=["p-darts", "gdas"])
+    ["--sampler", "gdas", "--epochs", "2"], ["--sampler", "dirichlet", "--epochs", "2"],
+    ["--select", "pt", "--pt-interval", "1", "--pt-batches", "1", "--epochs", "1"]],
+    ids=["p-darts", "gdas", "drnas", "darts-pt"])
 def test_torchrun_runs_p_darts_across_its_stages_and_gdas_with_ops_left_out(tmp_path, method):
     """Two gloo ranks: P-DARTS rebuilds (and re-wraps) its network between stages; GDAS leaves the
-    unsampled ops without gradients (DDP told to look for them). Both ranks draw the same ops."""
+    unsampled ops without gradients (DDP told to look for them). Both ranks draw the same ops (DrNAS:
+    the same mixing weights); DARTS-PT's measurements count both ranks' validation images and every rank
+    takes the same decisions (5 edges and a node to choose: 6 epochs after the search's one)."""
     flags = ["-m", "dartsnas", "search", "cnn", "--dataset", "digits", "--init-channels", "4", "--layers", "3",
              "--nodes", "2", "--batch-size", "8", "--steps-per-epoch", "3", "--device", "cpu", *method]
     result = torchrun(*flags, "--out", "run", cwd=tmp_path)
     assert "x 2 processes (data parallel)" in result.stdout
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [1, 2] and all(r["train_loss"] > 0 for r in records)
+    epochs = 7 if "pt" in method else 2
+    assert [r["epoch"] for r in records] == list(range(1, epochs + 1)) and all(r["train_loss"] > 0 for r in records)
     assert json.loads((tmp_path / "run" / "genotype.json").read_text()) == records[-1]["genotype"]
     if "--progressive" in method:
         assert [r["layers"] for r in records] == [3, 4]
