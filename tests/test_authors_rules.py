@@ -153,7 +153,9 @@ def test_recipes_set_the_authors_defaults_and_any_flag_overrides_them():
     assert search_recipe().recipe == "none" and search_recipe().batch_size == 64  # dartsnas's defaults
     with pytest.raises(ConfigError, match="recipe"):
         search_recipe(recipe="enas")
-    assert set(SEARCH_RECIPES) == {"darts", "darts-v1", "pdarts", "pcdarts", "pcdarts-imagenet", "gdas", "gdas-frc"}
+    assert set(SEARCH_RECIPES) == {"darts", "darts-v1", "pdarts", "pcdarts", "pcdarts-imagenet", "gdas", "gdas-frc",
+                                   "beta-darts"}
+    assert search_recipe(recipe="beta-darts").regularizer == "beta-decay"
 
 
 def test_a_gdas_search_records_its_recipe_and_derivation_and_derive_can_take_the_other(tmp_path, capsys):

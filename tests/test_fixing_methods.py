@@ -216,6 +216,7 @@ def test_pt_search_nb201_selects_resumes_and_derives(tmp_path):
     assert strip(tmp_path / "cut" / "metrics.jsonl") == strip(tmp_path / "whole" / "metrics.jsonl")
 
 
+@pytest.mark.slow
 def test_derive_method_pt_on_a_finished_pc_darts_search(tmp_path):
     from dartsnas.cli import main
     from dartsnas.train.pt import select_pt

@@ -32,6 +32,9 @@ SELECT = {
     "sdarts-rs": ["--regularizer", "sdarts-rs"],
     "darts-minus": ["--regularizer", "darts-minus"],
     "budget": ["--cost", "params", "--cost-target", "20K", "--cost-layers", "5", "--cost-channels", "8"],
+    "drnas": ["--sampler", "dirichlet"],
+    "beta-decay": ["--regularizer", "beta-decay"],
+    "pt": ["--select", "pt", "--pt-interval", "1", "--pt-batches", "1", "--nodes", "1"],
 }
 
 
