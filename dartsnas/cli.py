@@ -18,7 +18,6 @@ from typing import Any, Sequence
 
 from . import __version__
 from .errors import ConfigError, DartsError, Interrupted
-from .zero_cost import add_prerank_flags, prerank_of
 from .flags import add_flags, given_fields, load_config_file
 from .genotype import CONV_GENOTYPES, load_genotype
 from .protocol import SamplingConfig
@@ -69,6 +68,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .zero_cost import add_prerank_flags
     parser = _Parser(
         prog="dartsnas", description="DARTS: differentiable architecture search (Liu et al., ICLR 2019)")
     parser.add_argument("--version", action="version", version=f"dartsnas {__version__}")
@@ -245,6 +245,7 @@ def _selection_config(args: argparse.Namespace) -> Any:
 
 def _cmd_select(args: argparse.Namespace) -> int:
     from .protocol import select
+    from .zero_cost import prerank_of
     _not_under_torchrun("select")
     rows = select(args.candidates, args.space, _selection_config(args), args.out, devices=args.devices,
                   resume=args.resume, overwrite=args.overwrite, log=(lambda m: None) if args.quiet else print,
@@ -256,6 +257,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
 
 def _cmd_random_search(args: argparse.Namespace) -> int:
     from .protocol import random_search
+    from .zero_cost import prerank_of
     _not_under_torchrun("random-search")
     sampling = SamplingConfig(**given_fields(SamplingConfig, args))
     sampling.validate()

@@ -49,8 +49,7 @@ class BetaDecay(Regularizer):
         self.weight = 0.0
 
     def attach(self, run: Any) -> None:
-        model = run.model  # the network of this stage (P-DARTS rebuilds it)
-        alphas = [a for a in (model.alpha_normal, getattr(model, "alpha_reduce", None)) if a is not None]
+        alphas = run.model.alphas()  # the network of this stage (P-DARTS rebuilds it)
         run.architect.terms.append(lambda: self.weight * beta_decay(alphas))
 
     def epoch_start(self, run: Any, record: dict[str, Any]) -> None:

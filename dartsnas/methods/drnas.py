@@ -121,7 +121,7 @@ class Drnas(SearchMethod):
         model = run.model
         model.sampler = self.sampler
         if self.config.dirichlet_reg == "kl":
-            alphas = [a for a in (model.alpha_normal, getattr(model, "alpha_reduce", None)) if a is not None]
+            alphas = model.alphas()
             weight = self.config.dirichlet_kl
             run.architect.terms.append(lambda: weight * dirichlet_kl(alphas))
             for group in run.architect.optimizer.param_groups:

@@ -99,6 +99,12 @@ class Projection:
         w = self.apply(torch.softmax(alpha.detach().double(), -1), cell)
         return torch.where(w > 0, w.clamp(min=1e-300).log(), torch.full_like(w, _ZERO_LOGIT)).to(alpha.dtype)
 
+    def arch(self, arch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Architecture tensors (a network's or a checkpoint's) as α whose derivation is the selection's:
+        each cell's :meth:`logits`; PC-DARTS's β left out (the measurements already weighed the edges)."""
+        return {name: self.logits(arch[name], name.split("_")[1]) for name in ("alpha_normal", "alpha_reduce")
+                if name in arch}
+
     def state_dict(self) -> dict[str, Any]:
         return {"decided": self.decided, "removed": self.removed, "nodes_done": self.nodes_done}
 
@@ -109,13 +115,10 @@ class Projection:
 
 
 def projected_arch(arch: dict[str, torch.Tensor], state: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """A checkpoint's α with a selection's state applied (PC-DARTS's β left out: the measurements
-    already weighed the edges)."""
-    cells = tuple(state["decided"])
-    projection = Projection(len(next(iter(state["decided"].values()))), cells)
+    """A checkpoint's α with a selection's state (its ``pt`` entry) applied."""
+    projection = Projection(len(next(iter(state["decided"].values()))), tuple(state["decided"]))
     projection.load_state_dict(state)
-    return {name: projection.logits(arch[name], name.split("_")[1]) for name in ("alpha_normal", "alpha_reduce")
-            if name in arch}
+    return projection.arch(arch)
 
 
 @SEARCH_METHODS.register("pt")
@@ -253,8 +256,7 @@ class PerturbationSelection(SearchMethod):
         if self.steps == 0:
             return None
         from ..spaces import SEARCH_SPACES
-        arch = {name: self.projection.logits(t, name.split("_")[1]) for name, t in run.model.arch_state().items()
-                if name.startswith("alpha_")}
+        arch = self.projection.arch(run.model.arch_state())
         return SEARCH_SPACES.get(self.config.SPACE).derive(run.space, arch, self.config.max_skip)
 
     def record(self, run: Any, record: dict[str, Any], genotype: Any) -> str:

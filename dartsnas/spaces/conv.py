@@ -234,6 +234,10 @@ class MixedCellsNetwork(ArchitectureSplit, nn.Module):
     def arch_parameters(self) -> list[nn.Parameter]:
         return [a for a in (self.alpha_normal, self.alpha_reduce, self.beta_normal, self.beta_reduce) if a is not None]
 
+    def alphas(self) -> list[nn.Parameter]:
+        """α of every searched cell type (normal, and reduce where searched): what a term on α sees."""
+        return [a for a in (self.alpha_normal, self.alpha_reduce) if a is not None]
+
     def edge_weights(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """PC-DARTS: softmax(β) over the incoming edges of each node (float32); (None, None) in plain DARTS."""
         return tuple(None if b is None else edge_softmax(b, self.config.nodes, self.cell_inputs)
