@@ -13,7 +13,8 @@ from .errors import ConfigError
 
 #: The order of the argparse groups in a command's help.
 GROUP_ORDER = ("options", "data", "corpus", "search space", "network", "optimisation", "sampled search",
-               "progressive search (P-DARTS)", "cost", "collapse", "timing", "final network", "run")
+               "progressive search (P-DARTS)", "cost", "collapse", "selection", "benchmark", "timing", "final network",
+               "run")
 
 
 def add_flags(parser: argparse.ArgumentParser, cls: type, *, exclude: Sequence[str] = ()
@@ -26,7 +27,8 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, *, exclude: Sequence[s
     titles = getattr(cls, "TITLES", {})
     keys = {f.metadata["group"] for f in dataclasses.fields(cls) if f.metadata and f.metadata.get("cli", True)}
     groups: dict[str, argparse._ArgumentGroup] = {}
-    for key in sorted(keys | {"run"}, key=lambda k: GROUP_ORDER.index(k) if k in GROUP_ORDER else len(GROUP_ORDER)):
+    # a group GROUP_ORDER does not name goes after those it does, by name (not by a set's hash order)
+    for key in sorted(keys | {"run"}, key=lambda k: (GROUP_ORDER.index(k) if k in GROUP_ORDER else len(GROUP_ORDER), k)):
         groups[key] = parser if key == "options" else parser.add_argument_group(titles.get(key, key))
     for f in dataclasses.fields(cls):
         if f.name in exclude or not f.metadata or not f.metadata.get("cli", True):
