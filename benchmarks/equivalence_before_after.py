@@ -233,7 +233,8 @@ def compare_tensors(a: Path, b: Path, key: str | None) -> str | None:
 #: config.json that holds one at that value (and the base's does not) is the same run.
 ADDED_FIELDS = {"recipe": "none", "derivation": "top-k", "arch_grad_clip": None, "search_network": "darts",
                 "nesterov": False, "select": "top-k", "pt_interval": 5, "pt_crit": "acc", "pt_lr": None,
-                "pt_batches": None, "beta_decay_slope": 0.5, "dirichlet_reg": "l2", "dirichlet_kl": 1e-3}
+                "pt_batches": None, "beta_decay_slope": 0.5, "dirichlet_reg": "l2", "dirichlet_kl": 1e-3,
+                "stage_partial_channels": []}
 
 
 def without_added_fields(a, b):

@@ -13,7 +13,7 @@ from .errors import ConfigError
 
 #: The order of the argparse groups in a command's help.
 GROUP_ORDER = ("options", "data", "corpus", "search space", "network", "optimisation", "sampled search",
-               "progressive search (P-DARTS)", "cost", "collapse", "selection", "benchmark", "timing", "final network",
+               "progressive search (P-DARTS, DrNAS)", "cost", "collapse", "selection", "benchmark", "timing", "final network",
                "run")
 
 

@@ -154,7 +154,7 @@ def test_recipes_set_the_authors_defaults_and_any_flag_overrides_them():
     with pytest.raises(ConfigError, match="recipe"):
         search_recipe(recipe="enas")
     assert set(SEARCH_RECIPES) == {"darts", "darts-v1", "pdarts", "pcdarts", "pcdarts-imagenet", "gdas", "gdas-frc",
-                                   "beta-darts"}
+                                   "beta-darts", "drnas"}
     assert search_recipe(recipe="beta-darts").regularizer == "beta-decay"
 
 

@@ -256,8 +256,10 @@ def test_folder_batches_split_each_global_batch_between_ranks():
     ["--progressive", "--stage-layers", "3", "4", "--stage-ops", "8", "3", "--stage-dropout", "0.1", "0.4",
      "--stage-epochs", "1", "--stage-warmup", "0"],
     ["--sampler", "gdas", "--epochs", "2"], ["--sampler", "dirichlet", "--epochs", "2"],
-    ["--select", "pt", "--pt-interval", "1", "--pt-batches", "1", "--epochs", "1"]],
-    ids=["p-darts", "gdas", "drnas", "darts-pt"])
+    ["--select", "pt", "--pt-interval", "1", "--pt-batches", "1", "--epochs", "1"],
+    ["--sampler", "dirichlet", "--stage-partial-channels", "2", "1", "--stage-ops", "8", "3", "--stage-epochs", "1",
+     "--stage-warmup", "0"]],
+    ids=["p-darts", "gdas", "drnas", "darts-pt", "drnas-progressive"])
 def test_torchrun_runs_p_darts_across_its_stages_and_gdas_with_ops_left_out(tmp_path, method):
     """Two gloo ranks: P-DARTS rebuilds (and re-wraps) its network between stages; GDAS leaves the
     unsampled ops without gradients (DDP told to look for them). Both ranks draw the same ops (DrNAS:
@@ -273,3 +275,5 @@ def test_torchrun_runs_p_darts_across_its_stages_and_gdas_with_ops_left_out(tmp_
     assert json.loads((tmp_path / "run" / "genotype.json").read_text()) == records[-1]["genotype"]
     if "--progressive" in method:
         assert [r["layers"] for r in records] == [3, 4]
+    if "--stage-partial-channels" in method:  # widened between the stages on both ranks alike
+        assert [r["partial_channels"] for r in records] == [2, 1]

@@ -33,6 +33,8 @@ SELECT = {
     "darts-minus": ["--regularizer", "darts-minus"],
     "budget": ["--cost", "params", "--cost-target", "20K", "--cost-layers", "5", "--cost-channels", "8"],
     "drnas": ["--sampler", "dirichlet"],
+    "drnas-progressive": ["--sampler", "dirichlet", "--stage-partial-channels", "2", "1", "--stage-ops", "8", "3",
+                          "--stage-epochs", "1", "--stage-warmup", "0", "--epochs", "2"],
     "beta-decay": ["--regularizer", "beta-decay"],
     "pt": ["--select", "pt", "--pt-interval", "1", "--pt-batches", "1", "--nodes", "1"],
 }
@@ -64,8 +66,9 @@ def test_each_space_and_method_takes_a_step_or_is_refused_in_one_line(space, met
                 {k: v for k, v in config.items() if k != "kind"}))]
             assert method in run_methods and run_methods[0] == "darts"
     else:
-        # the conv search takes every method; NAS-Bench-201's all but P-DARTS's stages and GDAS's fixed cell
-        assert space == "rnn" or (space, method) in {("nb201", "p-darts"), ("nb201", "gdas-frc")}, err
+        # the conv search takes every method; NAS-Bench-201's all but P-DARTS's and DrNAS's stages and GDAS's fixed cell
+        assert space == "rnn" or (space, method) in {("nb201", "p-darts"), ("nb201", "gdas-frc"),
+                                                     ("nb201", "drnas-progressive")}, err
         assert len(err.splitlines()) == 1 and err.startswith("dartsnas: error: unrecognized arguments: "), err
 
 

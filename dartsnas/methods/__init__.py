@@ -21,6 +21,8 @@ class SearchMethod(Hook):
 
     - ``applies(config)``: whether a search config selects it (its flags);
     - ``check(config)``: its cross-field rules, before any data is read;
+    - ``first_space(space, saved)``: the space of the run's first network (a staged method's first
+      stage, or a resumed run's stage from its checkpoint ``saved``);
     - ``label(config)``: its part of the method's name (leaderboards, ``select``);
     - ``space_options(config)``: the fields of the search space's config it sets;
     - ``attach(run)``: once the search network, its optimisers and the architect exist (and again
@@ -60,6 +62,9 @@ class SearchMethod(Hook):
     @classmethod
     def space_options(cls, config: Any) -> dict[str, Any]:
         return {}
+
+    def first_space(self, space: Any, saved: dict[str, Any] | None) -> Any:
+        return space
 
     def attach(self, run: Any) -> None:
         pass
@@ -150,7 +155,7 @@ def method_name(config: dict[str, Any]) -> str:
     return head + "".join(sorted((p for p in parts if p.startswith(_SUFFIXES)), key=lambda p: _SUFFIXES.index(p[0])))
 
 
-from . import darts, pdarts, gdas, drnas, pcdarts, sdarts, darts_minus, beta_decay, budget, pt  # noqa: E402,F401  (registration)
+from . import darts, pdarts, gdas, drnas_progressive, drnas, pcdarts, sdarts, darts_minus, beta_decay, budget, pt  # noqa: E402,F401  (registration)
 
 __all__ = ["SEARCH_METHODS", "Regularizer", "SearchMethod", "check_methods", "method_name", "methods_of",
            "regularizers", "space_options_of"]

@@ -21,7 +21,7 @@ from ..ops import EDGE_OP_SETS
 from . import SEARCH_METHODS, SearchMethod
 
 STAGES = "stages.json"
-GROUP = "progressive search (P-DARTS)"
+GROUP = "progressive search (P-DARTS, DrNAS)"
 #: Each stage's weights are seeded by the run's seed plus this times the stage.
 STAGE_SEED_STRIDE = 1009
 
@@ -34,29 +34,52 @@ class ProgressiveOptions(Config):
                                group=GROUP)
     stage_layers: tuple[int, ...] = option(help="cells L of each stage's search network", factory=lambda: (5, 11, 17),
                                            group=GROUP, metavar="L")
-    stage_ops: tuple[int, ...] = option(help="candidate ops per edge in each stage (the first: the whole op set)",
+    stage_ops: tuple[int, ...] = option(help="candidate ops per edge in each stage (the first: the whole op set; DrNAS's "
+                                        "progressive search: 7 4)",
                                         factory=lambda: (8, 5, 3), group=GROUP, metavar="K")
     stage_dropout: tuple[float, ...] = option(help="dropout rate on skip_connect in each stage, decaying within it",
                                               factory=lambda: (0.1, 0.4, 0.7), group=GROUP, metavar="P")
-    stage_epochs: int = option(25, "epochs of each stage", group=GROUP, min=1)
+    stage_epochs: int = option(25, "epochs of each stage (P-DARTS's, DrNAS's)", group=GROUP, min=1)
     stage_warmup: int = option(10, "first epochs of each stage that train only the weights (α frozen)", group=GROUP,
                                min=0)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.progressive:  # the run's epochs are the stages'
-            total = len(self.stage_layers) * self.stage_epochs
-            if self.epochs not in (total, type(self).__dataclass_fields__["epochs"].default):
-                raise ConfigError(f"{{epochs}} {self.epochs} with {{progressive}}: the run's epochs are "
-                                  f"{len(self.stage_layers)} stages x {{stage_epochs}} {self.stage_epochs} = {total}",
-                                  names=("epochs", "progressive", "stage_epochs"))
-            self.epochs = total
+        if self.progressive:
+            staged_epochs(self, len(self.stage_layers), "progressive")
             if self.max_skip is None:
                 self.max_skip = 2  # P-DARTS's cap on the normal cell's skip_connects
 
     def stage_of(self, epoch: int) -> tuple[int, int]:
         """(stage, epoch within it), both 0-based, of the run's 0-based ``epoch``."""
         return epoch // self.stage_epochs, epoch % self.stage_epochs
+
+
+def staged_epochs(config: Any, stages: int, flag: str) -> None:
+    """A staged search's epochs are its stages' (``flag`` selects the stages): --epochs is left at its
+    default or says the same."""
+    total = stages * config.stage_epochs
+    if config.epochs not in (total, type(config).__dataclass_fields__["epochs"].default):
+        raise ConfigError(f"{{epochs}} {config.epochs} with {{{flag}}}: the run's epochs are {stages} stages x "
+                          f"{{stage_epochs}} {config.stage_epochs} = {total}", names=("epochs", flag, "stage_epochs"))
+    config.epochs = total
+
+
+def check_stage_ops(config: Any, flag: str) -> None:
+    """--stage-ops of a staged search selected by ``flag``: from the whole op set, shrinking."""
+    if len(config.ops) == 1 and config.ops[0] in EDGE_OP_SETS:
+        raise ConfigError(f"{{{flag}}} prunes one op set per edge: a named per-edge set (s1) does not apply",
+                          names=(flag, "ops"))
+    ops = config.stage_ops
+    if ops[0] != len(config.ops) or any(b > a for a, b in zip(ops, ops[1:])) or ops[-1] < 1:
+        raise ConfigError(f"{{stage_ops}} {list(ops)} must start at the op set's {len(config.ops)} and "
+                          "shrink (or stay) from stage to stage", names=("stage_ops", "ops"))
+
+
+def check_stage_warmup(config: Any) -> None:
+    if config.stage_warmup >= config.stage_epochs:
+        raise ConfigError(f"{{stage_warmup}} {config.stage_warmup} leaves α no epoch of the {{stage_epochs}} "
+                          f"{config.stage_epochs}", names=("stage_warmup", "stage_epochs"))
 
 
 def prune_edge_ops(weights: torch.Tensor, names: tuple[tuple[str, ...], ...], keep: int
@@ -116,22 +139,14 @@ class PDarts(SearchMethod):
             raise ConfigError(f"{{stage_layers}}, {{stage_ops}} and {{stage_dropout}} need one value per stage, got "
                               f"{len(config.stage_layers)}, {len(config.stage_ops)} and {len(config.stage_dropout)}",
                               names=("stage_layers", "stage_ops", "stage_dropout"))
-        if len(config.ops) == 1 and config.ops[0] in EDGE_OP_SETS:
-            raise ConfigError("{progressive} prunes one op set per edge: a named per-edge set (s1) does not apply",
-                              names=("progressive", "ops"))
-        ops = config.stage_ops
-        if ops[0] != len(config.ops) or any(b > a for a, b in zip(ops, ops[1:])) or ops[-1] < 1:
-            raise ConfigError(f"{{stage_ops}} {list(ops)} must start at the op set's {len(config.ops)} and "
-                              "shrink (or stay) from stage to stage", names=("stage_ops", "ops"))
+        check_stage_ops(config, "progressive")
         if any(L < 3 for L in config.stage_layers):
             raise ConfigError(f"{{stage_layers}} must all be >= 3, got {list(config.stage_layers)}",
                               names=("stage_layers",))
         if any(not 0 <= p < 1 for p in config.stage_dropout):
             raise ConfigError(f"{{stage_dropout}} must lie in [0, 1), got {list(config.stage_dropout)}",
                               names=("stage_dropout",))
-        if config.stage_warmup >= config.stage_epochs:
-            raise ConfigError(f"{{stage_warmup}} {config.stage_warmup} leaves α no epoch of the {{stage_epochs}} "
-                              f"{config.stage_epochs}", names=("stage_warmup", "stage_epochs"))
+        check_stage_warmup(config)
         config.check_exclusive("progressive", {"cost": None, "hessian_every": 0, "arch_start_epoch": 0},
                                {"arch_start_epoch": "each stage warms up for {stage_warmup} epochs"})
 

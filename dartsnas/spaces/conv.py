@@ -65,6 +65,7 @@ class MixedOp(nn.Module):
         # ceil_mode: an odd side halves to ceil(H/2), as the padded stride-2 ops do (PC-DARTS's floor crashed)
         self.bypass = nn.MaxPool2d(2, 2, ceil_mode=True) if stride == 2 and partial > 1 else None
         C = C // partial
+        self.channels = C  # what each candidate op sees (DrNAS's progressive search widens them)
         self.ops = nn.ModuleList()
         for name in op_names:
             op = build_op(name, C, stride, affine=False)
@@ -201,7 +202,8 @@ class MixedCellsNetwork(ArchitectureSplit, nn.Module):
         then the methods' hooks, unset."""
         self.alpha_normal = nn.Parameter(1e-3 * torch.randn(num_edges, num_ops))
         self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(num_edges, num_ops)) if reduce else None
-        partial = self.config.partial_channels > 1
+        # PC-DARTS's edge normalisation; DrNAS's progressive search has partial channels without it
+        partial = self.config.partial_channels > 1 and getattr(self.config, "edge_norm", True)
         self.beta_normal = nn.Parameter(1e-3 * torch.randn(num_edges)) if partial else None
         self.beta_reduce = nn.Parameter(1e-3 * torch.randn(num_edges)) if partial and reduce else None
         # Set by a search method, not learned: SDARTS-RS's perturbed mixing weights (normal, reduce) that

@@ -23,6 +23,7 @@ class ConvSearchSpaceConfig:
     stem_multiplier: int = 3
     ops: tuple[str, ...] = field(default_factory=lambda: DARTS_OPS)
     partial_channels: int = 1  # K of PC-DARTS; 1 is plain DARTS
+    edge_norm: bool = True  # with partial channels, PC-DARTS's β per edge (DrNAS's progressive search: none)
     auxiliary_skip: bool = False  # DARTS-: a skip beside every mixed op, weighted by SearchNetwork.aux_beta
     recompute: str = "none"  # activations recomputed in backward: none, per cell or per edge (mixed op)
     stem: str = "cifar"  # cifar: one stride-1 conv; imagenet: PC-DARTS's three stride-2 convs (8x fewer pixels)

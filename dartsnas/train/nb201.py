@@ -38,11 +38,11 @@ NB201_SEARCH_RECIPES: dict[str, dict[str, Any]] = {
     "beta-darts": {**_SEARCH, "order": "first", "regularizer": "beta-decay", "epochs": 100, "nesterov": False,
                    "weight_decay": 3e-4},
 }
-#: What the conv search has and this space has not (P-DARTS's stages, GDAS-FRC, the conv cells' cost
+#: What the conv search has and this space has not (P-DARTS's and DrNAS's stages, GDAS-FRC, the conv cells' cost
 #: tables, stems, derivations and search networks): kept off the command line, refused if set.
 _CONV_ONLY = {"progressive": False, "reduce_cell": "searched", "stem": "cifar", "derivation": "top-k",
               "search_network": "darts", "max_skip": None, "cost_derive": "top-k",
-              "cost_network": "cifar", "latency_table": None}
+              "cost_network": "cifar", "latency_table": None, "stage_partial_channels": ()}
 
 
 @configclass(**{k: v for k, v in _SEARCH.items()})
@@ -54,6 +54,12 @@ class NB201SearchConfig(NB201Options, SearchConfig):
                          "second order), darts-v1, gdas (250 epochs, τ 10 to 0.1), drnas, beta-darts (100 epochs; their scripts); none: these defaults (darts-v1's)",
                          choices=("none", *NB201_SEARCH_RECIPES))
     progressive: bool = option(False, cli=False)
+    stage_partial_channels: tuple[int, ...] = option(factory=tuple, cli=False)  # DrNAS's progressive search: conv only
+    stage_layers: tuple[int, ...] = option(factory=lambda: (5, 11, 17), cli=False)  # the stages' flags: conv only
+    stage_ops: tuple[int, ...] = option(factory=lambda: (8, 5, 3), cli=False)
+    stage_dropout: tuple[float, ...] = option(factory=lambda: (0.1, 0.4, 0.7), cli=False)
+    stage_epochs: int = option(25, cli=False)
+    stage_warmup: int = option(10, cli=False)
     reduce_cell: str = option("searched", cli=False)
     stem: str = option("cifar", cli=False)
     derivation: str = option("top-k", cli=False)

@@ -97,9 +97,8 @@ class Search(BilevelSearch):
 
         seed_everything(config.seed)
         self.select_methods()
-        stages = self.method("p-darts")
-        if stages is not None:  # P-DARTS: the first stage's network, or a resumed later stage's
-            space = stages.first_space(space, saved)
+        for method in self.methods:  # a staged method's first network (P-DARTS), or a resumed later stage's
+            space = method.first_space(space, saved)
         self.prices: CellPrices | None = None
         self.data_shape = dict(image_size=tuple(loaders.image_size), num_classes=loaders.num_classes,
                                in_channels=loaders.in_channels)

@@ -13,12 +13,14 @@ from ..methods import check_methods, regularizers, space_options_of
 from ..methods.beta_decay import BetaDecayOptions
 from ..methods.budget import CostBudget
 from ..methods.drnas import DirichletOptions
+from ..methods.drnas_progressive import WideningOptions
 from ..methods.gdas import GdasOptions
 from ..methods.pcdarts import PartialChannelOptions
 from ..methods.pdarts import ProgressiveOptions
 from ..methods.pt import PTOptions
 from ..methods.sdarts import SmoothingOptions
 from ..spaces.cnn import ConvSpaceOptions
+from ..ops import DARTS_OPS
 from ..spaces.conv_config import REDUCE_CELLS, ConvSearchSpaceConfig
 
 #: The choices of --regularizer: the registered regularising methods (SDARTS-RS, DARTS-).
@@ -58,6 +60,13 @@ SEARCH_RECIPES: dict[str, dict[str, Any]] = {
     # exps/NAS-Bench-201-algos/GDAS.py): 250 epochs, batch 256, Nesterov, weight decay 5e-4, τ 10 to 0.1, N=2
     # (6 cells), GDAS's search network (NASNetworkGDAS)
     "gdas": _GDAS,
+    # DrNAS's DARTS-space/train_search.py (their only DARTS-space search, progressive): 2 stages of 25 epochs
+    # at 20 cells of C=36, partial channels K=6 then 4, 7 ops (no 'none') pruned to 4, α frozen for each
+    # stage's first 10; batch 64, lr 0.1 to 0, α's Adam at 6e-4 with weight decay 1e-3 (their l2 reg_scale)
+    "drnas": dict(sampler="dirichlet", dirichlet_reg="l2", stage_partial_channels=(6, 4), stage_ops=(7, 4),
+                  stage_epochs=25, stage_warmup=10, ops=DARTS_OPS[1:], init_channels=36, layers=20, batch_size=64,
+                  lr=0.1, lr_min=0.0, momentum=0.9, weight_decay=3e-4, grad_clip=5.0, arch_lr=6e-4,
+                  arch_weight_decay=1e-3, train_portion=0.5, order="first"),
     # β-DARTS's sota/cnn/train_search.py: DARTS's first-order search, 50 epochs, with the Beta-Decay term
     "beta-darts": {**_DARTS, "order": "first", "regularizer": "beta-decay"},
     "gdas-frc": {**_GDAS, "reduce_cell": "gdas"},
@@ -66,7 +75,7 @@ SEARCH_RECIPES: dict[str, dict[str, Any]] = {
 @configclass()
 class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, GdasOptions, ArchStep, Momentum, Epochs, ImageData,
                    CostBudget, PartialChannelOptions, SmoothingOptions, BetaDecayOptions, DirichletOptions, PTOptions,
-                   ProgressiveOptions, ConvSpaceOptions):
+                   WideningOptions, ProgressiveOptions, ConvSpaceOptions):
     """Everything that defines a conv search; defaults are the paper's CIFAR-10 settings."""
 
     train_portion: float = option(0.5, "part of the training split that trains w; the rest trains α", above=0, below=1)
@@ -93,7 +102,7 @@ class SearchConfig(RunOptions, FastConv, Seed, Curvature, ArchWarmup, GdasOption
                               group="sampled search", choices=REDUCE_CELLS)
     recipe: str = option("none", "a published search script's settings, any flag overriding them: darts (second "
                          "order), darts-v1, pdarts, pcdarts, pcdarts-imagenet, gdas, gdas-frc (docs/successors.md); "
-                         "beta-darts; none: dartsnas's defaults. --progressive, --sampler gdas and --dataset imagenet imply "
+                         "drnas (progressive), beta-darts; none: dartsnas's defaults. --progressive, --sampler gdas and --dataset imagenet imply "
                          "theirs", choices=("none", *SEARCH_RECIPES))
     sample: tuple[float, float] = option(
         help="imagenet: the parts of every class of the training images sampled to train w and α (PC-DARTS: 0.1 and "
