@@ -21,7 +21,7 @@ from .errors import ConfigError, DartsError, Interrupted
 from .flags import add_flags, given_fields, load_config_file
 from .genotype import CONV_GENOTYPES, load_genotype
 from .protocol import SamplingConfig
-from .spaces import SEARCH_SPACES, space_of_genotype
+from .spaces import SEARCH_SPACES
 
 
 def _config_flags(p: argparse.ArgumentParser, cls: type, exclude: Sequence[str] = ()) -> None:
@@ -39,16 +39,18 @@ def _runs() -> dict[str, Any]:
     return RUNS
 
 
-def _devices_flag(p: argparse.ArgumentParser) -> None:
+def _devices_flag(p: argparse.ArgumentParser, data_parallel: bool = False) -> None:
+    from .cluster import add_launcher_flags
     p.add_argument("--devices", nargs="+", default=None, metavar="DEVICE",
                    help="run jobs side by side, one per entry (e.g. cuda:0 cuda:1, or cpu cpu) "
                         "[every CUDA device, else cpu]")
+    add_launcher_flags(p, data_parallel)
 
 
 def _seeds_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
                    help="one search per seed into OUT/seed_S (the paper runs 4), side by side over --devices")
-    _devices_flag(p)
+    _devices_flag(p, data_parallel=True)
 
 
 def _out_flags(g: argparse._ArgumentGroup) -> None:
@@ -85,7 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a final network from a genotype")
     kinds = p.add_subparsers(dest="space", required=True, metavar="SPACE")
     for space in SEARCH_SPACES.values():
-        _config_flags(kinds.add_parser(space.name, help=space.train_help), runs[space.train_kind].config)
+        q = kinds.add_parser(space.name, help=space.train_help)
+        _config_flags(q, runs[space.train_kind].config)
+        from .cluster import add_launcher_flags
+        add_launcher_flags(q)
 
     p = sub.add_parser("select", help="train candidate genotypes briefly, rank them on validation, keep the best")
     kinds = p.add_subparsers(dest="space", required=True, metavar="SPACE")
@@ -161,17 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .zero_cost import add_parser as add_proxies
     add_proxies(sub)
 
-    p = sub.add_parser("plot", help="draw the cells of a genotype (one file per cell type)")
-    p.add_argument("genotype", help="built-in name, genotype.json, run directory or checkpoint")
-    p.add_argument("--out", required=True, type=Path, help="FILE.png|svg|pdf|dot (suffixed _normal, _reduce, ...)")
-    p.add_argument("--space", choices=SEARCH_SPACES.names(), default=None, help="[from the file; cnn for built-in names]")
-    p.add_argument("--format", choices=("png", "svg", "pdf", "dot"), default=None, help="[from --out's suffix]")
-    p.add_argument("--engine", choices=("matplotlib", "graphviz"), default="matplotlib",
-                   help="cell-diagram renderer; graphviz uses the dot program where installed [matplotlib]")
-    what = p.add_mutually_exclusive_group()
-    what.add_argument("--alphas", action="store_true", help="RUN_DIR: softmax(α) of every edge against the epoch")
-    what.add_argument("--curves", action="store_true", help="RUN_DIR: loss / accuracy or perplexity / lr curves")
-    what.add_argument("--evolution", action="store_true", help="RUN_DIR: the derived cell per epoch as a GIF")
+    from .cli_plot import add_plot
+    add_plot(sub)
 
     p = sub.add_parser("genotype", help="validate a genotype and print its canonical JSON")
     p.add_argument("genotype", help=f"built-in name ({', '.join(CONV_GENOTYPES.names())}) or JSON file")
@@ -181,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _given(cls: type, args: argparse.Namespace) -> dict[str, Any]:
     """The fields of config class ``cls`` that --config FILE and then the flags given set."""
-    from_file = load_config_file(args.config, cls) if getattr(args, "config", None) is not None else {}
+    from .cluster import launcher_fields
+    from_file = (load_config_file(args.config, cls, skip=frozenset(launcher_fields()))
+                 if getattr(args, "config", None) is not None else {})
     return {**from_file, **given_fields(cls, args)}
 
 
@@ -198,7 +196,11 @@ def _config(command: Any, args: argparse.Namespace) -> Any:
 
 def _run(kind: str, args: argparse.Namespace) -> int:
     """Run the command ``kind`` (``search-cnn``, ``train-rnn``, ...) into --out."""
-    command = _runs()[kind]
+    from .cluster import launcher_of, run_distributed
+    command, launcher = _runs()[kind], launcher_of(args)
+    if launcher.on_cluster:  # one job of --nnodes x --gpus-per-node processes, data parallel
+        run_distributed(kind, _config(command, args), args.out, launcher, log=(lambda m: None) if args.quiet else print)
+        return 0
     command.run(_config(command, args), args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
                 tensorboard=args.tensorboard)
     if not args.quiet and command.written is not None:
@@ -230,10 +232,16 @@ def _search_seeds(args: argparse.Namespace) -> int:
     command = _runs()[SEARCH_SPACES.get(args.space).search_kind]
     config = command.build(**_given(command.config, args))
     paths = search_seeds(args.space, config, args.seeds, args.out, devices=args.devices, resume=args.resume,
-                         overwrite=args.overwrite, log=(lambda m: None) if args.quiet else print)
+                         overwrite=args.overwrite, log=(lambda m: None) if args.quiet else print,
+                         launcher=_launcher(args))
     for path in paths.values():
         print(path)
     return 0
+
+
+def _launcher(args: argparse.Namespace) -> Any:
+    from .cluster import launcher_of
+    return launcher_of(args)
 
 
 def _selection_config(args: argparse.Namespace) -> Any:
@@ -249,7 +257,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
     _not_under_torchrun("select")
     rows = select(args.candidates, args.space, _selection_config(args), args.out, devices=args.devices,
                   resume=args.resume, overwrite=args.overwrite, log=(lambda m: None) if args.quiet else print,
-                  prerank=prerank_of(args))
+                  prerank=prerank_of(args), launcher=_launcher(args))
     if not args.quiet:
         print((args.out / "leaderboard.md").read_text(), end="")
     return 0 if rows else 1
@@ -267,7 +275,8 @@ def _cmd_random_search(args: argparse.Namespace) -> int:
         ops = SEARCH_SPACES.get(args.space).resolve_ops(ops)  # a named op set: --ops s2 (or S2)
     result = random_search(args.space, sampling.samples, getattr(args, "seed", 0), args.out, config,
                            nodes=sampling.nodes, ops=ops, devices=args.devices, resume=args.resume, overwrite=args.overwrite,
-                           log=(lambda m: None) if args.quiet else print, prerank=prerank_of(args))
+                           log=(lambda m: None) if args.quiet else print, prerank=prerank_of(args),
+                           launcher=_launcher(args))
     if config is None:
         for path in result:
             print(path)
@@ -318,56 +327,13 @@ def _cmd_genotype(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_plot(args: argparse.Namespace) -> int:
-    from .plot import plot_alphas, plot_curves, plot_evolution, plot_genotype
-    from .train.checkpoint import load_checkpoint
-    spec = Path(args.genotype)
-    if args.alphas or args.curves or args.evolution:
-        if args.alphas:
-            paths = plot_alphas(spec, args.out)
-        elif args.curves:
-            paths = [plot_curves(spec, args.out)]
-        else:
-            paths = [plot_evolution(spec, args.out)]
-        for path in paths:
-            print(path)
-        return 0
-    if spec.is_file() and spec.suffix == ".pt":
-        data = load_checkpoint(spec).get("genotype")
-        if not isinstance(data, dict):
-            raise ConfigError(f"{spec}: checkpoint holds no genotype")
-        genotype = space_of_genotype(data).genotype.from_dict(data, source=str(spec))
-    else:
-        space = args.space
-        if space is None:
-            space = _space_of_file(spec)
-        genotype = load_genotype(args.genotype, space)
-    for path in plot_genotype(genotype, args.out, args.format, engine=args.engine):
-        print(path)
-    return 0
-
-
-def _space_of_file(spec: Path) -> str:
-    """The space of a genotype file (or a run directory's genotype.json), from what it holds; cnn
-    when it is no file (a built-in name)."""
-    import json
-    path = spec / "genotype.json" if spec.is_dir() else spec
-    if not path.is_file():
-        return "cnn"
-    try:
-        data = json.loads(path.read_text(errors="replace"))
-    except ValueError:
-        return "cnn"  # load_genotype names what is wrong with the file
-    return space_of_genotype(data).name if isinstance(data, dict) else "cnn"
-
-
 def _lazy(module: str, name: str) -> Any:
     """A command whose module is imported when it runs (start-up time of ``dartsnas --help``)."""
     return lambda args: getattr(importlib.import_module(module, __package__), name)(args)
 
 
 COMMANDS = {"search": _cmd_search, "derive": _lazy(".cli_tools", "derive"), "genotype": _cmd_genotype,
-            "summary": _lazy(".cli_tools", "summary"), "train": _cmd_train, "eval": _cmd_eval, "plot": _cmd_plot,
+            "summary": _lazy(".cli_tools", "summary"), "train": _cmd_train, "eval": _cmd_eval, "plot": _lazy(".cli_plot", "plot"),
             "select": _cmd_select, "random-search": _cmd_random_search, "export": _cmd_export,
             "predict": _cmd_predict, "latency-table": _lazy(".cli_tools", "latency_table"),
             "bench201": _lazy(".bench201.cli", "run"), "proxies": _lazy(".zero_cost", "run")}

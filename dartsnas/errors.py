@@ -50,3 +50,10 @@ class Interrupted(DartsError):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class Submitted(Interrupted):
+    """--submit-only: the jobs are queued on the cluster; the same command run again gathers them."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 0)

@@ -14,7 +14,7 @@ from .errors import ConfigError
 #: The order of the argparse groups in a command's help.
 GROUP_ORDER = ("options", "data", "corpus", "search space", "network", "optimisation", "sampled search",
                "progressive search (P-DARTS, DrNAS)", "cost", "collapse", "selection", "benchmark", "timing", "final network",
-               "run")
+               "cluster", "run")
 
 
 def add_flags(parser: argparse.ArgumentParser, cls: type, *, exclude: Sequence[str] = ()
@@ -78,10 +78,25 @@ def given_fields(cls: type, args: argparse.Namespace) -> dict[str, Any]:
     return {k: _typed(known[k], v) for k, v in vars(args).items() if k in known}
 
 
-def load_config_file(path: str | Path, cls: type) -> dict[str, Any]:
+def load_config_file(path: str | Path, cls: type, skip: frozenset[str] = frozenset(), table: str | None = None
+                     ) -> dict[str, Any]:
     """The fields a JSON or TOML file sets (keys spelt as fields, batch_size, or as flags, batch-size;
-    a ``kind`` key, as config.json has, is ignored). Errors name the file and the key."""
+    a ``kind`` key, as config.json has, is ignored; so are ``skip``, another config's keys). With
+    ``table``, the keys of that table (``[launcher]``) join the top-level ones and win. Errors name the
+    file and the key."""
     path = Path(path)
+    data = read_config_data(path)
+    if table is not None:
+        known = {f.name for f in dataclasses.fields(cls)}
+        inner = data.get(table)
+        data = {k: v for k, v in data.items() if k.replace("-", "_").lstrip("_") in known and not isinstance(v, dict)}
+        if isinstance(inner, dict):
+            data.update(inner)
+    return fields_from_data(data, cls, path, skip)
+
+
+def read_config_data(path: Path) -> dict[str, Any]:
+    """A JSON or TOML file's table of options."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
@@ -97,11 +112,15 @@ def load_config_file(path: str | Path, cls: type) -> dict[str, Any]:
                           f"({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path}: must hold a table of options, not {type(data).__name__}")
+    return data
+
+
+def fields_from_data(data: dict[str, Any], cls: type, path: Path, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
     known = {f.name: f for f in dataclasses.fields(cls)}
     out = {}
     for key, value in data.items():
         name = key.replace("-", "_").lstrip("_")
-        if name == "kind":
+        if name == "kind" or name in skip:
             continue
         if name not in known:
             raise ConfigError(f"--config {path}: unknown option {key!r} (not a field of {cls.__name__})")

@@ -83,7 +83,8 @@ def run_job(job: Job) -> dict[str, Any]:
     command = RUNS[job.command]
     config = command.config.from_dict(job.config)
     out = Path(job.out)
-    holder = lock_holder(out)
+    ranks = int(os.environ.get("WORLD_SIZE", "1"))
+    holder = lock_holder(out) if ranks == 1 else None  # a data-parallel job's ranks share the directory
     if holder is not None:
         print(f"{job.name}: waiting for pid {holder.get('pid')} on {holder.get('host')} to leave {out}", flush=True)
         while lock_holder(out) is not None:
@@ -91,7 +92,8 @@ def run_job(job: Job) -> dict[str, Any]:
     resume = (out / CHECKPOINT).is_file()
     command.run(config, out, resume=resume, overwrite=not resume, quiet=False)  # per-epoch lines into the log
     summary = summarize(job)
-    atomic_write_text(job.done_file, json.dumps(summary) + "\n")
+    if int(os.environ.get("RANK", "0")) == 0:
+        atomic_write_text(job.done_file, json.dumps(summary) + "\n")
     return summary
 
 
@@ -105,12 +107,17 @@ def default_devices() -> list[str]:
 
 def run_jobs(jobs: Sequence[Job], devices: Sequence[str] | None = None, *,
              log: Callable[[str], None] = print, on_result: Callable[[dict[str, Any]], Any] | None = None,
-             threads: int | None = None) -> dict[str, dict[str, Any]]:
+             threads: int | None = None, launcher: Any = None, folder: str | Path | None = None
+             ) -> dict[str, dict[str, Any]]:
     """Run ``jobs`` in separate processes, at most one per entry of ``devices`` at a time
     (``["cpu", "cpu"]`` runs two CPU jobs side by side). Finished jobs are skipped; a failed job is
     recorded as ``{"status": "failed", "error": ...}`` and the others go on. ``threads`` fixes every
     CPU job's thread count (else the cores are shared out), so that its numbers do not depend on how
-    many jobs run beside it."""
+    many jobs run beside it. A ``launcher`` (:class:`~dartsnas.cluster.LauncherConfig`) other than
+    local submits them to the cluster instead, as one array whose state lives in ``folder``."""
+    if launcher is not None and launcher.on_cluster:
+        from .cluster import run_on_cluster
+        return run_on_cluster(jobs, launcher, Path(folder), log=log, on_result=on_result, threads=threads)
     devices = list(devices or default_devices())
     if not devices:
         raise ConfigError("--devices needs at least one device")
@@ -223,6 +230,8 @@ def _main(argv: Sequence[str]) -> int:
     parent = os.environ.get(PARENT_ENV)
     if parent is not None:
         end_with_parent(int(parent))
+    if hasattr(signal, "SIGUSR2"):  # a cluster's signal before a time limit: the launcher stops the job (SIGTERM)
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     try:
         job = Job(**json.loads(Path(argv[0]).read_text()))
         if job.command not in RUNS:

@@ -103,11 +103,13 @@ def _candidate_name(spec: str, taken: set[str]) -> str:
 
 def select(candidates: Sequence[str], space: str, config: Any, out: str | Path, *,
            devices: Sequence[str] | None = None, resume: bool = False, overwrite: bool = False,
-           log: Callable[[str], None] = print, prerank: tuple[str, int] | None = None) -> list[dict[str, Any]]:
+           log: Callable[[str], None] = print, prerank: tuple[str, int] | None = None,
+           launcher: Any = None) -> list[dict[str, Any]]:
     """Train every candidate genotype with ``config`` (a TrainConfig or RNNTrainConfig: the short
     budget), rank them on the validation split, write ``leaderboard.json``, ``leaderboard.md`` and
     the winner's ``genotype.json`` into ``out``; returns the leaderboard rows. ``prerank`` (a
-    zero-cost proxy, K): only the K candidates it scores highest are trained (``prerank.json``)."""
+    zero-cost proxy, K): only the K candidates it scores highest are trained (``prerank.json``).
+    ``launcher`` (:class:`~dartsnas.cluster.LauncherConfig`): where the trainings run."""
     out = Path(out)
     command = SEARCH_SPACES.get(space).train_kind
     protocol_file = out / PROTOCOL
@@ -159,8 +161,10 @@ def select(candidates: Sequence[str], space: str, config: Any, out: str | Path, 
         atomic_write_text(out / "leaderboard.md", markdown_table(rows))
         return rows
 
-    log(f"select {space}: {len(jobs)} candidates, devices {', '.join(devices or default_devices())}, out {out}")
-    rows = write(run_jobs(jobs, devices, log=log, on_result=write))
+    where = launcher.launcher if launcher is not None and launcher.on_cluster else \
+        f"devices {', '.join(devices or default_devices())}"
+    log(f"select {space}: {len(jobs)} candidates, {where}, out {out}")
+    rows = write(run_jobs(jobs, devices, log=log, on_result=write, launcher=launcher, folder=out / "slurm"))
     best = rows[0] if rows and rows[0]["status"] == "done" and rows[0].get("score") is not None else None
     if best is None:
         raise DartsError(f"no candidate finished: see {out / 'leaderboard.md'} and the logs in {out / 'runs'}")
@@ -198,7 +202,7 @@ class SamplingConfig(Config):
 def random_search(space: str, samples: int, seed: int, out: str | Path, config: Any | None = None, *,
                   nodes: int | None = None, ops: Sequence[str] | None = None, devices: Sequence[str] | None = None,
                   resume: bool = False, overwrite: bool = False, log: Callable[[str], None] = print,
-                  prerank: tuple[str, int] | None = None) -> list[Path] | list[dict[str, Any]]:
+                  prerank: tuple[str, int] | None = None, launcher: Any = None) -> list[Path] | list[dict[str, Any]]:
     """Sample ``samples`` genotypes (``out/samples/sample_NNN.json``); with a training ``config``,
     select among them as :func:`select` does. Returns the sample files, or the leaderboard."""
     out = Path(out)
@@ -221,12 +225,12 @@ def random_search(space: str, samples: int, seed: int, out: str | Path, config: 
     # --resume after a --no-train run starts the selection over the samples already written.
     return select([str(p) for p in paths], space, config, out, devices=devices,
                   resume=resume and (out / PROTOCOL).is_file(), overwrite=overwrite or not resume, log=log,
-                  prerank=prerank)
+                  prerank=prerank, launcher=launcher)
 
 
 def search_seeds(space: str, config: Any, seeds: Sequence[int], out: str | Path, *,
                  devices: Sequence[str] | None = None, resume: bool = False, overwrite: bool = False,
-                 log: Callable[[str], None] = print) -> dict[int, Path]:
+                 log: Callable[[str], None] = print, launcher: Any = None) -> dict[int, Path]:
     """One search per seed into ``out/seed_S`` (in parallel over ``devices``); returns the genotype files."""
     out = Path(out)
     if len(set(seeds)) != len(seeds):
@@ -245,7 +249,7 @@ def search_seeds(space: str, config: Any, seeds: Sequence[int], out: str | Path,
             for path in (run_dir, job.done_file, job.log_file):
                 _remove(path)
         jobs.append(job)
-    results = run_jobs(jobs, devices, log=log)
+    results = run_jobs(jobs, devices, log=log, launcher=launcher, folder=out / "slurm")
     failed = [name for name, r in results.items() if r["status"] != "done"]
     if failed:
         raise DartsError(f"search failed for {', '.join(failed)}: see the logs beside the run directories in {out}")

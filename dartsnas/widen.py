@@ -12,7 +12,7 @@ no replica is divided by its count, as DrNAS's ``net2wider.py`` (lines 7-76: ``I
 separable conv's second depthwise convolution keeps the map of its input (theirs draws a new one,
 ``DARTS-space/operations.py`` line 145), and FactorizedReduce's two convolutions share one input map,
 its BatchNorm's statistics following each half's own copies (theirs take the second half's from the
-first half's channels, line 202).
+first half's channels, line 206).
 
 A plan maps each tensor's name (relative to the op) to the gathers that make it from the old op's tensor
 of the name: applied to the weights and buffers, and to an optimiser's state of the same shapes (SGD's

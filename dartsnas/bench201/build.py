@@ -102,7 +102,8 @@ def write_benchmark(out: Path, meta: list[str], infos: dict[int, dict[str, Any]]
 
 
 def build(config: BuildConfig, train: Any, out: str | Path, *, devices: Sequence[str] | None = None,
-          resume: bool = False, overwrite: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+          resume: bool = False, overwrite: bool = False, log: Callable[[str], None] = print,
+          launcher: Any = None) -> dict[str, Any]:
     """Train the build's cells with ``train`` (a NB201TrainConfig: the budget, the data) and write the
     benchmark to ``out``; returns a summary (cells written, jobs failed, seconds per job)."""
     out = Path(out)
@@ -175,7 +176,8 @@ def build(config: BuildConfig, train: Any, out: str | Path, *, devices: Sequence
 
     log(f"bench201 build: {len(plan['cells'])} cells x {len(seeds)} seeds on {plan['name']}, {hp} epochs, devices "
         f"{', '.join(devices or default_devices())}, into {out} (runs in {work})")
-    results = run_jobs(list(jobs.values()), devices, log=log, on_result=write, threads=plan["config"]["threads"])
+    results = run_jobs(list(jobs.values()), devices, log=log, on_result=write, threads=plan["config"]["threads"],
+                       launcher=launcher, folder=work / "slurm")
     summary = write(results)
     if summary["failed"]:
         raise DartsError(f"{summary['failed']} of {len(jobs)} jobs failed (their logs are in {work / 'runs'}); the "

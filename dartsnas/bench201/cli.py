@@ -41,6 +41,8 @@ def add_parser(sub: Any) -> None:
     run.add_argument("--devices", nargs="+", default=None, metavar="DEVICE",
                      help="run jobs side by side, one per entry (e.g. cuda:0 cuda:1, or cpu cpu) [every CUDA device, "
                           "else cpu]")
+    from ..cluster import add_launcher_flags
+    add_launcher_flags(b, data_parallel=False)
     run.add_argument("--resume", action="store_true", help="continue the build in FILE.runs")
     run.add_argument("--overwrite", action="store_true", help="start the build in FILE.runs again")
     run.add_argument("--quiet", action="store_true", help="no line per job")
@@ -56,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     from .build import BuildConfig, build
     config = BuildConfig(**given_fields(BuildConfig, args))
     train = nb201_train_recipe(**{"train_portion": 0.5, **given_fields(NB201TrainConfig, args)})
+    from ..cluster import launcher_of
     summary = build(config, train, args.out, devices=args.devices, resume=args.resume, overwrite=args.overwrite,
-                    log=(lambda m: None) if args.quiet else print)
+                    log=(lambda m: None) if args.quiet else print, launcher=launcher_of(args))
     print(json.dumps(summary))
     return 0
