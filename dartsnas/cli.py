@@ -199,7 +199,8 @@ def _run(kind: str, args: argparse.Namespace) -> int:
     from .cluster import launcher_of, run_distributed
     command, launcher = _runs()[kind], launcher_of(args)
     if launcher.on_cluster:  # one job of --nnodes x --gpus-per-node processes, data parallel
-        run_distributed(kind, _config(command, args), args.out, launcher, log=(lambda m: None) if args.quiet else print)
+        run_distributed(kind, _config(command, args), args.out, launcher, resume=args.resume, overwrite=args.overwrite,
+                        log=(lambda m: None) if args.quiet else print)
         return 0
     command.run(_config(command, args), args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
                 tensorboard=args.tensorboard)

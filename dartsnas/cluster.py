@@ -226,7 +226,7 @@ class ClusterRunner:
         atomic_write_text(self.folder / STATE, json.dumps(self.state, indent=1, sort_keys=True) + "\n")
 
     def status(self, job: Job) -> str:
-        """done, waiting, running, failed (to submit again while attempts remain) or new."""
+        """done, pending, running, failed (to submit again while attempts remain) or new."""
         if job.result() is not None:
             return "done"
         entry = self.state.get(job.name)
@@ -234,7 +234,7 @@ class ClusterRunner:
             return "new"
         state = self._slurm_state(job.name, entry["job_id"])
         if state in WAITING or (state == "UNKNOWN" and time.time() - entry.get("submitted", 0) < UNKNOWN_SECONDS):
-            return "waiting"  # sacct may not list a job just submitted
+            return "pending"  # sacct may not list a job just submitted
         if state in RUNNING:
             return "running"
         return "failed"
@@ -301,12 +301,12 @@ class ClusterRunner:
         for job in jobs:
             if status[job.name] == "done":
                 self.log(f"{job.name}: finished earlier, skipped")
-            elif status[job.name] in ("waiting", "running"):
+            elif status[job.name] in ("pending", "running"):
                 self.log(f"{job.name}: already submitted ({self.state[job.name]['job_id']}), {status[job.name]}")
         if fresh:
             self.submit(fresh, distributed)
             for job in fresh:
-                status[job.name] = "waiting"
+                status[job.name] = "pending"
         if self.options.submit_only:
             raise Submitted(f"{self.counts(status)}; run the same command again to gather the results "
                             f"(jobs in {self.folder / STATE})")
@@ -336,9 +336,9 @@ class ClusterRunner:
             time.sleep(self.options.poll_seconds)
 
     def counts(self, status: dict[str, str]) -> str:
-        names = ("done", "running", "waiting", "failed")
+        names = ("done", "running", "pending", "failed")
         n = {k: sum(s == k for s in status.values()) for k in names}
-        return f"jobs: {n['done']} done, {n['running']} running, {n['waiting']} pending, {n['failed']} failed"
+        return f"jobs: {n['done']} done, {n['running']} running, {n['pending']} pending, {n['failed']} failed"
 
 
 def run_on_cluster(jobs: Sequence[Job], options: LauncherConfig, folder: Path, *, log: Callable[[str], None] = print,
@@ -348,12 +348,23 @@ def run_on_cluster(jobs: Sequence[Job], options: LauncherConfig, folder: Path, *
     return ClusterRunner(options, folder, log=log, threads=threads).run(jobs, on_result)
 
 
-def run_distributed(kind: str, config: Any, out: Path, options: LauncherConfig, *,
-                    log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_distributed(kind: str, config: Any, out: Path, options: LauncherConfig, *, resume: bool = False,
+                    overwrite: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """One run (``search-cnn``, ``train-cnn``, ...) as one job of --nnodes x --gpus-per-node processes,
-    data parallel across them (each a torchrun-like rank); resubmitted and gathered as the arrays are."""
+    data parallel across them (each a torchrun-like rank); resubmitted and gathered as the arrays are.
+    As a local run: a directory holding a run needs --resume (continue or gather) or --overwrite."""
     out = Path(out)
     job = Job(out.name, kind, config.to_dict(), str(out))
+    started = (out.is_dir() and any(out.iterdir())) or job.done_file.exists() or job.beside(".slurm").exists()
+    if started and not (resume or overwrite):
+        raise ConfigError(f"--out {out} already holds a run: pass --resume to continue it (or gather its job) "
+                          "or --overwrite to replace it")
+    if overwrite and not resume:
+        for path in (out, job.done_file, job.log_file, job.beside(".slurm"), job.beside(".job.json")):
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
     runner = ClusterRunner(options, job.beside(".slurm"), log=log, tasks=options.gpus_per_node, nodes=options.nnodes)
     result = runner.run([job], distributed=options.nnodes * options.gpus_per_node > 1)[job.name]
     if result.get("status") != "done":

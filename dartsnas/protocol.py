@@ -147,7 +147,7 @@ def select(candidates: Sequence[str], space: str, config: Any, out: str | Path, 
             genotypes[name] = str(path)
             methods[name] = candidate_method(spec, space)
         if overwrite:
-            for stale in ("runs", "leaderboard.json", "leaderboard.md", GENOTYPE):
+            for stale in ("runs", "leaderboard.json", "leaderboard.md", GENOTYPE, "slurm"):
                 _remove(out / stale)
         base = config.to_dict()
         atomic_write_text(protocol_file, json.dumps({"command": command, "config": base, "genotypes": genotypes,
@@ -249,6 +249,8 @@ def search_seeds(space: str, config: Any, seeds: Sequence[int], out: str | Path,
             for path in (run_dir, job.done_file, job.log_file):
                 _remove(path)
         jobs.append(job)
+    if overwrite and not resume:
+        _remove(out / "slurm")  # the cluster's record of the replaced jobs
     results = run_jobs(jobs, devices, log=log, launcher=launcher, folder=out / "slurm")
     failed = [name for name, r in results.items() if r["status"] != "done"]
     if failed:

@@ -97,6 +97,21 @@ def test_one_array_with_the_cluster_settings_not_submitted_twice(tmp_path, slurm
     assert sorted(state) == sorted(CANDIDATES) and all(e["attempts"] == 1 for e in state.values())
 
 
+def test_a_data_parallel_run_is_one_job_of_nodes_by_tasks(tmp_path, slurm, monkeypatch, capsys):
+    monkeypatch.setenv("STUB_SLURM_HOLD", "1")
+    argv = ["train", "cnn", "--genotype", "DARTS", *BUDGET, "--launcher", "slurm", "--nnodes", "2", "--gpus-per-node",
+            "4", "--submit-only", "--out", str(tmp_path / "run")]
+    assert main(argv) == 0
+    (script,) = slurm.glob("*.sbatch")
+    d = json.loads((slurm / "queue.json").read_text())["jobs"][script.stem]["directives"]
+    assert (d["nodes"], d["ntasks-per-node"], d["gpus-per-node"]) == ("2", "4", "4") and "array" not in d
+    assert (tmp_path / "run.slurm" / "jobs.json").is_file()
+    capsys.readouterr()
+    assert main(argv) == 1 and "--resume" in capsys.readouterr().err  # a run there: continue or replace it
+    assert main([*argv, "--resume"]) == 0 and len(list(slurm.glob("*.sbatch"))) == 1  # queued: not again
+    assert main([*argv, "--overwrite"]) == 0 and len(list(slurm.glob("*.sbatch"))) == 2
+
+
 def _scores(out):
     return {r["name"]: (r["score"], r["epochs"]) for r in json.loads((out / "leaderboard.json").read_text())}
 
@@ -189,3 +204,20 @@ def test_two_task_data_parallel_search_equals_torchrun(tmp_path, monkeypatch):
                  "--poll-seconds", "0.2", "--out", str(tmp_path / "slurm")]) == 0
     assert "x 2 processes (data parallel)" in (tmp_path / "slurm.log").read_text()
     assert _strip(tmp_path / "slurm" / "metrics.jsonl") == _strip(tmp_path / "torchrun" / "metrics.jsonl")
+
+
+@pytest.mark.slow
+def test_a_benchmark_build_on_slurm_equals_the_local_build(tmp_path, slurm):
+    from dartsnas.bench201.query import Benchmark201
+    build = ["bench201", "build", "--dataset", "digits", "--epochs", "1", "--init-channels", "4", "--layers", "1",
+             "--batch-size", "64", "--quiet", "--cells", "2"]
+    files = {}
+    for name, flags in (("local", []), ("slurm", ["--launcher", "slurm", "--gpus-per-job", "0", "--poll-seconds", "0.2"])):
+        out = tmp_path / f"{name}.pickle.pbz2"
+        assert main([*build, *flags, "--out", str(out)]) == 0
+        files[name] = Benchmark201(out)
+    cells = files["local"].evaluated()
+    assert len(cells) == 2 and files["slurm"].evaluated() == cells
+    assert [files[n].query(cells[0], "digits", "1")["test-accuracy"] for n in files] == \
+        [files["local"].query(cells[0], "digits", "1")["test-accuracy"]] * 2
+    assert len(list(slurm.glob("*.sbatch"))) == 1 and (tmp_path / "slurm.pickle.pbz2.runs" / "slurm" / "jobs.json").is_file()
