@@ -95,6 +95,11 @@ def test_one_array_with_the_cluster_settings_not_submitted_twice(tmp_path, slurm
     assert len(list(slurm.glob("*.sbatch"))) == 1 and "already submitted" not in err  # (the log is --quiet)
     state = json.loads((tmp_path / "sel" / "slurm" / "jobs.json").read_text())
     assert sorted(state) == sorted(CANDIDATES) and all(e["attempts"] == 1 for e in state.values())
+    # random search's trainings: one array too
+    assert main(["random-search", "cnn", "--samples", "2", *BUDGET, "--launcher", "slurm", "--submit-only",
+                 "--out", str(tmp_path / "rs")]) == 0
+    assert len(list(slurm.glob("*.sbatch"))) == 2
+    assert sorted(json.loads((tmp_path / "rs" / "slurm" / "jobs.json").read_text())) == ["sample_000", "sample_001"]
 
 
 def test_a_data_parallel_run_is_one_job_of_nodes_by_tasks(tmp_path, slurm, monkeypatch, capsys):
@@ -221,3 +226,15 @@ def test_a_benchmark_build_on_slurm_equals_the_local_build(tmp_path, slurm):
     assert [files[n].query(cells[0], "digits", "1")["test-accuracy"] for n in files] == \
         [files["local"].query(cells[0], "digits", "1")["test-accuracy"]] * 2
     assert len(list(slurm.glob("*.sbatch"))) == 1 and (tmp_path / "slurm.pickle.pbz2.runs" / "slurm" / "jobs.json").is_file()
+
+
+@pytest.mark.slow
+def test_searches_over_seeds_through_submitit_equal_the_local_ones(tmp_path):
+    search = ["search", "cnn", "--dataset", "digits", "--init-channels", "4", "--layers", "3", "--batch-size", "32",
+              "--epochs", "1", "--steps-per-epoch", "2", "--quiet", "--seeds", "0", "1"]
+    assert main([*search, "--out", str(tmp_path / "local")]) == 0
+    assert main([*search, "--launcher", "submitit-local", "--gpus-per-job", "0", "--poll-seconds", "0.2",
+                 "--out", str(tmp_path / "cluster")]) == 0
+    for seed in (0, 1):
+        assert _strip(tmp_path / "cluster" / f"seed_{seed}" / "metrics.jsonl") == \
+            _strip(tmp_path / "local" / f"seed_{seed}" / "metrics.jsonl")
