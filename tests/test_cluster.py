@@ -238,3 +238,22 @@ def test_searches_over_seeds_through_submitit_equal_the_local_ones(tmp_path):
     for seed in (0, 1):
         assert _strip(tmp_path / "cluster" / f"seed_{seed}" / "metrics.jsonl") == \
             _strip(tmp_path / "local" / f"seed_{seed}" / "metrics.jsonl")
+
+
+@pytest.mark.slow
+def test_killing_the_gathering_loses_nothing(tmp_path, local_selection):
+    out = tmp_path / "sel"
+    argv = ["select", "cnn", *CANDIDATES, *BUDGET, "--launcher", "submitit-local", "--gpus-per-job", "0",
+            "--poll-seconds", "0.2", "--out", str(out)]
+    driver = subprocess.Popen([sys.executable, "-m", "dartsnas", *argv], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    state = out / "slurm" / "jobs.json"
+    deadline = time.time() + 120
+    while not state.is_file() and time.time() < deadline:
+        time.sleep(0.05)
+    driver.kill()  # SIGKILL: the gathering goes, the submitted jobs go on
+    driver.wait()
+    assert state.is_file()
+    assert main([*argv, "--resume"]) == 0
+    assert _scores(out) == local_selection
+    assert all(e["attempts"] == 1 for e in json.loads(state.read_text()).values())  # nothing submitted twice
