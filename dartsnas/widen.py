@@ -55,7 +55,7 @@ def _conv(prefix: str, old: nn.Conv2d, new: nn.Conv2d, g_in: torch.Tensor, plan:
     return g_out
 
 
-def _batch_norm(prefix: str, new: nn.BatchNorm2d, g_in: torch.Tensor, plan: Plan) -> torch.Tensor:
+def _batch_norm(prefix: str, new: nn.modules.batchnorm._BatchNorm, g_in: torch.Tensor, plan: Plan) -> torch.Tensor:
     for name in ("weight", "bias", "running_mean", "running_var"):
         if getattr(new, name, None) is not None:
             plan[prefix + name] = [("index", 0, g_in)]
@@ -86,7 +86,7 @@ def _walk(old: nn.Module, new: nn.Module, g: torch.Tensor, generator: torch.Gene
         return _batch_norm(prefix + "bn.", new.bn, torch.cat([g1, half + g2]), plan)
     if isinstance(new, nn.Conv2d):
         return _conv(prefix, old, new, g, plan, generator)
-    if isinstance(new, nn.BatchNorm2d):
+    if isinstance(new, nn.modules.batchnorm._BatchNorm):  # BatchNorm2d, and SyncBatchNorm with --sync-bn
         return _batch_norm(prefix, new, g, plan)
     children = list(new.named_children())
     if not children:

@@ -72,6 +72,14 @@ def test_net2wider_copies_channels_consistently(name, stride):
             torch.testing.assert_close(y_new[:, keep], y_old, msg=f"{name} train={mode}")
 
 
+def test_net2wider_widens_sync_batch_norm_too():  # --sync-bn's data-parallel runs
+    sync = torch.nn.SyncBatchNorm.convert_sync_batchnorm
+    old, new = sync(build_op("sep_conv_3x3", 2, 1, False)), sync(build_op("sep_conv_3x3", 4, 1, False))
+    g = torch.Generator().manual_seed(0)
+    plan = widen_plan(old, new, channel_map(2, 4, g), g)
+    assert set(plan) == set(new.state_dict()) and any("running_mean" in k for k in plan)
+
+
 def test_net2wider_refuses_a_different_op():
     with pytest.raises(ValueError, match="not the same op"):
         widen_plan(build_op("sep_conv_3x3", 2, 1, False), build_op("dil_conv_3x3", 4, 1, False),
