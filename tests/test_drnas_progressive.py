@@ -165,6 +165,7 @@ def test_progressive_refusals_and_recipe():
                       ({"stage_ops": (8, 4)}, "op set's 7"),
                       ({"partial_channels": 2}, "partial_channels"),
                       ({"sampler": "gdas"}, "gdas"),
+                      ({"select": "pt"}, "select"),
                       ({"stage_warmup": 2}, "stage_warmup"),
                       ({"epochs": 7}, "2 stages x")):
         with pytest.raises(ConfigError, match=match):

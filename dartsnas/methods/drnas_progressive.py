@@ -132,8 +132,8 @@ class DrnasProgressive(SearchMethod):
                               "edge, partial channels save nothing there", names=("stage_partial_channels", "sampler"))
         config.check_exclusive("stage_partial_channels", {
             "progressive": False, "partial_channels": 1, "reduce_cell": "searched", "cost": None, "hessian_every": 0,
-            "arch_start_epoch": 0}, {"arch_start_epoch": "each stage warms up for {stage_warmup} epochs",
-                                     "partial_channels": "the stages set K"})
+            "arch_start_epoch": 0, "select": "top-k"}, {"arch_start_epoch": "each stage warms up for {stage_warmup} epochs",
+                                                        "partial_channels": "the stages set K"})
 
     @classmethod
     def space_options(cls, config: Any) -> dict[str, Any]:
