@@ -178,6 +178,7 @@ NUMBERS = ("train-loss", "train-accuracy", "valid-loss", "valid-accuracy", "test
            "valtest-loss", "valtest-accuracy", "flops", "params")
 
 
+@pytest.mark.slow
 def test_a_build_trains_each_cell_once_resumes_with_more_and_the_official_api_reads_it(tmp_path, capsys):
     out = tmp_path / "digits.pickle.pbz2"
     assert main([*BUILD, "--cells", "1", "--out", str(out)]) == 0

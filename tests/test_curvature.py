@@ -50,6 +50,7 @@ def test_dominant_eigenvalue_is_the_largest_eigenvalue_of_the_dense_hessian(tiny
     assert torch.equal(torch.get_rng_state(), state)  # the run's random stream is left alone
 
 
+@pytest.mark.slow
 def test_forward_over_reverse_products_are_the_dense_hessian_and_leave_the_model_alone(tiny_net):
     net, batches = _setup(tiny_net)
     H = _dense_hessian(net, batches).detach()
@@ -89,6 +90,7 @@ def test_finite_difference_products_converge_to_the_dense_hessian_and_leave_the_
         hessian_vector_product(net, batches, v, method="lanczos")
 
 
+@pytest.mark.slow
 def test_the_eigenvalue_through_recomputed_cells_is_the_plain_one_and_fd_and_forward_run_in_a_search(tmp_path):
     from dartsnas.train.search import SearchConfig, search
     config = dict(dataset="digits", init_channels=4, layers=3, nodes=2, batch_size=16, steps_per_epoch=2, epochs=1,
@@ -185,6 +187,7 @@ def test_darts_es_leaves_the_last_epoch_alone():
     assert any(longer.update(e, ev, e) for e, ev in enumerate(values, 1)) and longer.stopped["at"] == 23
 
 
+@pytest.mark.slow
 def test_search_records_the_eigenvalue_stops_early_and_resumes_with_the_rule_state(tmp_path, monkeypatch):
     """The plumbing, with a synthetic eigenvalue sequence (the rule and the eigenvalue are tested above)."""
     import json

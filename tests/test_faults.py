@@ -113,8 +113,8 @@ def assert_same_run(a, b):
 @pytest.mark.parametrize("command,point,n", [
     ("search-cnn", "mid-step", 7),        # epoch 2, step 3: resumes from the step-2 checkpoint of epoch 2
     ("search-cnn", "mid-checkpoint", 3),  # the end-of-epoch-1 checkpoint torn; metrics line already written
-    ("search-cnn", "between-epochs", 1),  # epoch 1's metrics line written, its checkpoint not
-    ("train-cnn", "mid-step", 6),
+    pytest.param("search-cnn", "between-epochs", 1, marks=pytest.mark.slow),  # epoch 1's line written, its checkpoint not
+    pytest.param("train-cnn", "mid-step", 6, marks=pytest.mark.slow),
     pytest.param("search-rnn", "mid-step", 3, marks=pytest.mark.slow),
     pytest.param("train-rnn", "mid-checkpoint", 4, marks=pytest.mark.slow),
 ])
@@ -130,6 +130,7 @@ def test_sigkill_then_resume_ends_bit_identical(command, point, n, tmp_path, tmp
     assert not list(out.glob(".*.tmp"))  # the torn temporary file was cleared on resume
 
 
+@pytest.mark.slow
 def test_killed_before_its_first_checkpoint_the_same_command_line_with_resume_restarts(tmp_path, tmp_path_factory):
     """A scheduler requeues a preempted job with the same command line, --resume included: a run killed
     in its first step (no checkpoint yet) starts again from the beginning and ends as an uninterrupted one."""
@@ -167,6 +168,7 @@ def test_sigterm_checkpoints_at_a_step_boundary_and_exits_cleanly(tmp_path, tmp_
     assert_same_run(reference, out)
 
 
+@pytest.mark.slow
 def test_deterministic_runs_are_bit_identical_and_the_switch_is_restored(tmp_path):
     args = [*COMMANDS["search-cnn"], "--deterministic", "--seed", "3"]
     assert main([*args, "--out", str(tmp_path / "a")]) == 0

@@ -118,6 +118,7 @@ def test_the_command_writes_the_table_and_a_latency_search_aims_at_it(tmp_path, 
     assert CostTable.read(tmp_path / "macs" / "cost_table.json").network == table.network
 
 
+@pytest.mark.slow
 def test_onnxruntime_tables_and_summary_time_the_exported_graph(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     t = latency_table(LatencyConfig(init_channels=4, layers=3, nodes=1, ops=("skip_connect", "sep_conv_3x3"),

@@ -39,6 +39,7 @@ def test_search_rnn_writes_genotype_metrics_checkpoint_and_resumes_bit_identical
     assert math.isfinite(records[-1]["val_ppl"])
 
 
+@pytest.mark.slow
 @needs_ptb
 def test_second_order_recurrent_search_runs(tmp_path):
     _, records = search_rnn(RNNSearchConfig(**{**TINY, "steps_per_epoch": 2}, epochs=1, order="second"),

@@ -46,6 +46,7 @@ def test_cli_search_writes_genotype_metrics_checkpoint_then_resumes(tmp_path, ca
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_resumed_search_is_bit_identical_to_an_uninterrupted_one(tmp_path):
     straight = search(SearchConfig(**TINY, epochs=2), tmp_path / "a", quiet=True)
     search(SearchConfig(**TINY, epochs=1), tmp_path / "b", quiet=True)
