@@ -79,6 +79,9 @@ class LauncherConfig(Config):
 
     def check(self) -> None:
         super().check()
+        if self.submit_only and not self.on_cluster:
+            raise ConfigError("{submit_only} submits to a cluster: give {launcher} slurm (or submitit-local)",
+                              names=("submit_only", "launcher"))
         for opt in self.sbatch:
             if not opt.lstrip("-") or opt.lstrip("-").startswith("="):
                 raise ConfigError(f"{{sbatch}}: {opt!r} is not an sbatch option (KEY=VALUE or a flag)",

@@ -60,6 +60,8 @@ def test_launcher_options_come_from_flags_a_config_file_and_its_launcher_table(t
         launcher_of(_args("--launcher", "slurm", "--devices", "cpu"))
     with pytest.raises(Exception, match="sbatch"):
         launcher_of(_args("--sbatch", "=x"))
+    with pytest.raises(Exception, match="submits to a cluster"):
+        launcher_of(_args("--submit-only"))
 
 
 def test_missing_submitit_or_sbatch_is_one_clear_line(tmp_path, monkeypatch, capsys):
