@@ -260,7 +260,8 @@ class ClusterRunner:
 
     def submit(self, jobs: Sequence[Job], distributed: bool = False) -> None:
         """``jobs`` as one job array (one job: a plain job)."""
-        executor = make_executor(self.options, self.folder, tasks=self.tasks, nodes=self.nodes)
+        executor = make_executor(self.options, self.folder, tasks=self.tasks, nodes=self.nodes,
+                                 name=f"dartsnas-{jobs[0].command}")  # what squeue shows: dartsnas-train-cnn
         tasks = []
         for job in jobs:
             Path(job.out).parent.mkdir(parents=True, exist_ok=True)

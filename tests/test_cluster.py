@@ -89,6 +89,7 @@ def test_one_array_with_the_cluster_settings_not_submitted_twice(tmp_path, slurm
         "partition": "gpu", "account": "lab", "time": "30", "gpus-per-node": "1", "cpus-per-task": "4",
         "mem": "16G", "array": "0-2%2", "qos": "high", "exclusive": True, "signal": "USR2@120", "nodes": "1",
         "ntasks-per-node": "1"}
+    assert d["job-name"] == "dartsnas-train-cnn"  # the candidates' trainings
     assert "srun" in script.read_text() and "submitit.core._submit" in script.read_text()
     spec = json.loads((tmp_path / "sel" / "runs" / "DARTS.job.json").read_text())
     assert spec["config"]["device"] == "cuda"
