@@ -86,10 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a final network from a genotype")
     kinds = p.add_subparsers(dest="space", required=True, metavar="SPACE")
+    from .cluster import add_launcher_flags
     for space in SEARCH_SPACES.values():
         q = kinds.add_parser(space.name, help=space.train_help)
         _config_flags(q, runs[space.train_kind].config)
-        from .cluster import add_launcher_flags
         add_launcher_flags(q)
 
     p = sub.add_parser("select", help="train candidate genotypes briefly, rank them on validation, keep the best")

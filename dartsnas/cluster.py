@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 
 from .config import Config, option
 from .errors import ConfigError, DartsError, Submitted
-from .jobs import PARENT_ENV, Job
+from .jobs import PARENT_ENV, Job, remove_path
 from .train.checkpoint import atomic_write_text
 
 GROUP = "cluster"
@@ -163,12 +163,10 @@ class JobTask:
         self.__dict__.update(state, _proc=None)
 
     def __call__(self) -> dict[str, Any]:
-        env = dict(os.environ)
         if self.distributed:  # MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK from SLURM's variables
             import submitit.helpers
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-            env = dict(os.environ)
-        env[PARENT_ENV] = str(os.getpid())
+        env = {**os.environ, PARENT_ENV: str(os.getpid())}
         if self.threads is not None:
             env["OMP_NUM_THREADS"] = str(self.threads)
         with open(self.log, "a") as log:
@@ -190,7 +188,7 @@ class JobTask:
                 proc.wait(timeout=STOP_SECONDS)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        return submitit.helpers.DelayedSubmission(JobTask(self.spec, self.log, self.distributed, self.threads))
+        return submitit.helpers.DelayedSubmission(self)  # pickled without the process
 
 
 def tail(path: Path, lines: int = 5) -> str:
@@ -242,8 +240,20 @@ class ClusterRunner:
             return "running"
         return "failed"
 
-    def _slurm_state(self, name: str, job_id: str) -> str:
+    def refresh(self, jobs: Sequence[Job]) -> None:
+        """One sacct call for every submitted job of ``jobs`` (their states then read from its answer)."""
+        if self.options.launcher != "slurm":
+            return
         submitit = require_submitit(self.options.launcher)
+        for job in jobs:
+            entry = self.state.get(job.name)
+            if entry is not None and job.name not in self.handles:
+                self.handles[job.name] = submitit.SlurmJob(folder=str(self.folder), job_id=entry["job_id"])
+        if self.handles:
+            next(iter(self.handles.values())).watcher.update()
+
+    def _slurm_state(self, name: str, job_id: str) -> str:
+        """The job's state: the local controller's, or sacct's in the last :meth:`refresh`."""
         if self.options.launcher == "submitit-local":
             handle = self.handles.get(name)
             if handle is not None and handle._process is not None:
@@ -253,9 +263,7 @@ class ClusterRunner:
                 return "RUNNING"
             except (OSError, ValueError):
                 return "FINISHED"
-        handle = self.handles.get(name) or submitit.SlurmJob(folder=str(self.folder), job_id=job_id)
-        self.handles[name] = handle
-        state = handle.get_info(mode="force").get("State") or "UNKNOWN"
+        state = self.handles[name].get_info(mode="cache").get("State") or "UNKNOWN"
         return state.split()[0]  # "CANCELLED by 123"
 
     def submit(self, jobs: Sequence[Job], distributed: bool = False) -> None:
@@ -265,8 +273,7 @@ class ClusterRunner:
         tasks = []
         for job in jobs:
             Path(job.out).parent.mkdir(parents=True, exist_ok=True)
-            spec = job.beside(".job.json")
-            atomic_write_text(spec, json.dumps({**job.__dict__, "config": {**job.config, "device": self.device}}) + "\n")
+            spec = job.write_spec(self.device)
             tasks.append(JobTask(str(spec), str(job.log_file), distributed, self.threads))
         try:
             if len(tasks) > 1:
@@ -299,6 +306,7 @@ class ClusterRunner:
             distributed: bool = False) -> dict[str, dict[str, Any]]:
         """Submit what is neither done nor queued (nor out of attempts), then gather (or, with
         --submit-only, stop with :class:`~dartsnas.errors.Submitted`)."""
+        self.refresh(jobs)
         status = {job.name: self.status(job) for job in jobs}
         fresh = [job for job in jobs if status[job.name] == "new" or (
             status[job.name] == "failed" and self.state[job.name]["attempts"] < self.options.max_attempts)]
@@ -317,6 +325,7 @@ class ClusterRunner:
         results: dict[str, dict[str, Any]] = {}
         shown = ""
         while True:
+            self.refresh([job for job in jobs if job.name not in results])
             for job in jobs:
                 if job.name in results:
                     continue
@@ -365,10 +374,7 @@ def run_distributed(kind: str, config: Any, out: Path, options: LauncherConfig, 
                           "or --overwrite to replace it")
     if overwrite and not resume:
         for path in (out, job.done_file, job.log_file, job.beside(".slurm"), job.beside(".job.json")):
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+            remove_path(path)
     runner = ClusterRunner(options, job.beside(".slurm"), log=log, tasks=options.gpus_per_node, nodes=options.nnodes)
     result = runner.run([job], distributed=options.nnodes * options.gpus_per_node > 1)[job.name]
     if result.get("status") != "done":

@@ -55,6 +55,13 @@ class Job:
     def log_file(self) -> Path:
         return self.beside(".log")
 
+    def write_spec(self, device: str) -> Path:
+        """The job file its process reads (``runs/NAME.job.json``), the job to run on ``device``."""
+        spec = self.beside(".job.json")
+        atomic_write_text(spec, json.dumps(dataclasses.asdict(
+            dataclasses.replace(self, config={**self.config, "device": device}))) + "\n")
+        return spec
+
     def result(self) -> dict[str, Any] | None:
         """The finished job's summary, or None while it has not finished."""
         if not self.done_file.is_file():
@@ -63,6 +70,15 @@ class Job:
             return json.loads(self.done_file.read_text())
         except (OSError, ValueError):
             return None
+
+
+def remove_path(path: Path) -> None:
+    """A file or a directory tree, if it is there (what --overwrite replaces)."""
+    import shutil
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
 
 
 def summarize(job: Job) -> dict[str, Any]:
@@ -132,9 +148,7 @@ def run_jobs(jobs: Sequence[Job], devices: Sequence[str] | None = None, *,
         device = free.get()
         try:
             Path(job.out).parent.mkdir(parents=True, exist_ok=True)
-            spec = job.beside(".job.json")
-            atomic_write_text(spec, json.dumps(dataclasses.asdict(
-                dataclasses.replace(job, config={**job.config, "device": device}))) + "\n")
+            spec = job.write_spec(device)
             env = {**os.environ, PARENT_ENV: str(os.getpid())}
             if fixed_threads is not None:
                 env["OMP_NUM_THREADS"] = str(fixed_threads)

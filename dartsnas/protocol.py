@@ -18,7 +18,7 @@ from .errors import ConfigError, DartsError
 from .genotype import load_genotype
 from .methods import method_name
 from .spaces import SEARCH_SPACES
-from .jobs import Job, default_devices, run_jobs
+from .jobs import Job, default_devices, remove_path, run_jobs
 from .train.checkpoint import GENOTYPE, atomic_write_text
 
 PROTOCOL = "protocol.json"
@@ -148,7 +148,7 @@ def select(candidates: Sequence[str], space: str, config: Any, out: str | Path, 
             methods[name] = candidate_method(spec, space)
         if overwrite:
             for stale in ("runs", "leaderboard.json", "leaderboard.md", GENOTYPE, "slurm"):
-                _remove(out / stale)
+                remove_path(out / stale)
         base = config.to_dict()
         atomic_write_text(protocol_file, json.dumps({"command": command, "config": base, "genotypes": genotypes,
                                                       "methods": methods}, indent=1) + "\n")
@@ -172,14 +172,6 @@ def select(candidates: Sequence[str], space: str, config: Any, out: str | Path, 
     atomic_write_text(out / GENOTYPE, winner.to_json() + "\n")
     log(f"winner {best['name']} ({best['metric']} {best['score']:.4f}); genotype written to {out / GENOTYPE}")
     return rows
-
-
-def _remove(path: Path) -> None:
-    import shutil
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
 
 
 @dataclasses.dataclass
@@ -211,7 +203,7 @@ def random_search(space: str, samples: int, seed: int, out: str | Path, config: 
         if folder.is_dir() and any(folder.iterdir()) and not overwrite:
             raise ConfigError(f"--out {out} already holds samples: pass --resume to continue "
                               "or --overwrite to replace them")
-        _remove(folder)
+        remove_path(folder)
         folder.mkdir(parents=True)
         width = max(3, len(str(samples - 1)))
         for k, genotype in enumerate(sample_genotypes(space, samples, seed, nodes=nodes, ops=ops)):
@@ -247,10 +239,10 @@ def search_seeds(space: str, config: Any, seeds: Sequence[int], out: str | Path,
                               "or --overwrite to replace it")
         if overwrite and not resume:
             for path in (run_dir, job.done_file, job.log_file):
-                _remove(path)
+                remove_path(path)
         jobs.append(job)
     if overwrite and not resume:
-        _remove(out / "slurm")  # the cluster's record of the replaced jobs
+        remove_path(out / "slurm")  # the cluster's record of the replaced jobs
     results = run_jobs(jobs, devices, log=log, launcher=launcher, folder=out / "slurm")
     failed = [name for name, r in results.items() if r["status"] != "done"]
     if failed:

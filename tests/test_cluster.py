@@ -93,7 +93,10 @@ def test_one_array_with_the_cluster_settings_not_submitted_twice(tmp_path, slurm
     assert "srun" in script.read_text() and "submitit.core._submit" in script.read_text()
     spec = json.loads((tmp_path / "sel" / "runs" / "DARTS.job.json").read_text())
     assert spec["config"]["device"] == "cuda"
+    calls = slurm / "sacct.calls"
+    before = len(calls.read_text().splitlines()) if calls.is_file() else 0
     assert main([*argv, "--resume"]) == 0  # run again: queued jobs are gathered, not submitted again
+    assert len(calls.read_text().splitlines()) == before + 1  # one sacct call asks about the whole array
     err = capsys.readouterr().err
     assert len(list(slurm.glob("*.sbatch"))) == 1 and "already submitted" not in err  # (the log is --quiet)
     state = json.loads((tmp_path / "sel" / "slurm" / "jobs.json").read_text())

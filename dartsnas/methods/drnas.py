@@ -17,8 +17,8 @@ As the authors' code (xiangning-chen/DrNAS, ``utils.py`` ``process_step_vector``
   networks; ``--order second|exact`` is refused, as with GDAS.
 
 Their progressive variant (the DARTS space's only script: two stages of partial channels K=6 then 4
-with the ops pruned 7 to 4 and the network widened Net2Wider-style) is not built: ``--partial-channels``
-gives the first stage's form. The NAS-Bench-201 recipe ``drnas`` is their ``201-space/train_search.py``.
+with the ops pruned 7 to 4 and the network widened Net2Wider-style) is :mod:`.drnas_progressive`
+(``search cnn --recipe drnas``). The NAS-Bench-201 recipe ``drnas`` is their ``201-space/train_search.py``.
 """
 from __future__ import annotations
 

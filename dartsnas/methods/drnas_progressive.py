@@ -55,8 +55,7 @@ def stage_plan(old: Any, new: Any, kept: dict[str, list[list[int]]], generator: 
         if getattr(new, name, None) is not None:
             plan[name] = (name, [("rows", 1, torch.tensor(kept[name[6:]]))])
     for c, (cell_old, cell_new) in enumerate(zip(old.cells, new.cells)):
-        edges = list(zip(getattr(cell_old, "edges", ()), getattr(cell_new, "edges", ())))
-        for e, (edge_old, edge_new) in enumerate(edges):
+        for e, (edge_old, edge_new) in enumerate(zip(getattr(cell_old, "edges", ()), getattr(cell_new, "edges", ()))):
             for k_new, k_old in enumerate(kept["reduce" if cell_new.reduction else "normal"][e]):
                 g_in = channel_map(edge_old.channels, edge_new.channels, generator)
                 op: Plan = widen_plan(edge_old.ops[k_old], edge_new.ops[k_new], g_in, generator)
@@ -76,8 +75,8 @@ def carry_over(run: Any, old_model: Any, old_w: torch.optim.Optimizer, old_arch:
     """The new stage's network, weight optimiser and architect take the last stage's tensors and states."""
     old_state = old_model.state_dict()
     run.model.load_state_dict({name: apply_gathers(old_state[src], g) for name, (src, g) in plan.items()})
-    old_names = {id(p): n for n, p in old_model.named_parameters()}
     old_params = dict(old_model.named_parameters())
+    old_names = {id(p): n for n, p in old_params.items()}
     new_names = {id(p): n for n, p in run.model.named_parameters()}
     for old_opt, new_opt in ((old_w, run.w_optimizer), (old_arch, run.architect.optimizer)):
         states = {old_names[id(p)]: old_opt.state[p] for group in old_opt.param_groups for p in group["params"]
