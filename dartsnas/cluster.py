@@ -21,6 +21,7 @@ here, time limits and requeues included): a cluster setup tried without a cluste
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -101,7 +102,6 @@ class LauncherConfig(Config):
 
 
 def launcher_fields() -> set[str]:
-    import dataclasses
     return {f.name for f in dataclasses.fields(LauncherConfig)}
 
 
@@ -349,8 +349,7 @@ class ClusterRunner:
             time.sleep(self.options.poll_seconds)
 
     def counts(self, status: dict[str, str]) -> str:
-        names = ("done", "running", "pending", "failed")
-        n = {k: sum(s == k for s in status.values()) for k in names}
+        n = {k: sum(s == k for s in status.values()) for k in ("done", "running", "pending", "failed")}
         return f"jobs: {n['done']} done, {n['running']} running, {n['pending']} pending, {n['failed']} failed"
 
 
@@ -364,8 +363,7 @@ def run_on_cluster(jobs: Sequence[Job], options: LauncherConfig, folder: Path, *
 def run_distributed(kind: str, config: Any, out: Path, options: LauncherConfig, *, resume: bool = False,
                     overwrite: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """One run (``search-cnn``, ``train-cnn``, ...) as one job of --nnodes x --gpus-per-node processes,
-    data parallel across them (each a torchrun-like rank); resubmitted and gathered as the arrays are.
-    As a local run: a directory holding a run needs --resume (continue or gather) or --overwrite."""
+    data parallel (each a torchrun-like rank), gathered as the arrays are; over a run: --resume or --overwrite."""
     out = Path(out)
     job = Job(out.name, kind, config.to_dict(), str(out))
     started = (out.is_dir() and any(out.iterdir())) or job.done_file.exists() or job.beside(".slurm").exists()
