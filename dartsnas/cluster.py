@@ -191,8 +191,7 @@ class JobTask:
         return submitit.helpers.DelayedSubmission(self)  # pickled without the process
 
 
-def tail(path: Path, lines: int = 5) -> str:
-    """The last non-empty lines of a log, joined (what a failed job is reported with)."""
+def tail(path: Path, lines: int = 5) -> str:  # what a failed job is reported with
     try:
         text = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:
@@ -222,7 +221,7 @@ class ClusterRunner:
             raise DartsError(f"{path}: not the launcher's job list ({e}); remove it to submit every "
                              "unfinished job again") from None
 
-    def _write_state(self) -> None:
+    def _write_state(self) -> None:  # the ids and attempts, kept across gatherings
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.folder / STATE, json.dumps(self.state, indent=1, sort_keys=True) + "\n")
 
