@@ -10,6 +10,10 @@ a fresh subprocess so peaks do not leak between configurations.
     python benchmarks/search_step.py --scaling        # step time against batch, C and nodes N
     python benchmarks/search_step.py --device cuda --configs 16,8,64 --compare   # fast path vs plain fp32 NCHW
     python benchmarks/search_step.py --configs 16,8,32 --orders first --methods darts gdas p-darts   # successors
+    python benchmarks/search_step.py --configs 16,8,32 --recompute none edge --reference DIR   # beside the original
+
+--reference DIR (a checkout of quark0/darts, see _reference.py) measures the original's step too, in the same
+run, and prints dartsnas's speed-up and memory ratio against it (whole-process peak RSS); skipped without it.
 
 --methods: darts (every op on every edge), gdas (one sampled op per edge) and p-darts, whose three
 stage networks replace the configuration's L: 5 cells with the 8 ops, 11 with 5 and 17 with 3 per edge
@@ -52,8 +56,14 @@ def measure(args: argparse.Namespace) -> dict:
     C, L, B, *rest = (int(v) for v in args.config.split(","))
     N = rest[0] if rest else 4
     device = torch.device(args.device)
+    if args.original:
+        from _reference import conv_step
+        sec = time_steps(conv_step(args.original, C, L, B, args.order, args.size), args.steps, args.warmup, False)
+        return {"bench": "search_step", "impl": "original", "C": C, "L": L, "batch": B, "size": args.size,
+                "order": args.order, "threads": args.threads, "s_per_step": round(sec, 3),
+                "images_per_s": round(B / sec, 2), "steps": args.steps, **peak_memory_gb(False)}
     torch.manual_seed(0)
-    space = ConvSearchSpaceConfig(init_channels=C, layers=L, nodes=N, partial_channels=args.k)
+    space = ConvSearchSpaceConfig(init_channels=C, layers=L, nodes=N, partial_channels=args.k, recompute=args.mode)
     if args.method in PDARTS_STAGES:
         L, kept = PDARTS_STAGES[args.method]
         space.layers = L
@@ -89,7 +99,7 @@ def measure(args: argparse.Namespace) -> dict:
     sec = time_steps(step, args.steps, args.warmup, device.type == "cuda")
     return {"bench": "search_step", "method": args.method, "C": C, "L": L, "batch": B, "nodes": N, "size": args.size,
             "ops_per_edge": len(space.edge_ops("normal")[0]), "order": args.order,
-            "partial_channels": args.k,
+            "partial_channels": args.k, "recompute": args.mode,
             **({"fd_scheme": args.fd_scheme} if args.order == "second" else {}), "device": args.device, "threads": args.threads,
             "channels_last": not args.no_channels_last, "amp": not args.no_amp and device.type == "cuda",
             "s_per_step": round(sec, 3),
@@ -116,7 +126,12 @@ def main() -> None:
                    help="PC-DARTS K values to measure (1: plain DARTS), e.g. --partial-channels 1 4")
     p.add_argument("--methods", nargs="+", default=["darts"], choices=("darts", "gdas", "p-darts", "drnas", "beta-darts", "darts-pt"),
                    help="search methods to measure (p-darts: its three stage networks) [darts]")
+    p.add_argument("--recompute", nargs="+", default=["none"], choices=("none", "cell", "edge"),
+                   help="activation recomputation modes to measure [none]")
+    p.add_argument("--reference", metavar="DIR", help="a checkout of the original DARTS code: measure its step too")
     p.add_argument("--k", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--mode", default="none", help=argparse.SUPPRESS)
+    p.add_argument("--original", help=argparse.SUPPRESS)
     p.add_argument("--method", default="darts", help=argparse.SUPPRESS)
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
@@ -130,10 +145,21 @@ def main() -> None:
     common += (["--no-channels-last"] if args.no_channels_last else []) + (["--no-amp"] if args.no_amp else [])
     configs = SCALING if args.scaling else args.configs
     methods = [m for name in args.methods for m in (PDARTS_STAGES if name == "p-darts" else [name])]
-    jobs = [["--config", c, "--order", o, "--k", str(k), "--method", m, *common]
-            for c in configs for o in args.orders for k in args.partial_channels for m in methods]
+    jobs = [["--config", c, "--order", o, "--k", str(k), "--method", m, "--mode", r, *common]
+            for c in configs for o in args.orders for k in args.partial_channels for m in methods for r in args.recompute]
+    if args.reference and not args.compare:  # the original runs on the CPU
+        jobs += [["--config", c, "--order", o, "--original", args.reference, *common] for c in configs for o in args.orders]
     if not args.compare:
-        run_isolated(__file__, jobs)
+        rows = run_isolated(__file__, jobs)
+        for row in rows:
+            ref = next((r for r in rows if r.get("impl") == "original" and r["C"] == row["C"] and r["L"] == row["L"]
+                        and r["batch"] == row["batch"] and r["order"] == row["order"]), None)
+            if ref is not None and row is not ref:
+                print(json.dumps({"bench": "search_step_vs_original", "C": row["C"], "L": row["L"], "batch": row["batch"],
+                                  "order": row["order"], "method": row["method"], "recompute": row["recompute"],
+                                  "partial_channels": row["partial_channels"],
+                                  "speedup": round(ref["s_per_step"] / row["s_per_step"], 3),
+                                  "peak_rss_vs_original": round(row["peak_rss_gb"] / ref["peak_rss_gb"], 3)}))
         return
     for job in jobs:
         fast, plain = run_isolated(__file__, [job, [*job, "--no-channels-last", "--no-amp"]])
