@@ -7,7 +7,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
 
@@ -66,22 +65,36 @@ def recomputed(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
     recomputation, so a pass under ``torch.func.functional_call`` (the second-order architect's
     virtual weights) is recomputed with the weights it ran with, not the module's own. While it runs,
     ``is_recomputing(module)`` is true: a module that recomputes itself (a :class:`~dartsnas.nn.Choice`)
-    then runs plainly instead of recursing."""
+    then runs plainly instead of recursing.
+
+    Lean on purpose (a search step makes hundreds of these calls, and their Python cost was a third of
+    the recomputation's time): the weights are swapped in only where they differ from the module's own,
+    by the slot of their owner, instead of through ``functional_call``; and checkpoint's per-tensor
+    shape check (``determinism_check``) is off, since the recomputed pass is the same code on the same
+    inputs and random state."""
     if not torch.is_grad_enabled():
         return module(*args, **kwargs)
-    named = list(module.named_parameters())
-    names, params = [name for name, _ in named], [p for _, p in named]
+    slots = [(owner, name) for owner in module.modules() for name, p in owner._parameters.items() if p is not None]
+    params = [owner._parameters[name] for owner, name in slots]
     n = len(params)
 
     def run(*flat: Any, **kw: Any) -> Any:
         depth = module.__dict__.get(_INSIDE, 0)
         module.__dict__[_INSIDE] = depth + 1
+        swapped = []
         try:
-            return functional_call(module, dict(zip(names, flat[:n])), flat[n:], kw)
+            for (owner, name), value in zip(slots, flat[:n]):
+                own = owner._parameters[name]
+                if own is not value:
+                    owner._parameters[name] = value
+                    swapped.append((owner, name, own))
+            return module(*flat[n:], **kw)
         finally:
+            for owner, name, own in reversed(swapped):
+                owner._parameters[name] = own
             module.__dict__[_INSIDE] = depth
 
-    return checkpoint(run, *params, *args, use_reentrant=False, preserve_rng_state=True,
+    return checkpoint(run, *params, *args, use_reentrant=False, preserve_rng_state=True, determinism_check="none",
                       context_fn=lambda: (contextlib.nullcontext(), kept_running_stats(module)), **kwargs)
 
 

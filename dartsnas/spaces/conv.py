@@ -156,7 +156,10 @@ class SearchCell(nn.Module):
                 edge_weights: torch.Tensor | None = None, index: list[int] | None = None) -> torch.Tensor:
         """``edge_weights`` (PC-DARTS's per-node softmax of β, one per edge) scale each edge's output;
         ``index`` (GDAS) names the one op each edge computes."""
-        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        if self.recompute_edges:  # the preprocessing's ReLU, conv and BatchNorm outputs too (bit-identical)
+            states = [recomputed(self.preprocess0, s0), recomputed(self.preprocess1, s1)]
+        else:
+            states = [self.preprocess0(s0), self.preprocess1(s1)]
         relus = [self.relu(h) if self._relu_needed else None for h in states]
         row = 0
         for i in range(self.nodes):
