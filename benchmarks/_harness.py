@@ -64,3 +64,16 @@ def rows(run_dir: Path) -> list[dict]:
 def emit(record: dict) -> dict:
     print(json.dumps(record), flush=True)
     return record
+
+
+def versus_original(rows: list[dict], same: tuple[str, ...], labels: tuple[str, ...], memory: str) -> None:
+    """For each of dartsnas's rows, one JSON line against the original's row of the same ``same`` fields
+    (``impl: original``, from ``--reference``): its speed-up (the original's seconds / ours) and the
+    ratio of ``memory`` (ours / the original's)."""
+    for row in rows:
+        ref = next((r for r in rows if r.get("impl") == "original" and all(r[k] == row[k] for k in same)), None)
+        if ref is None or row is ref:
+            continue
+        print(json.dumps({"bench": f"{row['bench']}_vs_original", **{k: row[k] for k in (*same, *labels)},
+                          "speedup": round(ref["s_per_step"] / row["s_per_step"], 3),
+                          f"{memory}_vs_original": round(row[memory] / ref[memory], 3)}), flush=True)

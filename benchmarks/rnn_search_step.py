@@ -6,6 +6,11 @@ vocabulary; one JSON line per (configuration, order), each measured in a fresh p
     python benchmarks/rnn_search_step.py        # 64/64 batch 32 and 300/300 batch 256, BPTT 35, 2 threads
     python benchmarks/rnn_search_step.py --compile on --configs 64,32 --orders second
 
+``--reference DIR`` (a checkout of quark0/darts, see _reference.py) measures the original's step in the
+same run and prints dartsnas's speed-up against it (skipped without it):
+
+    python benchmarks/rnn_search_step.py --configs 64,32 --compile off on --reference DIR
+
 ``--compile on`` runs the cell's time step through torch.compile (the CLI's ``--compile``); the
 compilation happens in the warm-up steps, which are not timed.
 """
@@ -18,7 +23,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _harness import peak_memory_gb, run_isolated, time_steps  # noqa: E402
+from _harness import peak_memory_gb, run_isolated, time_steps, versus_original  # noqa: E402
 
 CONFIGS = ["64,32", "300,256"]  # emsize=nhid, batch
 
@@ -34,6 +39,13 @@ def measure(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     size, B = (int(v) for v in args.config.split(","))
     device = torch.device(args.device)
+    T = args.bptt
+    if args.original:
+        from _reference import rnn_step
+        sec = time_steps(rnn_step(args.original, size, B, args.order, T, args.vocab), args.steps, args.warmup, False)
+        return {"bench": "rnn_search_step", "impl": "original", "emsize": size, "batch": B, "bptt": T, "order": args.order,
+                "compile": False, "threads": args.threads, "s_per_step": round(sec, 3),
+                "tokens_per_s": round(B * T / sec, 1), **peak_memory_gb(False)}
     torch.manual_seed(0)
     model = RecurrentSearchModel(RecurrentSearchSpaceConfig(vocab_size=args.vocab, emsize=size, nhid=size)).to(device)
     if args.compiled:
@@ -42,7 +54,6 @@ def measure(args: argparse.Namespace) -> dict:
     objective = functools.partial(lm_weight_loss, tar=1e-3, ar=0.0)  # the search's: NLL + TAR, clipped at 0.25
     arch = Architect(model, w_opt, order=args.order, lr=3e-3, betas=(0.9, 0.999), weight_decay=1e-3,
                      grad_clip=0.25, train_loss=objective)
-    T = args.bptt
     window = lambda: (torch.randint(0, args.vocab, (T, B), device=device),
                       torch.randint(0, args.vocab, (T * B,), device=device))
     state = {"h": model.init_hidden(B), "hv": model.init_hidden(B)}
@@ -83,15 +94,20 @@ def main() -> None:
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--order", default="first", help=argparse.SUPPRESS)
+    p.add_argument("--reference", metavar="DIR", help="a checkout of the original DARTS code: measure its step too")
     p.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--original", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
         print(json.dumps(measure(args)), flush=True)
         return
     common = ["--bptt", str(args.bptt), "--vocab", str(args.vocab), "--device", args.device, "--threads",
               str(args.threads), "--steps", str(args.steps), "--warmup", str(args.warmup)]
-    run_isolated(__file__, [["--config", c, "--order", o, *common, *(["--compiled"] if m == "on" else [])]
-                            for c in args.configs for o in args.orders for m in args.compile])
+    jobs = [["--config", c, "--order", o, *common, *(["--compiled"] if m == "on" else [])]
+            for c in args.configs for o in args.orders for m in args.compile]
+    if args.reference:
+        jobs += [["--config", c, "--order", o, "--original", args.reference, *common] for c in args.configs for o in args.orders]
+    versus_original(run_isolated(__file__, jobs), ("emsize", "batch", "order"), ("compile",), "peak_rss_gb")
 
 
 if __name__ == "__main__":

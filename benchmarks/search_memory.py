@@ -8,6 +8,10 @@ curvature monitor's eigenvalue for each Hessian-vector product.
                                                              # steps of each (--configs C,L,B: another size)
     python benchmarks/search_memory.py --configs 16,8,32 --size 128 --stem imagenet --orders first
     python benchmarks/search_memory.py --device cuda
+    python benchmarks/search_memory.py --configs 16,8,32 --modes none edge --reference DIR   # beside the original
+
+``--reference DIR`` (a checkout of quark0/darts, see _reference.py) measures the original's step too, in the
+same run, with the same peak, and prints each mode's memory and speed-up against it; skipped without it.
 
 Each measurement runs in a fresh process. On CPU the peak is the process's resident high-water mark
 (VmHWM) above its resident size once the model, optimisers and batches exist (VmRSS), so that the
@@ -23,7 +27,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _harness import run_isolated, time_steps  # noqa: E402
+from _harness import run_isolated, time_steps, versus_original  # noqa: E402
 
 CONFIGS = ["16,8,32", "16,20,32"]
 
@@ -58,6 +62,16 @@ def measure(args: argparse.Namespace) -> dict:
     C, L, B = (int(v) for v in args.config.split(","))
     device = torch.device(args.device)
     cuda = device.type == "cuda"
+    if args.original:  # the original's step: the same peak above its baseline (model, optimisers, batches built)
+        from _reference import conv_step
+        step = conv_step(args.original, C, L, B, args.order, args.size)
+        _reset_peak()
+        base = _status("VmRSS")
+        sec = time_steps(step, args.steps, args.warmup, False)
+        return {"bench": "search_memory", "impl": "original", "C": C, "L": L, "batch": B, "size": args.size,
+                "what": "search_step", "order": args.order, "recompute": "none", "threads": args.threads,
+                "s_per_step": round(sec, 3), "peak_above_baseline_gb": round(_status("VmHWM") - base, 3),
+                "peak_rss_gb": round(_status("VmHWM"), 3)}
     torch.manual_seed(0)
     model = SearchNetwork(ConvSearchSpaceConfig(init_channels=C, layers=L, recompute=args.mode,
                                                 partial_channels=args.k, stem=args.stem)).to(device)
@@ -90,6 +104,8 @@ def measure(args: argparse.Namespace) -> dict:
         row.update({"what": "search_step", "order": args.order, "recompute": args.mode, "s_per_step": round(sec, 3)})
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else _status("VmHWM")
     row["peak_above_baseline_gb"] = round(peak - base, 3)
+    if not cuda:
+        row["peak_rss_gb"] = round(peak, 3)  # the whole process's
     return row
 
 
@@ -110,7 +126,9 @@ def main() -> None:
     p.add_argument("--lanczos", type=int, default=10)
     p.add_argument("--hvps", nargs="+", default=["autograd", "forward", "fd"],
                    help="--eigenvalue: the Hessian-vector products measured (each with every --modes but cell)")
+    p.add_argument("--reference", metavar="DIR", help="a checkout of the original DARTS code: measure its step too")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--original", help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--order", default="first", help=argparse.SUPPRESS)
     p.add_argument("--mode", default="none", help=argparse.SUPPRESS)
@@ -137,8 +155,12 @@ def main() -> None:
                               "peak_above_baseline_gb": row["peak_above_baseline_gb"], "eigenvalue": row["eigenvalue"],
                               "autograd_eigenvalue": exact}))
         return
-    rows = run_isolated(__file__, [["--config", c, "--order", o, "--mode", m, *common]
-                                   for c in args.configs for o in args.orders for m in args.modes])
+    jobs = [["--config", c, "--order", o, "--mode", m, *common] for c in args.configs for o in args.orders for m in args.modes]
+    if args.reference and not args.device.startswith("cuda"):
+        jobs += [["--config", c, "--order", o, "--original", args.reference, *common] for c in args.configs for o in args.orders]
+    rows = run_isolated(__file__, jobs)
+    versus_original(rows, ("C", "L", "batch", "order"), ("recompute",), "peak_above_baseline_gb")
+    rows = [row for row in rows if row.get("impl") != "original"]
     for row in rows:
         ref = next((r for r in rows if r["C"] == row["C"] and r["L"] == row["L"] and r["batch"] == row["batch"]
                     and r["order"] == row["order"] and r["recompute"] == "none"), None)

@@ -32,7 +32,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _harness import peak_memory_gb, run_isolated, time_steps  # noqa: E402
+from _harness import peak_memory_gb, run_isolated, time_steps, versus_original  # noqa: E402
 
 CONFIGS = ["8,5,16", "16,8,32"]  # C,L,batch at 32x32, as in the original's figures
 #: P-DARTS's stages (Chen et al., 2019): cells, and the ops every edge keeps (an upper bound in cost)
@@ -59,7 +59,7 @@ def measure(args: argparse.Namespace) -> dict:
     if args.original:
         from _reference import conv_step
         sec = time_steps(conv_step(args.original, C, L, B, args.order, args.size), args.steps, args.warmup, False)
-        return {"bench": "search_step", "impl": "original", "C": C, "L": L, "batch": B, "size": args.size,
+        return {"bench": "search_step", "impl": "original", "method": "darts", "C": C, "L": L, "batch": B, "size": args.size,
                 "order": args.order, "threads": args.threads, "s_per_step": round(sec, 3),
                 "images_per_s": round(B / sec, 2), "steps": args.steps, **peak_memory_gb(False)}
     torch.manual_seed(0)
@@ -150,16 +150,8 @@ def main() -> None:
     if args.reference and not args.compare:  # the original runs on the CPU
         jobs += [["--config", c, "--order", o, "--original", args.reference, *common] for c in configs for o in args.orders]
     if not args.compare:
-        rows = run_isolated(__file__, jobs)
-        for row in rows:
-            ref = next((r for r in rows if r.get("impl") == "original" and r["C"] == row["C"] and r["L"] == row["L"]
-                        and r["batch"] == row["batch"] and r["order"] == row["order"]), None)
-            if ref is not None and row is not ref:
-                print(json.dumps({"bench": "search_step_vs_original", "C": row["C"], "L": row["L"], "batch": row["batch"],
-                                  "order": row["order"], "method": row["method"], "recompute": row["recompute"],
-                                  "partial_channels": row["partial_channels"],
-                                  "speedup": round(ref["s_per_step"] / row["s_per_step"], 3),
-                                  "peak_rss_vs_original": round(row["peak_rss_gb"] / ref["peak_rss_gb"], 3)}))
+        versus_original(run_isolated(__file__, jobs), ("C", "L", "batch", "order"),
+                        ("method", "recompute", "partial_channels"), "peak_rss_gb")
         return
     for job in jobs:
         fast, plain = run_isolated(__file__, [job, [*job, "--no-channels-last", "--no-amp"]])
