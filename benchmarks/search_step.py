@@ -11,6 +11,7 @@ a fresh subprocess so peaks do not leak between configurations.
     python benchmarks/search_step.py --device cuda --configs 16,8,64 --compare   # fast path vs plain fp32 NCHW
     python benchmarks/search_step.py --configs 16,8,32 --orders first --methods darts gdas p-darts   # successors
     python benchmarks/search_step.py --configs 16,8,32 --recompute none edge --reference DIR   # beside the original
+    python benchmarks/search_step.py --configs 16,8,32 --orders first --recompute none edge --profile   # op kinds' shares
 
 --reference DIR (a checkout of quark0/darts, see _reference.py) measures the original's step too, in the same
 run, and prints dartsnas's speed-up and memory ratio against it (whole-process peak RSS); skipped without it.
@@ -97,13 +98,17 @@ def measure(args: argparse.Namespace) -> dict:
             search_step(model, arch, w_opt, batch(), batch(), 0.025, 5.0)
 
     sec = time_steps(step, args.steps, args.warmup, device.type == "cuda")
+    profiled = peak_memory_gb(device.type == "cuda")  # before the profiler's own memory
+    if args.profile:
+        from _profile import op_shares
+        profiled = op_shares(step)
     return {"bench": "search_step", "method": args.method, "C": C, "L": L, "batch": B, "nodes": N, "size": args.size,
             "ops_per_edge": len(space.edge_ops("normal")[0]), "order": args.order,
             "partial_channels": args.k, "recompute": args.mode,
             **({"fd_scheme": args.fd_scheme} if args.order == "second" else {}), "device": args.device, "threads": args.threads,
             "channels_last": not args.no_channels_last, "amp": not args.no_amp and device.type == "cuda",
             "s_per_step": round(sec, 3),
-            "images_per_s": round(B / sec, 2), "steps": args.steps, **peak_memory_gb(device.type == "cuda")}
+            "images_per_s": round(B / sec, 2), "steps": args.steps, **profiled}
 
 
 def main() -> None:
@@ -129,6 +134,8 @@ def main() -> None:
     p.add_argument("--recompute", nargs="+", default=["none"], choices=("none", "cell", "edge"),
                    help="activation recomputation modes to measure [none]")
     p.add_argument("--reference", metavar="DIR", help="a checkout of the original DARTS code: measure its step too")
+    p.add_argument("--profile", action="store_true",
+                   help="one more step under torch.profiler: each op kind's share of it (conv kinds by kernel)")
     p.add_argument("--k", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--mode", default="none", help=argparse.SUPPRESS)
     p.add_argument("--original", help=argparse.SUPPRESS)
@@ -143,6 +150,7 @@ def main() -> None:
     common = ["--fd-scheme", args.fd_scheme, "--size", str(args.size), "--device", args.device, "--threads",
               str(args.threads), "--steps", str(args.steps), "--warmup", str(args.warmup)]
     common += (["--no-channels-last"] if args.no_channels_last else []) + (["--no-amp"] if args.no_amp else [])
+    common += ["--profile"] if args.profile else []
     configs = SCALING if args.scaling else args.configs
     methods = [m for name in args.methods for m in (PDARTS_STAGES if name == "p-darts" else [name])]
     jobs = [["--config", c, "--order", o, "--k", str(k), "--method", m, "--mode", r, *common]
