@@ -178,6 +178,28 @@ def test_recomputation_keeps_fewer_activations():
     assert conv[True] < 0.5 * conv[False]
 
 
+def test_edge_recomputation_keeps_nothing_of_the_cells_preprocessing():
+    """--recompute edge recomputes each cell's ReLU-conv-BN preprocessing too: autograd keeps none of its
+    tensors outside the recomputed region (the plain run keeps its ReLU, conv and BatchNorm inputs)."""
+    x, y = _batches()[0]
+    kept = {}
+    for mode in ("none", "edge"):
+        net, inside, sizes = _net(mode), [False], []
+        for cell in net.cells:
+            for pre in (cell.preprocess0, cell.preprocess1):
+                pre.register_forward_pre_hook(lambda *_: inside.__setitem__(0, True))
+                pre.register_forward_hook(lambda *_: inside.__setitem__(0, False))
+
+        def pack(t, inside=inside, sizes=sizes):
+            if inside[0]:
+                sizes.append(t.numel())
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            net.loss(x, y)
+        kept[mode] = sum(sizes)
+    assert kept["none"] > 0 and kept["edge"] == 0
+
+
 def test_search_model_recompute_choice_gives_the_plain_run(tmp_path):
     import json
 
