@@ -31,12 +31,14 @@ def _conv_kind(key: str, shapes: list) -> str:
     return f"other_conv_{direction}"
 
 
-def op_shares(step: Callable[[], None]) -> dict:
-    """One run of ``step`` under the profiler: each kind's self milliseconds and share of the total."""
+def op_shares(step: Callable[[], None], repeats: int = 2) -> dict:
+    """``repeats`` runs of ``step`` under the profiler (one is noisy on a shared 2-core machine): each
+    kind's self milliseconds per step and share of the total."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-        step()
+        for _ in range(repeats):
+            step()
     ms: Counter = Counter()
     for event in prof.key_averages(group_by_input_shape=True):
         key = event.key
@@ -51,8 +53,8 @@ def op_shares(step: Callable[[], None]) -> dict:
             kind = "autograd_engine"
         else:
             kind = "python_and_other"
-        ms[kind] += event.self_cpu_time_total / 1e3
+        ms[kind] += event.self_cpu_time_total / 1e3 / repeats
     total = sum(ms.values())
-    return {"profile_total_ms": round(total, 1),
+    return {"profile_ms_per_step": round(total, 1),
             "shares": {kind: round(v / total, 4) for kind, v in ms.most_common()},
             "ms": {kind: round(v, 1) for kind, v in ms.most_common()}}

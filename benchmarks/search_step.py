@@ -101,7 +101,7 @@ def measure(args: argparse.Namespace) -> dict:
     profiled = peak_memory_gb(device.type == "cuda")  # before the profiler's own memory
     if args.profile:
         from _profile import op_shares
-        profiled = op_shares(step)
+        profiled.update(op_shares(step))
     return {"bench": "search_step", "method": args.method, "C": C, "L": L, "batch": B, "nodes": N, "size": args.size,
             "ops_per_edge": len(space.edge_ops("normal")[0]), "order": args.order,
             "partial_channels": args.k, "recompute": args.mode,
