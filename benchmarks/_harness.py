@@ -66,6 +66,15 @@ def emit(record: dict) -> dict:
     return record
 
 
+def reference_jobs(reference: str | None, device: str, configs: list[str], orders: list[str],
+                   common: list[str]) -> list[list[str]]:
+    """The original's measurements for ``--reference DIR`` (one per configuration and order), or none: without
+    DIR, or when dartsnas runs on CUDA (the original is patched to run on the CPU only)."""
+    if not reference or device.startswith("cuda"):
+        return []
+    return [["--config", c, "--order", o, "--original", reference, *common] for c in configs for o in orders]
+
+
 def versus_original(rows: list[dict], same: tuple[str, ...], labels: tuple[str, ...], memory: str) -> None:
     """For each of dartsnas's rows, one JSON line against the original's row of the same ``same`` fields
     (``impl: original``, from ``--reference``): its speed-up (the original's seconds / ours) and the

@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _harness import run_isolated, time_steps  # noqa: E402
@@ -130,7 +129,6 @@ def selective_recompute(policy: str) -> list[dict]:
 
     if policy == "keep_convolutions":
         conv.recomputed = selective
-    torch.set_num_threads(2)
     torch.manual_seed(0)
     model = SearchNetwork(ConvSearchSpaceConfig(init_channels=16, layers=8, recompute="edge")).to(
         memory_format=torch.channels_last)

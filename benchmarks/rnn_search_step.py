@@ -23,7 +23,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _harness import peak_memory_gb, run_isolated, time_steps, versus_original  # noqa: E402
+from _harness import peak_memory_gb, reference_jobs, run_isolated, time_steps, versus_original  # noqa: E402
 
 CONFIGS = ["64,32", "300,256"]  # emsize=nhid, batch
 
@@ -105,8 +105,7 @@ def main() -> None:
               str(args.threads), "--steps", str(args.steps), "--warmup", str(args.warmup)]
     jobs = [["--config", c, "--order", o, *common, *(["--compiled"] if m == "on" else [])]
             for c in args.configs for o in args.orders for m in args.compile]
-    if args.reference:
-        jobs += [["--config", c, "--order", o, "--original", args.reference, *common] for c in args.configs for o in args.orders]
+    jobs += reference_jobs(args.reference, args.device, args.configs, args.orders, common)
     versus_original(run_isolated(__file__, jobs), ("emsize", "batch", "order"), ("compile",), "peak_rss_gb")
 
 

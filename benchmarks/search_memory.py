@@ -27,7 +27,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _harness import run_isolated, time_steps, versus_original  # noqa: E402
+from _harness import reference_jobs, run_isolated, time_steps, versus_original  # noqa: E402
 
 CONFIGS = ["16,8,32", "16,20,32"]
 
@@ -68,10 +68,11 @@ def measure(args: argparse.Namespace) -> dict:
         _reset_peak()
         base = _status("VmRSS")
         sec = time_steps(step, args.steps, args.warmup, False)
+        peak = _status("VmHWM")
         return {"bench": "search_memory", "impl": "original", "C": C, "L": L, "batch": B, "size": args.size,
                 "what": "search_step", "order": args.order, "recompute": "none", "threads": args.threads,
-                "s_per_step": round(sec, 3), "peak_above_baseline_gb": round(_status("VmHWM") - base, 3),
-                "peak_rss_gb": round(_status("VmHWM"), 3)}
+                "s_per_step": round(sec, 3), "peak_above_baseline_gb": round(peak - base, 3),
+                "peak_rss_gb": round(peak, 3)}
     torch.manual_seed(0)
     model = SearchNetwork(ConvSearchSpaceConfig(init_channels=C, layers=L, recompute=args.mode,
                                                 partial_channels=args.k, stem=args.stem)).to(device)
@@ -156,8 +157,7 @@ def main() -> None:
                               "autograd_eigenvalue": exact}))
         return
     jobs = [["--config", c, "--order", o, "--mode", m, *common] for c in args.configs for o in args.orders for m in args.modes]
-    if args.reference and not args.device.startswith("cuda"):
-        jobs += [["--config", c, "--order", o, "--original", args.reference, *common] for c in args.configs for o in args.orders]
+    jobs += reference_jobs(args.reference, args.device, args.configs, args.orders, common)
     rows = run_isolated(__file__, jobs)
     versus_original(rows, ("C", "L", "batch", "order"), ("recompute",), "peak_above_baseline_gb")
     rows = [row for row in rows if row.get("impl") != "original"]

@@ -33,7 +33,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _harness import peak_memory_gb, run_isolated, time_steps, versus_original  # noqa: E402
+from _harness import peak_memory_gb, reference_jobs, run_isolated, time_steps, versus_original  # noqa: E402
 
 CONFIGS = ["8,5,16", "16,8,32"]  # C,L,batch at 32x32, as in the original's figures
 #: P-DARTS's stages (Chen et al., 2019): cells, and the ops every edge keeps (an upper bound in cost)
@@ -135,7 +135,7 @@ def main() -> None:
                    help="activation recomputation modes to measure [none]")
     p.add_argument("--reference", metavar="DIR", help="a checkout of the original DARTS code: measure its step too")
     p.add_argument("--profile", action="store_true",
-                   help="one more step under torch.profiler: each op kind's share of it (conv kinds by kernel)")
+                   help="two more steps under torch.profiler: each op kind's share of them (conv kinds by kernel)")
     p.add_argument("--k", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--mode", default="none", help=argparse.SUPPRESS)
     p.add_argument("--original", help=argparse.SUPPRESS)
@@ -155,8 +155,8 @@ def main() -> None:
     methods = [m for name in args.methods for m in (PDARTS_STAGES if name == "p-darts" else [name])]
     jobs = [["--config", c, "--order", o, "--k", str(k), "--method", m, "--mode", r, *common]
             for c in configs for o in args.orders for k in args.partial_channels for m in methods for r in args.recompute]
-    if args.reference and not args.compare:  # the original runs on the CPU
-        jobs += [["--config", c, "--order", o, "--original", args.reference, *common] for c in configs for o in args.orders]
+    if not args.compare:
+        jobs += reference_jobs(args.reference, args.device, configs, args.orders, common)
     if not args.compare:
         versus_original(run_isolated(__file__, jobs), ("C", "L", "batch", "order"),
                         ("method", "recompute", "partial_channels"), "peak_rss_gb")
